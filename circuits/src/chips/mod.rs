@@ -1,0 +1,20 @@
+//! The chips of the decode-step circuit, one constraint family each.
+
+pub mod lane;
+pub mod range_check;
+pub mod step_check;
+pub mod table;
+
+use ff::PrimeField as _;
+use halo2_proofs::{circuit::Value, pasta::Fp};
+
+/// A known `u128` as a circuit value.
+pub(crate) fn known(v: u128) -> Value<Fp> {
+    Value::known(Fp::from_u128(v))
+}
+
+/// A known signed integer as a circuit value.
+pub(crate) fn known_signed(v: i128) -> Value<Fp> {
+    let f = Fp::from_u128(v.unsigned_abs());
+    Value::known(if v < 0 { -f } else { f })
+}

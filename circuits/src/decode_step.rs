@@ -1,0 +1,276 @@
+//! The decode-step circuit: `T` token steps over a vocabulary of `V`, composed of
+//! the logit lanes, the step check, the range checks and the commitment.
+//!
+//! The statement it proves for each step is in `docs/statement.md`; the chips'
+//! module docs say which constraint enforces which part.
+
+use ff::PrimeField as _;
+use std::cell::Cell;
+
+use halo2_proofs::{
+    circuit::{Layouter, SimpleFloorPlanner},
+    pasta::Fp,
+    plonk::{Circuit, Column, ConstraintSystem, Error, Instance},
+};
+
+use crate::chips::lane::{LaneChip, LaneConfig};
+use crate::chips::range_check::{RangeCheckChip, RangeCheckConfig};
+use crate::chips::step_check::{StepCheckChip, StepCheckConfig};
+use crate::chips::table::TableConfig;
+use crate::commitment::{self, CommitmentChip, CommitmentConfig, LIMBS_PER_ELEMENT};
+use crate::fixed_point::{FixedPoint, TABLE_BITS};
+use crate::statement::{StepStatement, INSTANCE_PER_STEP};
+use crate::tables::Tables;
+use crate::witness::StepWitness;
+
+/// Rows halo2 keeps for blinding at the end of every column (with margin).
+const RESERVED_ROWS: usize = 16;
+/// Rows of the step check region.
+const STEP_CHECK_ROWS: usize = 6;
+
+/// The shape of a decode-step circuit: everything that fixes its verifying key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CircuitShape {
+    pub vocab: usize,
+    pub fixed_point: FixedPoint,
+    /// `T`: token steps per proof.
+    pub steps: usize,
+    /// `L`: logit lanes side by side.
+    pub lanes: usize,
+}
+
+/// Why a shape cannot be built.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("vocabulary size must be at least 2, got {0}")]
+    Vocab(usize),
+    #[error("steps per proof must be in 1..=256, got {0}")]
+    Steps(usize),
+    #[error("lanes must be in 1..=64, got {0}")]
+    Lanes(usize),
+    #[error("{0}")]
+    FixedPoint(String),
+    #[error("the circuit would need k = {0} (at most 22 supported): use more lanes or fewer steps per proof")]
+    TooLarge(u32),
+}
+
+/// What `configure` needs that halo2's static `Circuit::configure` cannot receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ConfigureShape {
+    lanes: usize,
+    poseidon_lanes: usize,
+    fixed_point: FixedPoint,
+}
+
+thread_local! {
+    static CONFIGURE_SHAPE: Cell<Option<ConfigureShape>> = const { Cell::new(None) };
+}
+
+impl CircuitShape {
+    pub fn new(vocab: usize, fixed_point: FixedPoint, steps: usize, lanes: usize) -> Result<Self, ShapeError> {
+        if vocab < 2 {
+            return Err(ShapeError::Vocab(vocab));
+        }
+        if !(1..=256).contains(&steps) {
+            return Err(ShapeError::Steps(steps));
+        }
+        if !(1..=64).contains(&lanes) {
+            return Err(ShapeError::Lanes(lanes));
+        }
+        fixed_point.validate().map_err(ShapeError::FixedPoint)?;
+        let shape = CircuitShape {
+            vocab,
+            fixed_point,
+            steps,
+            lanes,
+        };
+        let k = shape.k();
+        if k > 22 {
+            return Err(ShapeError::TooLarge(k));
+        }
+        Ok(shape)
+    }
+
+    /// `R`: rows of each lane per step, a multiple of 9.
+    pub fn rows_per_lane(&self) -> usize {
+        self.vocab.div_ceil(self.lanes).div_ceil(LIMBS_PER_ELEMENT) * LIMBS_PER_ELEMENT
+    }
+
+    /// Rows used by the lane columns.
+    pub fn lane_rows(&self) -> usize {
+        self.steps * (self.rows_per_lane().min(self.vocab) + 1)
+    }
+
+    /// Rows used by the step check and range columns.
+    fn check_rows(&self) -> usize {
+        self.steps * STEP_CHECK_ROWS.max(StepCheckChip::range_rows())
+    }
+
+    /// `log2` of the number of rows.
+    pub fn k(&self) -> u32 {
+        let needed = self.lane_rows().max(self.check_rows()).max(1 << TABLE_BITS) + RESERVED_ROWS;
+        needed.next_power_of_two().trailing_zeros()
+    }
+
+    /// Usable rows per column at `k`.
+    pub fn usable_rows(&self) -> usize {
+        (1 << self.k()) - RESERVED_ROWS
+    }
+
+    /// Poseidon lanes needed so that the commitments fit in `usable_rows`.
+    pub fn poseidon_lanes(&self) -> usize {
+        let chunk = commitment::ROWS_PER_CHUNK;
+        let chunks = self.steps * commitment::chunks(self.vocab);
+        let folds = self.steps * commitment::chunks(self.vocab) * commitment::ROWS_PER_FOLD;
+        // Chunks are placed whole; folds fill the gaps.
+        let per_lane = self.usable_rows() / chunk;
+        let mut lanes = chunks.div_ceil(per_lane.max(1)).max(1);
+        while lanes * self.usable_rows() < chunks * chunk + folds + lanes * chunk {
+            lanes += 1;
+        }
+        lanes
+    }
+
+    /// Advice columns of the circuit.
+    pub fn advice_columns(&self) -> usize {
+        3 + 11 * self.lanes + 4 + 1 + 4 * self.poseidon_lanes()
+    }
+
+    /// A short stable description, used as a cache key and in bundles.
+    pub fn describe(&self) -> String {
+        format!(
+            "decode-step v1 V={} F={} Q={} T={} L={}",
+            self.vocab, self.fixed_point.frac_bits, self.fixed_point.exp_bits, self.steps, self.lanes
+        )
+    }
+
+    fn configure_shape(&self) -> ConfigureShape {
+        ConfigureShape {
+            lanes: self.lanes,
+            poseidon_lanes: self.poseidon_lanes(),
+            fixed_point: self.fixed_point,
+        }
+    }
+
+    /// Runs `f` (keygen, proving, mock proving) with this shape visible to
+    /// `Circuit::configure`, which halo2 calls without a circuit instance.
+    pub fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        let previous = CONFIGURE_SHAPE.with(|s| s.replace(Some(self.configure_shape())));
+        let result = f();
+        CONFIGURE_SHAPE.with(|s| s.set(previous));
+        result
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DecodeStepConfig {
+    instance: Column<Instance>,
+    table: TableConfig,
+    lanes: LaneConfig,
+    step_check: StepCheckConfig,
+    range: RangeCheckConfig,
+    commitment: CommitmentConfig,
+}
+
+/// `T` decode steps of one shape. Without witnesses it is what keygen sees.
+#[derive(Clone, Debug)]
+pub struct DecodeStepCircuit {
+    pub shape: CircuitShape,
+    pub steps: Vec<StepWitness>,
+}
+
+impl DecodeStepCircuit {
+    /// A circuit proving `steps` (exactly `shape.steps` of them).
+    pub fn new(shape: CircuitShape, steps: Vec<StepWitness>) -> Self {
+        DecodeStepCircuit { shape, steps }
+    }
+
+    /// The instance column for statements (one per step, in order).
+    pub fn instance(statements: &[StepStatement]) -> Vec<Fp> {
+        statements.iter().flat_map(|s| s.instance()).collect()
+    }
+}
+
+impl Circuit<Fp> for DecodeStepCircuit {
+    type Config = DecodeStepConfig;
+    type FloorPlanner = SimpleFloorPlanner;
+
+    fn without_witnesses(&self) -> Self {
+        // Keygen only lays out fixed columns and selectors, which depend on the
+        // shape alone; the witness values are ignored by the key generator.
+        self.clone()
+    }
+
+    fn configure(meta: &mut ConstraintSystem<Fp>) -> DecodeStepConfig {
+        let shape = CONFIGURE_SHAPE
+            .with(|s| s.get())
+            .expect("DecodeStepCircuit::configure must run inside CircuitShape::scope");
+        // The first constant-enabled column receives every constant.
+        let constants = meta.fixed_column();
+        meta.enable_constant(constants);
+        let instance = meta.instance_column();
+        meta.enable_equality(instance);
+
+        let tables = Tables::new(shape.fixed_point);
+        let table = TableConfig::configure(meta);
+        let lanes = LaneChip::configure(meta, shape.lanes, table, Fp::from(tables.exp[0]));
+        let check_cols = std::array::from_fn(|_| meta.advice_column());
+        let step_check = StepCheckChip::configure(
+            meta,
+            check_cols,
+            table,
+            (Fp::from_u128(tables.lse[0]), Fp::from_u128(tables.lse[1])),
+        );
+        let running = meta.advice_column();
+        let range = RangeCheckChip::configure(meta, running, table);
+        let commitment = CommitmentChip::configure(meta, shape.poseidon_lanes);
+        DecodeStepConfig {
+            instance,
+            table,
+            lanes,
+            step_check,
+            range,
+            commitment,
+        }
+    }
+
+    fn synthesize(&self, config: DecodeStepConfig, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
+        let shape = self.shape;
+        if self.steps.len() != shape.steps || self.steps.iter().any(|s| s.rows.len() != shape.vocab) {
+            return Err(Error::Synthesis);
+        }
+        let tables = Tables::new(shape.fixed_point);
+        config.table.load(&mut layouter, &tables)?;
+        let lanes = LaneChip::construct(config.lanes.clone());
+        let range = RangeCheckChip::construct(config.range);
+        let check = StepCheckChip::construct(config.step_check, range);
+        let mut commit = CommitmentChip::construct(config.commitment.clone());
+        for (index, step) in self.steps.iter().enumerate() {
+            let cells = lanes.assign_step(
+                layouter.namespace(|| format!("step {index} lanes")),
+                step,
+                shape.rows_per_lane(),
+            )?;
+            check.assign(
+                layouter.namespace(|| format!("step {index} check")),
+                config.instance,
+                index,
+                step,
+                &tables,
+                &cells,
+            )?;
+            let c_z = commit.commit(
+                layouter.namespace(|| format!("step {index} commitment")),
+                shape.vocab,
+                shape.fixed_point,
+                &cells.elements,
+            )?;
+            layouter.constrain_instance(
+                c_z.cell(),
+                config.instance,
+                INSTANCE_PER_STEP * index + crate::chips::step_check::instance_row::COMMITMENT,
+            )?;
+        }
+        Ok(())
+    }
+}

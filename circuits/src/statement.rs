@@ -1,0 +1,80 @@
+//! The public statement of one decode step: what a proof guarantees.
+//!
+//! See `docs/statement.md` for the full statement and its error bound.
+
+use ff::{Field as _, PrimeField as _};
+use std::fmt;
+
+use halo2_proofs::pasta::Fp;
+
+use crate::fixed_point::{beta_to_temperature, BETA_ONE};
+
+/// How the token was chosen from the logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sampler {
+    /// The first index of the largest logit.
+    Greedy,
+    /// Inverse-CDF sampling from softmax(z / tau), `tau = 2^9 / beta`, with the
+    /// uniform integer `r` in `[0, 2^64)`.
+    Sample { beta: u32, r: u64 },
+}
+
+impl fmt::Display for Sampler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sampler::Greedy => write!(f, "greedy"),
+            Sampler::Sample { beta, r } => write!(
+                f,
+                "sampling (temperature {:.4}, beta {beta}, r {r})",
+                beta_to_temperature(*beta)
+            ),
+        }
+    }
+}
+
+/// The public inputs of one token step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepStatement {
+    /// Poseidon commitment to the packed logits (see [`crate::commitment`]).
+    pub commitment: Fp,
+    /// The emitted token id.
+    pub token: u32,
+    /// The log-probability of the token, in units of `2^-F` nats (never positive).
+    pub logprob: i64,
+    pub sampler: Sampler,
+}
+
+/// Instance cells per step, in this order.
+pub const INSTANCE_PER_STEP: usize = 6;
+
+impl StepStatement {
+    /// `[C_z, y, lp, greedy, beta, r]` as field elements (`lp` negated into the field).
+    pub fn instance(&self) -> [Fp; INSTANCE_PER_STEP] {
+        let (greedy, beta, r) = match self.sampler {
+            Sampler::Greedy => (1, BETA_ONE, 0),
+            Sampler::Sample { beta, r } => (0, beta, r),
+        };
+        [
+            self.commitment,
+            Fp::from(self.token as u64),
+            signed(self.logprob),
+            Fp::from(greedy),
+            Fp::from(beta as u64),
+            Fp::from(r),
+        ]
+    }
+
+    /// The log-probability in nats.
+    pub fn logprob_nats(&self, frac_bits: u32) -> f64 {
+        self.logprob as f64 * (-(frac_bits as f64)).exp2()
+    }
+}
+
+/// An integer as a field element (negative values wrap).
+pub fn signed(v: i64) -> Fp {
+    if v >= 0 {
+        Fp::from(v as u64)
+    } else {
+        -Fp::from(v.unsigned_abs())
+    }
+}
