@@ -67,7 +67,12 @@ thread_local! {
 }
 
 impl CircuitShape {
-    pub fn new(vocab: usize, fixed_point: FixedPoint, steps: usize, lanes: usize) -> Result<Self, ShapeError> {
+    pub fn new(
+        vocab: usize,
+        fixed_point: FixedPoint,
+        steps: usize,
+        lanes: usize,
+    ) -> Result<Self, ShapeError> {
         if vocab < 2 {
             return Err(ShapeError::Vocab(vocab));
         }
@@ -140,7 +145,11 @@ impl CircuitShape {
     pub fn describe(&self) -> String {
         format!(
             "decode-step v1 V={} F={} Q={} T={} L={}",
-            self.vocab, self.fixed_point.frac_bits, self.fixed_point.exp_bits, self.steps, self.lanes
+            self.vocab,
+            self.fixed_point.frac_bits,
+            self.fixed_point.exp_bits,
+            self.steps,
+            self.lanes
         )
     }
 
@@ -234,9 +243,14 @@ impl Circuit<Fp> for DecodeStepCircuit {
         }
     }
 
-    fn synthesize(&self, config: DecodeStepConfig, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
+    fn synthesize(
+        &self,
+        config: DecodeStepConfig,
+        mut layouter: impl Layouter<Fp>,
+    ) -> Result<(), Error> {
         let shape = self.shape;
-        if self.steps.len() != shape.steps || self.steps.iter().any(|s| s.rows.len() != shape.vocab) {
+        if self.steps.len() != shape.steps || self.steps.iter().any(|s| s.rows.len() != shape.vocab)
+        {
             return Err(Error::Synthesis);
         }
         let tables = Tables::new(shape.fixed_point);

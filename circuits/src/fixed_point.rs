@@ -52,7 +52,10 @@ impl FixedPoint {
     pub fn validate(&self) -> Result<(), String> {
         // F <= 12 keeps delta = ln(S / 2^Q) * 2^F inside the 2^16-row table up to V = 2^20.
         if !(4..=12).contains(&self.frac_bits) {
-            return Err(format!("frac_bits F = {} must be in 4..=12", self.frac_bits));
+            return Err(format!(
+                "frac_bits F = {} must be in 4..=12",
+                self.frac_bits
+            ));
         }
         if !(16..=34).contains(&self.exp_bits) {
             return Err(format!("exp_bits Q = {} must be in 16..=34", self.exp_bits));
@@ -172,7 +175,9 @@ fn ceil_q64_scaled(x: u128, shift: u32) -> u128 {
 /// `beta = round(2^TEMP_SHIFT / temperature)`: the integer temperature the circuit uses.
 pub fn temperature_to_beta(temperature: f64) -> Result<u32, String> {
     if !temperature.is_finite() || temperature <= 0.0 {
-        return Err(format!("temperature {temperature} must be a positive number"));
+        return Err(format!(
+            "temperature {temperature} must be a positive number"
+        ));
     }
     let beta = (BETA_ONE as f64 / temperature).round();
     if !(1.0..=65_535.0).contains(&beta) {

@@ -2,7 +2,7 @@
 //!
 //! See `docs/statement.md` for the full statement and its error bound.
 
-use ff::{Field as _, PrimeField as _};
+use ff::PrimeField as _;
 use std::fmt;
 
 use halo2_proofs::pasta::Fp;
@@ -57,7 +57,7 @@ impl StepStatement {
         [
             self.commitment,
             Fp::from(self.token as u64),
-            signed(self.logprob),
+            signed(self.logprob as i128),
             Fp::from(greedy),
             Fp::from(beta as u64),
             Fp::from(r),
@@ -71,10 +71,11 @@ impl StepStatement {
 }
 
 /// An integer as a field element (negative values wrap).
-pub fn signed(v: i64) -> Fp {
-    if v >= 0 {
-        Fp::from(v as u64)
+pub fn signed(v: i128) -> Fp {
+    let f = Fp::from_u128(v.unsigned_abs());
+    if v < 0 {
+        -f
     } else {
-        -Fp::from(v.unsigned_abs())
+        f
     }
 }

@@ -2,7 +2,7 @@
 //! circuit checks, computed the same way, so the prover can fill the witness and
 //! anyone can recompute the expected public statement.
 
-use crate::fixed_point::{FixedPoint, BETA_ONE, LOGIT_BITS, R_BITS, SMALL_BITS, TABLE_BITS};
+use crate::fixed_point::{FixedPoint, BETA_ONE, LOGIT_BITS, R_BITS, TABLE_BITS, TEMP_SHIFT};
 use crate::statement::{Sampler, StepStatement};
 use crate::tables::Tables;
 
@@ -25,7 +25,9 @@ pub enum StepError {
     BadGreedy { beta: u32, r: u64 },
     #[error("beta = {0} is outside 1..=65535")]
     BadBeta(u32),
-    #[error("sum of exponentials {0} is outside the log-sum-exp table (vocabulary too large for F)")]
+    #[error(
+        "sum of exponentials {0} is outside the log-sum-exp table (vocabulary too large for F)"
+    )]
     SumOutOfTable(u128),
 }
 
@@ -34,10 +36,10 @@ pub enum StepError {
 pub struct LogitRow {
     /// `d = m - z - before * greedy`, split as `d_lo + 2^16 d_hi`.
     pub d_lo: u64,
-    pub d_hi: u64,
+    pub d_hi: i64,
     /// `w = floor((m - z) * beta / 2^9)`, split as `w_lo + 2^16 w_hi`.
     pub w_lo: u64,
-    pub w_hi: u64,
+    pub w_hi: i64,
     /// `(m - z) * beta - 2^9 * w`.
     pub rem: u64,
     /// `T[w_lo]`.
@@ -46,6 +48,13 @@ pub struct LogitRow {
     pub e: u64,
     /// 1 for every index before the emitted token, 0 from it on.
     pub before: bool,
+}
+
+impl LogitRow {
+    /// `w = w_lo + 2^16 w_hi`.
+    pub fn distance(&self) -> i64 {
+        self.w_lo as i64 + (self.w_hi << TABLE_BITS)
+    }
 }
 
 /// Everything one decode step needs: the statement and the witness.
@@ -147,12 +156,25 @@ impl StepWitness {
                 sampler: sampler.to_string(),
             });
         }
+        let max_logit = *logits.iter().max().expect("vocab > token >= 0");
+        Self::build(fixed_point, tables, logits, token, sampler, max_logit)
+    }
+
+    /// The witness for any token and claimed maximum, without checking that the
+    /// token follows from the logits: what a cheating prover would fill in.
+    pub fn build(
+        fixed_point: FixedPoint,
+        tables: &Tables,
+        logits: Vec<i64>,
+        token: u32,
+        sampler: Sampler,
+        max_logit: i64,
+    ) -> Result<StepWitness, StepError> {
         let (greedy, beta, r) = match sampler {
             Sampler::Greedy => (true, BETA_ONE, 0),
             Sampler::Sample { beta, r } => (false, beta, r),
         };
-        let max_logit = *logits.iter().max().expect("vocab > token >= 0");
-        let lo_mask = (1u64 << TABLE_BITS) - 1;
+        let lo_mask = (1i64 << TABLE_BITS) - 1;
         let mut sum = 0u128;
         let mut prefix_at_token = 0u128;
         let rows: Vec<LogitRow> = logits
@@ -160,20 +182,22 @@ impl StepWitness {
             .enumerate()
             .map(|(i, &z)| {
                 let before = i < token as usize;
-                let u = (max_logit - z) as u64;
-                let d = u - u64::from(greedy && before);
-                let w = tempered(u as i64, beta);
-                let rem = u * beta as u64 - (w << crate::fixed_point::TEMP_SHIFT);
-                let (w_lo, w_hi) = (w & lo_mask, w >> TABLE_BITS);
+                // With a cheating maximum these can be negative; the high parts then
+                // carry the sign and the circuit's range lookups reject them.
+                let u = max_logit - z;
+                let d = u - i64::from(greedy && before);
+                let scaled = u * beta as i64;
+                let w = scaled.div_euclid(1 << TEMP_SHIFT);
+                let rem = scaled.rem_euclid(1 << TEMP_SHIFT) as u64;
+                let (w_lo, w_hi) = ((w & lo_mask) as u64, w >> TABLE_BITS);
                 let t = tables.exp[w_lo as usize];
                 let e = if w_hi == 0 { t } else { 0 };
                 sum += e as u128;
                 if i == token as usize {
                     prefix_at_token = sum;
                 }
-                debug_assert!(d >> TABLE_BITS < (1 << SMALL_BITS));
                 LogitRow {
-                    d_lo: d & lo_mask,
+                    d_lo: (d & lo_mask) as u64,
                     d_hi: d >> TABLE_BITS,
                     w_lo,
                     w_hi,
@@ -185,8 +209,12 @@ impl StepWitness {
             })
             .collect();
         let delta = tables.lse_index(sum).ok_or(StepError::SumOutOfTable(sum))?;
-        let w_token = rows[token as usize].w_lo + (rows[token as usize].w_hi << TABLE_BITS);
-        let logprob = -(delta as i64) - if greedy { 0 } else { w_token as i64 };
+        let logprob = -(delta as i64)
+            - if greedy {
+                0
+            } else {
+                rows[token as usize].distance()
+            };
         let scaled_r = (r as u128 * sum) >> R_BITS;
         let commitment = crate::commitment::commit_logits(fixed_point, &logits);
         Ok(StepWitness {
@@ -207,8 +235,7 @@ impl StepWitness {
     }
 
     /// `w_y`, the token's tempered distance from the maximum.
-    pub fn token_distance(&self) -> u64 {
-        let row = self.rows[self.statement.token as usize];
-        row.w_lo + (row.w_hi << TABLE_BITS)
+    pub fn token_distance(&self) -> i64 {
+        self.rows[self.statement.token as usize].distance()
     }
 }

@@ -117,8 +117,11 @@ impl LaneChip {
 
         meta.create_gate("step constants", |meta| {
             let q = meta.query_selector(q_body);
-            [max, beta, greedy]
-                .map(|c| q.clone() * (meta.query_advice(c, Rotation::cur()) - meta.query_advice(c, Rotation::prev())))
+            [max, beta, greedy].map(|c| {
+                q.clone()
+                    * (meta.query_advice(c, Rotation::cur())
+                        - meta.query_advice(c, Rotation::prev()))
+            })
         });
 
         let lanes = (0..lanes)
@@ -186,8 +189,14 @@ impl LaneChip {
                     "tempered distance",
                     u.clone() * beta - pow2(TEMP_SHIFT) * w.clone() - cur(meta, lane.rem),
                 ),
-                ("exp is zero past the table", w_hi.clone() * (one() - w_hi * inv)),
-                ("running sum", sum.clone() - prev(meta, lane.sum) - e.clone()),
+                (
+                    "exp is zero past the table",
+                    w_hi.clone() * (one() - w_hi * inv),
+                ),
+                (
+                    "running sum",
+                    sum.clone() - prev(meta, lane.sum) - e.clone(),
+                ),
                 ("before is boolean", a.clone() * (one() - a.clone())),
                 ("one token", h.clone() * (one() - h.clone())),
                 ("greedy token is the maximum", g * h.clone() * u),
@@ -212,7 +221,8 @@ impl LaneChip {
 
         // Lookups: the input is 0 on rows where the lane is off; row 0 of the table
         // is (0, T[0]), so the exp lookup defaults to that.
-        let gated = |meta: &mut VirtualCells<'_, Fp>, c| meta.query_selector(lane.q_row) * cur(meta, c);
+        let gated =
+            |meta: &mut VirtualCells<'_, Fp>, c| meta.query_selector(lane.q_row) * cur(meta, c);
         meta.lookup(|meta| vec![(gated(meta, lane.d_lo), table.idx)]);
         meta.lookup(|meta| vec![(gated(meta, lane.d_hi), table.small)]);
         meta.lookup(|meta| {
@@ -261,7 +271,12 @@ impl LaneChip {
                     if row > 0 {
                         config.q_body.enable(&mut region, row)?;
                     }
-                    let max = region.assign_advice(|| "m", config.max, row, || known_signed(step.max_logit as i128))?;
+                    let max = region.assign_advice(
+                        || "m",
+                        config.max,
+                        row,
+                        || known_signed(step.max_logit as i128),
+                    )?;
                     let b = region.assign_advice(|| "beta", config.beta, row, || known(beta))?;
                     let g = region.assign_advice(|| "g", config.greedy, row, || known(greedy))?;
                     if row == 0 {
@@ -287,9 +302,24 @@ impl LaneChip {
                     // Carry row: continue the running columns.
                     let carried = match &carry {
                         None => [
-                            region.assign_advice_from_constant(|| "sum_0", lane.sum, 0, Fp::zero())?,
-                            region.assign_advice_from_constant(|| "before_0", lane.before, 0, Fp::one())?,
-                            region.assign_advice_from_constant(|| "acc_0", lane.acc, 0, Fp::zero())?,
+                            region.assign_advice_from_constant(
+                                || "sum_0",
+                                lane.sum,
+                                0,
+                                Fp::zero(),
+                            )?,
+                            region.assign_advice_from_constant(
+                                || "before_0",
+                                lane.before,
+                                0,
+                                Fp::one(),
+                            )?,
+                            region.assign_advice_from_constant(
+                                || "acc_0",
+                                lane.acc,
+                                0,
+                                Fp::zero(),
+                            )?,
                         ],
                         Some([s, a, x]) => [
                             s.copy_advice(|| "sum carry", &mut region, lane.sum, 0)?,
@@ -297,7 +327,12 @@ impl LaneChip {
                             x.copy_advice(|| "acc carry", &mut region, lane.acc, 0)?,
                         ],
                     };
-                    region.assign_advice(|| "pack carry", lane.pack, 0, || Value::known(Fp::zero()))?;
+                    region.assign_advice(
+                        || "pack carry",
+                        lane.pack,
+                        0,
+                        || Value::known(Fp::zero()),
+                    )?;
                     let mut last = carried;
                     for index in start..end {
                         let row = index - start + 1;
@@ -307,23 +342,28 @@ impl LaneChip {
                         if group_start {
                             lane.q_group_start.enable(&mut region, row)?;
                         }
-                        let w = r.w_lo as u128 + ((r.w_hi as u128) << TABLE_BITS);
+                        let w = super::signed(r.distance() as i128);
                         let token_row = index == step.statement.token as usize;
                         sum += r.e as u128;
                         if token_row {
-                            acc += Fp::from_u128(sum) + shift_e * Fp::from(r.e) + shift_w * Fp::from_u128(w);
+                            acc += Fp::from_u128(sum) + shift_e * Fp::from(r.e) + shift_w * w;
                         }
                         if r.before {
                             acc += shift_y;
                         }
-                        let limb = Fp::from((step.logits[index] + LIMB_OFFSET) as u64);
-                        pack = if group_start { limb } else { pack * Fp::from(1u64 << LIMB_BITS) + limb };
-                        let inv = Fp::from(r.w_hi).invert().unwrap_or(Fp::zero());
+                        let limb = super::signed((step.logits[index] + LIMB_OFFSET) as i128);
+                        pack = if group_start {
+                            limb
+                        } else {
+                            pack * Fp::from(1u64 << LIMB_BITS) + limb
+                        };
+                        let w_hi = super::signed(r.w_hi as i128);
+                        let inv = w_hi.invert().unwrap_or(Fp::zero());
                         for (name, column, value) in [
                             ("d_lo", lane.d_lo, Fp::from(r.d_lo)),
-                            ("d_hi", lane.d_hi, Fp::from(r.d_hi)),
+                            ("d_hi", lane.d_hi, super::signed(r.d_hi as i128)),
                             ("w_lo", lane.w_lo, Fp::from(r.w_lo)),
-                            ("w_hi", lane.w_hi, Fp::from(r.w_hi)),
+                            ("w_hi", lane.w_hi, w_hi),
                             ("rem", lane.rem, Fp::from(r.rem)),
                             ("t", lane.t, Fp::from(r.t)),
                             ("inv", lane.inv, inv),
@@ -332,10 +372,20 @@ impl LaneChip {
                         }
                         last = [
                             region.assign_advice(|| "sum", lane.sum, row, || known(sum))?,
-                            region.assign_advice(|| "before", lane.before, row, || known(r.before as u128))?,
+                            region.assign_advice(
+                                || "before",
+                                lane.before,
+                                row,
+                                || known(r.before as u128),
+                            )?,
                             region.assign_advice(|| "acc", lane.acc, row, || Value::known(acc))?,
                         ];
-                        let pack_cell = region.assign_advice(|| "pack", lane.pack, row, || Value::known(pack))?;
+                        let pack_cell = region.assign_advice(
+                            || "pack",
+                            lane.pack,
+                            row,
+                            || Value::known(pack),
+                        )?;
                         if (index + 1) % LIMBS_PER_ELEMENT == 0 || index + 1 == vocab {
                             elements.push(pack_cell);
                         }

@@ -13,8 +13,9 @@ pub(crate) fn known(v: u128) -> Value<Fp> {
     Value::known(Fp::from_u128(v))
 }
 
+pub(crate) use crate::statement::signed;
+
 /// A known signed integer as a circuit value.
 pub(crate) fn known_signed(v: i128) -> Value<Fp> {
-    let f = Fp::from_u128(v.unsigned_abs());
-    Value::known(if v < 0 { -f } else { f })
+    Value::known(signed(v))
 }

@@ -131,7 +131,10 @@ impl RangeCheckInstructions for RangeCheckChip {
                     selector.enable(&mut region, row)?;
                     let next: Value<Fp> = z.value().map(|&v| {
                         let limb = Fp::from(low_bits(v, bits));
-                        (v - limb) * Fp::from(1u64 << bits).invert().expect("2^bits is invertible")
+                        (v - limb)
+                            * Fp::from(1u64 << bits)
+                                .invert()
+                                .expect("2^bits is invertible")
                     });
                     z = region.assign_advice(|| "z", config.running, row + 1, || next)?;
                 }

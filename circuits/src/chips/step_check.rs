@@ -92,7 +92,10 @@ impl StepCheckChip {
             let sample = one() - g.clone();
             vec![
                 ("greedy is boolean", g.clone() * sample.clone()),
-                ("greedy has temperature 1", g * (beta - Expression::Constant(Fp::from(BETA_ONE as u64)))),
+                (
+                    "greedy has temperature 1",
+                    g * (beta - Expression::Constant(Fp::from(BETA_ONE as u64))),
+                ),
                 ("token reached", a_end),
                 (
                     "split token row",
@@ -102,8 +105,14 @@ impl StepCheckChip {
                         - c(ACC_SHIFT_Y as usize) * y,
                 ),
                 ("log-probability", lp + delta + sample.clone() * w_y),
-                ("scaled r", r * s.clone() - c(R_BITS as usize) * r_scaled.clone() - rho),
-                ("cdf lower", c1 - sample.clone() * (r_scaled.clone() - s_y.clone() + e_y)),
+                (
+                    "scaled r",
+                    r * s.clone() - c(R_BITS as usize) * r_scaled.clone() - rho,
+                ),
+                (
+                    "cdf lower",
+                    c1 - sample.clone() * (r_scaled.clone() - s_y.clone() + e_y),
+                ),
                 ("cdf upper", c2 - sample * (s_y - one() - r_scaled)),
                 ("lse lower", c3 - (s.clone() - g_lo)),
                 ("lse upper", c4 - (g_hi - one() - s)),
@@ -120,8 +129,14 @@ impl StepCheckChip {
             let g_hi = meta.query_advice(cols[0], Rotation(2));
             vec![
                 (q.clone() * delta, table.idx),
-                (q.clone() * g_lo + (one() - q.clone()) * Expression::Constant(lse_at_zero.0), table.lse_lo),
-                (q.clone() * g_hi + (one() - q) * Expression::Constant(lse_at_zero.1), table.lse_hi),
+                (
+                    q.clone() * g_lo + (one() - q.clone()) * Expression::Constant(lse_at_zero.0),
+                    table.lse_lo,
+                ),
+                (
+                    q.clone() * g_hi + (one() - q) * Expression::Constant(lse_at_zero.1),
+                    table.lse_hi,
+                ),
             ]
         });
         StepCheckConfig { cols, q_step }
@@ -164,8 +179,18 @@ impl StepCheckChip {
             || "step check",
             |mut region| {
                 config.q_step.enable(&mut region, 0)?;
-                let from_instance = |region: &mut halo2_proofs::circuit::Region<'_, Fp>, name: &'static str, row: usize, r: usize, c: usize| {
-                    region.assign_advice_from_instance(|| name, instance, base + row, config.cols[c], r)
+                let from_instance = |region: &mut halo2_proofs::circuit::Region<'_, Fp>,
+                                     name: &'static str,
+                                     row: usize,
+                                     r: usize,
+                                     c: usize| {
+                    region.assign_advice_from_instance(
+                        || name,
+                        instance,
+                        base + row,
+                        config.cols[c],
+                        r,
+                    )
                 };
                 let g = from_instance(&mut region, "g", instance_row::GREEDY, 0, 0)?;
                 let beta = from_instance(&mut region, "beta", instance_row::BETA, 0, 1)?;
@@ -174,10 +199,18 @@ impl StepCheckChip {
                 from_instance(&mut region, "lp", instance_row::LOGPROB, 1, 0)?;
                 region.constrain_equal(g.cell(), lanes.greedy.cell())?;
                 region.constrain_equal(beta.cell(), lanes.beta.cell())?;
-                lanes.max.copy_advice(|| "m", &mut region, config.cols[1], 1)?;
-                lanes.sum.copy_advice(|| "S", &mut region, config.cols[1], 2)?;
-                lanes.before_end.copy_advice(|| "A_end", &mut region, config.cols[2], 2)?;
-                lanes.acc.copy_advice(|| "acc", &mut region, config.cols[3], 2)?;
+                lanes
+                    .max
+                    .copy_advice(|| "m", &mut region, config.cols[1], 1)?;
+                lanes
+                    .sum
+                    .copy_advice(|| "S", &mut region, config.cols[1], 2)?;
+                lanes
+                    .before_end
+                    .copy_advice(|| "A_end", &mut region, config.cols[2], 2)?;
+                lanes
+                    .acc
+                    .copy_advice(|| "acc", &mut region, config.cols[3], 2)?;
                 let mut put = |name: &'static str, row: usize, col: usize, v: i128| {
                     region.assign_advice(|| name, config.cols[col], row, || known_signed(v))
                 };
