@@ -194,6 +194,25 @@ impl DecodeStepCircuit {
         DecodeStepCircuit { shape, steps }
     }
 
+    /// A circuit with the layout of `shape` and meaningless values: what key
+    /// generation needs (it reads fixed columns and selectors only).
+    pub fn placeholder(shape: CircuitShape) -> Self {
+        let tables = Tables::new(shape.fixed_point);
+        let step = StepWitness::build(
+            shape.fixed_point,
+            &tables,
+            vec![0; shape.vocab],
+            0,
+            crate::statement::Sampler::Greedy,
+            0,
+        )
+        .expect("zero logits are a valid greedy step");
+        DecodeStepCircuit {
+            shape,
+            steps: vec![step; shape.steps],
+        }
+    }
+
     /// The instance column for statements (one per step, in order).
     pub fn instance(statements: &[StepStatement]) -> Vec<Fp> {
         statements.iter().flat_map(|s| s.instance()).collect()

@@ -144,7 +144,7 @@ fn exp_fixed(bits: u32, positive: bool) -> u128 {
         if term == 0 {
             break;
         }
-        if positive || n % 2 == 0 {
+        if positive || n.is_multiple_of(2) {
             sum += term;
         } else {
             sum -= term;

@@ -29,7 +29,7 @@ impl Tables {
     /// The `delta` with `G[delta] <= sum < G[delta + 1]`, if it is in the table.
     pub fn lse_index(&self, sum: u128) -> Option<u64> {
         let d = self.lse.partition_point(|&g| g <= sum);
-        (d >= 1 && d <= TABLE_ROWS).then(|| (d - 1) as u64)
+        (1..=TABLE_ROWS).contains(&d).then(|| (d - 1) as u64)
     }
 }
 

@@ -1,1 +1,284 @@
+//! The zkinfer prover: turns decode records (logits, token, sampler per step) into
+//! a proof bundle that `verifier` checks.
+//!
+//! - [`records`]: the `zkinfer prove --records` JSON format;
+//! - [`prepare`]: quantization and witnesses, refusing tokens that do not follow;
+//! - [`Prover`]: keys for one circuit shape, and proofs of batches of steps.
 
+pub mod records;
+
+use std::time::{Duration, Instant};
+
+use halo2_proofs::{
+    pasta::EqAffine,
+    plonk::{create_proof, keygen_pk, ProvingKey},
+    poly::commitment::Params,
+    transcript::{Blake2bWrite, Challenge255},
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::SysRng;
+use rand_core::UnwrapErr;
+use rayon::prelude::*;
+
+use circuits::{
+    fixed_point::temperature_to_beta, CircuitShape, DecodeStepCircuit, FixedPoint, Sampler,
+    StepWitness, Tables,
+};
+use verifier::bundle::{Bundle, Proof, ProvenStep};
+use verifier::ParamsCache;
+
+pub use records::{Record, RecordSampler, Records};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    #[error("step at position {position}: {source}")]
+    Step {
+        position: u64,
+        #[source]
+        source: circuits::StepError,
+    },
+    #[error("step at position {position}: logit {value} at vocabulary index {index} is out of range (|logit| * 2^{frac_bits} must be below 2^23 and finite)")]
+    OutOfRange {
+        position: u64,
+        index: usize,
+        value: f64,
+        frac_bits: u32,
+    },
+    #[error("step at position {position}: {message}")]
+    Record { position: u64, message: String },
+    #[error("{0}")]
+    Shape(#[from] circuits::ShapeError),
+    #[error("no steps to prove")]
+    Empty,
+    #[error("public parameters: {0}")]
+    Params(#[from] std::io::Error),
+    #[error("{0}")]
+    Keys(String),
+    #[error("proving failed: {0}")]
+    Proof(String),
+}
+
+/// A step ready to prove.
+#[derive(Clone, Debug)]
+pub struct PreparedStep {
+    pub position: u64,
+    pub witness: StepWitness,
+}
+
+/// Quantizes the records and builds each step's witness, refusing a record whose
+/// token does not follow from its logits under its sampler.
+pub fn prepare(
+    records: &Records,
+    fixed_point: FixedPoint,
+) -> Result<Vec<PreparedStep>, ProveError> {
+    let tables = Tables::new(fixed_point);
+    records
+        .steps
+        .par_iter()
+        .map(|record| {
+            let position = record.position;
+            if record.logits.len() != records.vocab {
+                return Err(ProveError::Record {
+                    position,
+                    message: format!(
+                        "{} logits, but the records declare a vocabulary of {}",
+                        record.logits.len(),
+                        records.vocab
+                    ),
+                });
+            }
+            let logits = record
+                .logits
+                .iter()
+                .enumerate()
+                .map(|(index, &l)| fixed_point.quantize(index, l as f64))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ProveError::OutOfRange {
+                    position,
+                    index: e.index,
+                    value: e.value,
+                    frac_bits: e.frac_bits,
+                })?;
+            let sampler = record
+                .sampler()
+                .map_err(|message| ProveError::Record { position, message })?;
+            let witness = StepWitness::new(fixed_point, &tables, logits, record.token, sampler)
+                .map_err(|source| ProveError::Step { position, source })?;
+            Ok(PreparedStep { position, witness })
+        })
+        .collect()
+}
+
+/// Keys for one circuit shape.
+pub struct Prover {
+    pub shape: CircuitShape,
+    pub params: Params<EqAffine>,
+    pub pk: ProvingKey<EqAffine>,
+    pub vk_digest: [u8; 32],
+    pub timings: SetupTimings,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetupTimings {
+    pub params: Duration,
+    pub keygen: Duration,
+}
+
+fn spinner(show: bool, message: String) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+impl Prover {
+    /// Loads (or generates and caches) the parameters and builds the keys.
+    pub fn setup(
+        shape: CircuitShape,
+        cache: &ParamsCache,
+        progress: bool,
+    ) -> Result<Prover, ProveError> {
+        let start = Instant::now();
+        let k = shape.k();
+        let bar = spinner(progress, format!("loading public parameters (k = {k})"));
+        let params = cache.load_or_generate(k, |k| {
+            bar.set_message(format!(
+                "generating public parameters for k = {k} (minutes; cached in {} afterwards)",
+                cache.dir().display()
+            ))
+        })?;
+        let params_time = start.elapsed();
+        bar.set_message(format!("building keys for {}", shape.describe()));
+        let start = Instant::now();
+        let key = verifier::verifying_key(shape, &params).map_err(ProveError::Keys)?;
+        let circuit = DecodeStepCircuit::placeholder(shape);
+        let pk = shape
+            .scope(|| keygen_pk(&params, key.vk, &circuit))
+            .map_err(|e| ProveError::Keys(format!("proving key: {e:?}")))?;
+        bar.finish_and_clear();
+        Ok(Prover {
+            shape,
+            params,
+            pk,
+            vk_digest: key.digest,
+            timings: SetupTimings {
+                params: params_time,
+                keygen: start.elapsed(),
+            },
+        })
+    }
+
+    /// Proves exactly `shape.steps` steps.
+    pub fn prove(&self, steps: Vec<StepWitness>) -> Result<Vec<u8>, ProveError> {
+        let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
+        let instance = DecodeStepCircuit::instance(&statements);
+        let circuit = DecodeStepCircuit::new(self.shape, steps);
+        let mut transcript = Blake2bWrite::<_, EqAffine, Challenge255<_>>::init(vec![]);
+        self.shape
+            .scope(|| {
+                create_proof(
+                    &self.params,
+                    &self.pk,
+                    &[circuit],
+                    &[&[&instance]],
+                    UnwrapErr(SysRng),
+                    &mut transcript,
+                )
+            })
+            .map_err(|e| ProveError::Proof(format!("{e:?}")))?;
+        Ok(transcript.finalize())
+    }
+
+    /// Proves all steps in batches of `shape.steps` (the last batch padded by
+    /// repeating its last step), `jobs` proofs at a time.
+    pub fn prove_all(
+        &self,
+        steps: &[PreparedStep],
+        jobs: usize,
+        progress: bool,
+    ) -> Result<Bundle, ProveError> {
+        if steps.is_empty() {
+            return Err(ProveError::Empty);
+        }
+        let batch = self.shape.steps;
+        let batches: Vec<Vec<ProvenStep>> = steps
+            .chunks(batch)
+            .map(|chunk| {
+                let mut out: Vec<ProvenStep> = chunk
+                    .iter()
+                    .map(|s| ProvenStep {
+                        position: s.position,
+                        padding: false,
+                        statement: s.witness.statement,
+                    })
+                    .collect();
+                while out.len() < batch {
+                    let last = *out.last().expect("chunks are non-empty");
+                    out.push(ProvenStep {
+                        padding: true,
+                        ..last
+                    });
+                }
+                out
+            })
+            .collect();
+        let bar = if progress {
+            let bar = ProgressBar::new(batches.len() as u64).with_style(
+                ProgressStyle::with_template(
+                    "proving {bar:30} {pos}/{len} proofs ({elapsed}, eta {eta})",
+                )
+                .expect("valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs.max(1))
+            .build()
+            .map_err(|e| ProveError::Proof(e.to_string()))?;
+        let proofs = pool.install(|| {
+            steps
+                .par_chunks(batch)
+                .zip(batches.into_par_iter())
+                .map(|(chunk, proven)| {
+                    let mut witnesses: Vec<StepWitness> =
+                        chunk.iter().map(|s| s.witness.clone()).collect();
+                    while witnesses.len() < batch {
+                        witnesses.push(witnesses.last().expect("non-empty").clone());
+                    }
+                    let bytes = self.prove(witnesses)?;
+                    bar.inc(1);
+                    Ok(Proof {
+                        steps: proven,
+                        bytes,
+                    })
+                })
+                .collect::<Result<Vec<_>, ProveError>>()
+        })?;
+        bar.finish_and_clear();
+        Ok(Bundle {
+            shape: self.shape,
+            vk_digest: self.vk_digest,
+            proofs,
+        })
+    }
+}
+
+/// The sampler of a record, with its temperature turned into the circuit's `beta`.
+pub fn sampler_of(sampler: &RecordSampler) -> Result<Sampler, String> {
+    match sampler {
+        RecordSampler::Greedy {} => Ok(Sampler::Greedy),
+        RecordSampler::Sample { temperature, r } => {
+            let beta = temperature_to_beta(*temperature)?;
+            let r = r
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("r = {r:?} is not a decimal u64"))?;
+            Ok(Sampler::Sample { beta, r })
+        }
+    }
+}

@@ -1,1 +1,116 @@
+//! Standalone verification of zkinfer proof bundles.
+//!
+//! A bundle (format in `docs/bundle.md`, code in [`bundle`]) carries the circuit
+//! shape, the digest of the verifying key it was proven against, the public
+//! statement of every step and the proofs. [`verify_bundle`] rebuilds the verifying
+//! key from the shape alone (public parameters come from [`params`], cached on disk),
+//! checks that its digest matches, and batch-verifies every proof against the
+//! statements. This crate depends on halo2 and blake3 only.
 
+pub mod bundle;
+pub mod params;
+
+use halo2_proofs::{
+    pasta::EqAffine,
+    plonk::{keygen_vk, BatchVerifier, VerifyingKey},
+    poly::commitment::Params,
+};
+
+use circuits::{CircuitShape, DecodeStepCircuit};
+
+pub use bundle::{Bundle, BundleError, ProvenStep};
+pub use params::ParamsCache;
+
+/// The verifying key of a shape, and its digest.
+pub struct Key {
+    pub vk: VerifyingKey<EqAffine>,
+    pub digest: [u8; 32],
+}
+
+/// Builds the verifying key of `shape` with `params` (of size `shape.k()`).
+pub fn verifying_key(shape: CircuitShape, params: &Params<EqAffine>) -> Result<Key, String> {
+    let circuit = DecodeStepCircuit::placeholder(shape);
+    let vk = shape
+        .scope(|| keygen_vk(params, &circuit))
+        .map_err(|e| format!("building the verifying key for {}: {e:?}", shape.describe()))?;
+    let digest = vk_digest(&vk);
+    Ok(Key { vk, digest })
+}
+
+/// blake3 of the key's pinned representation (domain, constraint system, fixed
+/// commitments, permutation): equal digests mean the same circuit.
+pub fn vk_digest(vk: &VerifyingKey<EqAffine>) -> [u8; 32] {
+    *blake3::hash(format!("{:?}", vk.pinned()).as_bytes()).as_bytes()
+}
+
+/// The outcome of verifying a bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// One verdict per proof, in bundle order.
+    pub proofs: Vec<bool>,
+}
+
+impl Report {
+    pub fn all_valid(&self) -> bool {
+        self.proofs.iter().all(|&v| v)
+    }
+}
+
+/// Why a bundle could not be verified at all (as opposed to an invalid proof).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the bundle was proven against another verifying key (digest {found}, expected {expected} for {shape}): it was made by a different circuit version or tampered with")]
+    KeyMismatch {
+        shape: String,
+        found: String,
+        expected: String,
+    },
+    #[error("{0}")]
+    Key(String),
+    #[error("public parameters: {0}")]
+    Params(#[from] std::io::Error),
+}
+
+/// Verifies every proof of `bundle`. All proofs are checked in one batch; if the
+/// batch fails, each proof is checked alone to say which ones are invalid.
+pub fn verify_bundle(bundle: &Bundle, cache: &ParamsCache) -> Result<Report, VerifyError> {
+    let params = cache.load_or_generate(bundle.shape.k(), |_| {})?;
+    let key = verifying_key(bundle.shape, &params).map_err(VerifyError::Key)?;
+    verify_with_key(bundle, &params, &key)
+}
+
+/// [`verify_bundle`] with parameters and key already at hand.
+pub fn verify_with_key(
+    bundle: &Bundle,
+    params: &Params<EqAffine>,
+    key: &Key,
+) -> Result<Report, VerifyError> {
+    if key.digest != bundle.vk_digest {
+        return Err(VerifyError::KeyMismatch {
+            shape: bundle.shape.describe(),
+            found: hex(&bundle.vk_digest),
+            expected: hex(&key.digest),
+        });
+    }
+    let batch = |proofs: &[bundle::Proof]| {
+        let mut verifier = BatchVerifier::new();
+        for proof in proofs {
+            verifier.add_proof(vec![vec![proof.instance()]], proof.bytes.clone());
+        }
+        verifier.finalize(params, &key.vk)
+    };
+    let proofs = if batch(&bundle.proofs) {
+        vec![true; bundle.proofs.len()]
+    } else {
+        bundle
+            .proofs
+            .iter()
+            .map(|p| batch(std::slice::from_ref(p)))
+            .collect()
+    };
+    Ok(Report { proofs })
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,265 @@
+//! The commands: read inputs, call the library crates, print results.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde_json::json;
+
+use circuits::{CircuitShape, FixedPoint, Sampler};
+use prover::{prepare, Prover, Records};
+use verifier::{Bundle, ParamsCache};
+
+use crate::cli::{CacheArgs, Cli, Command, InspectArgs, ProveArgs, VerifyArgs};
+
+mod cost;
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    code: u8,
+    message: String,
+}
+
+impl CliError {
+    /// Bad input or a refused request: exit 1.
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+    /// Unreadable input: exit 2.
+    pub fn unreadable(message: impl Into<String>) -> Self {
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    pub fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Prove(args) => prove(args),
+        Command::Verify(args) => verify(args),
+        Command::Inspect(args) => inspect(args),
+        Command::Cost(args) => cost::run(args),
+    }
+}
+
+pub fn cache(args: &CacheArgs) -> ParamsCache {
+    ParamsCache::new(
+        args.cache_dir
+            .clone()
+            .unwrap_or_else(ParamsCache::default_dir),
+    )
+}
+
+fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
+    let text = fs::read_to_string(&args.records)
+        .map_err(|e| CliError::unreadable(format!("reading {}: {e}", args.records.display())))?;
+    let records = Records::from_json(&text)
+        .map_err(|e| CliError::unreadable(format!("{}: {e}", args.records.display())))?;
+    if records.steps.is_empty() {
+        return Err(CliError::failed(format!(
+            "{} holds no steps",
+            args.records.display()
+        )));
+    }
+    let fixed_point = FixedPoint {
+        frac_bits: args.circuit.frac_bits,
+        exp_bits: args.circuit.exp_bits,
+    };
+    let shape = CircuitShape::new(
+        records.vocab,
+        fixed_point,
+        args.circuit.batch,
+        args.circuit.lanes,
+    )
+    .map_err(|e| CliError::failed(e.to_string()))?;
+    let steps = prepare(&records, fixed_point).map_err(|e| CliError::failed(e.to_string()))?;
+    let progress = !args.quiet;
+    let prover = Prover::setup(shape, &cache(&args.cache), progress)
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let start = Instant::now();
+    let bundle = prover
+        .prove_all(&steps, args.jobs, progress)
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let elapsed = start.elapsed();
+    let bytes = bundle.to_bytes();
+    write_atomic(&args.out, &bytes)
+        .map_err(|e| CliError::failed(format!("writing {}: {e}", args.out.display())))?;
+    eprintln!(
+        "proved {} steps in {} proofs ({}) in {:.1} s (keys {:.1} s): {} bytes written to {}",
+        steps.len(),
+        bundle.proofs.len(),
+        shape.describe(),
+        elapsed.as_secs_f64(),
+        prover.timings.keygen.as_secs_f64(),
+        bytes.len(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes through a temporary file so a failed run never leaves a partial bundle.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
+}
+
+fn read_bundle(path: &Path) -> Result<Bundle, CliError> {
+    let bytes = fs::read(path)
+        .map_err(|e| CliError::unreadable(format!("reading {}: {e}", path.display())))?;
+    Bundle::from_bytes(&bytes).map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))
+}
+
+fn sampler_json(sampler: Sampler) -> serde_json::Value {
+    match sampler {
+        Sampler::Greedy => json!({"greedy": {}}),
+        Sampler::Sample { beta, r } => json!({"sample": {
+            "temperature": circuits::fixed_point::beta_to_temperature(beta),
+            "beta": beta,
+            "r": r.to_string(),
+        }}),
+    }
+}
+
+fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
+    let bundle = read_bundle(&args.bundle)?;
+    let start = Instant::now();
+    let report = verifier::verify_bundle(&bundle, &cache(&args.cache)).map_err(|e| match e {
+        verifier::VerifyError::KeyMismatch { .. } => CliError::failed(e.to_string()),
+        other => CliError::unreadable(other.to_string()),
+    })?;
+    let elapsed = start.elapsed();
+    let frac_bits = bundle.shape.fixed_point.frac_bits;
+    let valid = report.all_valid();
+    let steps: Vec<_> = bundle
+        .steps()
+        .map(|(proof, step)| {
+            (
+                step,
+                if report.proofs[proof] {
+                    "valid"
+                } else {
+                    "invalid"
+                },
+            )
+        })
+        .collect();
+    if args.json {
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|(s, verdict)| {
+                json!({
+                    "position": s.position,
+                    "token": s.statement.token,
+                    "logprob": s.statement.logprob_nats(frac_bits),
+                    "sampler": sampler_json(s.statement.sampler),
+                    "verdict": verdict,
+                })
+            })
+            .collect();
+        println!("{}", json!({"valid": valid, "steps": steps}));
+    } else {
+        println!(
+            "{:>10} {:>8} {:>12}  verdict",
+            "position", "token", "logprob"
+        );
+        for (s, verdict) in &steps {
+            println!(
+                "{:>10} {:>8} {:>12.6}  {verdict}",
+                s.position,
+                s.statement.token,
+                s.statement.logprob_nats(frac_bits)
+            );
+        }
+        let invalid = report.proofs.iter().filter(|v| !**v).count();
+        println!(
+            "{}: {} steps in {} proofs, {} invalid ({:.2} s)",
+            if valid { "VALID" } else { "INVALID" },
+            steps.len(),
+            report.proofs.len(),
+            invalid,
+            elapsed.as_secs_f64()
+        );
+    }
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn inspect(args: InspectArgs) -> Result<ExitCode, CliError> {
+    let bundle = read_bundle(&args.bundle)?;
+    let shape = bundle.shape;
+    let frac_bits = shape.fixed_point.frac_bits;
+    let steps: Vec<_> = bundle
+        .proofs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.steps.iter().map(move |s| (i, s)))
+        .collect();
+    if args.json {
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|(proof, s)| {
+                json!({
+                    "proof": proof,
+                    "position": s.position,
+                    "padding": s.padding,
+                    "commitment": verifier::hex(ff::PrimeField::to_repr(&s.statement.commitment).as_ref()),
+                    "token": s.statement.token,
+                    "logprob": s.statement.logprob_nats(frac_bits),
+                    "logprob_fixed": s.statement.logprob,
+                    "sampler": sampler_json(s.statement.sampler),
+                })
+            })
+            .collect();
+        let out = json!({
+            "format_version": verifier::bundle::FORMAT_VERSION,
+            "circuit": {
+                "vocab": shape.vocab,
+                "frac_bits": shape.fixed_point.frac_bits,
+                "exp_bits": shape.fixed_point.exp_bits,
+                "steps_per_proof": shape.steps,
+                "lanes": shape.lanes,
+                "k": shape.k(),
+                "description": shape.describe(),
+            },
+            "vk_digest": verifier::hex(&bundle.vk_digest),
+            "proofs": bundle.proofs.iter().map(|p| p.bytes.len()).collect::<Vec<_>>(),
+            "steps": steps,
+        });
+        println!("{out}");
+    } else {
+        println!("circuit:   {} (k = {})", shape.describe(), shape.k());
+        println!("vk digest: {}", verifier::hex(&bundle.vk_digest));
+        println!("proofs:    {}", bundle.proofs.len());
+        for (proof, s) in steps {
+            println!(
+                "  proof {proof}: position {} token {} logprob {:.6} {}{}",
+                s.position,
+                s.statement.token,
+                s.statement.logprob_nats(frac_bits),
+                s.statement.sampler,
+                if s.padding { " (padding)" } else { "" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,283 @@
+//! The proof bundle: a versioned binary file (see `docs/bundle.md`).
+//!
+//! Everything is little-endian. Parsing checks every length against the limits
+//! below before allocating, every field against its domain, and the trailing
+//! blake3 checksum, so a malformed file is an error, never a panic.
+
+use ff::PrimeField;
+use halo2_proofs::pasta::Fp;
+
+use circuits::fixed_point::{FixedPoint, BETA_ONE};
+use circuits::{CircuitShape, Sampler, StepStatement};
+
+pub const MAGIC: &[u8; 8] = b"ZKINFERB";
+pub const FORMAT_VERSION: u16 = 1;
+/// Largest accepted proof, in bytes.
+pub const MAX_PROOF_BYTES: usize = 1 << 24;
+/// Most proofs in one bundle.
+pub const MAX_PROOFS: usize = 1 << 20;
+/// Smallest logprob accepted, in fixed-point units.
+pub const MIN_LOGPROB: i64 = -(1 << 40);
+
+/// One proven step: its position in the generation and its public statement.
+/// `padding` steps repeat the last real step to fill a batch; they are proven
+/// but not reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProvenStep {
+    pub position: u64,
+    pub padding: bool,
+    pub statement: StepStatement,
+}
+
+/// One proof of `shape.steps` steps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proof {
+    pub steps: Vec<ProvenStep>,
+    pub bytes: Vec<u8>,
+}
+
+impl Proof {
+    /// The instance column the proof is checked against.
+    pub fn instance(&self) -> Vec<Fp> {
+        self.steps
+            .iter()
+            .flat_map(|s| s.statement.instance())
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bundle {
+    pub shape: CircuitShape,
+    pub vk_digest: [u8; 32],
+    pub proofs: Vec<Proof>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("not a zkinfer proof bundle (bad magic bytes)")]
+    Magic,
+    #[error("bundle format version {0} is not supported (this build reads version {FORMAT_VERSION}): upgrade zkinfer")]
+    Version(u16),
+    #[error("the bundle is truncated (needed {needed} more bytes at offset {offset})")]
+    Truncated { offset: usize, needed: usize },
+    #[error("invalid bundle: {0}")]
+    Invalid(String),
+    #[error("the bundle checksum does not match: the file is corrupted")]
+    Checksum,
+    #[error("{0} trailing bytes after the bundle")]
+    Trailing(usize),
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BundleError> {
+        let rest = self.bytes.len() - self.offset;
+        if n > rest {
+            return Err(BundleError::Truncated {
+                offset: self.offset,
+                needed: n - rest,
+            });
+        }
+        let out = &self.bytes[self.offset..self.offset + n];
+        self.offset += n;
+        Ok(out)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], BundleError> {
+        Ok(self.take(N)?.try_into().expect("length checked"))
+    }
+    fn u8(&mut self) -> Result<u8, BundleError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, BundleError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, BundleError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, BundleError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn i64(&mut self) -> Result<i64, BundleError> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+}
+
+fn invalid(what: impl Into<String>) -> BundleError {
+    BundleError::Invalid(what.into())
+}
+
+impl Bundle {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let s = &self.shape;
+        out.extend_from_slice(&(s.vocab as u32).to_le_bytes());
+        out.push(s.fixed_point.frac_bits as u8);
+        out.push(s.fixed_point.exp_bits as u8);
+        out.extend_from_slice(&(s.steps as u16).to_le_bytes());
+        out.extend_from_slice(&(s.lanes as u16).to_le_bytes());
+        out.push(s.k() as u8);
+        out.extend_from_slice(&self.vk_digest);
+        out.extend_from_slice(&(self.proofs.len() as u32).to_le_bytes());
+        for proof in &self.proofs {
+            out.extend_from_slice(&(proof.steps.len() as u16).to_le_bytes());
+            for step in &proof.steps {
+                let st = &step.statement;
+                out.extend_from_slice(&step.position.to_le_bytes());
+                out.push(step.padding as u8);
+                out.extend_from_slice(st.commitment.to_repr().as_ref());
+                out.extend_from_slice(&st.token.to_le_bytes());
+                out.extend_from_slice(&st.logprob.to_le_bytes());
+                let (tag, beta, r) = match st.sampler {
+                    Sampler::Greedy => (0u8, BETA_ONE, 0u64),
+                    Sampler::Sample { beta, r } => (1, beta, r),
+                };
+                out.push(tag);
+                out.extend_from_slice(&beta.to_le_bytes());
+                out.extend_from_slice(&r.to_le_bytes());
+            }
+            out.extend_from_slice(&(proof.bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&proof.bytes);
+        }
+        let checksum = blake3::hash(&out);
+        out.extend_from_slice(checksum.as_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Bundle, BundleError> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(BundleError::Magic);
+        }
+        let mut r = Reader {
+            bytes,
+            offset: MAGIC.len(),
+        };
+        let version = r.u16()?;
+        if version != FORMAT_VERSION {
+            return Err(BundleError::Version(version));
+        }
+        if bytes.len() < r.offset + 32 {
+            return Err(BundleError::Truncated {
+                offset: bytes.len(),
+                needed: r.offset + 32 - bytes.len(),
+            });
+        }
+        let (body, checksum) = bytes.split_at(bytes.len() - 32);
+        if blake3::hash(body).as_bytes() != checksum {
+            return Err(BundleError::Checksum);
+        }
+        let mut r = Reader {
+            bytes: body,
+            offset: r.offset,
+        };
+        let vocab = r.u32()? as usize;
+        let fixed_point = FixedPoint {
+            frac_bits: r.u8()? as u32,
+            exp_bits: r.u8()? as u32,
+        };
+        let steps = r.u16()? as usize;
+        let lanes = r.u16()? as usize;
+        let shape = CircuitShape::new(vocab, fixed_point, steps, lanes)
+            .map_err(|e| invalid(format!("circuit shape: {e}")))?;
+        let k = r.u8()?;
+        if k as u32 != shape.k() {
+            return Err(invalid(format!(
+                "k = {k} does not match the shape (k = {})",
+                shape.k()
+            )));
+        }
+        let vk_digest = r.array::<32>()?;
+        let n_proofs = r.u32()? as usize;
+        if n_proofs == 0 || n_proofs > MAX_PROOFS {
+            return Err(invalid(format!(
+                "{n_proofs} proofs (expected 1..={MAX_PROOFS})"
+            )));
+        }
+        let mut proofs = Vec::new();
+        for p in 0..n_proofs {
+            let n_steps = r.u16()? as usize;
+            if n_steps != shape.steps {
+                return Err(invalid(format!(
+                    "proof {p} has {n_steps} steps, the shape has {}",
+                    shape.steps
+                )));
+            }
+            let steps = (0..n_steps)
+                .map(|_| read_step(&mut r, vocab))
+                .collect::<Result<Vec<_>, _>>()?;
+            let len = r.u32()? as usize;
+            if len > MAX_PROOF_BYTES {
+                return Err(invalid(format!(
+                    "proof {p} is {len} bytes (limit {MAX_PROOF_BYTES})"
+                )));
+            }
+            let bytes = r.take(len)?.to_vec();
+            proofs.push(Proof { steps, bytes });
+        }
+        if r.offset != body.len() {
+            return Err(BundleError::Trailing(body.len() - r.offset));
+        }
+        Ok(Bundle {
+            shape,
+            vk_digest,
+            proofs,
+        })
+    }
+
+    /// The reported (non-padding) steps, in bundle order.
+    pub fn steps(&self) -> impl Iterator<Item = (usize, &ProvenStep)> {
+        self.proofs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.steps.iter().map(move |s| (i, s)))
+            .filter(|(_, s)| !s.padding)
+    }
+}
+
+fn read_step(r: &mut Reader<'_>, vocab: usize) -> Result<ProvenStep, BundleError> {
+    let position = r.u64()?;
+    let padding = match r.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(invalid(format!("padding flag {other}"))),
+    };
+    let repr = r.array::<32>()?;
+    let commitment = Option::<Fp>::from(Fp::from_repr(repr))
+        .ok_or_else(|| invalid("commitment is not a canonical field element"))?;
+    let token = r.u32()?;
+    if token as usize >= vocab {
+        return Err(invalid(format!(
+            "token {token} outside the vocabulary of {vocab}"
+        )));
+    }
+    let logprob = r.i64()?;
+    if !(MIN_LOGPROB..=0).contains(&logprob) {
+        return Err(invalid(format!("log-probability {logprob} out of range")));
+    }
+    let tag = r.u8()?;
+    let beta = r.u32()?;
+    let rand = r.u64()?;
+    let sampler = match tag {
+        0 if beta == BETA_ONE && rand == 0 => Sampler::Greedy,
+        0 => return Err(invalid("greedy step with a temperature or randomness")),
+        1 if (1..=65_535).contains(&beta) => Sampler::Sample { beta, r: rand },
+        1 => return Err(invalid(format!("beta {beta} out of range"))),
+        other => return Err(invalid(format!("sampler tag {other}"))),
+    };
+    Ok(ProvenStep {
+        position,
+        padding,
+        statement: StepStatement {
+            commitment,
+            token,
+            logprob,
+            sampler,
+        },
+    })
+}
