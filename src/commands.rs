@@ -166,9 +166,9 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
             .map(|(s, verdict)| {
                 json!({
                     "position": s.position,
-                    "token": s.statement.token,
-                    "logprob": s.statement.logprob_nats(frac_bits),
-                    "sampler": sampler_json(s.statement.sampler),
+                    "token": s.token,
+                    "logprob": s.logprob_nats(frac_bits),
+                    "sampler": sampler_json(s.sampler),
                     "verdict": verdict,
                 })
             })
@@ -183,8 +183,8 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
             println!(
                 "{:>10} {:>8} {:>12.6}  {verdict}",
                 s.position,
-                s.statement.token,
-                s.statement.logprob_nats(frac_bits)
+                s.token,
+                s.logprob_nats(frac_bits)
             );
         }
         let invalid = report.proofs.iter().filter(|v| !**v).count();
@@ -212,21 +212,26 @@ fn inspect(args: InspectArgs) -> Result<ExitCode, CliError> {
         .proofs
         .iter()
         .enumerate()
-        .flat_map(|(i, p)| p.steps.iter().map(move |s| (i, s)))
+        .flat_map(|(i, p)| {
+            p.steps
+                .iter()
+                .enumerate()
+                .map(move |(j, s)| (i, s, p.is_padding(j)))
+        })
         .collect();
     if args.json {
         let steps: Vec<_> = steps
             .iter()
-            .map(|(proof, s)| {
+            .map(|(proof, s, padding)| {
                 json!({
                     "proof": proof,
                     "position": s.position,
-                    "padding": s.padding,
-                    "commitment": verifier::hex(ff::PrimeField::to_repr(&s.statement.commitment).as_ref()),
-                    "token": s.statement.token,
-                    "logprob": s.statement.logprob_nats(frac_bits),
-                    "logprob_fixed": s.statement.logprob,
-                    "sampler": sampler_json(s.statement.sampler),
+                    "padding": padding,
+                    "commitment": verifier::hex(ff::PrimeField::to_repr(&s.commitment).as_ref()),
+                    "token": s.token,
+                    "logprob": s.logprob_nats(frac_bits),
+                    "logprob_fixed": s.logprob,
+                    "sampler": sampler_json(s.sampler),
                 })
             })
             .collect();
@@ -250,14 +255,14 @@ fn inspect(args: InspectArgs) -> Result<ExitCode, CliError> {
         println!("circuit:   {} (k = {})", shape.describe(), shape.k());
         println!("vk digest: {}", verifier::hex(&bundle.vk_digest));
         println!("proofs:    {}", bundle.proofs.len());
-        for (proof, s) in steps {
+        for (proof, s, padding) in steps {
             println!(
                 "  proof {proof}: position {} token {} logprob {:.6} {}{}",
                 s.position,
-                s.statement.token,
-                s.statement.logprob_nats(frac_bits),
-                s.statement.sampler,
-                if s.padding { " (padding)" } else { "" }
+                s.token,
+                s.logprob_nats(frac_bits),
+                s.sampler,
+                if padding { " (padding)" } else { "" }
             );
         }
     }

@@ -42,13 +42,17 @@ pub struct StepStatement {
     /// The log-probability of the token, in units of `2^-F` nats (never positive).
     pub logprob: i64,
     pub sampler: Sampler,
+    /// The token's position in the generation. The circuit does not constrain it,
+    /// but as a public input it is bound to the proof like every other.
+    pub position: u64,
 }
 
 /// Instance cells per step, in this order.
-pub const INSTANCE_PER_STEP: usize = 6;
+pub const INSTANCE_PER_STEP: usize = 7;
 
 impl StepStatement {
-    /// `[C_z, y, lp, greedy, beta, r]` as field elements (`lp` negated into the field).
+    /// `[C_z, y, lp, greedy, beta, r, position]` as field elements (`lp` negated
+    /// into the field).
     pub fn instance(&self) -> [Fp; INSTANCE_PER_STEP] {
         let (greedy, beta, r) = match self.sampler {
             Sampler::Greedy => (1, BETA_ONE, 0),
@@ -61,6 +65,7 @@ impl StepStatement {
             Fp::from(greedy),
             Fp::from(beta as u64),
             Fp::from(r),
+            Fp::from(self.position),
         ]
     }
 

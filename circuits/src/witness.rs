@@ -223,6 +223,7 @@ impl StepWitness {
                 token,
                 logprob,
                 sampler,
+                position: 0,
             },
             logits,
             max_logit,

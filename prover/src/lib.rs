@@ -24,7 +24,7 @@ use circuits::{
     fixed_point::temperature_to_beta, CircuitShape, DecodeStepCircuit, FixedPoint, Sampler,
     StepWitness, Tables,
 };
-use verifier::bundle::{Bundle, Proof, ProvenStep};
+use verifier::bundle::{Bundle, Proof};
 use verifier::ParamsCache;
 
 pub use records::{Record, RecordSampler, Records};
@@ -102,8 +102,9 @@ pub fn prepare(
             let sampler = record
                 .sampler()
                 .map_err(|message| ProveError::Record { position, message })?;
-            let witness = StepWitness::new(fixed_point, &tables, logits, record.token, sampler)
+            let mut witness = StepWitness::new(fixed_point, &tables, logits, record.token, sampler)
                 .map_err(|source| ProveError::Step { position, source })?;
+            witness.statement.position = position;
             Ok(PreparedStep { position, witness })
         })
         .collect()
@@ -192,7 +193,7 @@ impl Prover {
     }
 
     /// Proves all steps in batches of `shape.steps` (the last batch padded by
-    /// repeating its last step), `jobs` proofs at a time.
+    /// repeating its last step, which readers skip), `jobs` proofs at a time.
     pub fn prove_all(
         &self,
         steps: &[PreparedStep],
@@ -203,29 +204,9 @@ impl Prover {
             return Err(ProveError::Empty);
         }
         let batch = self.shape.steps;
-        let batches: Vec<Vec<ProvenStep>> = steps
-            .chunks(batch)
-            .map(|chunk| {
-                let mut out: Vec<ProvenStep> = chunk
-                    .iter()
-                    .map(|s| ProvenStep {
-                        position: s.position,
-                        padding: false,
-                        statement: s.witness.statement,
-                    })
-                    .collect();
-                while out.len() < batch {
-                    let last = *out.last().expect("chunks are non-empty");
-                    out.push(ProvenStep {
-                        padding: true,
-                        ..last
-                    });
-                }
-                out
-            })
-            .collect();
+        let batches = steps.len().div_ceil(batch);
         let bar = if progress {
-            let bar = ProgressBar::new(batches.len() as u64).with_style(
+            let bar = ProgressBar::new(batches as u64).with_style(
                 ProgressStyle::with_template(
                     "proving {bar:30} {pos}/{len} proofs ({elapsed}, eta {eta})",
                 )
@@ -243,17 +224,15 @@ impl Prover {
         let proofs = pool.install(|| {
             steps
                 .par_chunks(batch)
-                .zip(batches.into_par_iter())
-                .map(|(chunk, proven)| {
+                .map(|chunk| {
                     let mut witnesses: Vec<StepWitness> =
                         chunk.iter().map(|s| s.witness.clone()).collect();
-                    while witnesses.len() < batch {
-                        witnesses.push(witnesses.last().expect("non-empty").clone());
-                    }
+                    witnesses.resize(batch, witnesses.last().expect("non-empty").clone());
+                    let statements = witnesses.iter().map(|w| w.statement).collect();
                     let bytes = self.prove(witnesses)?;
                     bar.inc(1);
                     Ok(Proof {
-                        steps: proven,
+                        steps: statements,
                         bytes,
                     })
                 })

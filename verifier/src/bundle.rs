@@ -19,30 +19,24 @@ pub const MAX_PROOFS: usize = 1 << 20;
 /// Smallest logprob accepted, in fixed-point units.
 pub const MIN_LOGPROB: i64 = -(1 << 40);
 
-/// One proven step: its position in the generation and its public statement.
-/// `padding` steps repeat the last real step to fill a batch; they are proven
-/// but not reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProvenStep {
-    pub position: u64,
-    pub padding: bool,
-    pub statement: StepStatement,
-}
-
-/// One proof of `shape.steps` steps.
+/// One proof of `shape.steps` steps. A batch that is not full repeats its last
+/// step; a step equal to the one before it in the same proof is padding (a real
+/// generation never proves the same position twice).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proof {
-    pub steps: Vec<ProvenStep>,
+    pub steps: Vec<StepStatement>,
     pub bytes: Vec<u8>,
 }
 
 impl Proof {
     /// The instance column the proof is checked against.
     pub fn instance(&self) -> Vec<Fp> {
-        self.steps
-            .iter()
-            .flat_map(|s| s.statement.instance())
-            .collect()
+        self.steps.iter().flat_map(|s| s.instance()).collect()
+    }
+
+    /// Whether step `i` only pads the batch.
+    pub fn is_padding(&self, i: usize) -> bool {
+        i > 0 && self.steps[i] == self.steps[i - 1]
     }
 }
 
@@ -127,10 +121,8 @@ impl Bundle {
         out.extend_from_slice(&(self.proofs.len() as u32).to_le_bytes());
         for proof in &self.proofs {
             out.extend_from_slice(&(proof.steps.len() as u16).to_le_bytes());
-            for step in &proof.steps {
-                let st = &step.statement;
-                out.extend_from_slice(&step.position.to_le_bytes());
-                out.push(step.padding as u8);
+            for st in &proof.steps {
+                out.extend_from_slice(&st.position.to_le_bytes());
                 out.extend_from_slice(st.commitment.to_repr().as_ref());
                 out.extend_from_slice(&st.token.to_le_bytes());
                 out.extend_from_slice(&st.logprob.to_le_bytes());
@@ -230,23 +222,20 @@ impl Bundle {
         })
     }
 
-    /// The reported (non-padding) steps, in bundle order.
-    pub fn steps(&self) -> impl Iterator<Item = (usize, &ProvenStep)> {
-        self.proofs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, p)| p.steps.iter().map(move |s| (i, s)))
-            .filter(|(_, s)| !s.padding)
+    /// The reported (non-padding) steps with the index of their proof, in order.
+    pub fn steps(&self) -> impl Iterator<Item = (usize, &StepStatement)> {
+        self.proofs.iter().enumerate().flat_map(|(i, p)| {
+            p.steps
+                .iter()
+                .enumerate()
+                .filter(move |(j, _)| !p.is_padding(*j))
+                .map(move |(_, s)| (i, s))
+        })
     }
 }
 
-fn read_step(r: &mut Reader<'_>, vocab: usize) -> Result<ProvenStep, BundleError> {
+fn read_step(r: &mut Reader<'_>, vocab: usize) -> Result<StepStatement, BundleError> {
     let position = r.u64()?;
-    let padding = match r.u8()? {
-        0 => false,
-        1 => true,
-        other => return Err(invalid(format!("padding flag {other}"))),
-    };
     let repr = r.array::<32>()?;
     let commitment = Option::<Fp>::from(Fp::from_repr(repr))
         .ok_or_else(|| invalid("commitment is not a canonical field element"))?;
@@ -270,14 +259,11 @@ fn read_step(r: &mut Reader<'_>, vocab: usize) -> Result<ProvenStep, BundleError
         1 => return Err(invalid(format!("beta {beta} out of range"))),
         other => return Err(invalid(format!("sampler tag {other}"))),
     };
-    Ok(ProvenStep {
+    Ok(StepStatement {
+        commitment,
+        token,
+        logprob,
+        sampler,
         position,
-        padding,
-        statement: StepStatement {
-            commitment,
-            token,
-            logprob,
-            sampler,
-        },
     })
 }

@@ -18,7 +18,7 @@ use halo2_proofs::{
 
 use circuits::{CircuitShape, DecodeStepCircuit};
 
-pub use bundle::{Bundle, BundleError, ProvenStep};
+pub use bundle::{Bundle, BundleError, Proof};
 pub use params::ParamsCache;
 
 /// The verifying key of a shape, and its digest.

@@ -61,6 +61,7 @@ pub mod instance_row {
     pub const GREEDY: usize = 3;
     pub const BETA: usize = 4;
     pub const R: usize = 5;
+    pub const POSITION: usize = 6;
 }
 
 fn shift(bits: u32) -> Fp {

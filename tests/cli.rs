@@ -1,0 +1,290 @@
+//! End-to-end tests of the `zkinfer` binary: prove, verify, inspect, and the
+//! rejection of bad records and tampered bundles. One bundle is proven once and
+//! shared by the tests (proving at k = 17 takes about a minute on 2 cores).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+
+const VOCAB: usize = 600;
+
+fn zkinfer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zkinfer"))
+        .args(args)
+        .output()
+        .expect("run zkinfer")
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zkinfer-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Deterministic logits with a clear maximum at `peak`.
+fn logits(seed: u32, peak: usize) -> Vec<f32> {
+    (0..VOCAB)
+        .map(|i| {
+            let x = (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed.wrapping_mul(40_503));
+            let noise = (x >> 8) as f32 / (1u32 << 24) as f32 * 6.0 - 3.0;
+            if i == peak {
+                9.0
+            } else {
+                noise
+            }
+        })
+        .collect()
+}
+
+fn records() -> Value {
+    json!({"vocab": VOCAB, "steps": [
+        {"position": 5, "logits": logits(1, 17), "token": 17, "sampler": {"greedy": {}}},
+        // r = 0 picks the first token with non-zero weight: index 0.
+        {"position": 6, "logits": logits(2, 40), "token": 0, "sampler": {"sample": {"temperature": 1.5, "r": "0"}}},
+        {"position": 7, "logits": logits(3, 599), "token": 599, "sampler": {"greedy": {}}},
+    ]})
+}
+
+fn write_json(path: &Path, value: &Value) {
+    std::fs::write(path, serde_json::to_vec(value).unwrap()).unwrap();
+}
+
+/// The shared bundle: three steps in one proof of four (one padding step).
+fn bundle() -> &'static PathBuf {
+    static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        let dir = scratch();
+        let records = dir.join("records.json");
+        write_json(&records, &records_value());
+        let out = dir.join("answer.zkp");
+        let o = zkinfer(&[
+            "prove",
+            "--records",
+            records.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch",
+            "4",
+            "--lanes",
+            "2",
+            "--quiet",
+        ]);
+        assert!(
+            o.status.success(),
+            "prove failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+}
+
+fn records_value() -> Value {
+    records()
+}
+
+#[test]
+fn verify_accepts_the_proven_bundle() {
+    let o = zkinfer(&["verify", bundle().to_str().unwrap(), "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["valid"], true);
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "padding steps are not reported");
+    let tokens: Vec<_> = steps.iter().map(|s| s["token"].as_u64().unwrap()).collect();
+    assert_eq!(tokens, [17, 0, 599]);
+    assert_eq!(steps[0]["position"], 5);
+    for s in steps {
+        assert_eq!(s["verdict"], "valid");
+        assert!(s["logprob"].as_f64().unwrap() <= 0.0);
+    }
+    // The proven greedy log-probability matches float64 log-softmax within the
+    // bound (2.6e-4 at this size) plus the quantization of the logits (2^-11).
+    let z = logits(1, 17);
+    let lse = z.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+    let exact = z[17] as f64 - lse;
+    let proven = steps[0]["logprob"].as_f64().unwrap();
+    assert!(
+        (proven - exact).abs() < 1e-3,
+        "proven {proven}, exact {exact}"
+    );
+}
+
+#[test]
+fn inspect_prints_statements_without_verifying() {
+    let o = zkinfer(&["inspect", bundle().to_str().unwrap(), "--json"]);
+    assert!(o.status.success());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["circuit"]["vocab"], VOCAB);
+    assert_eq!(v["circuit"]["steps_per_proof"], 4);
+    assert_eq!(v["circuit"]["lanes"], 2);
+    assert_eq!(v["steps"].as_array().unwrap().len(), 4);
+    assert_eq!(v["steps"][3]["padding"], true);
+    assert_eq!(v["steps"][1]["sampler"]["sample"]["r"], "0");
+}
+
+#[test]
+fn corrupted_bundle_is_unreadable() {
+    let mut bytes = std::fs::read(bundle()).unwrap();
+    bytes[100] ^= 1;
+    let path = scratch().join("corrupt.zkp");
+    std::fs::write(&path, &bytes).unwrap();
+    let o = zkinfer(&["verify", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("checksum"));
+    let o = zkinfer(&["verify", "/nonexistent/bundle.zkp"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn forged_statement_is_invalid() {
+    let mut bundle = verifier::Bundle::from_bytes(&std::fs::read(bundle()).unwrap()).unwrap();
+    // Claim a higher log-probability for the sampled step, and re-seal the file.
+    bundle.proofs[0].steps[1].logprob += 1;
+    let path = scratch().join("forged.zkp");
+    std::fs::write(&path, bundle.to_bytes()).unwrap();
+    let o = zkinfer(&["verify", path.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["steps"][1]["verdict"], "invalid");
+}
+
+#[test]
+fn prove_refuses_a_token_that_does_not_follow() {
+    let dir = scratch();
+    let mut records = records();
+    records["steps"][0]["token"] = json!(18);
+    let path = dir.join("wrong-token.json");
+    write_json(&path, &records);
+    let o = zkinfer(&[
+        "prove",
+        "--records",
+        path.to_str().unwrap(),
+        "--out",
+        dir.join("x.zkp").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("position 5") && err.contains("token 18") && err.contains("gives 17"),
+        "{err}"
+    );
+    assert!(!dir.join("x.zkp").exists(), "nothing written on failure");
+}
+
+#[test]
+fn prove_names_an_out_of_range_logit() {
+    let dir = scratch();
+    let mut records = records();
+    records["steps"][2]["logits"][123] = json!(1.0e6);
+    let path = dir.join("out-of-range.json");
+    write_json(&path, &records);
+    let o = zkinfer(&[
+        "prove",
+        "--records",
+        path.to_str().unwrap(),
+        "--out",
+        dir.join("y.zkp").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("position 7") && err.contains("index 123") && err.contains("1000000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prove_rejects_malformed_records() {
+    let dir = scratch();
+    let path = dir.join("bad.json");
+    std::fs::write(&path, b"{\"vocab\": 3, \"steps\": [").unwrap();
+    let o = zkinfer(&[
+        "prove",
+        "--records",
+        path.to_str().unwrap(),
+        "--out",
+        dir.join("z.zkp").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid records JSON"));
+    let mut records = records();
+    records["steps"][1]["sampler"]["sample"]["r"] = json!("not a number");
+    write_json(&path, &records);
+    let o = zkinfer(&[
+        "prove",
+        "--records",
+        path.to_str().unwrap(),
+        "--out",
+        dir.join("z.zkp").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a decimal u64"));
+}
+
+#[test]
+fn mutated_bundles_are_rejected_without_panicking() {
+    let original = std::fs::read(bundle()).unwrap();
+    let parsed = verifier::Bundle::from_bytes(&original).unwrap();
+    let mut rejected = 0;
+    // Flips, truncations and extensions at 1,200 positions spread over the file.
+    for i in 0..400usize {
+        let pos = i * original.len() / 400;
+        let mut flipped = original.clone();
+        flipped[pos] ^= 1 << (i % 8);
+        let truncated = &original[..pos];
+        let mut extended = original.clone();
+        extended.insert(pos, (i % 251) as u8);
+        for bytes in [flipped.as_slice(), truncated, extended.as_slice()] {
+            assert!(
+                verifier::Bundle::from_bytes(bytes).is_err(),
+                "mutation at {pos} accepted"
+            );
+            rejected += 1;
+        }
+    }
+    assert_eq!(rejected, 1200);
+
+    // Mutations that keep the checksum valid (re-sealed): the parser or the
+    // proof check must still reject each, never panic.
+    let cache = verifier::ParamsCache::new(verifier::ParamsCache::default_dir());
+    let params = cache.load_or_generate(parsed.shape.k(), |_| {}).unwrap();
+    let key = verifier::verifying_key(parsed.shape, &params).unwrap();
+    let body_len = original.len() - 32;
+    let mut deep = 0;
+    for i in 0..40usize {
+        let pos = 10 + i * (body_len - 10) / 40;
+        let mut body = original[..body_len].to_vec();
+        body[pos] ^= 0x5a;
+        body.extend_from_slice(blake3::hash(&body).as_bytes());
+        match verifier::Bundle::from_bytes(&body) {
+            Err(_) => {}
+            Ok(bundle) => {
+                let report = verifier::verify_with_key(&bundle, &params, &key);
+                assert!(
+                    !matches!(report, Ok(ref r) if r.all_valid()),
+                    "re-sealed mutation at {pos} verified"
+                );
+                deep += 1;
+            }
+        }
+    }
+    assert!(
+        deep > 20,
+        "most re-sealed mutations reach the proof check ({deep})"
+    );
+}
