@@ -1,9 +1,308 @@
-//! `zkinfer cost`: placeholder replaced below.
-use std::process::ExitCode;
+//! `zkinfer cost`: what the decode-step circuit costs, per (vocabulary, batch, lanes).
+//!
+//! Each configuration is measured in a child process (`cost --in-process`), so that
+//! its peak memory is its own.
 
-use super::CliError;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use halo2_proofs::plonk::BatchVerifier;
+use serde::{Deserialize, Serialize};
+
+use circuits::{sample_token, CircuitShape, FixedPoint, Sampler, StepWitness, Tables};
+use prover::Prover;
+
+use super::{cache, CliError};
 use crate::cli::CostArgs;
 
-pub fn run(_args: CostArgs) -> Result<ExitCode, CliError> {
-    Err(CliError::failed("not yet"))
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Row {
+    vocab: usize,
+    batch: usize,
+    lanes: usize,
+    k: u32,
+    lane_rows: usize,
+    poseidon_lanes: usize,
+    advice_columns: usize,
+    keygen_s: Option<f64>,
+    prove_s: Option<f64>,
+    prove_per_token_s: Option<f64>,
+    verify_s: Option<f64>,
+    batch_verify_per_proof_s: Option<f64>,
+    verify_per_token_s: Option<f64>,
+    proof_bytes: Option<usize>,
+    proof_bytes_per_token: Option<f64>,
+    peak_memory_mib: Option<f64>,
+}
+
+pub fn run(args: CostArgs) -> Result<ExitCode, CliError> {
+    let fixed_point = FixedPoint::default();
+    let mut rows = Vec::new();
+    for &vocab in &args.vocab {
+        for &batch in &args.batch {
+            for &lanes in &args.lanes {
+                let shape = match CircuitShape::new(vocab, fixed_point, batch, lanes) {
+                    Ok(shape) => shape,
+                    Err(e) => {
+                        eprintln!("skipping V={vocab} T={batch} L={lanes}: {e}");
+                        continue;
+                    }
+                };
+                let row = if args.layout_only {
+                    layout(shape)
+                } else if args.in_process {
+                    measure(shape, &args)?
+                } else {
+                    measure_in_child(shape, &args)?
+                };
+                if !args.json && !args.in_process {
+                    print_row(&row, rows.is_empty());
+                }
+                rows.push(row);
+            }
+        }
+    }
+    if args.json || args.in_process {
+        println!("{}", serde_json::to_string(&rows).expect("rows serialize"));
+    }
+    if let Some(path) = &args.svg {
+        plot(&rows, path)
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn layout(shape: CircuitShape) -> Row {
+    Row {
+        vocab: shape.vocab,
+        batch: shape.steps,
+        lanes: shape.lanes,
+        k: shape.k(),
+        lane_rows: shape.lane_rows(),
+        poseidon_lanes: shape.poseidon_lanes(),
+        advice_columns: shape.advice_columns(),
+        ..Row::default()
+    }
+}
+
+fn measure_in_child(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["cost", "--in-process"])
+        .args(["--vocab", &shape.vocab.to_string()])
+        .args(["--batch", &shape.steps.to_string()])
+        .args(["--lanes", &shape.lanes.to_string()])
+        .args(["--verify-batch", &args.verify_batch.to_string()]);
+    if let Some(dir) = &args.cache.cache_dir {
+        cmd.arg("--cache-dir").arg(dir);
+    }
+    let out = cmd.output().map_err(|e| CliError::failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(CliError::failed(format!(
+            "measuring {}: {}",
+            shape.describe(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let rows: Vec<Row> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| CliError::failed(format!("child output: {e}")))?;
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| CliError::failed("child measured nothing"))
+}
+
+/// Random greedy steps of the shape.
+fn synthetic_steps(shape: CircuitShape, seed: u64) -> Vec<StepWitness> {
+    let tables = Tables::new(shape.fixed_point);
+    let mut x = seed | 1;
+    (0..shape.steps)
+        .map(|position| {
+            let z: Vec<i64> = (0..shape.vocab)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % 40_000) as i64 - 20_000
+                })
+                .collect();
+            let token =
+                sample_token(shape.fixed_point, &tables, &z, Sampler::Greedy).expect("in range");
+            let mut w = StepWitness::new(shape.fixed_point, &tables, z, token, Sampler::Greedy)
+                .expect("valid step");
+            w.statement.position = position as u64;
+            w
+        })
+        .collect()
+}
+
+fn measure(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
+    let mut row = layout(shape);
+    let prover = Prover::setup(shape, &cache(&args.cache), false)
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    row.keygen_s = Some(prover.timings.keygen.as_secs_f64());
+    let steps = synthetic_steps(shape, 7);
+    let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
+    let instance = circuits::DecodeStepCircuit::instance(&statements);
+    let start = Instant::now();
+    let proof = prover
+        .prove(steps)
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let prove = start.elapsed().as_secs_f64();
+    row.prove_s = Some(prove);
+    row.prove_per_token_s = Some(prove / shape.steps as f64);
+    row.proof_bytes = Some(proof.len());
+    row.proof_bytes_per_token = Some(proof.len() as f64 / shape.steps as f64);
+
+    let vk = prover.pk.get_vk();
+    let verify = |n: usize| {
+        let mut batch = BatchVerifier::new();
+        for _ in 0..n {
+            batch.add_proof(vec![vec![instance.clone()]], proof.clone());
+        }
+        let start = Instant::now();
+        let ok = batch.finalize(&prover.params, vk);
+        (ok, start.elapsed().as_secs_f64())
+    };
+    let (ok, single) = verify(1);
+    if !ok {
+        return Err(CliError::failed(format!(
+            "the proof of {} did not verify",
+            shape.describe()
+        )));
+    }
+    let n = args.verify_batch.max(1);
+    let (ok, many) = verify(n);
+    if !ok {
+        return Err(CliError::failed("batch verification failed"));
+    }
+    row.verify_s = Some(single);
+    row.batch_verify_per_proof_s = Some(many / n as f64);
+    row.verify_per_token_s = Some(many / n as f64 / shape.steps as f64);
+    row.peak_memory_mib = peak_memory_mib();
+    Ok(row)
+}
+
+/// The process's peak resident memory (VmHWM), where /proc tells it.
+fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_row(row: &Row, header: bool) {
+    if header {
+        println!(
+            "{:>8} {:>3} {:>3} {:>3} {:>8} {:>4} {:>6} {:>8} {:>8} {:>9} {:>8} {:>10} {:>8} {:>9}",
+            "V",
+            "T",
+            "L",
+            "k",
+            "rows",
+            "P",
+            "advice",
+            "keygen",
+            "prove",
+            "prove/tok",
+            "verify",
+            "verify/tok",
+            "bytes",
+            "peak MiB"
+        );
+    }
+    println!(
+        "{:>8} {:>3} {:>3} {:>3} {:>8} {:>4} {:>6} {:>8} {:>8} {:>9} {:>8} {:>10} {:>8} {:>9}",
+        row.vocab,
+        row.batch,
+        row.lanes,
+        row.k,
+        row.lane_rows,
+        row.poseidon_lanes,
+        row.advice_columns,
+        fmt(row.keygen_s, 1),
+        fmt(row.prove_s, 1),
+        fmt(row.prove_per_token_s, 2),
+        fmt(row.verify_s, 3),
+        fmt(row.verify_per_token_s, 4),
+        row.proof_bytes
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "-".into()),
+        fmt(row.peak_memory_mib, 0),
+    );
+}
+
+fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let measured: Vec<&Row> = rows.iter().filter(|r| r.prove_s.is_some()).collect();
+    if measured.is_empty() {
+        return Err("nothing measured to plot (drop --layout-only)".into());
+    }
+    let max_v = measured.iter().map(|r| r.vocab).max().unwrap_or(1) as f64;
+    let min_v = measured.iter().map(|r| r.vocab).min().unwrap_or(1) as f64;
+    let max_t = measured
+        .iter()
+        .filter_map(|r| r.prove_per_token_s)
+        .fold(0.0, f64::max);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("zkinfer decode-step cost per token", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            (min_v * 0.8..max_v * 1.25).log_scale(),
+            (0.001..max_t * 2.0).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("vocabulary size V")
+        .y_desc("seconds per token")
+        .draw()?;
+    let mut series: Vec<(usize, usize)> = measured.iter().map(|r| (r.batch, r.lanes)).collect();
+    series.sort();
+    series.dedup();
+    for (i, (batch, lanes)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pick = |f: fn(&Row) -> Option<f64>| -> Vec<(f64, f64)> {
+            let mut pts: Vec<(f64, f64)> = measured
+                .iter()
+                .filter(|r| r.batch == *batch && r.lanes == *lanes)
+                .filter_map(|r| f(r).map(|y| (r.vocab as f64, y)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            pts
+        };
+        chart
+            .draw_series(LineSeries::new(
+                pick(|r| r.prove_per_token_s),
+                color.stroke_width(2),
+            ))?
+            .label(format!("prove, T={batch} L={lanes}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(LineSeries::new(
+                pick(|r| r.verify_per_token_s),
+                color.stroke_width(1),
+            ))?
+            .label(format!("verify (batched), T={batch} L={lanes}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(1))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
