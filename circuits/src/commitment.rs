@@ -186,3 +186,52 @@ fn sponge<const L: usize>(
         .finish_absorbing(layouter.namespace(|| "finish"))?
         .squeeze(layouter.namespace(|| "squeeze"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ff::PrimeField;
+
+    fn hex(f: Fp) -> String {
+        f.to_repr()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn packing_is_horner_over_groups_of_nine() {
+        let z: Vec<i64> = (0..10).map(|i| i - 5).collect();
+        let packed = pack(&z);
+        assert_eq!(packed.len(), 2);
+        let limb = |v: i64| Fp::from((v + LIMB_OFFSET) as u64);
+        let first = (0..9).fold(Fp::zero(), |acc, i| {
+            acc * Fp::from(1 << LIMB_BITS) + limb(z[i])
+        });
+        assert_eq!(packed[0], first);
+        assert_eq!(packed[1], limb(z[9]));
+    }
+
+    #[test]
+    fn commitment_separates_vocabularies_and_values() {
+        let fp = FixedPoint::default();
+        let z: Vec<i64> = (0..1000).map(|i| (i * 37 % 200) - 100).collect();
+        let c = commit_logits(fp, &z);
+        let mut other = z.clone();
+        other[999] += 1;
+        assert_ne!(c, commit_logits(fp, &other));
+        assert_ne!(c, commit_logits(fp, &z[..999]));
+        let mut padded = z.clone();
+        padded.push(0);
+        assert_ne!(c, commit_logits(fp, &padded));
+    }
+
+    #[test]
+    fn commitment_is_pinned() {
+        // A change here changes every commitment ever made: it must be deliberate.
+        let z: Vec<i64> = (0..5000).map(|i| (i * 7919 % 4001) - 2000).collect();
+        assert_eq!(hex(commit_logits(FixedPoint::default(), &z)), PINNED);
+    }
+    const PINNED: &str = "eeb26d73c3603c726b6daf3deb8b6fb81daacf980cdd47ece5adf2325dd65032";
+}
