@@ -1,0 +1,129 @@
+//! Tiny random-weight models written as GGUF files, for tests that must not
+//! need the real model.
+
+use std::path::Path;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::gemma3::Config;
+use crate::Result;
+
+/// A small Gemma 3 shape with one global layer (index 5) and a short window.
+pub fn tiny_gemma3_config() -> Config {
+    Config {
+        layers: 7,
+        hidden: 64,
+        feed_forward: 128,
+        heads: 4,
+        kv_heads: 1,
+        head_dim: 32,
+        rope_base_global: 1_000_000.0,
+        rope_base_local: 10_000.0,
+        sliding_window: 4,
+        global_every: 6,
+        rms_eps: 1e-6,
+        vocab: 320,
+    }
+}
+
+/// Writes a Gemma 3 GGUF with random weights (seeded) for `config`. Matrices
+/// are stored as Q8_0 and norms as F32, like the real file's mix of types.
+pub fn write_random_gemma3(path: &Path, config: &Config, seed: u64) -> Result<()> {
+    let device = Device::Cpu;
+    let mut state = seed | 1;
+    let mut random = |shape: &[usize], scale: f32| -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect();
+        Ok(Tensor::from_vec(values, shape, &device)?)
+    };
+    let c = config;
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut matrix = |name: String,
+                      out: usize,
+                      inp: usize,
+                      tensors: &mut Vec<(String, QTensor)>|
+     -> Result<()> {
+        let t = random(&[out, inp], 1.0 / (inp as f32).sqrt())?;
+        tensors.push((name, QTensor::quantize(&t, GgmlDType::Q8_0)?));
+        Ok(())
+    };
+    matrix("token_embd.weight".into(), c.vocab, c.hidden, &mut tensors)?;
+    for i in 0..c.layers {
+        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        matrix(n("attn_q"), c.heads * c.head_dim, c.hidden, &mut tensors)?;
+        matrix(n("attn_k"), c.kv_heads * c.head_dim, c.hidden, &mut tensors)?;
+        matrix(n("attn_v"), c.kv_heads * c.head_dim, c.hidden, &mut tensors)?;
+        matrix(
+            n("attn_output"),
+            c.hidden,
+            c.heads * c.head_dim,
+            &mut tensors,
+        )?;
+        matrix(n("ffn_gate"), c.feed_forward, c.hidden, &mut tensors)?;
+        matrix(n("ffn_up"), c.feed_forward, c.hidden, &mut tensors)?;
+        matrix(n("ffn_down"), c.hidden, c.feed_forward, &mut tensors)?;
+    }
+    let mut norm = |name: String, dim: usize, tensors: &mut Vec<(String, QTensor)>| -> Result<()> {
+        let t = (random(&[dim], 0.2)? + 1.0)?;
+        tensors.push((name, QTensor::quantize(&t, GgmlDType::F32)?));
+        Ok(())
+    };
+    for i in 0..c.layers {
+        for s in [
+            "attn_norm",
+            "post_attention_norm",
+            "ffn_norm",
+            "post_ffw_norm",
+        ] {
+            norm(format!("blk.{i}.{s}.weight"), c.hidden, &mut tensors)?;
+        }
+        for s in ["attn_q_norm", "attn_k_norm"] {
+            norm(format!("blk.{i}.{s}.weight"), c.head_dim, &mut tensors)?;
+        }
+    }
+    norm("output_norm.weight".into(), c.hidden, &mut tensors)?;
+
+    use gguf_file::Value;
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("gemma3".into())),
+        ("gemma3.block_count", Value::U32(c.layers as u32)),
+        ("gemma3.embedding_length", Value::U32(c.hidden as u32)),
+        (
+            "gemma3.feed_forward_length",
+            Value::U32(c.feed_forward as u32),
+        ),
+        ("gemma3.attention.head_count", Value::U32(c.heads as u32)),
+        (
+            "gemma3.attention.head_count_kv",
+            Value::U32(c.kv_heads as u32),
+        ),
+        ("gemma3.attention.key_length", Value::U32(c.head_dim as u32)),
+        (
+            "gemma3.attention.value_length",
+            Value::U32(c.head_dim as u32),
+        ),
+        ("gemma3.rope.freq_base", Value::F32(c.rope_base_global)),
+        (
+            "gemma3.attention.sliding_window",
+            Value::U32(c.sliding_window as u32),
+        ),
+        (
+            "gemma3.attention.layer_norm_rms_epsilon",
+            Value::F32(c.rms_eps as f32),
+        ),
+    ];
+    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(path).map_err(candle_core::Error::from)?);
+    gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
+    Ok(())
+}
