@@ -29,11 +29,29 @@ pub enum Command {
     /// Print a bundle's circuit configuration and statements without verifying them.
     #[command(after_help = "Example:\n  zkinfer inspect answer.zkp --json")]
     Inspect(InspectArgs),
+    /// Inspect models: `model info FILE` (architecture and model id), `model path` (the packaged model).
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Measure circuit cost (rows, k, columns, keygen / prove / verify time, proof size, memory).
     #[command(
         after_help = "Example:\n  zkinfer cost --vocab 512,4096 --batch 1,4 --lanes 2 --svg cost.svg"
     )]
     Cost(CostArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Print the architecture summary and the model id (blake3 Merkle root of tensors and metadata).
+    #[command(after_help = "Example:\n  zkinfer model info $(zkinfer model path)")]
+    Info {
+        /// A GGUF file.
+        file: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print where the packaged model (Gemma 3 270M) is installed; exit 1 if it is not.
+    Path,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ use verifier::{Bundle, ParamsCache};
 use crate::cli::{CacheArgs, Cli, Command, InspectArgs, ProveArgs, VerifyArgs};
 
 mod cost;
+mod model;
 
 /// An error with the exit code it maps to.
 #[derive(Debug)]
@@ -55,6 +56,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Verify(args) => verify(args),
         Command::Inspect(args) => inspect(args),
         Command::Cost(args) => cost::run(args),
+        Command::Model(command) => model::run(command),
     }
 }
 

@@ -183,3 +183,21 @@ fn packaged_model_matches_llama_cpp_figures() {
     assert_eq!(two, whole);
     assert_eq!(three, whole);
 }
+
+#[test]
+fn model_id_is_deterministic_and_covers_the_weights() {
+    let dir = std::env::temp_dir().join(format!("zkinfer-gemma3-id-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = |seed: u64, window: usize| {
+        let path = dir.join(format!("m-{seed}-{window}.gguf"));
+        let mut config = tiny_gemma3_config();
+        config.sliding_window = window;
+        write_random_gemma3(&path, &config, seed).unwrap();
+        let mut reader = BufReader::new(File::open(&path).unwrap());
+        let content = gguf_file::Content::read(&mut reader).unwrap();
+        runtime::model_id::model_id(&content, &mut reader).unwrap()
+    };
+    assert_eq!(id(1, 4), id(1, 4));
+    assert_ne!(id(1, 4), id(2, 4), "weights");
+    assert_ne!(id(1, 4), id(1, 8), "configuration");
+}

