@@ -29,6 +29,11 @@ pub enum Command {
     /// Print a bundle's circuit configuration and statements without verifying them.
     #[command(after_help = "Example:\n  zkinfer inspect answer.zkp --json")]
     Inspect(InspectArgs),
+    /// Generate text with a model in this process, streaming it as it is produced.
+    #[command(
+        after_help = "Examples:\n  zkinfer generate --prompt \"The quick brown fox\" --max-tokens 32\n  zkinfer generate --prompt \"Once upon a time\" --temperature 0.8 --seed 7 --records records.json"
+    )]
+    Generate(GenerateArgs),
     /// Inspect models: `model info FILE` (architecture and model id), `model path` (the packaged model).
     #[command(subcommand)]
     Model(ModelCommand),
@@ -37,6 +42,31 @@ pub enum Command {
         after_help = "Example:\n  zkinfer cost --vocab 512,4096 --batch 1,4 --lanes 2 --svg cost.svg"
     )]
     Cost(CostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// The prompt (a BOS token is prepended).
+    #[arg(long)]
+    pub prompt: String,
+    /// Tokens to generate at most (generation also stops at end-of-sequence).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_tokens: usize,
+    /// Sample at this temperature instead of greedy decoding.
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f64>,
+    /// Seed of the sampling randomness: r at position p is the first 8 bytes of blake3(seed, p).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+    /// Compute threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Write the decode records (full logits per generated token) for `zkinfer prove --records`.
+    #[arg(long, value_name = "FILE")]
+    pub records: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

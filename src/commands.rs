@@ -15,6 +15,7 @@ use verifier::{Bundle, ParamsCache};
 use crate::cli::{CacheArgs, Cli, Command, InspectArgs, ProveArgs, VerifyArgs};
 
 mod cost;
+mod generate;
 mod model;
 
 /// An error with the exit code it maps to.
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Inspect(args) => inspect(args),
         Command::Cost(args) => cost::run(args),
         Command::Model(command) => model::run(command),
+        Command::Generate(args) => generate::run(args),
     }
 }
 

@@ -2,6 +2,7 @@
 //! the tokenizer stored in the GGUF metadata.
 
 pub mod gemma3;
+pub mod generate;
 pub mod model_id;
 pub mod testing;
 pub mod tokenizer;
