@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 
 const VOCAB: usize = 600;
+/// `vk digest` of decode-step v1 V=600 F=11 Q=30 T=4 L=2.
+const PINNED_VK_DIGEST: &str = "ccebfc8183f73b245d8fba97634a8a48f0ad833e0f45dc2a426ab39ec2a8fcde";
 
 fn zkinfer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zkinfer"))
@@ -129,6 +131,9 @@ fn inspect_prints_statements_without_verifying() {
     assert_eq!(v["steps"].as_array().unwrap().len(), 4);
     assert_eq!(v["steps"][3]["padding"], true);
     assert_eq!(v["steps"][1]["sampler"]["sample"]["r"], "0");
+    // The verifying key of this shape is pinned: a change of circuit layout must be deliberate
+    // (and bump the bundle format or the circuit description).
+    assert_eq!(v["vk_digest"], PINNED_VK_DIGEST);
 }
 
 #[test]
