@@ -6,6 +6,7 @@ pub mod generate;
 pub mod model_id;
 pub mod testing;
 pub mod tokenizer;
+pub mod wire;
 
 /// Errors from loading or running a model.
 #[derive(Debug, thiserror::Error)]
