@@ -12,9 +12,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use halo2_proofs::plonk::BatchVerifier;
 
-use circuits::{
-    sample_token, CircuitShape, DecodeStepCircuit, FixedPoint, Sampler, StepWitness, Tables,
-};
+use circuits::{CircuitShape, DecodeStepCircuit, FixedPoint};
 use prover::Prover;
 use verifier::ParamsCache;
 
@@ -23,30 +21,6 @@ fn list(var: &str, default: &[usize]) -> Vec<usize> {
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| default.to_vec())
-}
-
-fn steps(shape: CircuitShape) -> Vec<StepWitness> {
-    let tables = Tables::new(shape.fixed_point);
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    (0..shape.steps)
-        .map(|position| {
-            let z: Vec<i64> = (0..shape.vocab)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x % 40_000) as i64 - 20_000
-                })
-                .collect();
-            let sampler = if position % 2 == 0 {
-                Sampler::Greedy
-            } else {
-                Sampler::Sample { beta: 640, r: x }
-            };
-            let token = sample_token(shape.fixed_point, &tables, &z, sampler).unwrap();
-            StepWitness::new(shape.fixed_point, &tables, z, token, sampler).unwrap()
-        })
-        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -61,7 +35,7 @@ fn bench(c: &mut Criterion) {
         for batch in list("ZKINFER_BENCH_BATCH", &[1, 4]) {
             let shape = CircuitShape::new(vocab, FixedPoint::default(), batch, lanes).unwrap();
             let prover = Prover::setup(shape, &cache, false).unwrap();
-            let witnesses = steps(shape);
+            let witnesses = prover::synthetic_steps(shape, 0x9E37_79B9_7F4A_7C15);
             let id = format!("V={vocab}/T={batch}/L={lanes}");
             prove.bench_function(BenchmarkId::from_parameter(&id), |b| {
                 b.iter(|| prover.prove(witnesses.clone()).unwrap())

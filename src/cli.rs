@@ -31,9 +31,14 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Generate text with a model in this process, streaming it as it is produced.
     #[command(
-        after_help = "Examples:\n  zkinfer generate --prompt \"The quick brown fox\" --max-tokens 32\n  zkinfer generate --prompt \"Once upon a time\" --temperature 0.8 --seed 7 --records records.json"
+        after_help = "Examples:\n  zkinfer generate --prompt \"The quick brown fox\" --max-tokens 32\n  zkinfer generate --prompt \"Once upon a time\" --temperature 0.8 --seed 7 --records records.json\n  zkinfer generate --nodes nodes.toml --activations f16 --prompt \"Hello\"\n\nnodes.toml:\n  [[node]]\n  addr = \"127.0.0.1:7001\"\n  layers = \"0..9\"\n  [[node]]\n  addr = \"127.0.0.1:7002\"\n  layers = \"9..18\""
     )]
     Generate(GenerateArgs),
+    /// Serve a layer range of a model to `zkinfer generate --nodes` clients over TCP.
+    #[command(
+        after_help = "Example (two nodes, then a client):\n  zkinfer serve --model tiny.gguf --layers 0..9 --listen 127.0.0.1:7001\n  zkinfer serve --model tiny.gguf --layers 9..18 --listen 127.0.0.1:7002\n  zkinfer generate --nodes nodes.toml --model tiny.gguf --prompt \"Hello\""
+    )]
+    Serve(ServeArgs),
     /// Inspect models: `model info FILE` (architecture and model id), `model path` (the packaged model).
     #[command(subcommand)]
     Model(ModelCommand),
@@ -67,6 +72,76 @@ pub struct GenerateArgs {
     /// Write the decode records (full logits per generated token) for `zkinfer prove --records`.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
+    /// Run the model on remote nodes (`zkinfer serve`) listed in this TOML file instead of in this
+    /// process: `[[node]]` tables with `addr = "127.0.0.1:7001"` and `layers = "0..9"`. The first
+    /// set of nodes, in file order, that covers all layers in order is used. The tokenizer and
+    /// model id still come from --model (or the packaged model).
+    #[arg(long, value_name = "FILE")]
+    pub nodes: Option<PathBuf>,
+    /// How hidden states travel between nodes (with --nodes).
+    #[arg(long, value_enum, default_value_t = ActivationEncoding::F32, value_name = "ENC")]
+    pub activations: ActivationEncoding,
+}
+
+/// Wire encodings of hidden states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActivationEncoding {
+    /// IEEE binary32, exact.
+    F32,
+    /// IEEE binary16, half the bytes.
+    F16,
+    /// 8-bit with a per-row scale, about a quarter of the bytes.
+    Q8,
+}
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceKind {
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU (needs a binary built with CUDA).
+    Cuda,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// The layers to serve, `a..b` (layer a up to but not including b).
+    #[arg(long, value_parser = parse_layers, value_name = "A..B")]
+    pub layers: std::ops::Range<usize>,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Device to run the layers on.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Compute threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Seconds a request's cache (or a silent connection) is kept unused.
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub idle_timeout: u64,
+}
+
+/// Parses a layer range `a..b` with `a < b`.
+pub fn parse_layers(s: &str) -> Result<std::ops::Range<usize>, String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("expected a range like 0..9, got {s:?}"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a >= b {
+        return Err(format!(
+            "empty layer range {s:?}: the start must be below the end"
+        ));
+    }
+    Ok(a..b)
 }
 
 #[derive(Debug, Subcommand)]

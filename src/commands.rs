@@ -17,6 +17,7 @@ use crate::cli::{CacheArgs, Cli, Command, InspectArgs, ProveArgs, VerifyArgs};
 mod cost;
 mod generate;
 mod model;
+mod serve;
 
 /// An error with the exit code it maps to.
 #[derive(Debug)]
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Cost(args) => cost::run(args),
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

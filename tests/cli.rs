@@ -168,45 +168,46 @@ fn forged_statement_is_invalid() {
     assert_eq!(report["steps"][1]["verdict"], "invalid");
 }
 
-#[test]
-fn prove_refuses_a_token_that_does_not_follow() {
+/// Runs `prove` on `records` (written to `name.json`); returns the exit code, stderr
+/// and whether a bundle was written.
+fn prove_records(name: &str, records: &Value) -> (Option<i32>, String, bool) {
     let dir = scratch();
-    let mut records = records();
-    records["steps"][0]["token"] = json!(18);
-    let path = dir.join("wrong-token.json");
-    write_json(&path, &records);
+    let path = dir.join(format!("{name}.json"));
+    let out = dir.join(format!("{name}.zkp"));
+    write_json(&path, records);
     let o = zkinfer(&[
         "prove",
         "--records",
         path.to_str().unwrap(),
         "--out",
-        dir.join("x.zkp").to_str().unwrap(),
+        out.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        out.exists(),
+    )
+}
+
+#[test]
+fn prove_refuses_a_token_that_does_not_follow() {
+    let mut records = records();
+    records["steps"][0]["token"] = json!(18);
+    let (code, err, written) = prove_records("wrong-token", &records);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("position 5") && err.contains("token 18") && err.contains("gives 17"),
         "{err}"
     );
-    assert!(!dir.join("x.zkp").exists(), "nothing written on failure");
+    assert!(!written, "nothing written on failure");
 }
 
 #[test]
 fn prove_names_an_out_of_range_logit() {
-    let dir = scratch();
     let mut records = records();
     records["steps"][2]["logits"][123] = json!(1.0e6);
-    let path = dir.join("out-of-range.json");
-    write_json(&path, &records);
-    let o = zkinfer(&[
-        "prove",
-        "--records",
-        path.to_str().unwrap(),
-        "--out",
-        dir.join("y.zkp").to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (code, err, _) = prove_records("out-of-range", &records);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("position 7") && err.contains("index 123") && err.contains("1000000"),
         "{err}"
@@ -229,16 +230,9 @@ fn prove_rejects_malformed_records() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid records JSON"));
     let mut records = records();
     records["steps"][1]["sampler"]["sample"]["r"] = json!("not a number");
-    write_json(&path, &records);
-    let o = zkinfer(&[
-        "prove",
-        "--records",
-        path.to_str().unwrap(),
-        "--out",
-        dir.join("z.zkp").to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a decimal u64"));
+    let (code, err, _) = prove_records("bad-r", &records);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a decimal u64"), "{err}");
 }
 
 #[test]

@@ -247,6 +247,40 @@ impl Prover {
     }
 }
 
+/// Random steps of `shape` for benchmarks and cost measurements: logits uniform in
+/// ±9.8 nats, even positions greedy, odd positions sampled at temperature 0.8.
+pub fn synthetic_steps(shape: CircuitShape, seed: u64) -> Vec<StepWitness> {
+    let tables = Tables::new(shape.fixed_point);
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..shape.steps)
+        .map(|position| {
+            let z: Vec<i64> = (0..shape.vocab)
+                .map(|_| (next() % 40_000) as i64 - 20_000)
+                .collect();
+            let sampler = if position % 2 == 0 {
+                Sampler::Greedy
+            } else {
+                Sampler::Sample {
+                    beta: 640,
+                    r: next(),
+                }
+            };
+            let token = circuits::sample_token(shape.fixed_point, &tables, &z, sampler)
+                .expect("logits in range");
+            let mut step = StepWitness::new(shape.fixed_point, &tables, z, token, sampler)
+                .expect("a valid step");
+            step.statement.position = position as u64;
+            step
+        })
+        .collect()
+}
+
 /// The sampler of a record, with its temperature turned into the circuit's `beta`.
 pub fn sampler_of(sampler: &RecordSampler) -> Result<Sampler, String> {
     match sampler {

