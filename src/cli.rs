@@ -73,8 +73,11 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
     /// Run the model on remote nodes (`zkinfer serve`) listed in this TOML file instead of in this
-    /// process: `[[node]]` tables with `addr = "127.0.0.1:7001"` and `layers = "0..9"`. The first
-    /// set of nodes, in file order, that covers all layers in order is used. The tokenizer and
+    /// process: `[[node]]` tables with `addr = "127.0.0.1:7001"` and `layers = "0..9"`; several
+    /// nodes may serve the same range. The client pings every node (RTT and throughput), uses the
+    /// cheapest chain that covers all layers, re-measures every 16 tokens (switching to a chain
+    /// cheaper by 20%), and on a node failure bans it for 60 s, moves to another node serving that
+    /// range and replays the history; each change is one stderr line. The tokenizer and
     /// model id still come from --model (or the packaged model).
     #[arg(long, value_name = "FILE")]
     pub nodes: Option<PathBuf>,

@@ -59,9 +59,27 @@ pub enum ClientError {
         /// What failed; [`WireError::Remote`] for an Error frame.
         source: WireError,
     },
+    /// No chain of live, unbanned nodes covers every layer.
+    #[error("no live node serves layers {}..{} (first uncovered layer {layer}){}", range.start, range.end, banned_note(banned))]
+    NoRoute {
+        /// The first layer no chain from layer 0 reaches.
+        layer: usize,
+        /// The uncovered layers, up to where the next live node starts.
+        range: Range<usize>,
+        /// Banned nodes, as `addr (a..b)`.
+        banned: Vec<String>,
+    },
     /// A caller mistake (e.g. no tokens).
     #[error("{0}")]
     Usage(String),
+}
+
+fn banned_note(banned: &[String]) -> String {
+    if banned.is_empty() {
+        String::new()
+    } else {
+        format!("; banned after failures: {}", banned.join(", "))
+    }
 }
 
 impl ClientError {
@@ -72,6 +90,32 @@ impl ClientError {
                 source: WireError::Remote { code, .. },
                 ..
             } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The node to blame when this error means the node is dead, unreachable
+    /// or lost the request (I/O error, timeout, close, a bad answer, or an
+    /// Error frame of kind Internal / UnknownRequest / WrongModel /
+    /// WrongLayers): the client should ban it and route around it. `None`
+    /// for errors another node would repeat (e.g. Malformed: our request is
+    /// wrong) and for usage or routing errors.
+    pub fn failed_node(&self) -> Option<SocketAddr> {
+        match self {
+            ClientError::Connect { addr, .. } => Some(*addr),
+            ClientError::Node {
+                addr,
+                source: WireError::Remote { code, .. },
+                ..
+            } => matches!(
+                code,
+                ErrorCode::Internal
+                    | ErrorCode::UnknownRequest
+                    | ErrorCode::WrongModel
+                    | ErrorCode::WrongLayers
+            )
+            .then_some(*addr),
+            ClientError::Node { addr, .. } => Some(*addr),
             _ => None,
         }
     }

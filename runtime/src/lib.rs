@@ -7,6 +7,8 @@ pub mod gemma3;
 pub mod generate;
 pub mod model_id;
 pub mod node;
+pub mod routing;
+pub mod session;
 pub mod testing;
 pub mod tokenizer;
 pub mod transport;

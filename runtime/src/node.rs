@@ -105,6 +105,19 @@ pub async fn serve(
     model: Arc<Gemma3>,
     config: NodeConfig,
 ) -> io::Result<()> {
+    serve_until(listener, model, config, std::future::pending()).await
+}
+
+/// Serves `model` on `listener` until `shutdown` completes or the task is
+/// dropped; either way the listener and every accepted connection close
+/// (connections run in a [`tokio::task::JoinSet`] owned by this future, so
+/// dropping it aborts them), which is what a client sees when a node dies.
+pub async fn serve_until(
+    listener: TcpListener,
+    model: Arc<Gemma3>,
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
     let wire_layers = to_wire(&config.layers)?;
     let shared = Arc::new(Shared {
         model,
@@ -118,16 +131,23 @@ pub async fn serve(
     ));
     // Stop the sweeper when `serve` itself is dropped or returns.
     let _sweeper = AbortOnDrop(sweeper);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let shared = Arc::clone(&shared);
-                tokio::spawn(async move { connection(stream, &shared).await });
-            }
-            Err(e) => {
-                eprintln!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            // Reap finished connections so the set does not grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = Arc::clone(&shared);
+                    connections.spawn(async move { connection(stream, &shared).await });
+                }
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
         }
     }
 }

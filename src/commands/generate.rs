@@ -14,10 +14,11 @@ use candle_core::Device;
 
 use circuits::{fixed_point::temperature_to_beta, sample_token, FixedPoint, Sampler, Tables};
 use prover::{Record, RecordSampler, Records};
-use runtime::client::{plan_route, Chain, Hop};
+use runtime::client::Hop;
 use runtime::gemma3::Gemma3;
 use runtime::generate::Generator;
 use runtime::model_id::ModelId;
+use runtime::session::{Session, SessionConfig};
 use runtime::tokenizer::Tokenizer;
 use runtime::wire::Encoding;
 
@@ -67,48 +68,53 @@ enum Backend<'a> {
     Local(Generator<'a>),
     Remote {
         runtime: tokio::runtime::Runtime,
-        chain: Chain,
-        request_id: u64,
-        position: u64,
+        session: Box<Session>,
     },
 }
 
 impl Backend<'_> {
-    /// Connects to the first chain of the nodes in `nodes` that covers all
-    /// `layers` layers.
+    /// Measures the nodes in `nodes` and connects the cheapest chain that
+    /// covers all `layers` layers; the session fails over and reroutes on
+    /// its own, and each such event is printed as one stderr line.
     fn remote(
         nodes: &Path,
         layers: usize,
+        hidden: usize,
         id: ModelId,
         encoding: ActivationEncoding,
     ) -> Result<Self, CliError> {
         let candidates = read_nodes(nodes)?;
-        let route = plan_route(&candidates, layers)
-            .map_err(|e| CliError::failed(format!("{}: {e}", nodes.display())))?;
-        let encoding = match encoding {
-            ActivationEncoding::F32 => Encoding::F32,
-            ActivationEncoding::F16 => Encoding::F16,
-            ActivationEncoding::Q8 => Encoding::Q8,
+        let (encoding, bytes_per_value) = match encoding {
+            ActivationEncoding::F32 => (Encoding::F32, 4),
+            ActivationEncoding::F16 => (Encoding::F16, 2),
+            ActivationEncoding::Q8 => (Encoding::Q8, 1),
         };
-        let hops: Vec<String> = route
-            .iter()
-            .map(|h| format!("{} ({}..{})", h.addr, h.layers.start, h.layers.end))
-            .collect();
-        let runtime = tokio_runtime()?;
-        let chain = runtime
-            .block_on(Chain::connect(route, layers, id, encoding, NODE_TIMEOUT))
-            .map_err(|e| CliError::failed(e.to_string()))?;
-        eprintln!("[chain: {}; activations {encoding:?}]", hops.join(" -> "));
+        let config = SessionConfig {
+            encoding,
+            io_timeout: NODE_TIMEOUT,
+            activation_bytes: hidden * bytes_per_value,
+            ..SessionConfig::default()
+        };
         // Unique enough among this client's requests: a node keys caches by it.
         let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
         let hash = blake3::hash(seed.as_bytes());
         let mut first = [0u8; 8];
         first.copy_from_slice(&hash.as_bytes()[..8]);
+        let runtime = tokio_runtime()?;
+        let mut session = runtime
+            .block_on(Session::connect(
+                candidates,
+                layers,
+                id,
+                config,
+                u64::from_le_bytes(first),
+            ))
+            .map_err(|e| CliError::failed(format!("{}: {e}", nodes.display())))?;
+        eprintln!("[activations {encoding:?}]");
+        print_events(&mut session);
         Ok(Backend::Remote {
             runtime,
-            chain,
-            request_id: u64::from_le_bytes(first),
-            position: 0,
+            session: Box::new(session),
         })
     }
 
@@ -116,42 +122,42 @@ impl Backend<'_> {
     fn position(&self) -> u64 {
         match self {
             Backend::Local(g) => g.position() as u64,
-            Backend::Remote { position, .. } => *position,
+            Backend::Remote { session, .. } => session.position(),
         }
     }
 
-    /// Feeds tokens; returns the logits of the last one.
+    /// Feeds tokens; returns the logits of the last one. Remote logits are
+    /// final when this returns (failover happens inside), so a caller that
+    /// prints a token only after sampling it never prints it twice.
     fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, CliError> {
         match self {
             Backend::Local(g) => g.feed(tokens).map_err(|e| CliError::failed(e.to_string())),
-            Backend::Remote {
-                runtime,
-                chain,
-                request_id,
-                position,
-            } => {
-                let logits = runtime
-                    .block_on(chain.forward(*request_id, *position, tokens))
-                    .map_err(|e| CliError::failed(e.to_string()))?;
-                *position += tokens.len() as u64;
-                Ok(logits)
+            Backend::Remote { runtime, session } => {
+                let result = runtime.block_on(session.feed(tokens));
+                print_events(session);
+                result.map_err(|e| CliError::failed(e.to_string()))
             }
         }
     }
 
-    /// Frees the request's caches on the nodes (best effort).
+    /// Frees the request's caches on the nodes (best effort) and prints the
+    /// failover and reroute counts.
     fn finish(&mut self) {
-        if let Backend::Remote {
-            runtime,
-            chain,
-            request_id,
-            ..
-        } = self
-        {
-            if let Err(e) = runtime.block_on(chain.end(*request_id)) {
-                eprintln!("[warning: ending the request on the nodes: {e}]");
-            }
+        if let Backend::Remote { runtime, session } = self {
+            runtime.block_on(session.end());
+            let stats = session.stats();
+            eprintln!(
+                "[{} failovers, {} reroutes]",
+                stats.failovers, stats.reroutes
+            );
         }
+    }
+}
+
+/// Prints the session's new events, one stderr line each.
+fn print_events(session: &mut Session) {
+    for event in session.take_events() {
+        eprintln!("[{event}]");
     }
 }
 
@@ -184,7 +190,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         Some(nodes) => {
             let id = runtime::model_id::model_id(&content, &mut reader)
                 .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
-            Backend::remote(nodes, config.layers, id, args.activations)?
+            Backend::remote(nodes, config.layers, config.hidden, id, args.activations)?
         }
     };
     let fixed_point = FixedPoint::default();
