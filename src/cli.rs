@@ -72,6 +72,15 @@ pub struct GenerateArgs {
     /// Write the decode records (full logits per generated token) for `zkinfer prove --records`.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
+    /// Write a transcript (JSON, see docs/transcript.md): model id, prompt tokens, sampler, client
+    /// nonce, tokens, per-hop blake3 digests of the activations sent and received, and the decode
+    /// records of every generated token.
+    #[arg(long, value_name = "FILE")]
+    pub transcript: Option<PathBuf>,
+    /// Store the transcript's logits in a compact little-endian side file `<FILE>.logits.bin`
+    /// (referenced by name and blake3) instead of inline JSON.
+    #[arg(long, requires = "transcript")]
+    pub transcript_binary: bool,
     /// Run the model on remote nodes (`zkinfer serve`) listed in this TOML file instead of in this
     /// process: `[[node]]` tables with `addr = "127.0.0.1:7001"` and `layers = "0..9"`; several
     /// nodes may serve the same range. The client pings every node (RTT and throughput), uses the

@@ -85,3 +85,86 @@ fn seeded_sampling_is_reproducible_and_records_are_provable_inputs() {
         "another seed gives other randomness"
     );
 }
+
+#[test]
+fn transcripts_hold_the_generation_and_provable_records_inline_or_binary() {
+    if !installed() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("zkinfer-transcript-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |path: &PathBuf, binary: bool| {
+        let mut args = vec![
+            "generate",
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "3",
+            "--temperature",
+            "0.9",
+            "--seed",
+            "7",
+            "--threads",
+            "1",
+            "--transcript",
+            path.to_str().unwrap(),
+        ];
+        if binary {
+            args.push("--transcript-binary");
+        }
+        let o = zkinfer(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = std::fs::read_to_string(path).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let transcript: runtime::transcript::Transcript = serde_json::from_str(&text).unwrap();
+        (value, transcript)
+    };
+
+    let (value, inline) = run(&dir.join("t.json"), false);
+    assert_eq!(value["version"], 1);
+    assert_eq!(value["model_id"].as_str().unwrap().len(), 64);
+    assert_eq!(value["client_nonce"].as_str().unwrap().len(), 32);
+    assert_eq!(value["prompt"], "Once upon a time");
+    assert_eq!(value["sampler"]["sample"]["seed"], 7);
+    assert!(value["request_id"].is_null());
+    let prompt_tokens = value["prompt_tokens"].as_array().unwrap();
+    assert!(!prompt_tokens.is_empty());
+    let tokens = value["tokens"].as_array().unwrap();
+    assert!(!tokens.is_empty() && tokens.len() <= 3);
+    // One local hop per forward: the prompt, then each token fed back.
+    let hops = value["hops"].as_array().unwrap();
+    assert!(hops.len() >= tokens.len(), "{hops:?}");
+    assert_eq!(hops[0]["node"], "local");
+    assert_eq!(hops[0]["position"], 0);
+    assert_eq!(hops[0]["layers"], serde_json::json!([0, 18]));
+    assert_eq!(hops[1]["position"], prompt_tokens.len());
+    // The inline records are exactly `prove --records` input.
+    let records: prover::Records =
+        serde_json::from_value(value["records"]["inline"].clone()).unwrap();
+    assert_eq!(records.vocab, 262_144);
+    assert_eq!(records.steps.len(), tokens.len());
+    for (step, token) in records.steps.iter().zip(tokens) {
+        assert_eq!(u64::from(step.token), token.as_u64().unwrap());
+    }
+    prover::prepare(&records, circuits::FixedPoint::default()).expect("records are provable");
+    // The last hop of the forward that produced step i's logits hashes them.
+    let logits_digest = |logits: &[f32]| {
+        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        blake3::hash(&bytes).to_hex().to_string()
+    };
+    assert_eq!(
+        hops[0]["output_blake3"].as_str().unwrap(),
+        logits_digest(&records.steps[0].logits)
+    );
+
+    // The binary side file rebuilds the same records (same seed: same tokens).
+    let (value, binary) = run(&dir.join("b.json"), true);
+    let side = &value["records"]["file"];
+    assert_eq!(side["path"], "b.logits.bin");
+    assert_eq!(binary.tokens, inline.tokens);
+    let rebuilt = binary.records(&dir).expect("side file");
+    let json = serde_json::to_value(&rebuilt).unwrap();
+    let rebuilt: prover::Records = serde_json::from_value(json).unwrap();
+    assert_eq!(rebuilt, records);
+    let _ = std::fs::remove_dir_all(&dir);
+}

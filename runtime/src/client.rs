@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::model_id::ModelId;
+use crate::transcript::HopDigest;
 use crate::transport;
 use crate::wire::{
     Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, Hello, Limits, Message,
@@ -215,6 +216,8 @@ pub struct Chain {
     encoding: Encoding,
     io_timeout: Duration,
     limits: Limits,
+    /// Per-hop digests of the last successful forward.
+    last_hops: Vec<HopDigest>,
 }
 
 impl Chain {
@@ -253,6 +256,7 @@ impl Chain {
             encoding,
             io_timeout,
             limits: Limits::default(),
+            last_hops: Vec::new(),
         };
         for i in 0..chain.links.len() {
             let hello = Hello {
@@ -275,9 +279,18 @@ impl Chain {
         self.links.iter().map(|l| &l.hop)
     }
 
+    /// Per-hop digests of the last forward that succeeded, in layer order:
+    /// blake3 of the payload bytes sent to each hop (the tokens as u32
+    /// little-endian for the first, else the `Activations.data` bytes) and of
+    /// the `Output` data bytes it answered. Empty before the first forward.
+    pub fn last_hops(&self) -> &[HopDigest] {
+        &self.last_hops
+    }
+
     /// Feeds `tokens` at `position..position + tokens.len()` of request
     /// `request_id` through the chain and returns the logits of the last
-    /// position. Position `0` starts the request on every node.
+    /// position. Position `0` starts the request on every node. On success,
+    /// [`Chain::last_hops`] holds the digests of this forward.
     pub async fn forward(
         &mut self,
         request_id: u64,
@@ -288,7 +301,18 @@ impl Chain {
             return Err(ClientError::Usage("no tokens to feed".into()));
         }
         let mut input = ForwardInput::Tokens(tokens.to_vec());
+        let mut hops = Vec::with_capacity(self.links.len());
         for i in 0..self.links.len() {
+            let sent = match &input {
+                ForwardInput::Tokens(t) => {
+                    let mut h = blake3::Hasher::new();
+                    for v in t {
+                        h.update(&v.to_le_bytes());
+                    }
+                    h.finalize()
+                }
+                ForwardInput::Activations(a) => blake3::hash(&a.data),
+            };
             let forward = Forward {
                 model_id: self.model_id,
                 layers: self.wire_layers(i)?,
@@ -299,8 +323,17 @@ impl Chain {
                 Message::Output(a) => a,
                 other => return Err(self.unexpected(i, &other)),
             };
+            let hop = &self.links[i].hop;
+            hops.push(HopDigest {
+                addr: hop.addr,
+                layers: hop.layers.clone(),
+                input: sent,
+                output: blake3::hash(&output.data),
+            });
             if i + 1 == self.links.len() {
-                return output.to_f32().map_err(|e| self.node_error(i, e));
+                let logits = output.to_f32().map_err(|e| self.node_error(i, e))?;
+                self.last_hops = hops;
+                return Ok(logits);
             }
             input = ForwardInput::Activations(
                 self.reencode(output).map_err(|e| self.node_error(i, e))?,

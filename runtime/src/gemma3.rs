@@ -37,21 +37,21 @@ pub struct Config {
     pub vocab: usize,
 }
 
-fn meta<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
+pub(crate) fn meta<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
     content
         .metadata
         .get(key)
         .ok_or_else(|| ModelError::Metadata(format!("missing key {key}")))
 }
 
-fn meta_u32(content: &gguf_file::Content, key: &str) -> Result<usize> {
+pub(crate) fn meta_u32(content: &gguf_file::Content, key: &str) -> Result<usize> {
     meta(content, key)?
         .to_u32()
         .map(|v| v as usize)
         .map_err(|e| ModelError::Metadata(format!("{key}: {e}")))
 }
 
-fn meta_f32(content: &gguf_file::Content, key: &str) -> Result<f32> {
+pub(crate) fn meta_f32(content: &gguf_file::Content, key: &str) -> Result<f32> {
     meta(content, key)?
         .to_f32()
         .map_err(|e| ModelError::Metadata(format!("{key}: {e}")))
@@ -115,7 +115,7 @@ impl RmsNorm {
 /// Q5_0 has no SIMD kernel in candle 0.11: dequantize it to f32 at load (exact
 /// with respect to the stored weights, ~7-10x faster prompts). Other types stay
 /// quantized.
-fn matmul(qt: QTensor) -> Result<QMatMul> {
+pub(crate) fn matmul(qt: QTensor) -> Result<QMatMul> {
     if qt.dtype() == GgmlDType::Q5_0 {
         let device = qt.device();
         Ok(QMatMul::Tensor(qt.dequantize(&device)?))
@@ -145,8 +145,8 @@ struct Layer {
 /// The keys and values a request has produced so far, per layer of the shard.
 #[derive(Debug, Default)]
 pub struct Cache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) len: usize,
 }
 
 impl Cache {
@@ -395,7 +395,7 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&a, &b], D::Minus1)?)
 }
 
-fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
+pub(crate) fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
     if group == 1 {
         return Ok(x.clone());
     }
@@ -405,7 +405,7 @@ fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
         .reshape((b, h * group, s, d))?)
 }
 
-fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)

@@ -5,12 +5,15 @@
 pub mod client;
 pub mod gemma3;
 pub mod generate;
+pub mod llama;
+pub mod model;
 pub mod model_id;
 pub mod node;
 pub mod routing;
 pub mod session;
 pub mod testing;
 pub mod tokenizer;
+pub mod transcript;
 pub mod transport;
 pub mod wire;
 

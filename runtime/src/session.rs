@@ -9,6 +9,12 @@
 //! it would have computed without the failure (batched and one-at-a-time
 //! forwards may round differently), which keeps greedy output identical.
 //!
+//! After each feed, [`Session::last_hops`] gives the per-hop digests of the
+//! forward that produced the returned logits. After a failover those are the
+//! new chain's hops for the pending tokens only: the replay forwards (and the
+//! failed attempt) are not reported, since they produced no logits the
+//! caller sees.
+//!
 //! Every `remeasure_every` tokens it pings all candidates again and switches
 //! to a cheaper route when it wins by `switch_margin`; a switch replays the
 //! history too.
@@ -20,6 +26,7 @@ use std::time::{Duration, Instant};
 use crate::client::{Chain, ClientError, Hop};
 use crate::model_id::ModelId;
 use crate::routing::{measure, Router};
+use crate::transcript::HopDigest;
 use crate::wire::Encoding;
 
 /// How a session routes and recovers.
@@ -141,6 +148,8 @@ pub struct Session {
     since_measure: usize,
     stats: SessionStats,
     events: Vec<SessionEvent>,
+    /// Hop digests of the forward behind the last feed's logits.
+    last_hops: Vec<HopDigest>,
 }
 
 impl Session {
@@ -167,6 +176,7 @@ impl Session {
             since_measure: 0,
             stats: SessionStats::default(),
             events: Vec::new(),
+            last_hops: Vec::new(),
         };
         session.measure_all().await;
         session.open().await?;
@@ -186,6 +196,20 @@ impl Session {
     /// Events since the last call, oldest first.
     pub fn take_events(&mut self) -> Vec<SessionEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// The request id of the current chain (it changes on failover and
+    /// reroute).
+    pub fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    /// Per-hop digests (see [`Chain::last_hops`]) of the forward that
+    /// produced the logits of the last successful [`Session::feed`]; on
+    /// failover, those of the new chain's forward of the fed tokens, not of
+    /// the replay.
+    pub fn last_hops(&self) -> &[HopDigest] {
+        &self.last_hops
     }
 
     /// Positions fed so far.
@@ -252,6 +276,7 @@ impl Session {
         }
         let logits = chain.forward(request_id, at, tokens).await?;
         *held = at + tokens.len() as u64;
+        self.last_hops = chain.last_hops().to_vec();
         Ok(logits)
     }
 

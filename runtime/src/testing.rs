@@ -127,3 +127,107 @@ pub fn write_random_gemma3(path: &Path, config: &Config, seed: u64) -> Result<()
     gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
     Ok(())
 }
+
+/// A small Llama shape with grouped-query attention (4 heads over 2 kv heads)
+/// and its own output head (`tied_head: false`).
+pub fn tiny_llama_config() -> crate::llama::Config {
+    crate::llama::Config {
+        layers: 5,
+        hidden: 64,
+        feed_forward: 96,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        rope_dim: 16,
+        rope_base: 10_000.0,
+        rms_eps: 1e-5,
+        vocab: 300,
+        tied_head: false,
+    }
+}
+
+/// Writes a Llama GGUF with random weights (seeded) for `config`, matrices as
+/// Q8_0 and norms as F32. With `config.tied_head` the file has no
+/// `output.weight` and the head is `token_embd.weight`.
+pub fn write_random_llama(path: &Path, config: &crate::llama::Config, seed: u64) -> Result<()> {
+    write_random_llama_as(path, config, seed, GgmlDType::Q8_0)
+}
+
+/// [`write_random_llama`] with the matrices stored as `dtype` (e.g. F32, for
+/// tests that check the math against a reference computed from the same weights).
+pub fn write_random_llama_as(
+    path: &Path,
+    config: &crate::llama::Config,
+    seed: u64,
+    dtype: GgmlDType,
+) -> Result<()> {
+    let device = Device::Cpu;
+    let mut state = seed | 1;
+    let mut random = |shape: &[usize], scale: f32| -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect();
+        Ok(Tensor::from_vec(values, shape, &device)?)
+    };
+    let c = config;
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut matrix = |name: String, out: usize, inp: usize| -> Result<(String, QTensor)> {
+        let t = random(&[out, inp], 1.0 / (inp as f32).sqrt())?;
+        Ok((name, QTensor::quantize(&t, dtype)?))
+    };
+    let q_dim = c.heads * c.head_dim;
+    let kv_dim = c.kv_heads * c.head_dim;
+    tensors.push(matrix("token_embd.weight".into(), c.vocab, c.hidden)?);
+    for i in 0..c.layers {
+        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        tensors.push(matrix(n("attn_q"), q_dim, c.hidden)?);
+        tensors.push(matrix(n("attn_k"), kv_dim, c.hidden)?);
+        tensors.push(matrix(n("attn_v"), kv_dim, c.hidden)?);
+        tensors.push(matrix(n("attn_output"), c.hidden, q_dim)?);
+        tensors.push(matrix(n("ffn_gate"), c.feed_forward, c.hidden)?);
+        tensors.push(matrix(n("ffn_up"), c.feed_forward, c.hidden)?);
+        tensors.push(matrix(n("ffn_down"), c.hidden, c.feed_forward)?);
+    }
+    if !c.tied_head {
+        tensors.push(matrix("output.weight".into(), c.vocab, c.hidden)?);
+    }
+    let mut norm = |name: String| -> Result<(String, QTensor)> {
+        let t = (random(&[c.hidden], 0.2)? + 1.0)?;
+        Ok((name, QTensor::quantize(&t, GgmlDType::F32)?))
+    };
+    for i in 0..c.layers {
+        tensors.push(norm(format!("blk.{i}.attn_norm.weight"))?);
+        tensors.push(norm(format!("blk.{i}.ffn_norm.weight"))?);
+    }
+    tensors.push(norm("output_norm.weight".into())?);
+
+    use gguf_file::Value;
+    let u = |v: usize| Value::U32(v as u32);
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", u(c.layers)),
+        ("llama.context_length", u(2048)),
+        ("llama.embedding_length", u(c.hidden)),
+        ("llama.feed_forward_length", u(c.feed_forward)),
+        ("llama.attention.head_count", u(c.heads)),
+        ("llama.attention.head_count_kv", u(c.kv_heads)),
+        ("llama.rope.dimension_count", u(c.rope_dim)),
+        ("llama.rope.freq_base", Value::F32(c.rope_base)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(c.rms_eps as f32),
+        ),
+    ];
+    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(path).map_err(candle_core::Error::from)?);
+    gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
+    Ok(())
+}

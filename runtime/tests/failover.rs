@@ -411,3 +411,105 @@ async fn the_session_prefers_the_faster_node_and_reroutes_when_it_slows() {
     .await
     .expect("test timed out");
 }
+
+/// blake3 of values as f32 little-endian (the F32 activation bytes).
+fn f32_digest(values: &[f32]) -> blake3::Hash {
+    blake3::hash(&runtime::transcript::f32_bytes(values))
+}
+
+/// What single-process shards compute for the prompt: the hidden states
+/// after each of `spans` (all rows) and the logits row of the last position.
+fn shard_outputs(path: &Path, spans: &[Range<usize>], tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut x = None;
+    let mut outputs = Vec::new();
+    for span in spans {
+        let shard = load(path, span.clone());
+        let mut cache = runtime::gemma3::Cache::new();
+        let input = match x.take() {
+            None => shard.embed(tokens).expect("embed"),
+            Some(hidden) => hidden,
+        };
+        let out = shard.forward(&input, 0, &mut cache).expect("forward");
+        let values = if shard.has_head() {
+            let seq = out.dim(1).expect("dim");
+            out.narrow(1, seq - 1, 1).expect("narrow")
+        } else {
+            out.clone()
+        };
+        outputs.push(
+            values
+                .flatten_all()
+                .expect("flat")
+                .to_vec1::<f32>()
+                .expect("vec"),
+        );
+        x = Some(out);
+    }
+    outputs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_reports_per_hop_digests_that_match_the_shards_and_survive_failover() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let model = write_model("digests");
+        let spans = [0..2, 2..5, 5..7];
+        let expected = shard_outputs(&model.path, &spans, &PROMPT);
+        let mut nodes = Vec::new();
+        for layers in [0..2, 2..5, 5..7, 5..7] {
+            nodes.push(Node::start(&model, layers).await);
+        }
+        let hops: Vec<Hop> = nodes.iter().map(|n| n.hop.clone()).collect();
+        let mut session = Session::connect(hops, LAYERS, model.id, config(), 300)
+            .await
+            .expect("connect");
+        assert!(session.last_hops().is_empty());
+        let logits = session.feed(&PROMPT).await.expect("feed");
+        let digests = session.last_hops().to_vec();
+        assert_eq!(digests.len(), 3);
+        for (d, span) in digests.iter().zip(&spans) {
+            assert_eq!(&d.layers, span);
+        }
+        assert_eq!(
+            digests[0].input,
+            blake3::hash(&runtime::transcript::u32_bytes(&PROMPT)),
+            "first hop: the tokens as u32 LE"
+        );
+        for i in 0..2 {
+            assert_eq!(digests[i].output, digests[i + 1].input, "F32 passes as is");
+        }
+        assert_eq!(
+            digests[2].output,
+            f32_digest(&logits),
+            "last hop: the logits"
+        );
+        // Each hop answered exactly what a single-process shard computes.
+        for (i, values) in expected.iter().enumerate() {
+            assert_eq!(digests[i].output, f32_digest(values), "hop {i}");
+        }
+
+        // Kill the last hop in use: the next feed fails over and replays;
+        // the digests reported are those of the new chain's forward of the
+        // fed token only.
+        let token = argmax(&logits);
+        let used = digests[2].addr;
+        nodes
+            .iter_mut()
+            .find(|n| n.hop.addr == used)
+            .expect("node")
+            .kill()
+            .await;
+        let logits = session.feed(&[token]).await.expect("feed after kill");
+        assert_eq!(session.stats().failovers, 1);
+        let after = session.last_hops().to_vec();
+        assert_eq!(after.len(), 3);
+        assert_ne!(after[2].addr, used);
+        assert_eq!(after[0].input, blake3::hash(&token.to_le_bytes()));
+        for i in 0..2 {
+            assert_eq!(after[i].output, after[i + 1].input);
+        }
+        assert_eq!(after[2].output, f32_digest(&logits));
+        session.end().await;
+    })
+    .await
+    .expect("test timed out");
+}

@@ -20,6 +20,7 @@ use runtime::generate::Generator;
 use runtime::model_id::ModelId;
 use runtime::session::{Session, SessionConfig};
 use runtime::tokenizer::Tokenizer;
+use runtime::transcript::{self, HopRecord, RecordsRef, Transcript, TranscriptSampler};
 use runtime::wire::Encoding;
 
 use super::model::open_gguf;
@@ -129,15 +130,48 @@ impl Backend<'_> {
 
     /// Feeds tokens; returns the logits of the last one. Remote logits are
     /// final when this returns (failover happens inside), so a caller that
-    /// prints a token only after sampling it never prints it twice.
-    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, CliError> {
+    /// prints a token only after sampling it never prints it twice. With
+    /// `hops`, appends the forward's per-hop digests (one "local" hop over
+    /// `layers` layers for single-process generation).
+    fn feed(
+        &mut self,
+        tokens: &[u32],
+        layers: usize,
+        hops: Option<&mut Vec<HopRecord>>,
+    ) -> Result<Vec<f32>, CliError> {
+        let position = self.position();
         match self {
-            Backend::Local(g) => g.feed(tokens).map_err(|e| CliError::failed(e.to_string())),
+            Backend::Local(g) => {
+                let logits = g
+                    .feed(tokens)
+                    .map_err(|e| CliError::failed(e.to_string()))?;
+                if let Some(hops) = hops {
+                    hops.push(HopRecord::local(position, layers, tokens, &logits));
+                }
+                Ok(logits)
+            }
             Backend::Remote { runtime, session } => {
                 let result = runtime.block_on(session.feed(tokens));
                 print_events(session);
-                result.map_err(|e| CliError::failed(e.to_string()))
+                let logits = result.map_err(|e| CliError::failed(e.to_string()))?;
+                if let Some(hops) = hops {
+                    hops.extend(
+                        session
+                            .last_hops()
+                            .iter()
+                            .map(|d| HopRecord::remote(position, d)),
+                    );
+                }
+                Ok(logits)
             }
+        }
+    }
+
+    /// The request id of the current chain (`None` locally).
+    fn request_id(&self) -> Option<u64> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Remote { session, .. } => Some(session.request_id()),
         }
     }
 
@@ -164,12 +198,7 @@ fn print_events(session: &mut Session) {
 
 /// `r` for `position`: the first 8 bytes of blake3(seed || position), little-endian.
 pub fn sampling_r(seed: u64, position: u64) -> u64 {
-    let mut h = blake3::Hasher::new();
-    h.update(b"zkinfer.r.v1");
-    h.update(&seed.to_le_bytes());
-    h.update(&position.to_le_bytes());
-    let bytes = h.finalize();
-    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
+    transcript::sampling_r(seed, position)
 }
 
 pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
@@ -180,8 +209,15 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let config = runtime::gemma3::Config::from_gguf(&content)
         .map_err(|e| CliError::failed(e.to_string()))?;
     let local_model;
+    let mut model_id = None;
     let mut backend = match &args.nodes {
         None => {
+            if args.transcript.is_some() {
+                model_id = Some(
+                    runtime::model_id::model_id(&content, &mut reader)
+                        .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?,
+                );
+            }
             local_model = Gemma3::from_gguf(&content, &mut reader, &Device::Cpu, 0..config.layers)
                 .map_err(|e| CliError::failed(e.to_string()))?;
             Backend::Local(
@@ -191,6 +227,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         Some(nodes) => {
             let id = runtime::model_id::model_id(&content, &mut reader)
                 .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
+            model_id = Some(id);
             Backend::remote(nodes, config.layers, config.hidden, id, args.activations)?
         }
     };
@@ -206,8 +243,11 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         .collect();
 
     let prompt = tokenizer.encode(&args.prompt, true);
+    let layers = config.layers;
+    let mut hops = args.transcript.as_ref().map(|_| Vec::new());
+    let mut tokens = Vec::new();
     let start = Instant::now();
-    let mut logits = backend.feed(&prompt)?;
+    let mut logits = backend.feed(&prompt, layers, hops.as_mut())?;
     let prompt_time = start.elapsed();
     let mut decoder = tokenizer.stream_decoder();
     let mut records = Vec::new();
@@ -239,7 +279,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         let token = sample_token(fixed_point, &tables, &z, sampler)
             .map_err(|e| CliError::failed(e.to_string()))?;
         generated += 1;
-        if args.records.is_some() {
+        tokens.push(token);
+        if args.records.is_some() || args.transcript.is_some() {
             records.push(Record {
                 position,
                 logits: std::mem::take(&mut logits),
@@ -253,9 +294,10 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         let piece = decoder.push(token);
         let _ = write!(stdout, "{piece}");
         let _ = stdout.flush();
-        logits = backend.feed(&[token])?;
+        logits = backend.feed(&[token], layers, hops.as_mut())?;
     }
     let _ = writeln!(stdout, "{}", decoder.finish());
+    let request_id = backend.request_id();
     backend.finish();
     let gen_time = start.elapsed();
     eprintln!(
@@ -266,11 +308,36 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         gen_time.as_secs_f64(),
         generated as f64 / gen_time.as_secs_f64().max(1e-9)
     );
-    if let Some(path) = &args.records {
-        let records = Records {
-            vocab: config.vocab,
-            steps: records,
+    let records = Records {
+        vocab: config.vocab,
+        steps: records,
+    };
+    if let Some(path) = &args.transcript {
+        let sampler = match args.temperature {
+            None => TranscriptSampler::Greedy {},
+            Some(temperature) => TranscriptSampler::Sample {
+                temperature,
+                seed: args.seed,
+            },
         };
+        let transcript = Transcript {
+            version: transcript::VERSION,
+            model_id: model_id.map(|id| id.to_string()).unwrap_or_default(),
+            prompt: args.prompt.clone(),
+            prompt_tokens: prompt.clone(),
+            sampler,
+            client_nonce: transcript::client_nonce(),
+            request_id,
+            tokens,
+            hops: hops.unwrap_or_default(),
+            records: RecordsRef::Inline(transcript::Records {
+                vocab: 0,
+                steps: Vec::new(),
+            }),
+        };
+        write_transcript(path, transcript, &records, args.transcript_binary)?;
+    }
+    if let Some(path) = &args.records {
         let json = serde_json::to_vec(&records).map_err(|e| CliError::failed(e.to_string()))?;
         super::write_atomic(path, &json)
             .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
@@ -281,4 +348,47 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `transcript` to `path` with `records` inline, or with `binary` in
+/// the side file `<path>.logits.bin` (written first), each atomically.
+fn write_transcript(
+    path: &Path,
+    mut transcript: Transcript,
+    records: &Records,
+    binary: bool,
+) -> Result<(), CliError> {
+    let failed = |e: &dyn std::fmt::Display| CliError::failed(format!("{}: {e}", path.display()));
+    // The prover's records and the transcript's share one JSON shape.
+    let value = serde_json::to_value(records).map_err(|e| failed(&e))?;
+    let inline: transcript::Records = serde_json::from_value(value).map_err(|e| failed(&e))?;
+    transcript.records = if binary {
+        let bytes =
+            transcript::encode_logits(inline.vocab, &inline.steps).map_err(|e| failed(&e))?;
+        let name = format!(
+            "{}.logits.bin",
+            path.file_stem().unwrap_or_default().to_string_lossy()
+        );
+        let side = path.with_file_name(&name);
+        super::write_atomic(&side, &bytes)
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", side.display())))?;
+        RecordsRef::File {
+            path: name,
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            vocab: inline.vocab,
+            count: inline.steps.len(),
+        }
+    } else {
+        RecordsRef::Inline(inline)
+    };
+    let json = serde_json::to_vec(&transcript).map_err(|e| failed(&e))?;
+    super::write_atomic(path, &json)
+        .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
+    eprintln!(
+        "[transcript of {} tokens, {} hop records written to {}]",
+        transcript.tokens.len(),
+        transcript.hops.len(),
+        path.display()
+    );
+    Ok(())
 }

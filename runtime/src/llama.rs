@@ -1,0 +1,400 @@
+//! Llama-family models from a GGUF file (`general.architecture = "llama"`),
+//! served by layer range behind the same interface as [`crate::gemma3`].
+//!
+//! Mirrors candle-transformers' `quantized_llama.rs`: RMSNorm with the weight as
+//! stored, SwiGLU feed-forward `down(silu(gate x) * up x)`, causal attention with
+//! grouped-query heads and scale `1 / sqrt(head_dim)`, no embedding scaling, and
+//! the output head `output.weight` (or the tied `token_embd.weight` when the file
+//! has none). RoPE is the interleaved (GPT-J) form: llama.cpp's converter permutes
+//! the q/k weights so that GGUF Llama rotates the pairs `(x[2i], x[2i + 1])`, which
+//! is what candle's `rope_i` does; it is written here with plain tensor ops.
+//!
+//! A [`Llama`] holds the layers `[start, end)`. The shard that starts at 0 embeds
+//! tokens; the shard that ends at the last layer applies the final norm and the
+//! head. The KV cache of a request lives in a [`Cache`] the caller owns.
+
+use std::io::{Read, Seek};
+use std::ops::Range;
+
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor, D};
+
+pub use crate::gemma3::Cache;
+use crate::gemma3::{
+    attention_mask, matmul, meta, meta_f32, meta_u32, repeat_kv, softmax_last_dim,
+};
+use crate::{ModelError, Result};
+
+/// Architecture parameters, read from the GGUF metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub layers: usize,
+    pub hidden: usize,
+    pub feed_forward: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// How many leading dimensions of each head RoPE rotates (`head_dim` unless
+    /// `llama.rope.dimension_count` says fewer).
+    pub rope_dim: usize,
+    pub rope_base: f32,
+    pub rms_eps: f64,
+    pub vocab: usize,
+    /// Whether the head reuses `token_embd.weight` (no `output.weight` in the file).
+    pub tied_head: bool,
+}
+
+impl Config {
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Config> {
+        let arch = meta(content, "general.architecture")?
+            .to_string()
+            .map_err(|e| ModelError::Metadata(e.to_string()))?;
+        if arch != "llama" {
+            return Err(ModelError::Metadata(format!(
+                "architecture {arch:?} is not llama"
+            )));
+        }
+        let p = |k: &str| format!("llama.{k}");
+        let hidden = meta_u32(content, &p("embedding_length"))?;
+        let heads = meta_u32(content, &p("attention.head_count"))?;
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            return Err(ModelError::Metadata(format!(
+                "embedding length {hidden} is not a multiple of {heads} heads"
+            )));
+        }
+        let kv_heads = meta_u32(content, &p("attention.head_count_kv")).unwrap_or(heads);
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(ModelError::Metadata(format!(
+                "{heads} heads are not a multiple of {kv_heads} kv heads"
+            )));
+        }
+        let head_dim = hidden / heads;
+        let rope_dim = meta_u32(content, &p("rope.dimension_count")).unwrap_or(head_dim);
+        if rope_dim > head_dim || !rope_dim.is_multiple_of(2) {
+            return Err(ModelError::Metadata(format!(
+                "rope dimension {rope_dim} does not fit head dimension {head_dim}"
+            )));
+        }
+        let vocab = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .ok_or_else(|| ModelError::Metadata("missing token_embd.weight".into()))?;
+        Ok(Config {
+            layers: meta_u32(content, &p("block_count"))?,
+            hidden,
+            feed_forward: meta_u32(content, &p("feed_forward_length"))?,
+            heads,
+            kv_heads,
+            head_dim,
+            rope_dim,
+            rope_base: meta_f32(content, &p("rope.freq_base")).unwrap_or(10_000.0),
+            rms_eps: meta_f32(content, &p("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5)
+                as f64,
+            vocab,
+            tied_head: !content.tensor_infos.contains_key("output.weight"),
+        })
+    }
+}
+
+/// RMSNorm over the last dimension, weight as stored.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
+        Ok(normed.broadcast_mul(&self.weight)?)
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: RmsNorm,
+    q: QMatMul,
+    k: QMatMul,
+    v: QMatMul,
+    o: QMatMul,
+    ffn_norm: RmsNorm,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+#[derive(Debug)]
+pub struct Llama {
+    pub config: Config,
+    pub layers: Range<usize>,
+    embedding: Option<Tensor>,
+    blocks: Vec<Layer>,
+    head: Option<(RmsNorm, QMatMul)>,
+    device: Device,
+}
+
+impl Llama {
+    /// Loads layers `layers` (and the embedding / head when the range touches the
+    /// first / last layer) from a GGUF file.
+    pub fn from_gguf<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+        layers: Range<usize>,
+    ) -> Result<Llama> {
+        let config = Config::from_gguf(content)?;
+        if layers.start >= layers.end || layers.end > config.layers {
+            return Err(ModelError::LayerRange {
+                start: layers.start,
+                end: layers.end,
+                layers: config.layers,
+            });
+        }
+        let mut tensor = |name: &str| -> Result<QTensor> {
+            content
+                .tensor(reader, name, device)
+                .map_err(|e| ModelError::Metadata(format!("tensor {name}: {e}")))
+        };
+        let embedding = if layers.start == 0 {
+            Some(tensor("token_embd.weight")?.dequantize(device)?)
+        } else {
+            None
+        };
+        let mut blocks = Vec::with_capacity(layers.len());
+        for i in layers.clone() {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let mut norm = |s: &str| -> Result<RmsNorm> {
+                Ok(RmsNorm {
+                    weight: tensor(&n(s))?.dequantize(device)?,
+                    eps: config.rms_eps,
+                })
+            };
+            let attn_norm = norm("attn_norm")?;
+            let ffn_norm = norm("ffn_norm")?;
+            blocks.push(Layer {
+                attn_norm,
+                q: matmul(tensor(&n("attn_q"))?)?,
+                k: matmul(tensor(&n("attn_k"))?)?,
+                v: matmul(tensor(&n("attn_v"))?)?,
+                o: matmul(tensor(&n("attn_output"))?)?,
+                ffn_norm,
+                gate: matmul(tensor(&n("ffn_gate"))?)?,
+                up: matmul(tensor(&n("ffn_up"))?)?,
+                down: matmul(tensor(&n("ffn_down"))?)?,
+            });
+        }
+        let head = if layers.end == config.layers {
+            let norm = RmsNorm {
+                weight: tensor("output_norm.weight")?.dequantize(device)?,
+                eps: config.rms_eps,
+            };
+            let name = if config.tied_head {
+                "token_embd.weight"
+            } else {
+                "output.weight"
+            };
+            Some((norm, matmul(tensor(name)?)?))
+        } else {
+            None
+        };
+        Ok(Llama {
+            config,
+            layers,
+            embedding,
+            blocks,
+            head,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether this shard embeds tokens (takes token ids as input).
+    pub fn embeds(&self) -> bool {
+        self.embedding.is_some()
+    }
+
+    /// Whether this shard ends with the head (returns logits).
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Token ids `[seq]` to embeddings `[1, seq, d]` (not scaled).
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        let embedding = self.embedding.as_ref().ok_or(ModelError::NotFirstShard)?;
+        let vocab = self.config.vocab;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::Token { token: bad, vocab });
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        Ok(embedding.index_select(&ids, 0)?.unsqueeze(0)?)
+    }
+
+    /// Runs the shard's layers on hidden states `[1, seq, d]` at positions
+    /// `position..position + seq`, returning hidden states, or logits `[1, seq, V]`
+    /// if the shard holds the head.
+    pub fn forward(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+        let (_, seq, d) = x.dims3()?;
+        if d != self.config.hidden {
+            return Err(ModelError::Shape(format!(
+                "hidden size {d}, expected {}",
+                self.config.hidden
+            )));
+        }
+        if position != cache.len {
+            return Err(ModelError::Shape(format!(
+                "position {position} but the cache holds {} positions",
+                cache.len
+            )));
+        }
+        cache.layers.resize_with(self.blocks.len(), || None);
+        let (cos, sin) = rope_tables(
+            self.config.rope_dim,
+            self.config.rope_base,
+            position,
+            seq,
+            &self.device,
+        )?;
+        let mut x = x.clone();
+        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = self.block(block, &x, position, &cos, &sin, slot)?;
+        }
+        cache.len += seq;
+        match &self.head {
+            Some((norm, head)) => Ok(head.forward(&norm.forward(&x)?)?),
+            None => Ok(x),
+        }
+    }
+
+    fn block(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        position: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, seq, _) = x.dims3()?;
+        let h = l.attn_norm.forward(x)?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, n, c.head_dim))?.transpose(1, 2)?)
+        };
+        let q = heads(l.q.forward(&h)?, c.heads)?;
+        let k = heads(l.k.forward(&h)?, c.kv_heads)?;
+        let v = heads(l.v.forward(&h)?, c.kv_heads)?;
+        let q = rope_interleaved(&q, cos, sin)?;
+        let k = rope_interleaved(&k, cos, sin)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let kv_len = k.dim(2)?;
+        let group = c.heads / c.kv_heads;
+        let k = repeat_kv(&k, group)?.contiguous()?;
+        let v = repeat_kv(&v, group)?.contiguous()?;
+        let scores = (q.contiguous()?.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
+        let mask = attention_mask(position, seq, kv_len, None, &self.device)?;
+        let probs = softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        let attn = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, seq, c.heads * c.head_dim))?;
+        let x = (x + l.o.forward(&attn)?)?;
+        let h = l.ffn_norm.forward(&x)?;
+        let silu = l.gate.forward(&h)?.silu()?;
+        let ff = l.down.forward(&(silu * l.up.forward(&h)?)?)?;
+        Ok((x + ff)?)
+    }
+}
+
+/// `cos`, `sin` `[seq, rope_dim / 2, 1]` for positions `position..position + seq`:
+/// pair `i` turns by `p * base^(-2i / rope_dim)`.
+fn rope_tables(
+    rope_dim: usize,
+    base: f32,
+    position: usize,
+    seq: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = rope_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / base.powf(2.0 * i as f32 / rope_dim as f32))
+        .collect();
+    let angles: Vec<f32> = (position..position + seq)
+        .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
+        .collect();
+    let angles = Tensor::from_vec(angles, (seq, half, 1), device)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// Interleaved (GPT-J) rotary embedding on `[b, h, seq, head_dim]`: the pairs
+/// `(x[2i], x[2i + 1])` of the first `rope_dim` dimensions turn; the rest pass.
+fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, seq, d) = x.dims4()?;
+    let half = cos.dim(1)?;
+    let rot = x.narrow(D::Minus1, 0, 2 * half)?;
+    let pairs = rot.reshape((b, h, seq, half, 2))?;
+    let x0 = pairs.narrow(D::Minus1, 0, 1)?;
+    let x1 = pairs.narrow(D::Minus1, 1, 1)?;
+    let a = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
+    let c = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
+    let rotated = Tensor::cat(&[&a, &c], D::Minus1)?.reshape((b, h, seq, 2 * half))?;
+    if 2 * half == d {
+        Ok(rotated)
+    } else {
+        let pass = x.narrow(D::Minus1, 2 * half, d - 2 * half)?;
+        Ok(Tensor::cat(&[&rotated, &pass], D::Minus1)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_turns_adjacent_pairs() {
+        // One head of dim 4 at position 1, base 1: pair 0 turns by 1 rad, pair 1 by 1 rad.
+        let x = Tensor::new(&[1f32, 0., 0., 1.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
+        let (cos, sin) = rope_tables(4, 1.0, 1, 1, &Device::Cpu).unwrap();
+        let y = rope_interleaved(&x, &cos, &sin)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let (c, s) = (1f32.cos(), 1f32.sin());
+        let want = [c, s, -s, c];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn rope_partial_passes_the_tail() {
+        let x = Tensor::new(&[1f32, 2., 3., 4.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
+        let (cos, sin) = rope_tables(2, 10_000.0, 3, 1, &Device::Cpu).unwrap();
+        let y = rope_interleaved(&x, &cos, &sin)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(&y[2..], &[3., 4.]);
+        let (c, s) = (3f32.cos(), 3f32.sin());
+        assert!((y[0] - (c - 2. * s)).abs() < 1e-6);
+        assert!((y[1] - (s + 2. * c)).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,152 @@
+//! One type for every architecture a node can serve by layer range.
+//!
+//! [`Model::from_gguf`] reads `general.architecture` and loads a [`Gemma3`] or a
+//! [`Llama`]; the methods delegate, so code that runs shards (embed on the first
+//! shard, `forward` with a per-request [`Cache`], logits from the last) works the
+//! same whichever model the operator has.
+
+use std::io::{Read, Seek};
+use std::ops::Range;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+
+pub use crate::gemma3::Cache;
+use crate::gemma3::{meta, Gemma3};
+use crate::llama::Llama;
+use crate::{ModelError, Result};
+
+/// The architectures this runtime serves, by `general.architecture`.
+pub const ARCHITECTURES: &[&str] = &["gemma3", "llama"];
+
+/// A shard (layer range) of a model of any supported architecture.
+#[derive(Debug)]
+pub enum Model {
+    Gemma3(Gemma3),
+    Llama(Llama),
+}
+
+impl Model {
+    /// The file's `general.architecture`.
+    pub fn architecture(content: &gguf_file::Content) -> Result<String> {
+        meta(content, "general.architecture")?
+            .to_string()
+            .cloned()
+            .map_err(|e| ModelError::Metadata(format!("general.architecture: {e}")))
+    }
+
+    /// Loads layers `layers` of the model in a GGUF file, choosing the
+    /// architecture from `general.architecture`. Anything other than
+    /// [`ARCHITECTURES`] is an error naming it.
+    pub fn from_gguf<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+        layers: Range<usize>,
+    ) -> Result<Model> {
+        match Model::architecture(content)?.as_str() {
+            "gemma3" => Ok(Model::Gemma3(Gemma3::from_gguf(
+                content, reader, device, layers,
+            )?)),
+            "llama" => Ok(Model::Llama(Llama::from_gguf(
+                content, reader, device, layers,
+            )?)),
+            other => Err(ModelError::Metadata(format!(
+                "unsupported architecture {other:?} (supported: {})",
+                ARCHITECTURES.join(", ")
+            ))),
+        }
+    }
+
+    /// The `general.architecture` name of this model.
+    pub fn architecture_name(&self) -> &'static str {
+        match self {
+            Model::Gemma3(_) => "gemma3",
+            Model::Llama(_) => "llama",
+        }
+    }
+
+    /// Token ids `[seq]` to the input of the first layer, `[1, seq, d]`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        match self {
+            Model::Gemma3(m) => m.embed(tokens),
+            Model::Llama(m) => m.embed(tokens),
+        }
+    }
+
+    /// Runs the shard's layers on `[1, seq, d]` at positions
+    /// `position..position + seq`: hidden states, or logits if [`Model::has_head`].
+    pub fn forward(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+        match self {
+            Model::Gemma3(m) => m.forward(x, position, cache),
+            Model::Llama(m) => m.forward(x, position, cache),
+        }
+    }
+
+    /// Whether this shard starts at layer 0 (takes token ids).
+    pub fn embeds(&self) -> bool {
+        match self {
+            Model::Gemma3(m) => m.embeds(),
+            Model::Llama(m) => m.embeds(),
+        }
+    }
+
+    /// Whether this shard ends at the last layer (returns logits).
+    pub fn has_head(&self) -> bool {
+        match self {
+            Model::Gemma3(m) => m.has_head(),
+            Model::Llama(m) => m.has_head(),
+        }
+    }
+
+    /// Width of the hidden states passed between shards.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Model::Gemma3(m) => m.config.hidden,
+            Model::Llama(m) => m.config.hidden,
+        }
+    }
+
+    /// Number of layers of the whole architecture (not of this shard).
+    pub fn layers(&self) -> usize {
+        match self {
+            Model::Gemma3(m) => m.config.layers,
+            Model::Llama(m) => m.config.layers,
+        }
+    }
+
+    /// The layers `[start, end)` this shard holds.
+    pub fn layer_range(&self) -> Range<usize> {
+        match self {
+            Model::Gemma3(m) => m.layers.clone(),
+            Model::Llama(m) => m.layers.clone(),
+        }
+    }
+
+    /// Vocabulary size (width of the logits).
+    pub fn vocab(&self) -> usize {
+        match self {
+            Model::Gemma3(m) => m.config.vocab,
+            Model::Llama(m) => m.config.vocab,
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match self {
+            Model::Gemma3(m) => m.device(),
+            Model::Llama(m) => m.device(),
+        }
+    }
+}
+
+impl From<Gemma3> for Model {
+    fn from(m: Gemma3) -> Model {
+        Model::Gemma3(m)
+    }
+}
+
+impl From<Llama> for Model {
+    fn from(m: Llama) -> Model {
+        Model::Llama(m)
+    }
+}

@@ -1,0 +1,448 @@
+//! Generation transcripts: what `zkinfer generate --transcript T.json` writes.
+//!
+//! A transcript records one generation end to end: which model, which
+//! prompt, how tokens were chosen, what every hop of the chain received and
+//! answered (as blake3 digests), and the decode records that
+//! `zkinfer prove --records` turns into a proof.
+//!
+//! # `T.json` (version 1)
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "model_id": "<64 hex digits: runtime::model_id of the GGUF>",
+//!   "prompt": "Once upon a time",
+//!   "prompt_tokens": [2, 9113, 3324, 496, 990],
+//!   "sampler": {"greedy": {}} | {"sample": {"temperature": 0.8, "seed": 7}},
+//!   "client_nonce": "<32 hex digits: 16 random bytes, new per generation>",
+//!   "request_id": 1234 | null,
+//!   "tokens": [236764, 506],
+//!   "hops": [
+//!     {"position": 0, "node": "127.0.0.1:7001", "layers": [0, 9],
+//!      "input_blake3": "<64 hex>", "output_blake3": "<64 hex>"},
+//!     ...
+//!   ],
+//!   "records": {"inline": {"vocab": V, "steps": [...]}}
+//!            | {"file": {"path": "T.logits.bin", "blake3": "<64 hex>", "vocab": V, "count": N}}
+//! }
+//! ```
+//!
+//! - `prompt_tokens` are the tokens fed first (with BOS); `tokens` are the
+//!   generated tokens in order, including a final end-of-sequence token if
+//!   generation stopped on one.
+//! - `sampler`: greedy decoding, or sampling at `temperature` where the
+//!   randomness `r` at position `p` is `sampling_r(seed, p)` ([`sampling_r`]).
+//! - `request_id`: the request id of the chain that produced the last
+//!   logits (`null` for single-process generation). After a failover the
+//!   session moves to a new request id.
+//! - `hops`: one entry per hop per forward call, in order, for every forward
+//!   of the generation (the prompt at position 0, then one per fed token).
+//!   `position` is the first position of the forward; `node` is the node's
+//!   address, or `"local"` for single-process generation (one hop over all
+//!   layers); `layers` is `[start, end)`. `input_blake3` is the blake3 of the
+//!   bytes the hop was sent: the tokens as u32 little-endian for the first
+//!   hop, else the `Activations.data` bytes (in the chain's activation
+//!   encoding); `output_blake3` is the blake3 of the `Output` activations'
+//!   data bytes it answered (the last hop answers the logits row of the last
+//!   position). Locally, the output is the logits row as f32 little-endian.
+//!   With F32 activations, hop `i`'s output digest equals hop `i + 1`'s input
+//!   digest. **Failover:** when a hop fails mid-generation the session
+//!   replays the history on a new chain; only the hops of the forward that
+//!   produced the final logits of a position are recorded, not the replay
+//!   forwards nor the failed attempt.
+//! - `records`: the decode records, one step per generated token. `inline`
+//!   holds exactly the `zkinfer prove --records` JSON (`{"vocab", "steps":
+//!   [{"position", "logits", "token", "sampler"}]}`). With
+//!   `--transcript-binary` they live in a side file next to the transcript
+//!   (`path` is relative to the transcript's directory) whose blake3 is
+//!   `blake3`; [`Transcript::records`] rebuilds the records JSON from it
+//!   (each step's sampler follows from `sampler` and the position).
+//!
+//! # `T.logits.bin`
+//!
+//! Little-endian throughout:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 8 | magic `ZKLOGIT1` |
+//! | 4 | `vocab` V, u32 |
+//! | 4 | `count` N, u32 |
+//! | N × (12 + 4V) | per step: `position` u64, `token` u32, `logits` V × f32 |
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The transcript format version this module writes.
+pub const VERSION: u32 = 1;
+
+/// The side file's magic bytes.
+pub const LOGITS_MAGIC: [u8; 8] = *b"ZKLOGIT1";
+
+/// One generation's transcript (see the module docs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transcript {
+    pub version: u32,
+    pub model_id: String,
+    pub prompt: String,
+    pub prompt_tokens: Vec<u32>,
+    pub sampler: TranscriptSampler,
+    pub client_nonce: String,
+    pub request_id: Option<u64>,
+    pub tokens: Vec<u32>,
+    pub hops: Vec<HopRecord>,
+    pub records: RecordsRef,
+}
+
+/// `{"greedy": {}}` or `{"sample": {"temperature": t, "seed": s}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum TranscriptSampler {
+    Greedy {},
+    Sample { temperature: f64, seed: u64 },
+}
+
+/// One hop of one forward call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopRecord {
+    pub position: u64,
+    pub node: String,
+    pub layers: [usize; 2],
+    pub input_blake3: String,
+    pub output_blake3: String,
+}
+
+/// What [`crate::client::Chain::forward`] saw at one hop: the blake3 of the
+/// payload bytes sent and of the `Output` data bytes received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HopDigest {
+    pub addr: SocketAddr,
+    pub layers: Range<usize>,
+    pub input: blake3::Hash,
+    pub output: blake3::Hash,
+}
+
+impl HopRecord {
+    /// A remote hop of the forward at `position`.
+    pub fn remote(position: u64, digest: &HopDigest) -> HopRecord {
+        HopRecord {
+            position,
+            node: digest.addr.to_string(),
+            layers: [digest.layers.start, digest.layers.end],
+            input_blake3: digest.input.to_hex().to_string(),
+            output_blake3: digest.output.to_hex().to_string(),
+        }
+    }
+
+    /// The single hop of a single-process forward over `layers` layers.
+    pub fn local(position: u64, layers: usize, tokens: &[u32], logits: &[f32]) -> HopRecord {
+        HopRecord {
+            position,
+            node: "local".into(),
+            layers: [0, layers],
+            input_blake3: blake3::hash(&u32_bytes(tokens)).to_hex().to_string(),
+            output_blake3: blake3::hash(&f32_bytes(logits)).to_hex().to_string(),
+        }
+    }
+}
+
+/// Tokens as u32 little-endian: what the first hop of a chain is sent.
+pub fn u32_bytes(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Values as f32 little-endian (the F32 activation encoding).
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The decode records, inline or in a side file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum RecordsRef {
+    Inline(Records),
+    File {
+        path: String,
+        blake3: String,
+        vocab: usize,
+        count: usize,
+    },
+}
+
+/// The `zkinfer prove --records` JSON shape (`prover::Records`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Records {
+    pub vocab: usize,
+    pub steps: Vec<Step>,
+}
+
+/// One generated token (`prover::Record`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub position: u64,
+    pub logits: Vec<f32>,
+    pub token: u32,
+    pub sampler: StepSampler,
+}
+
+/// `{"greedy": {}}` or `{"sample": {"temperature": t, "r": "<decimal u64>"}}`
+/// (`prover::RecordSampler`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum StepSampler {
+    Greedy {},
+    Sample { temperature: f64, r: String },
+}
+
+impl TranscriptSampler {
+    /// The record sampler of the token chosen at `position`.
+    pub fn step(&self, position: u64) -> StepSampler {
+        match *self {
+            TranscriptSampler::Greedy {} => StepSampler::Greedy {},
+            TranscriptSampler::Sample { temperature, seed } => StepSampler::Sample {
+                temperature,
+                r: sampling_r(seed, position).to_string(),
+            },
+        }
+    }
+}
+
+/// `r` for `position`: the first 8 bytes of blake3("zkinfer.r.v1" || seed || position), little-endian.
+pub fn sampling_r(seed: u64, position: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"zkinfer.r.v1");
+    h.update(&seed.to_le_bytes());
+    h.update(&position.to_le_bytes());
+    let bytes = h.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// 16 fresh bytes as 32 hex digits: blake3 of the time, the process id and a
+/// per-process counter.
+pub fn client_nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    h.update(b"zkinfer.nonce.v1");
+    h.update(format!("{:?}", std::time::SystemTime::now()).as_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    h.finalize().to_hex()[..32].to_string()
+}
+
+/// Errors reading a transcript's records.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscriptError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("logits file: {0}")]
+    Format(String),
+}
+
+/// Encodes steps as a `T.logits.bin` side file (see the module docs).
+/// Fails when a step's logits are not `vocab` long or a size overflows u32.
+pub fn encode_logits(vocab: usize, steps: &[Step]) -> Result<Vec<u8>, TranscriptError> {
+    let v = u32::try_from(vocab).map_err(|_| TranscriptError::Format("vocab too large".into()))?;
+    let n =
+        u32::try_from(steps.len()).map_err(|_| TranscriptError::Format("too many steps".into()))?;
+    let mut out = Vec::with_capacity(16 + steps.len() * (12 + 4 * vocab));
+    out.extend_from_slice(&LOGITS_MAGIC);
+    out.extend_from_slice(&v.to_le_bytes());
+    out.extend_from_slice(&n.to_le_bytes());
+    for step in steps {
+        if step.logits.len() != vocab {
+            return Err(TranscriptError::Format(format!(
+                "position {}: {} logits, vocab {vocab}",
+                step.position,
+                step.logits.len()
+            )));
+        }
+        out.extend_from_slice(&step.position.to_le_bytes());
+        out.extend_from_slice(&step.token.to_le_bytes());
+        out.extend_from_slice(&f32_bytes(&step.logits));
+    }
+    Ok(out)
+}
+
+/// Decodes a `T.logits.bin` side file into `(vocab, [(position, token, logits)])`.
+#[allow(clippy::type_complexity)]
+pub fn decode_logits(bytes: &[u8]) -> Result<(usize, Vec<(u64, u32, Vec<f32>)>), TranscriptError> {
+    let bad = |m: &str| TranscriptError::Format(m.to_string());
+    if bytes.len() < 16 || bytes[..8] != LOGITS_MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+    let vocab = u32_at(8) as usize;
+    let count = u32_at(12) as usize;
+    let step_len = 4usize
+        .checked_mul(vocab)
+        .and_then(|x| x.checked_add(12))
+        .ok_or_else(|| bad("vocab too large"))?;
+    let expected = step_len
+        .checked_mul(count)
+        .and_then(|x| x.checked_add(16))
+        .ok_or_else(|| bad("count too large"))?;
+    if bytes.len() != expected {
+        return Err(TranscriptError::Format(format!(
+            "{} bytes, expected {expected} for {count} steps of vocab {vocab}",
+            bytes.len()
+        )));
+    }
+    let steps = bytes[16..]
+        .chunks_exact(step_len)
+        .map(|s| {
+            let position = u64::from_le_bytes(s[..8].try_into().expect("8 bytes"));
+            let token = u32::from_le_bytes(s[8..12].try_into().expect("4 bytes"));
+            let (words, _) = s[12..].as_chunks::<4>();
+            let logits = words.iter().map(|w| f32::from_le_bytes(*w)).collect();
+            (position, token, logits)
+        })
+        .collect();
+    Ok((vocab, steps))
+}
+
+impl Transcript {
+    /// The decode records: inline ones as they are; a side file (relative to
+    /// `dir`, the transcript's directory) is read, its blake3 and shape are
+    /// checked, and each step's sampler is rebuilt from [`Transcript::sampler`].
+    pub fn records(&self, dir: &Path) -> Result<Records, TranscriptError> {
+        match &self.records {
+            RecordsRef::Inline(records) => Ok(records.clone()),
+            RecordsRef::File {
+                path,
+                blake3: digest,
+                vocab,
+                count,
+            } => {
+                let path = dir.join(path);
+                let bytes = std::fs::read(&path).map_err(|source| TranscriptError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let actual = blake3::hash(&bytes).to_hex();
+                if actual.as_str() != digest {
+                    return Err(TranscriptError::Format(format!(
+                        "{}: blake3 {actual}, transcript says {digest}",
+                        path.display()
+                    )));
+                }
+                let (v, steps) = decode_logits(&bytes)?;
+                if v != *vocab || steps.len() != *count {
+                    return Err(TranscriptError::Format(format!(
+                        "{}: vocab {v} and {} steps, transcript says {vocab} and {count}",
+                        path.display(),
+                        steps.len()
+                    )));
+                }
+                Ok(Records {
+                    vocab: v,
+                    steps: steps
+                        .into_iter()
+                        .map(|(position, token, logits)| Step {
+                            position,
+                            logits,
+                            token,
+                            sampler: self.sampler.step(position),
+                        })
+                        .collect(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Transcript {
+        let sampler = TranscriptSampler::Sample {
+            temperature: 0.8,
+            seed: 7,
+        };
+        let steps: Vec<Step> = (5..8)
+            .map(|p| Step {
+                position: p,
+                logits: vec![0.5, -1.25, p as f32, f32::MIN_POSITIVE],
+                token: (p % 4) as u32,
+                sampler: sampler.step(p),
+            })
+            .collect();
+        Transcript {
+            version: VERSION,
+            model_id: "ab".repeat(32),
+            prompt: "hi".into(),
+            prompt_tokens: vec![2, 3, 4, 5, 6],
+            sampler,
+            client_nonce: client_nonce(),
+            request_id: Some(u64::MAX),
+            tokens: steps.iter().map(|s| s.token).collect(),
+            hops: vec![HopRecord::local(0, 7, &[2, 3, 4, 5, 6], &[1.0, 2.0])],
+            records: RecordsRef::Inline(Records { vocab: 4, steps }),
+        }
+    }
+
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let t = sample();
+        let json = serde_json::to_string(&t).expect("json");
+        let back: Transcript = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, t);
+        let value: serde_json::Value = serde_json::from_str(&json).expect("value");
+        assert_eq!(value["version"], 1);
+        assert_eq!(value["sampler"]["sample"]["seed"], 7);
+        assert_eq!(value["hops"][0]["node"], "local");
+        assert_eq!(value["hops"][0]["layers"], serde_json::json!([0, 7]));
+        assert_eq!(value["client_nonce"].as_str().expect("nonce").len(), 32);
+        // Inline records are exactly the `prove --records` shape.
+        let records = &value["records"]["inline"];
+        assert_eq!(records["vocab"], 4);
+        assert_eq!(
+            records["steps"][0]["sampler"]["sample"]["r"],
+            sampling_r(7, 5).to_string()
+        );
+        assert_ne!(client_nonce(), client_nonce());
+    }
+
+    #[test]
+    fn binary_side_file_round_trips_and_checks_its_digest() {
+        let mut t = sample();
+        let RecordsRef::Inline(records) = t.records.clone() else {
+            unreachable!()
+        };
+        let bytes = encode_logits(records.vocab, &records.steps).expect("encode");
+        assert_eq!(&bytes[..8], b"ZKLOGIT1");
+        assert_eq!(bytes.len(), 16 + 3 * (12 + 4 * 4));
+        let dir = std::env::temp_dir().join(format!("zkinfer-transcript-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("t.logits.bin"), &bytes).expect("write");
+        t.records = RecordsRef::File {
+            path: "t.logits.bin".into(),
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            vocab: records.vocab,
+            count: records.steps.len(),
+        };
+        let json = serde_json::to_string(&t).expect("json");
+        let back: Transcript = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.records(&dir).expect("records"), records);
+
+        // A changed byte fails the digest check.
+        let mut tampered = bytes.clone();
+        *tampered.last_mut().expect("byte") ^= 1;
+        std::fs::write(dir.join("t.logits.bin"), &tampered).expect("write");
+        let err = back.records(&dir).unwrap_err();
+        assert!(err.to_string().contains("blake3"), "{err}");
+        // Truncation is a format error.
+        assert!(decode_logits(&bytes[..bytes.len() - 1]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
