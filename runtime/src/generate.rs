@@ -1,16 +1,17 @@
 //! Single-process generation state: a whole model and one request's cache.
 
-use crate::gemma3::{Cache, Gemma3};
+use crate::gemma3::Cache;
+use crate::model::Model;
 use crate::{ModelError, Result};
 
 /// Feeds tokens through a model that embeds and has the head, one request at a time.
 pub struct Generator<'a> {
-    model: &'a Gemma3,
+    model: &'a Model,
     cache: Cache,
 }
 
 impl<'a> Generator<'a> {
-    pub fn new(model: &'a Gemma3) -> Result<Self> {
+    pub fn new(model: &'a Model) -> Result<Self> {
         if !model.embeds() || !model.has_head() {
             return Err(ModelError::Shape(
                 "generation needs all layers of the model in one shard".into(),

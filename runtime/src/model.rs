@@ -26,6 +26,14 @@ pub enum Model {
     Llama(Llama),
 }
 
+/// What a client needs to know of a model to route and sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+}
+
 impl Model {
     /// The file's `general.architecture`.
     pub fn architecture(content: &gguf_file::Content) -> Result<String> {
@@ -51,6 +59,33 @@ impl Model {
             "llama" => Ok(Model::Llama(Llama::from_gguf(
                 content, reader, device, layers,
             )?)),
+            other => Err(ModelError::Metadata(format!(
+                "unsupported architecture {other:?} (supported: {})",
+                ARCHITECTURES.join(", ")
+            ))),
+        }
+    }
+
+    /// Layer count, hidden size and vocabulary of the model in a GGUF file,
+    /// from its metadata alone (nothing is loaded).
+    pub fn shape_of(content: &gguf_file::Content) -> Result<ModelShape> {
+        match Model::architecture(content)?.as_str() {
+            "gemma3" => {
+                let c = crate::gemma3::Config::from_gguf(content)?;
+                Ok(ModelShape {
+                    layers: c.layers,
+                    hidden: c.hidden,
+                    vocab: c.vocab,
+                })
+            }
+            "llama" => {
+                let c = crate::llama::Config::from_gguf(content)?;
+                Ok(ModelShape {
+                    layers: c.layers,
+                    hidden: c.hidden,
+                    vocab: c.vocab,
+                })
+            }
             other => Err(ModelError::Metadata(format!(
                 "unsupported architecture {other:?} (supported: {})",
                 ARCHITECTURES.join(", ")

@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::gemma3::{Cache, Gemma3};
+use crate::gemma3::Cache;
+use crate::model::Model;
 use crate::model_id::ModelId;
 use crate::transport;
 use crate::wire::{
@@ -89,7 +90,7 @@ fn lock(caches: &Caches) -> MutexGuard<'_, HashMap<u64, Slot>> {
 
 /// Shared by every connection of a node.
 struct Shared {
-    model: Arc<Gemma3>,
+    model: Arc<Model>,
     config: NodeConfig,
     /// `config.layers` as on the wire.
     wire_layers: Range<u32>,
@@ -100,11 +101,7 @@ struct Shared {
 ///
 /// Accept errors (e.g. out of file descriptors) are reported on stderr and
 /// retried after a short pause; nothing a client sends makes this return.
-pub async fn serve(
-    listener: TcpListener,
-    model: Arc<Gemma3>,
-    config: NodeConfig,
-) -> io::Result<()> {
+pub async fn serve(listener: TcpListener, model: Arc<Model>, config: NodeConfig) -> io::Result<()> {
     serve_until(listener, model, config, std::future::pending()).await
 }
 
@@ -114,7 +111,7 @@ pub async fn serve(
 /// dropping it aborts them), which is what a client sees when a node dies.
 pub async fn serve_until(
     listener: TcpListener,
-    model: Arc<Gemma3>,
+    model: Arc<Model>,
     config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
@@ -284,7 +281,7 @@ async fn run_forward(
     let model = &shared.model;
     let (input, reply_encoding) = match (model.embeds(), forward.input) {
         (true, ForwardInput::Tokens(tokens)) => {
-            let vocab = model.config.vocab;
+            let vocab = model.vocab();
             if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
                 return Err(WireError::Malformed(format!(
                     "token {bad} is outside the vocabulary of {vocab}"
@@ -294,10 +291,10 @@ async fn run_forward(
         }
         (false, ForwardInput::Activations(a)) => {
             let (rows, cols) = a.shape();
-            if cols != model.config.hidden {
+            if cols != model.hidden_size() {
                 return Err(WireError::Malformed(format!(
                     "hidden states have {cols} columns, this model {}",
-                    model.config.hidden
+                    model.hidden_size()
                 )));
             }
             let values = a.to_f32()?;
@@ -399,7 +396,7 @@ fn take_cache(caches: &Caches, id: u64, position: u64) -> Result<(Cache, u64), W
 /// Runs the shard; returns the row-major output and its shape (only the last
 /// row of logits on the shard with the head).
 fn compute(
-    model: &Gemma3,
+    model: &Model,
     input: Input,
     position: usize,
     cache: &mut Cache,
@@ -407,7 +404,7 @@ fn compute(
     let x = match input {
         Input::Tokens(tokens) => model.embed(&tokens)?,
         Input::Hidden { values, rows } => {
-            Tensor::from_vec(values, (1, rows, model.config.hidden), model.device())?
+            Tensor::from_vec(values, (1, rows, model.hidden_size()), model.device())?
         }
     };
     let out = model.forward(&x, position, cache)?;

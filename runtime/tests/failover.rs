@@ -16,6 +16,7 @@ use candle_core::Device;
 use runtime::client::{ClientError, Hop};
 use runtime::gemma3::Gemma3;
 use runtime::generate::Generator;
+use runtime::model::Model as Shard;
 use runtime::model_id::{model_id, ModelId};
 use runtime::node::{serve_until, NodeConfig};
 use runtime::session::{Session, SessionConfig};
@@ -77,7 +78,7 @@ struct Node {
 
 impl Node {
     async fn start(model: &Model, layers: Range<usize>) -> Node {
-        let shard = Arc::new(load(&model.path, layers.clone()));
+        let shard = Arc::new(Shard::from(load(&model.path, layers.clone())));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let config = NodeConfig {
@@ -120,7 +121,7 @@ fn argmax(v: &[f32]) -> u32 {
 
 /// Single-process greedy generation of `TOKENS` tokens.
 fn reference(path: &Path) -> Vec<u32> {
-    let model = load(path, 0..LAYERS);
+    let model = Shard::from(load(path, 0..LAYERS));
     let mut generator = Generator::new(&model).expect("generator");
     let mut logits = generator.feed(&PROMPT).expect("feed");
     let mut tokens = Vec::new();

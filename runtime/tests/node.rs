@@ -14,6 +14,7 @@ use candle_core::Device;
 use runtime::client::{Chain, ClientError, Hop};
 use runtime::gemma3::Gemma3;
 use runtime::generate::Generator;
+use runtime::model::Model;
 use runtime::model_id::{model_id, ModelId};
 use runtime::node::{serve, NodeConfig};
 use runtime::testing::{tiny_gemma3_config, write_random_gemma3};
@@ -56,7 +57,7 @@ fn load(path: &Path, layers: Range<usize>) -> Gemma3 {
 
 /// Starts a node serving `layers` of the model at `path`.
 async fn start_node(path: &Path, id: ModelId, layers: Range<usize>) -> SocketAddr {
-    let model = Arc::new(load(path, layers.clone()));
+    let model = Arc::new(Model::from(load(path, layers.clone())));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = NodeConfig {
@@ -108,7 +109,7 @@ fn argmax(v: &[f32]) -> u32 {
 /// Single-process reference: the logits after the prompt and after each of
 /// `STEPS` greedy tokens, and the tokens.
 fn reference(path: &Path, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let model = load(path, 0..LAYERS);
+    let model = Model::from(load(path, 0..LAYERS));
     let mut generator = Generator::new(&model).expect("generator");
     let mut logits = vec![generator.feed(prompt).expect("feed")];
     let mut tokens = Vec::new();
@@ -438,4 +439,54 @@ async fn end_frees_the_cache() {
     })
     .await
     .expect("test timed out");
+}
+
+/// Nodes serve any architecture behind `Model`: a tiny Llama split over two
+/// nodes gives the single-process logits exactly (f32 activations).
+#[tokio::test]
+async fn nodes_serve_llama_shards() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = std::env::temp_dir().join(format!("zkinfer-node-llama-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let _cleanup = TempDir(dir.clone());
+        let path = dir.join("tiny-llama.gguf");
+        let config = runtime::testing::tiny_llama_config();
+        runtime::testing::write_random_llama(&path, &config, 5).expect("write model");
+        let open = |layers: Range<usize>| {
+            let mut reader = BufReader::new(File::open(&path).expect("open"));
+            let content = gguf_file::Content::read(&mut reader).expect("gguf");
+            Model::from_gguf(&content, &mut reader, &Device::Cpu, layers).expect("load")
+        };
+        let id = {
+            let mut reader = BufReader::new(File::open(&path).expect("open"));
+            let content = gguf_file::Content::read(&mut reader).expect("gguf");
+            model_id(&content, &mut reader).expect("model id")
+        };
+        let whole = open(0..config.layers);
+        let mut generator = Generator::new(&whole).expect("generator");
+        let prompt = [2u32, 17, 101, 45, 299, 7]; // inside the tiny Llama's vocabulary of 300
+        let expected = generator.feed(&prompt).expect("feed");
+
+        let mut hops = Vec::new();
+        for layers in [0..2, 2..config.layers] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let node_config = NodeConfig {
+                model_id: id,
+                layers: layers.clone(),
+                limits: Limits::default(),
+                idle_timeout: Duration::from_secs(30),
+                io_timeout: Duration::from_secs(5),
+            };
+            tokio::spawn(serve(listener, Arc::new(open(layers.clone())), node_config));
+            hops.push(Hop { addr, layers });
+        }
+        let mut chain = Chain::connect(hops, config.layers, id, Encoding::F32, IO)
+            .await
+            .expect("connect");
+        let logits = chain.forward(1, 0, &prompt).await.expect("forward");
+        assert_eq!(logits, expected);
+    })
+    .await
+    .expect("test finished in time");
 }

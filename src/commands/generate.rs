@@ -15,8 +15,8 @@ use candle_core::Device;
 use circuits::{fixed_point::temperature_to_beta, sample_token, FixedPoint, Sampler, Tables};
 use prover::{Record, RecordSampler, Records};
 use runtime::client::Hop;
-use runtime::gemma3::Gemma3;
 use runtime::generate::Generator;
+use runtime::model::Model;
 use runtime::model_id::ModelId;
 use runtime::session::{Session, SessionConfig};
 use runtime::tokenizer::Tokenizer;
@@ -206,8 +206,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let path = args.model.clone().unwrap_or_else(packaged_model_path);
     let (content, mut reader) = open_gguf(&path)?;
     let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| CliError::failed(e.to_string()))?;
-    let config = runtime::gemma3::Config::from_gguf(&content)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let config = Model::shape_of(&content).map_err(|e| CliError::failed(e.to_string()))?;
     let local_model;
     let mut model_id = None;
     let mut backend = match &args.nodes {
@@ -218,7 +217,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
                         .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?,
                 );
             }
-            local_model = Gemma3::from_gguf(&content, &mut reader, &Device::Cpu, 0..config.layers)
+            local_model = Model::from_gguf(&content, &mut reader, &Device::Cpu, 0..config.layers)
                 .map_err(|e| CliError::failed(e.to_string()))?;
             Backend::Local(
                 Generator::new(&local_model).map_err(|e| CliError::failed(e.to_string()))?,

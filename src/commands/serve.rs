@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use candle_core::Device;
 
-use runtime::gemma3::Gemma3;
+use runtime::model::Model;
 use runtime::model_id::ModelId;
 use runtime::node::{serve, NodeConfig};
 use runtime::wire::Limits;
@@ -78,11 +78,11 @@ fn load_shard(
     path: &Path,
     layers: std::ops::Range<usize>,
     device: &Device,
-) -> Result<(ModelId, Gemma3), CliError> {
+) -> Result<(ModelId, Model), CliError> {
     let (content, mut reader) = open_gguf(path)?;
     let id = runtime::model_id::model_id(&content, &mut reader)
         .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
-    let model = Gemma3::from_gguf(&content, &mut reader, device, layers)
+    let model = Model::from_gguf(&content, &mut reader, device, layers)
         .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;
     Ok((id, model))
 }
