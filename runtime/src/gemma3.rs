@@ -160,6 +160,78 @@ impl Cache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Checks that `x` `[1, seq, hidden]` continues this request at `position`
+    /// and makes room for `layers` layers; returns `seq`. Call [`Cache::advance`]
+    /// once the layers have run.
+    pub(crate) fn enter(
+        &mut self,
+        x: &Tensor,
+        hidden: usize,
+        position: usize,
+        layers: usize,
+    ) -> Result<usize> {
+        let (_, seq, d) = x.dims3()?;
+        if d != hidden {
+            return Err(ModelError::Shape(format!(
+                "hidden size {d}, expected {hidden}"
+            )));
+        }
+        if position != self.len {
+            return Err(ModelError::Shape(format!(
+                "position {position} but the cache holds {} positions",
+                self.len
+            )));
+        }
+        self.layers.resize_with(layers, || None);
+        Ok(seq)
+    }
+
+    pub(crate) fn advance(&mut self, seq: usize) {
+        self.len += seq;
+    }
+}
+
+/// Rows `tokens` of an input embedding `[vocab, d]` as `[1, seq, d]`; an error on a
+/// shard without the embedding or for a token outside the vocabulary.
+pub(crate) fn lookup(embedding: Option<&Tensor>, tokens: &[u32], vocab: usize) -> Result<Tensor> {
+    let embedding = embedding.ok_or(ModelError::NotFirstShard)?;
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ModelError::Token { token: bad, vocab });
+    }
+    let ids = Tensor::new(tokens, embedding.device())?;
+    Ok(embedding.index_select(&ids, 0)?.unsqueeze(0)?)
+}
+
+/// Causal attention of `q` `[b, heads, seq, d]` over the layer's cached keys and
+/// values extended by `k`, `v` `[b, kv_heads, seq, d]` (grouped-query), scaled by
+/// `1/sqrt(d)`, with an optional sliding `window`. Stores the extended keys and
+/// values in `cache`; returns `[b, seq, heads * d]`.
+pub(crate) fn cached_attention(
+    q: &Tensor,
+    k: Tensor,
+    v: Tensor,
+    cache: &mut Option<(Tensor, Tensor)>,
+    position: usize,
+    window: Option<usize>,
+) -> Result<Tensor> {
+    let (b, heads, seq, head_dim) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let (k, v) = match cache.take() {
+        Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+        None => (k, v),
+    };
+    *cache = Some((k.clone(), v.clone()));
+    let kv_len = k.dim(2)?;
+    let k = repeat_kv(&k, heads / kv_heads)?.contiguous()?;
+    let v = repeat_kv(&v, heads / kv_heads)?.contiguous()?;
+    let scores = (q.contiguous()?.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+    let mask = attention_mask(position, seq, kv_len, window, q.device())?;
+    let probs = softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+    Ok(probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, seq, heads * head_dim))?)
 }
 
 #[derive(Debug)]
@@ -274,13 +346,7 @@ impl Gemma3 {
 
     /// Token ids `[seq]` to scaled embeddings `[1, seq, d]`.
     pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
-        let embedding = self.embedding.as_ref().ok_or(ModelError::NotFirstShard)?;
-        let vocab = self.config.vocab;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::Token { token: bad, vocab });
-        }
-        let ids = Tensor::new(tokens, &self.device)?;
-        let x = embedding.index_select(&ids, 0)?.unsqueeze(0)?;
+        let x = lookup(self.embedding.as_ref(), tokens, self.config.vocab)?;
         Ok((x * (self.config.hidden as f64).sqrt())?)
     }
 
@@ -288,25 +354,12 @@ impl Gemma3 {
     /// `position..position + seq`, returning hidden states, or logits `[1, seq, V]`
     /// if the shard holds the head.
     pub fn forward(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
-        let (_, seq, d) = x.dims3()?;
-        if d != self.config.hidden {
-            return Err(ModelError::Shape(format!(
-                "hidden size {d}, expected {}",
-                self.config.hidden
-            )));
-        }
-        if position != cache.len {
-            return Err(ModelError::Shape(format!(
-                "position {position} but the cache holds {} positions",
-                cache.len
-            )));
-        }
-        cache.layers.resize_with(self.blocks.len(), || None);
+        let seq = cache.enter(x, self.config.hidden, position, self.blocks.len())?;
         let mut x = x.clone();
         for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = self.block(block, &x, position, slot)?;
         }
-        cache.len += seq;
+        cache.advance(seq);
         match &self.head {
             Some((norm, head)) => Ok(head.forward(&norm.forward(&x)?)?),
             None => Ok(x),
@@ -338,24 +391,8 @@ impl Gemma3 {
         let (cos, sin) = rope_tables(c.head_dim, base, position, seq, &self.device)?;
         let q = rope(&q, &cos, &sin)?;
         let k = rope(&k, &cos, &sin)?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
-        let kv_len = k.dim(2)?;
-        let group = c.heads / c.kv_heads;
-        let k = repeat_kv(&k, group)?.contiguous()?;
-        let v = repeat_kv(&v, group)?.contiguous()?;
-        let scores = (q.contiguous()?.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
         let window = (!global).then_some(c.sliding_window);
-        let mask = attention_mask(position, seq, kv_len, window, &self.device)?;
-        let scores = scores.broadcast_add(&mask)?;
-        let probs = softmax_last_dim(&scores)?;
-        let attn = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, seq, c.heads * c.head_dim))?;
+        let attn = cached_attention(&q, k, v, cache, position, window)?;
         let attn = l.post_attn_norm.forward(&l.o.forward(&attn)?)?;
         let x = (x + attn)?;
         let h = l.ffn_norm.forward(&x)?;

@@ -20,9 +20,7 @@ use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, D};
 
 pub use crate::gemma3::Cache;
-use crate::gemma3::{
-    attention_mask, matmul, meta, meta_f32, meta_u32, repeat_kv, softmax_last_dim,
-};
+use crate::gemma3::{cached_attention, lookup, matmul, meta, meta_f32, meta_u32};
 use crate::{ModelError, Result};
 
 /// Architecture parameters, read from the GGUF metadata.
@@ -225,33 +223,14 @@ impl Llama {
 
     /// Token ids `[seq]` to embeddings `[1, seq, d]` (not scaled).
     pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
-        let embedding = self.embedding.as_ref().ok_or(ModelError::NotFirstShard)?;
-        let vocab = self.config.vocab;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::Token { token: bad, vocab });
-        }
-        let ids = Tensor::new(tokens, &self.device)?;
-        Ok(embedding.index_select(&ids, 0)?.unsqueeze(0)?)
+        lookup(self.embedding.as_ref(), tokens, self.config.vocab)
     }
 
     /// Runs the shard's layers on hidden states `[1, seq, d]` at positions
     /// `position..position + seq`, returning hidden states, or logits `[1, seq, V]`
     /// if the shard holds the head.
     pub fn forward(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
-        let (_, seq, d) = x.dims3()?;
-        if d != self.config.hidden {
-            return Err(ModelError::Shape(format!(
-                "hidden size {d}, expected {}",
-                self.config.hidden
-            )));
-        }
-        if position != cache.len {
-            return Err(ModelError::Shape(format!(
-                "position {position} but the cache holds {} positions",
-                cache.len
-            )));
-        }
-        cache.layers.resize_with(self.blocks.len(), || None);
+        let seq = cache.enter(x, self.config.hidden, position, self.blocks.len())?;
         let (cos, sin) = rope_tables(
             self.config.rope_dim,
             self.config.rope_base,
@@ -263,7 +242,7 @@ impl Llama {
         for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = self.block(block, &x, position, &cos, &sin, slot)?;
         }
-        cache.len += seq;
+        cache.advance(seq);
         match &self.head {
             Some((norm, head)) => Ok(head.forward(&norm.forward(&x)?)?),
             None => Ok(x),
@@ -290,22 +269,7 @@ impl Llama {
         let v = heads(l.v.forward(&h)?, c.kv_heads)?;
         let q = rope_interleaved(&q, cos, sin)?;
         let k = rope_interleaved(&k, cos, sin)?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
-        let kv_len = k.dim(2)?;
-        let group = c.heads / c.kv_heads;
-        let k = repeat_kv(&k, group)?.contiguous()?;
-        let v = repeat_kv(&v, group)?.contiguous()?;
-        let scores = (q.contiguous()?.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
-        let mask = attention_mask(position, seq, kv_len, None, &self.device)?;
-        let probs = softmax_last_dim(&scores.broadcast_add(&mask)?)?;
-        let attn = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, seq, c.heads * c.head_dim))?;
+        let attn = cached_attention(&q, k, v, cache, position, None)?;
         let x = (x + l.o.forward(&attn)?)?;
         let h = l.ffn_norm.forward(&x)?;
         let silu = l.gate.forward(&h)?.silu()?;

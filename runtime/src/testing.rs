@@ -9,6 +9,38 @@ use candle_core::{Device, Tensor};
 use crate::gemma3::Config;
 use crate::Result;
 
+/// A seeded xorshift stream of uniform values.
+struct Seeded(u64);
+
+impl Seeded {
+    /// A CPU tensor of `shape` with values uniform in `[-scale, scale)`.
+    fn tensor(&mut self, shape: &[usize], scale: f32) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                ((self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect();
+        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+    }
+}
+
+fn write_gguf(
+    path: &Path,
+    metadata: &[(&str, gguf_file::Value)],
+    tensors: &[(String, QTensor)],
+) -> Result<()> {
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(path).map_err(candle_core::Error::from)?);
+    gguf_file::write(&mut file, &metadata, &tensors)?;
+    Ok(())
+}
+
 /// A small Gemma 3 shape with one global layer (index 5) and a short window.
 pub fn tiny_gemma3_config() -> Config {
     Config {
@@ -30,20 +62,8 @@ pub fn tiny_gemma3_config() -> Config {
 /// Writes a Gemma 3 GGUF with random weights (seeded) for `config`. Matrices
 /// are stored as Q8_0 and norms as F32, like the real file's mix of types.
 pub fn write_random_gemma3(path: &Path, config: &Config, seed: u64) -> Result<()> {
-    let device = Device::Cpu;
-    let mut state = seed | 1;
-    let mut random = |shape: &[usize], scale: f32| -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect();
-        Ok(Tensor::from_vec(values, shape, &device)?)
-    };
+    let mut rng = Seeded(seed | 1);
+    let mut random = |shape: &[usize], scale: f32| rng.tensor(shape, scale);
     let c = config;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut matrix = |name: String,
@@ -120,12 +140,7 @@ pub fn write_random_gemma3(path: &Path, config: &Config, seed: u64) -> Result<()
             Value::F32(c.rms_eps as f32),
         ),
     ];
-    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file =
-        std::io::BufWriter::new(std::fs::File::create(path).map_err(candle_core::Error::from)?);
-    gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
-    Ok(())
+    write_gguf(path, &metadata, &tensors)
 }
 
 /// A small Llama shape with grouped-query attention (4 heads over 2 kv heads)
@@ -161,20 +176,8 @@ pub fn write_random_llama_as(
     seed: u64,
     dtype: GgmlDType,
 ) -> Result<()> {
-    let device = Device::Cpu;
-    let mut state = seed | 1;
-    let mut random = |shape: &[usize], scale: f32| -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect();
-        Ok(Tensor::from_vec(values, shape, &device)?)
-    };
+    let mut rng = Seeded(seed | 1);
+    let mut random = |shape: &[usize], scale: f32| rng.tensor(shape, scale);
     let c = config;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut matrix = |name: String, out: usize, inp: usize| -> Result<(String, QTensor)> {
@@ -224,10 +227,5 @@ pub fn write_random_llama_as(
             Value::F32(c.rms_eps as f32),
         ),
     ];
-    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file =
-        std::io::BufWriter::new(std::fs::File::create(path).map_err(candle_core::Error::from)?);
-    gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
-    Ok(())
+    write_gguf(path, &metadata, &tensors)
 }
