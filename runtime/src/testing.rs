@@ -6,8 +6,9 @@ use std::path::Path;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::gemma3::Config;
-use crate::Result;
+use crate::gemma3::{Cache, Config};
+use crate::model::Model;
+use crate::{ModelError, Result};
 
 /// A seeded xorshift stream of uniform values.
 struct Seeded(u64);
@@ -228,4 +229,35 @@ pub fn write_random_llama_as(
         ),
     ];
     write_gguf(path, &metadata, &tensors)
+}
+
+/// Feeds `prompt`, then `steps - 1` greedy tokens one at a time, through a chain
+/// of shards; returns the prompt followed by the `steps` greedy tokens, and the
+/// last-position logits of every step.
+pub fn greedy_chain(
+    shards: &[Model],
+    prompt: &[u32],
+    steps: usize,
+) -> Result<(Vec<u32>, Vec<Tensor>)> {
+    let first = shards
+        .first()
+        .ok_or_else(|| ModelError::Shape("no shards".into()))?;
+    let mut caches: Vec<Cache> = shards.iter().map(|_| Cache::new()).collect();
+    let mut tokens = prompt.to_vec();
+    let mut all_logits = Vec::new();
+    let mut position = 0;
+    let mut input: Vec<u32> = prompt.to_vec();
+    for _ in 0..steps {
+        let mut x = first.embed(&input)?;
+        for (shard, cache) in shards.iter().zip(caches.iter_mut()) {
+            x = shard.forward(&x, position, cache)?;
+        }
+        position += input.len();
+        let last = x.narrow(1, x.dim(1)? - 1, 1)?.flatten_all()?;
+        let next = last.argmax(candle_core::D::Minus1)?.to_scalar::<u32>()?;
+        all_logits.push(last);
+        tokens.push(next);
+        input = vec![next];
+    }
+    Ok((tokens, all_logits))
 }

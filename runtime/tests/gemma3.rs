@@ -9,7 +9,8 @@ use std::path::Path;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor, D};
 use runtime::gemma3::{Cache, Gemma3};
-use runtime::testing::{tiny_gemma3_config, write_random_gemma3};
+use runtime::model::Model;
+use runtime::testing::{greedy_chain, tiny_gemma3_config, write_random_gemma3};
 
 fn load(path: &Path, layers: Range<usize>) -> Gemma3 {
     let mut reader = BufReader::new(File::open(path).unwrap());
@@ -17,30 +18,10 @@ fn load(path: &Path, layers: Range<usize>) -> Gemma3 {
     Gemma3::from_gguf(&content, &mut reader, &Device::Cpu, layers).unwrap()
 }
 
-/// Runs `tokens` through a chain of shards: a prompt, then one token at a time.
-fn run_chain(shards: &[Gemma3], prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Tensor>) {
-    let mut caches: Vec<Cache> = shards.iter().map(|_| Cache::new()).collect();
-    let mut tokens = prompt.to_vec();
-    let mut all_logits = Vec::new();
-    let mut position = 0;
-    let mut input: Vec<u32> = prompt.to_vec();
-    for _ in 0..steps {
-        let mut x = shards[0].embed(&input).unwrap();
-        for (shard, cache) in shards.iter().zip(caches.iter_mut()) {
-            x = shard.forward(&x, position, cache).unwrap();
-        }
-        position += input.len();
-        let last = x
-            .narrow(1, x.dim(1).unwrap() - 1, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap();
-        let next = last.argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
-        all_logits.push(last);
-        tokens.push(next);
-        input = vec![next];
-    }
-    (tokens, all_logits)
+/// A prompt, then greedy tokens one at a time, through a chain of shards.
+fn run_chain(shards: Vec<Gemma3>, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Tensor>) {
+    let shards: Vec<Model> = shards.into_iter().map(Model::from).collect();
+    greedy_chain(&shards, prompt, steps).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -64,13 +45,13 @@ fn splits_agree_with_the_whole_tiny_model() {
     let n = config.layers;
     let prompt = [2u32, 17, 99, 5, 260, 31];
     // Past the window of 4 so the sliding mask matters.
-    let (whole_tokens, whole_logits) = run_chain(&[load(&path, 0..n)], &prompt, 8);
+    let (whole_tokens, whole_logits) = run_chain(vec![load(&path, 0..n)], &prompt, 8);
     for cuts in [vec![3], vec![1, 6], vec![5, 6]] {
         let mut bounds = vec![0];
         bounds.extend(cuts.iter().copied());
         bounds.push(n);
         let shards: Vec<Gemma3> = bounds.windows(2).map(|w| load(&path, w[0]..w[1])).collect();
-        let (tokens, logits) = run_chain(&shards, &prompt, 8);
+        let (tokens, logits) = run_chain(shards, &prompt, 8);
         assert_eq!(tokens, whole_tokens, "split at {cuts:?}");
         for (a, b) in logits.iter().zip(&whole_logits) {
             assert!(max_abs_diff(a, b) < 1e-4, "split at {cuts:?}");
@@ -159,10 +140,10 @@ fn packaged_model_matches_llama_cpp_figures() {
     assert!((lse - 25.5595).abs() <= 0.3, "logsumexp {lse}");
 
     // A 2-way and a 3-way split give the same greedy continuation.
-    let (whole, _) = run_chain(&[load(&path, 0..18)], &prompt, 10);
-    let (two, _) = run_chain(&[load(&path, 0..9), load(&path, 9..18)], &prompt, 10);
+    let (whole, _) = run_chain(vec![load(&path, 0..18)], &prompt, 10);
+    let (two, _) = run_chain(vec![load(&path, 0..9), load(&path, 9..18)], &prompt, 10);
     let (three, _) = run_chain(
-        &[load(&path, 0..5), load(&path, 5..12), load(&path, 12..18)],
+        vec![load(&path, 0..5), load(&path, 5..12), load(&path, 12..18)],
         &prompt,
         10,
     );

@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor, D};
 use runtime::llama::{Cache, Config, Llama};
 use runtime::model::Model;
 use runtime::testing::{
-    tiny_gemma3_config, tiny_llama_config, write_random_gemma3, write_random_llama,
+    greedy_chain, tiny_gemma3_config, tiny_llama_config, write_random_gemma3, write_random_llama,
     write_random_llama_as,
 };
 
@@ -38,30 +38,10 @@ fn load_model(path: &Path, layers: Range<usize>) -> runtime::Result<Model> {
     Model::from_gguf(&content, &mut reader, &Device::Cpu, layers)
 }
 
-/// Runs a prompt, then `steps - 1` greedy tokens one at a time, through a chain of shards.
-fn run_chain(shards: &[Llama], prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Tensor>) {
-    let mut caches: Vec<Cache> = shards.iter().map(|_| Cache::new()).collect();
-    let mut tokens = prompt.to_vec();
-    let mut all_logits = Vec::new();
-    let mut position = 0;
-    let mut input: Vec<u32> = prompt.to_vec();
-    for _ in 0..steps {
-        let mut x = shards[0].embed(&input).unwrap();
-        for (shard, cache) in shards.iter().zip(caches.iter_mut()) {
-            x = shard.forward(&x, position, cache).unwrap();
-        }
-        position += input.len();
-        let last = x
-            .narrow(1, x.dim(1).unwrap() - 1, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap();
-        let next = last.argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
-        all_logits.push(last);
-        tokens.push(next);
-        input = vec![next];
-    }
-    (tokens, all_logits)
+/// A prompt, then greedy tokens one at a time, through a chain of shards.
+fn run_chain(shards: Vec<Llama>, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Tensor>) {
+    let shards: Vec<Model> = shards.into_iter().map(Model::from).collect();
+    greedy_chain(&shards, prompt, steps).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -104,7 +84,7 @@ fn splits_agree_with_the_whole_tiny_model() {
     write_random_llama(&path, &config, 42).unwrap();
     let n = config.layers;
     let prompt = [2u32, 17, 99, 5, 260, 31];
-    let (whole_tokens, whole_logits) = run_chain(&[load(&path, 0..n)], &prompt, 9);
+    let (whole_tokens, whole_logits) = run_chain(vec![load(&path, 0..n)], &prompt, 9);
     assert_eq!(whole_logits[0].dims(), &[config.vocab]);
     for cuts in [vec![2], vec![1, 4], vec![4]] {
         let mut bounds = vec![0];
@@ -114,7 +94,7 @@ fn splits_agree_with_the_whole_tiny_model() {
         assert!(shards[0].embeds() && !shards[0].has_head());
         assert!(shards[shards.len() - 1].has_head());
         assert!(!shards[shards.len() - 1].embeds());
-        let (tokens, logits) = run_chain(&shards, &prompt, 9);
+        let (tokens, logits) = run_chain(shards, &prompt, 9);
         assert_eq!(tokens, whole_tokens, "split at {cuts:?}");
         for (a, b) in logits.iter().zip(&whole_logits) {
             assert!(max_abs_diff(a, b) < 1e-4, "split at {cuts:?}");
