@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .enumerate()
                 .map(|(i, &l)| fixed_point.quantize(i, l as f64))
                 .collect::<Result<_, _>>()?;
-            let token = sample_token(fixed_point, &tables, &z, sampler)?;
+            let token = sample_token(&tables, &z, sampler)?;
             Ok(Record {
                 position,
                 logits,

@@ -30,7 +30,7 @@ fn step(seed: u64, vocab: usize, sampler: Sampler) -> StepWitness {
     let fp = FixedPoint::default();
     let tables = Tables::new(fp);
     let z = logits(seed, vocab, 20.0);
-    let token = sample_token(fp, &tables, &z, sampler).unwrap();
+    let token = sample_token(&tables, &z, sampler).unwrap();
     StepWitness::new(fp, &tables, z, token, sampler).unwrap()
 }
 
@@ -188,7 +188,7 @@ fn greedy_tie_goes_to_the_lowest_index() {
     let max = *z.iter().max().unwrap();
     z[10] = max + 5;
     z[400] = max + 5;
-    assert_eq!(sample_token(fp, &tables, &z, Sampler::Greedy).unwrap(), 10);
+    assert_eq!(sample_token(&tables, &z, Sampler::Greedy).unwrap(), 10);
     let first = StepWitness::new(fp, &tables, z.clone(), 10, Sampler::Greedy).unwrap();
     let (shape, steps, instance) = honest(vec![first], LANES);
     assert_eq!(run(shape, steps, instance), Ok(()));
@@ -344,7 +344,7 @@ mod error_bound {
         let fp = FixedPoint::default();
         let tables = Tables::new(fp);
         let vocab = z.len();
-        let token = sample_token(fp, &tables, &z, sampler).unwrap();
+        let token = sample_token(&tables, &z, sampler).unwrap();
         let w = StepWitness::new(fp, &tables, z, token, sampler).unwrap();
         let distances: Vec<i64> = w.rows.iter().map(|r| r.distance()).collect();
         let exact = exact_logprob(&distances, token as usize, fp.unit());

@@ -76,12 +76,7 @@ pub struct StepWitness {
 }
 
 /// The token a sampler picks from quantized logits, by the circuit's own arithmetic.
-pub fn sample_token(
-    fixed_point: FixedPoint,
-    tables: &Tables,
-    logits: &[i64],
-    sampler: Sampler,
-) -> Result<u32, StepError> {
+pub fn sample_token(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<u32, StepError> {
     check_logits(logits)?;
     let max = *logits.iter().max().ok_or(StepError::VocabMismatch {
         expected: 1,
@@ -91,7 +86,6 @@ pub fn sample_token(
         Sampler::Greedy => Ok(logits.iter().position(|&z| z == max).unwrap_or(0) as u32),
         Sampler::Sample { beta, r } => {
             check_beta(beta)?;
-            let _ = fixed_point;
             let weights: Vec<u64> = logits
                 .iter()
                 .map(|&z| tables.exp(tempered(max - z, beta)))
@@ -148,7 +142,7 @@ impl StepWitness {
         if token as usize >= vocab {
             return Err(StepError::TokenOutOfVocab { token, vocab });
         }
-        let expected = sample_token(fixed_point, tables, &logits, sampler)?;
+        let expected = sample_token(tables, &logits, sampler)?;
         if expected != token {
             return Err(StepError::WrongToken {
                 claimed: token,

@@ -271,8 +271,7 @@ pub fn synthetic_steps(shape: CircuitShape, seed: u64) -> Vec<StepWitness> {
                     r: next(),
                 }
             };
-            let token = circuits::sample_token(shape.fixed_point, &tables, &z, sampler)
-                .expect("logits in range");
+            let token = circuits::sample_token(&tables, &z, sampler).expect("logits in range");
             let mut step = StepWitness::new(shape.fixed_point, &tables, z, token, sampler)
                 .expect("a valid step");
             step.statement.position = position as u64;

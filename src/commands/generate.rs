@@ -275,8 +275,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
                 )
             }
         };
-        let token = sample_token(fixed_point, &tables, &z, sampler)
-            .map_err(|e| CliError::failed(e.to_string()))?;
+        let token =
+            sample_token(&tables, &z, sampler).map_err(|e| CliError::failed(e.to_string()))?;
         generated += 1;
         tokens.push(token);
         if args.records.is_some() || args.transcript.is_some() {
