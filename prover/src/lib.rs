@@ -153,8 +153,8 @@ impl Prover {
         let params_time = start.elapsed();
         bar.set_message(format!("building keys for {}", shape.describe()));
         let start = Instant::now();
-        let key = verifier::verifying_key(shape, &params).map_err(ProveError::Keys)?;
         let circuit = DecodeStepCircuit::placeholder(shape);
+        let key = verifier::verifying_key_of(&circuit, &params).map_err(ProveError::Keys)?;
         let pk = shape
             .scope(|| keygen_pk(&params, key.vk, &circuit))
             .map_err(|e| ProveError::Keys(format!("proving key: {e:?}")))?;

@@ -29,9 +29,18 @@ pub struct Key {
 
 /// Builds the verifying key of `shape` with `params` (of size `shape.k()`).
 pub fn verifying_key(shape: CircuitShape, params: &Params<EqAffine>) -> Result<Key, String> {
-    let circuit = DecodeStepCircuit::placeholder(shape);
+    verifying_key_of(&DecodeStepCircuit::placeholder(shape), params)
+}
+
+/// [`verifying_key`] from a circuit at hand (only its shape matters), so a prover
+/// that also needs the circuit for its proving key builds it once.
+pub fn verifying_key_of(
+    circuit: &DecodeStepCircuit,
+    params: &Params<EqAffine>,
+) -> Result<Key, String> {
+    let shape = circuit.shape;
     let vk = shape
-        .scope(|| keygen_vk(params, &circuit))
+        .scope(|| keygen_vk(params, circuit))
         .map_err(|e| format!("building the verifying key for {}: {e:?}", shape.describe()))?;
     let digest = vk_digest(&vk);
     Ok(Key { vk, digest })
