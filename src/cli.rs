@@ -23,20 +23,23 @@ pub enum Command {
         after_help = "Example:\n  zkinfer prove --records records.json --out answer.zkp --batch 4 --lanes 4\n\nRecords JSON: {\"vocab\": V, \"steps\": [{\"position\": p, \"logits\": [...V floats], \"token\": y,\n  \"sampler\": {\"greedy\": {}} | {\"sample\": {\"temperature\": t, \"r\": \"<decimal u64>\"}}}]}"
     )]
     Prove(ProveArgs),
-    /// Verify every proof of a bundle. Exit 0 if all are valid, 1 if any is invalid, 2 if unreadable.
-    #[command(after_help = "Example:\n  zkinfer verify answer.zkp --json")]
+    /// Verify every proof of a bundle, optionally against a transcript. Exit 0 if all are valid,
+    /// 1 if any is invalid (or a required token is not proved), 2 if unreadable.
+    #[command(
+        after_help = "Examples:\n  zkinfer verify answer.zkp --json\n  zkinfer verify --transcript answer.json --bundle answer.zkp --model-id $(zkinfer model info $(zkinfer model path) --json | jq -r .model_id)"
+    )]
     Verify(VerifyArgs),
     /// Print a bundle's circuit configuration and statements without verifying them.
     #[command(after_help = "Example:\n  zkinfer inspect answer.zkp --json")]
     Inspect(InspectArgs),
     /// Generate text with a model in this process, streaming it as it is produced.
     #[command(
-        after_help = "Examples:\n  zkinfer generate --prompt \"The quick brown fox\" --max-tokens 32\n  zkinfer generate --prompt \"Once upon a time\" --temperature 0.8 --seed 7 --records records.json\n  zkinfer generate --nodes nodes.toml --activations f16 --prompt \"Hello\"\n\nnodes.toml:\n  [[node]]\n  addr = \"127.0.0.1:7001\"\n  layers = \"0..9\"\n  [[node]]\n  addr = \"127.0.0.1:7002\"\n  layers = \"9..18\""
+        after_help = "Examples:\n  zkinfer generate --prompt \"The quick brown fox\" --max-tokens 32\n  zkinfer generate --prompt \"Once upon a time\" --temperature 0.8 --seed 7 --records records.json\n  zkinfer generate --nodes nodes.toml --activations f16 --prompt \"Hello\"\n  zkinfer generate --nodes nodes.toml --prompt \"Hello\" --transcript t.json --prove challenged --bundle t.zkp\n\nnodes.toml:\n  [[node]]\n  addr = \"127.0.0.1:7001\"\n  layers = \"0..9\"\n  [[node]]\n  addr = \"127.0.0.1:7002\"\n  layers = \"9..18\""
     )]
     Generate(GenerateArgs),
     /// Serve a layer range of a model to `zkinfer generate --nodes` clients over TCP.
     #[command(
-        after_help = "Example (two nodes, then a client):\n  zkinfer serve --model tiny.gguf --layers 0..9 --listen 127.0.0.1:7001\n  zkinfer serve --model tiny.gguf --layers 9..18 --listen 127.0.0.1:7002\n  zkinfer generate --nodes nodes.toml --model tiny.gguf --prompt \"Hello\""
+        after_help = "Example (two nodes, then a client):\n  zkinfer serve --model tiny.gguf --layers 0..9 --listen 127.0.0.1:7001\n  zkinfer serve --model tiny.gguf --layers 9..18 --listen 127.0.0.1:7002 --prove\n  zkinfer generate --nodes nodes.toml --model tiny.gguf --prompt \"Hello\""
     )]
     Serve(ServeArgs),
     /// Inspect models: `model info FILE` (architecture and model id), `model path` (the packaged model).
@@ -63,9 +66,11 @@ pub struct GenerateArgs {
     /// Sample at this temperature instead of greedy decoding.
     #[arg(long, value_name = "T")]
     pub temperature: Option<f64>,
-    /// Seed of the sampling randomness: r at position p is the first 8 bytes of blake3(seed, p).
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    pub seed: u64,
+    /// Seed of the sampling randomness. r at position p is blake3(client nonce, request id, p)
+    /// (docs/transcript.md); a seed fixes nonce and request id so sampling repeats, without one
+    /// both are fresh for every generation.
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
     /// Compute threads [default: all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -93,6 +98,26 @@ pub struct GenerateArgs {
     /// How hidden states travel between nodes (with --nodes).
     #[arg(long, value_enum, default_value_t = ActivationEncoding::F32, value_name = "ENC")]
     pub activations: ActivationEncoding,
+    /// Ask the head node (`zkinfer serve --prove`) for proofs: of every token as it is generated
+    /// (`all`), or after generation of --challenges positions drawn from the transcript's hash
+    /// (`challenged`: the node cannot pick them). Waits for the proofs and writes them to --bundle.
+    #[arg(long, value_enum, value_name = "POLICY", requires_all = ["nodes", "transcript", "bundle"])]
+    pub prove: Option<ProvePolicyArg>,
+    /// Positions to prove with `--prove challenged`.
+    #[arg(long, default_value_t = 4, value_name = "K")]
+    pub challenges: usize,
+    /// Where to write the proofs (with --prove).
+    #[arg(long, value_name = "FILE", requires = "prove")]
+    pub bundle: Option<PathBuf>,
+}
+
+/// Which tokens to have proven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProvePolicyArg {
+    /// Every generated token, while generating.
+    All,
+    /// K positions drawn from the transcript after generation.
+    Challenged,
 }
 
 /// Wire encodings of hidden states.
@@ -135,6 +160,19 @@ pub struct ServeArgs {
     /// Seconds a request's cache (or a silent connection) is kept unused.
     #[arg(long, default_value_t = 300, value_name = "S")]
     pub idle_timeout: u64,
+    /// Prove tokens alongside inference when clients ask (`generate --prove`): this node must
+    /// serve the last layers. Keys are built at start-up (minutes for a large vocabulary, with
+    /// public parameters cached on disk); proofs run on --prove-threads threads at the lowest CPU
+    /// priority, so generation goes first.
+    #[arg(long)]
+    pub prove: bool,
+    #[command(flatten)]
+    pub circuit: CircuitArgs,
+    /// Threads that prove.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub prove_threads: usize,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// Parses a layer range `a..b` with `a < b`.
@@ -194,6 +232,17 @@ pub struct CircuitArgs {
     pub exp_bits: u32,
 }
 
+impl CircuitArgs {
+    /// The circuit for a vocabulary of `vocab`.
+    pub fn shape(&self, vocab: usize) -> Result<circuits::CircuitShape, circuits::ShapeError> {
+        let fixed_point = circuits::FixedPoint {
+            frac_bits: self.frac_bits,
+            exp_bits: self.exp_bits,
+        };
+        circuits::CircuitShape::new(vocab, fixed_point, self.batch, self.lanes)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ProveArgs {
     /// Decode records (JSON).
@@ -217,7 +266,19 @@ pub struct ProveArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The proof bundle.
-    pub bundle: PathBuf,
+    #[arg(value_name = "BUNDLE", required_unless_present = "bundle_flag")]
+    pub bundle: Option<PathBuf>,
+    /// The proof bundle (the same as the positional argument).
+    #[arg(long = "bundle", value_name = "FILE", conflicts_with = "bundle")]
+    pub bundle_flag: Option<PathBuf>,
+    /// Check the proofs against a generation transcript (`generate --transcript`): every proven
+    /// token, log-probability and sampler must be the transcript's, with r recomputed from its
+    /// nonce; reports each generated token as proved / not proved / invalid.
+    #[arg(long, value_name = "FILE")]
+    pub transcript: Option<PathBuf>,
+    /// The model id the transcript must name (`zkinfer model info`), with --transcript.
+    #[arg(long, value_name = "HEX", requires = "transcript")]
+    pub model_id: Option<String>,
     /// Print the verdicts as JSON.
     #[arg(long)]
     pub json: bool,

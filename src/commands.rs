@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use circuits::{CircuitShape, FixedPoint, Sampler};
+use circuits::Sampler;
 use prover::{prepare, Prover, Records};
 use verifier::{Bundle, ParamsCache};
 
 use crate::cli::{CacheArgs, Cli, Command, InspectArgs, ProveArgs, VerifyArgs};
 
+mod answer;
 mod cost;
 mod generate;
 mod model;
@@ -83,18 +84,12 @@ fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
             args.records.display()
         )));
     }
-    let fixed_point = FixedPoint {
-        frac_bits: args.circuit.frac_bits,
-        exp_bits: args.circuit.exp_bits,
-    };
-    let shape = CircuitShape::new(
-        records.vocab,
-        fixed_point,
-        args.circuit.batch,
-        args.circuit.lanes,
-    )
-    .map_err(|e| CliError::failed(e.to_string()))?;
-    let steps = prepare(&records, fixed_point).map_err(|e| CliError::failed(e.to_string()))?;
+    let shape = args
+        .circuit
+        .shape(records.vocab)
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let steps =
+        prepare(&records, shape.fixed_point).map_err(|e| CliError::failed(e.to_string()))?;
     let progress = !args.quiet;
     let prover = Prover::setup(shape, &cache(&args.cache), progress)
         .map_err(|e| CliError::failed(e.to_string()))?;
@@ -144,13 +139,18 @@ fn sampler_json(sampler: Sampler) -> serde_json::Value {
 }
 
 fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
-    let bundle = read_bundle(&args.bundle)?;
+    let path = args
+        .bundle
+        .as_ref()
+        .or(args.bundle_flag.as_ref())
+        .ok_or_else(|| CliError::unreadable("name the proof bundle to verify"))?;
+    let bundle = read_bundle(path)?;
     let start = Instant::now();
-    let report = verifier::verify_bundle(&bundle, &cache(&args.cache)).map_err(|e| match e {
-        verifier::VerifyError::KeyMismatch { .. } => CliError::failed(e.to_string()),
-        other => CliError::unreadable(other.to_string()),
-    })?;
+    let report = verify_proofs(&bundle, &args.cache)?;
     let elapsed = start.elapsed();
+    if let Some(transcript) = &args.transcript {
+        return answer::run(&args, transcript, &bundle, &report, elapsed);
+    }
     let frac_bits = bundle.shape.fixed_point.frac_bits;
     let valid = report.all_valid();
     let steps: Vec<_> = bundle
@@ -207,6 +207,15 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// Verifies every proof of `bundle`; a key that does not match the bundle's
+/// circuit is a failed verification, anything unreadable an unreadable input.
+fn verify_proofs(bundle: &Bundle, cache_args: &CacheArgs) -> Result<verifier::Report, CliError> {
+    verifier::verify_bundle(bundle, &cache(cache_args)).map_err(|e| match e {
+        verifier::VerifyError::KeyMismatch { .. } => CliError::failed(e.to_string()),
+        other => CliError::unreadable(other.to_string()),
     })
 }
 

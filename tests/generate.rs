@@ -121,12 +121,15 @@ fn transcripts_hold_the_generation_and_provable_records_inline_or_binary() {
     };
 
     let (value, inline) = run(&dir.join("t.json"), false);
-    assert_eq!(value["version"], 1);
+    assert_eq!(value["version"], 2);
     assert_eq!(value["model_id"].as_str().unwrap().len(), 64);
-    assert_eq!(value["client_nonce"].as_str().unwrap().len(), 32);
     assert_eq!(value["prompt"], "Once upon a time");
-    assert_eq!(value["sampler"]["sample"]["seed"], 7);
-    assert!(value["request_id"].is_null());
+    assert_eq!(value["sampler"]["sample"]["temperature"], 0.9);
+    // --seed fixes the nonce and request id that r is derived from.
+    let nonce = runtime::transcript::Nonce::from_seed(7);
+    assert_eq!(value["client_nonce"], nonce.to_hex());
+    assert_eq!(value["request_id"], nonce.request_id());
+    assert!(value["proving"].is_null());
     let prompt_tokens = value["prompt_tokens"].as_array().unwrap();
     assert!(!prompt_tokens.is_empty());
     let tokens = value["tokens"].as_array().unwrap();

@@ -19,7 +19,7 @@ use crate::transcript::HopDigest;
 use crate::transport;
 use crate::wire::{
     Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, Hello, Limits, Message,
-    MessageType, Ping, WireError,
+    MessageType, Ping, ProofsReply, ProveStep, WireError,
 };
 
 /// One node of a chain: where it listens and the layers it serves.
@@ -356,6 +356,23 @@ impl Chain {
                 .map_err(|e| self.node_error(i, e))?;
         }
         Ok(())
+    }
+
+    /// Asks the last hop (the head) to prove `steps` of `request_id` and
+    /// returns what it has finished; no steps only collects.
+    pub async fn prove(
+        &mut self,
+        request_id: u64,
+        steps: Vec<ProveStep>,
+    ) -> Result<ProofsReply, ClientError> {
+        let last = self.links.len() - 1;
+        match self
+            .call(last, Frame::new(request_id, 0, Message::Prove(steps)))
+            .await?
+        {
+            Message::Proofs(reply) => Ok(reply),
+            other => Err(self.unexpected(last, &other)),
+        }
     }
 
     /// Round-trip time to each hop, in layer order.

@@ -5,10 +5,12 @@
 pub mod client;
 pub mod gemma3;
 pub mod generate;
+pub mod generation;
 pub mod llama;
 pub mod model;
 pub mod model_id;
 pub mod node;
+pub mod proving;
 pub mod routing;
 pub mod session;
 pub mod testing;

@@ -25,6 +25,13 @@
 //! - **End** frees the request's cache; there is no answer, not even for an
 //!   unknown request, so a client never has an answer to wait for.
 //! - **Ping** is answered by a **Pong** echoing it.
+//! - **Prove** (only on a node started with a [`ProofService`], which must
+//!   hold the head; others answer Malformed): the node keeps the logits it
+//!   answered per request and position, queues the steps for its prover and
+//!   answers **Proofs** at once with whatever is finished (see
+//!   [`crate::proving`]). Proof state outlives End (a client collects
+//!   proofs after the last token) until it is idle for `idle_timeout` with
+//!   nothing pending.
 //! - A cache unused for `idle_timeout` is freed by a sweeper task.
 //! - Errors: a frame that was read whole but does not decode (unknown type,
 //!   bad flags or payload) gets an Error and the connection goes on. A bad
@@ -46,6 +53,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::gemma3::Cache;
 use crate::model::Model;
 use crate::model_id::ModelId;
+use crate::proving::ProofService;
 use crate::transport;
 use crate::wire::{
     Activations, Encoding, Forward, ForwardInput, Frame, Limits, Message, WireError,
@@ -64,6 +72,8 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// How long reading the rest of a started frame, or writing one, may take.
     pub io_timeout: Duration,
+    /// The prover of a head node that proves alongside inference.
+    pub proving: Option<Arc<ProofService>>,
 }
 
 /// A request's cache. `cache` is `None` while a Forward is using it, so a
@@ -122,8 +132,15 @@ pub async fn serve_until(
         caches: Arc::default(),
         config,
     });
+    if shared.config.proving.is_some() && !shared.model.has_head() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "only the shard with the head can prove: serve the last layers to prove",
+        ));
+    }
     let sweeper = tokio::spawn(sweep(
         Arc::clone(&shared.caches),
+        shared.config.proving.clone(),
         shared.config.idle_timeout,
     ));
     // Stop the sweeper when `serve` itself is dropped or returns.
@@ -164,8 +181,8 @@ fn to_wire(layers: &Range<usize>) -> io::Result<Range<u32>> {
     Ok(convert(layers.start)?..convert(layers.end)?)
 }
 
-/// Frees caches that have not been used for `idle`.
-async fn sweep(caches: Caches, idle: Duration) {
+/// Frees caches (and proof state) that have not been used for `idle`.
+async fn sweep(caches: Caches, proving: Option<Arc<ProofService>>, idle: Duration) {
     let period = (idle / 4).max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval(period);
     loop {
@@ -174,6 +191,9 @@ async fn sweep(caches: Caches, idle: Duration) {
         // Busy slots (a Forward in flight) are left alone.
         lock(&caches)
             .retain(|_, slot| slot.cache.is_none() || now.duration_since(slot.last_used) < idle);
+        if let Some(proving) = &proving {
+            proving.sweep(idle);
+        }
     }
 }
 
@@ -238,6 +258,15 @@ async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
             return None;
         }
         Message::Ping(ping) => Message::Pong(ping),
+        Message::Prove(steps) => match &shared.config.proving {
+            Some(proving) => Message::Proofs(proving.submit(id, steps)),
+            None => {
+                let e = WireError::Malformed(
+                    "this node does not prove (start it with `zkinfer serve --prove`)".into(),
+                );
+                return Some(e.to_frame(id, pos));
+            }
+        },
         other => {
             let e = WireError::Malformed(format!(
                 "a node does not take {:?} frames",
@@ -311,6 +340,10 @@ async fn run_forward(
             ))
         }
     };
+    let fed = match &input {
+        Input::Tokens(tokens) => tokens.len(),
+        Input::Hidden { rows, .. } => *rows,
+    } as u64;
     let (cache, epoch) = take_cache(&shared.caches, id, position)?;
     let model = Arc::clone(model);
     let joined = tokio::task::spawn_blocking(move || {
@@ -330,6 +363,10 @@ async fn run_forward(
                 slot.last_used = Instant::now();
             }
             drop(caches);
+            if let Some(proving) = &shared.config.proving {
+                // These logits choose the token at the next position.
+                proving.record_logits(id, position + fed, values.clone());
+            }
             // Logits always travel as F32. F16 overflow or a non-finite Q8
             // row fall back to F32 too, which carries any value.
             let encoding = if shared.model.has_head() {

@@ -27,7 +27,7 @@ use crate::client::{Chain, ClientError, Hop};
 use crate::model_id::ModelId;
 use crate::routing::{measure, Router};
 use crate::transcript::HopDigest;
-use crate::wire::Encoding;
+use crate::wire::{Encoding, ProofsReply, ProveStep};
 
 /// How a session routes and recovers.
 #[derive(Clone, Debug)]
@@ -246,9 +246,29 @@ impl Session {
         }
     }
 
-    /// Connects a chain if there is none, replays the history, then feeds
-    /// `tokens`.
-    async fn try_feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ClientError> {
+    /// Asks the head node of the current chain to prove `steps` (none:
+    /// only collect) and returns its answer with the chain request id it
+    /// was asked under. A chain that fails is replaced as in
+    /// [`Session::feed`] (the new one replays the history, so its head
+    /// holds the logits again); steps asked of the old one must then be
+    /// asked again ([`crate::proving::ProofCollector::orphaned`]).
+    pub async fn prove(&mut self, steps: &[ProveStep]) -> Result<(u64, ProofsReply), ClientError> {
+        loop {
+            let request_id = self.request_id;
+            let attempt = async {
+                let chain = self.ensure_chain().await?;
+                chain.prove(request_id, steps.to_vec()).await
+            };
+            match attempt.await {
+                Ok(reply) => return Ok((self.request_id, reply)),
+                Err(e) => self.recover(e).await?,
+            }
+        }
+    }
+
+    /// Connects a chain if there is none and replays whatever of the
+    /// history it has not seen, chunk by chunk.
+    async fn ensure_chain(&mut self) -> Result<&mut Chain, ClientError> {
         if self.chain.is_none() {
             let chain = Chain::connect(
                 self.route.clone(),
@@ -264,7 +284,6 @@ impl Session {
         let Some((chain, held)) = self.chain.as_mut() else {
             return Err(ClientError::Usage("no chain".into()));
         };
-        // Replay whatever this chain has not seen, chunk by chunk.
         let mut at = 0u64;
         for chunk in &self.history {
             let end = at + chunk.len() as u64;
@@ -274,9 +293,21 @@ impl Session {
             }
             at = end;
         }
+        Ok(chain)
+    }
+
+    /// Connects and replays as needed ([`Session::ensure_chain`]), then
+    /// feeds `tokens`.
+    async fn try_feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ClientError> {
+        let at = self.position();
+        let request_id = self.request_id;
+        let chain = self.ensure_chain().await?;
         let logits = chain.forward(request_id, at, tokens).await?;
-        *held = at + tokens.len() as u64;
-        self.last_hops = chain.last_hops().to_vec();
+        let last_hops = chain.last_hops().to_vec();
+        if let Some((_, held)) = self.chain.as_mut() {
+            *held = at + tokens.len() as u64;
+        }
+        self.last_hops = last_hops;
         Ok(logits)
     }
 

@@ -5,17 +5,17 @@
 //! answered (as blake3 digests), and the decode records that
 //! `zkinfer prove --records` turns into a proof.
 //!
-//! # `T.json` (version 1)
+//! # `T.json` (version 2)
 //!
 //! ```json
 //! {
-//!   "version": 1,
+//!   "version": 2,
 //!   "model_id": "<64 hex digits: runtime::model_id of the GGUF>",
 //!   "prompt": "Once upon a time",
 //!   "prompt_tokens": [2, 9113, 3324, 496, 990],
-//!   "sampler": {"greedy": {}} | {"sample": {"temperature": 0.8, "seed": 7}},
-//!   "client_nonce": "<32 hex digits: 16 random bytes, new per generation>",
-//!   "request_id": 1234 | null,
+//!   "sampler": {"greedy": {}} | {"sample": {"temperature": 0.8}},
+//!   "client_nonce": "<32 hex digits: 16 bytes, new per generation>",
+//!   "request_id": 1234,
 //!   "tokens": [236764, 506],
 //!   "hops": [
 //!     {"position": 0, "node": "127.0.0.1:7001", "layers": [0, 9],
@@ -23,7 +23,8 @@
 //!     ...
 //!   ],
 //!   "records": {"inline": {"vocab": V, "steps": [...]}}
-//!            | {"file": {"path": "T.logits.bin", "blake3": "<64 hex>", "vocab": V, "count": N}}
+//!            | {"file": {"path": "T.logits.bin", "blake3": "<64 hex>", "vocab": V, "count": N}},
+//!   "proving": null | {"policy": "all"} | {"policy": "challenged", "challenges": 4}
 //! }
 //! ```
 //!
@@ -31,10 +32,14 @@
 //!   generated tokens in order, including a final end-of-sequence token if
 //!   generation stopped on one.
 //! - `sampler`: greedy decoding, or sampling at `temperature` where the
-//!   randomness `r` at position `p` is `sampling_r(seed, p)` ([`sampling_r`]).
-//! - `request_id`: the request id of the chain that produced the last
-//!   logits (`null` for single-process generation). After a failover the
-//!   session moves to a new request id.
+//!   randomness `r` of the token at position `p` is
+//!   `sampling_r(client_nonce, request_id, p)` ([`sampling_r`]): the client
+//!   fixes nonce and request id before the first token, so no node can
+//!   choose `r`, and a verifier recomputes it.
+//! - `client_nonce`, `request_id`: chosen by the client for this generation
+//!   (random, or derived from `--seed` so that seeded sampling repeats).
+//!   The request id names the generation; the ids of the node chains that
+//!   carry it are separate (they change on failover).
 //! - `hops`: one entry per hop per forward call, in order, for every forward
 //!   of the generation (the prompt at position 0, then one per fed token).
 //!   `position` is the first position of the forward; `node` is the node's
@@ -57,6 +62,10 @@
 //!   (`path` is relative to the transcript's directory) whose blake3 is
 //!   `blake3`; [`Transcript::records`] rebuilds the records JSON from it
 //!   (each step's sampler follows from `sampler` and the position).
+//! - `proving`: whether the head node was asked for proofs: of every token
+//!   (`all`), or of `challenges` positions derived from the transcript after
+//!   generation ([`Transcript::challenged_positions`]: Fiat–Shamir, so the
+//!   node cannot pick them). `null`: no proofs were asked for.
 //!
 //! # `T.logits.bin`
 //!
@@ -76,7 +85,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The transcript format version this module writes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The side file's magic bytes.
 pub const LOGITS_MAGIC: [u8; 8] = *b"ZKLOGIT1";
@@ -91,18 +100,29 @@ pub struct Transcript {
     pub prompt_tokens: Vec<u32>,
     pub sampler: TranscriptSampler,
     pub client_nonce: String,
-    pub request_id: Option<u64>,
+    pub request_id: u64,
     pub tokens: Vec<u32>,
     pub hops: Vec<HopRecord>,
     pub records: RecordsRef,
+    pub proving: Option<ProvingPolicy>,
 }
 
-/// `{"greedy": {}}` or `{"sample": {"temperature": t, "seed": s}}`.
+/// `{"greedy": {}}` or `{"sample": {"temperature": t}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum TranscriptSampler {
     Greedy {},
-    Sample { temperature: f64, seed: u64 },
+    Sample { temperature: f64 },
+}
+
+/// Which tokens the head node was asked to prove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProvingPolicy {
+    /// Every generated token.
+    All,
+    /// `challenges` positions chosen by [`Transcript::challenged_positions`].
+    Challenged { challenges: usize },
 }
 
 /// One hop of one forward call.
@@ -201,39 +221,87 @@ pub enum StepSampler {
 }
 
 impl TranscriptSampler {
-    /// The record sampler of the token chosen at `position`.
-    pub fn step(&self, position: u64) -> StepSampler {
+    /// The record sampler of the token at `position`.
+    pub fn step(&self, nonce: &Nonce, request_id: u64, position: u64) -> StepSampler {
         match *self {
             TranscriptSampler::Greedy {} => StepSampler::Greedy {},
-            TranscriptSampler::Sample { temperature, seed } => StepSampler::Sample {
+            TranscriptSampler::Sample { temperature } => StepSampler::Sample {
                 temperature,
-                r: sampling_r(seed, position).to_string(),
+                r: sampling_r(nonce, request_id, position).to_string(),
             },
         }
     }
 }
 
-/// `r` for `position`: the first 8 bytes of blake3("zkinfer.r.v1" || seed || position), little-endian.
-pub fn sampling_r(seed: u64, position: u64) -> u64 {
+/// The client's 16-byte nonce of one generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nonce(pub [u8; 16]);
+
+impl Nonce {
+    /// 16 fresh bytes: blake3 of the time, the process id and a per-process
+    /// counter. Nodes see the nonce only in the transcript, after the fact.
+    pub fn fresh() -> Nonce {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut h = blake3::Hasher::new();
+        h.update(b"zkinfer.nonce.v1");
+        h.update(format!("{:?}", std::time::SystemTime::now()).as_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        Nonce::from_digest(h.finalize())
+    }
+
+    /// The nonce `--seed s` stands for, so that seeded sampling repeats.
+    pub fn from_seed(seed: u64) -> Nonce {
+        let mut h = blake3::Hasher::new();
+        h.update(b"zkinfer.nonce.seed.v1");
+        h.update(&seed.to_le_bytes());
+        Nonce::from_digest(h.finalize())
+    }
+
+    fn from_digest(digest: blake3::Hash) -> Nonce {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest.as_bytes()[..16]);
+        Nonce(bytes)
+    }
+
+    /// The generation's request id that goes with this nonce.
+    pub fn request_id(&self) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(b"zkinfer.request.v1");
+        h.update(&self.0);
+        u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+
+    /// 32 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 32 hex digits.
+    pub fn from_hex(text: &str) -> Result<Nonce, String> {
+        let bad = || format!("client nonce {text:?} is not 32 hex digits");
+        if text.len() != 32 || !text.is_ascii() {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Nonce(bytes))
+    }
+}
+
+/// `r` of the token at `position`: the first 8 bytes, little-endian, of
+/// blake3("zkinfer.r.v2" || nonce || request id (u64 LE) || position (u64 LE)).
+pub fn sampling_r(nonce: &Nonce, request_id: u64, position: u64) -> u64 {
     let mut h = blake3::Hasher::new();
-    h.update(b"zkinfer.r.v1");
-    h.update(&seed.to_le_bytes());
+    h.update(b"zkinfer.r.v2");
+    h.update(&nonce.0);
+    h.update(&request_id.to_le_bytes());
     h.update(&position.to_le_bytes());
     let bytes = h.finalize();
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
-}
-
-/// 16 fresh bytes as 32 hex digits: blake3 of the time, the process id and a
-/// per-process counter.
-pub fn client_nonce() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = blake3::Hasher::new();
-    h.update(b"zkinfer.nonce.v1");
-    h.update(format!("{:?}", std::time::SystemTime::now()).as_bytes());
-    h.update(&std::process::id().to_le_bytes());
-    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    h.finalize().to_hex()[..32].to_string()
 }
 
 /// Errors reading a transcript's records.
@@ -311,10 +379,76 @@ pub fn decode_logits(bytes: &[u8]) -> Result<(usize, Vec<(u64, u32, Vec<f32>)>),
 }
 
 impl Transcript {
+    /// The client nonce, parsed.
+    pub fn nonce(&self) -> Result<Nonce, String> {
+        Nonce::from_hex(&self.client_nonce)
+    }
+
+    /// The Fiat–Shamir digest that challenged positions are drawn from:
+    /// blake3 over everything fixed by the end of generation except the
+    /// records (whose logits the hops' output digests already bind), in a
+    /// length-prefixed encoding (see [`Transcript::challenged_positions`]).
+    pub fn challenge_digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        let mut field = |bytes: &[u8]| {
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        field(b"zkinfer.challenge.v1");
+        field(self.model_id.as_bytes());
+        field(&u32_bytes(&self.prompt_tokens));
+        field(
+            serde_json::to_string(&self.sampler)
+                .expect("a sampler serializes")
+                .as_bytes(),
+        );
+        field(self.client_nonce.as_bytes());
+        field(&self.request_id.to_le_bytes());
+        field(&u32_bytes(&self.tokens));
+        for hop in &self.hops {
+            field(&hop.position.to_le_bytes());
+            field(hop.node.as_bytes());
+            field(&(hop.layers[0] as u64).to_le_bytes());
+            field(&(hop.layers[1] as u64).to_le_bytes());
+            field(hop.input_blake3.as_bytes());
+            field(hop.output_blake3.as_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Positions of the generated tokens, in order.
+    pub fn token_positions(&self) -> impl Iterator<Item = u64> + '_ {
+        let first = self.prompt_tokens.len() as u64;
+        (0..self.tokens.len() as u64).map(move |i| first + i)
+    }
+
+    /// `k` distinct token positions (all of them when there are at most
+    /// `k` tokens), drawn from [`Transcript::challenge_digest`]: the `j`-th
+    /// draw is `u64 LE of blake3(digest || j)[..8] mod n` over the positions
+    /// not yet drawn, `n` their count. Sorted.
+    pub fn challenged_positions(&self, k: usize) -> Vec<u64> {
+        let digest = self.challenge_digest();
+        let mut left: Vec<u64> = self.token_positions().collect();
+        let mut chosen = Vec::new();
+        for j in 0u64.. {
+            if chosen.len() == k || left.is_empty() {
+                break;
+            }
+            let mut h = blake3::Hasher::new();
+            h.update(&digest);
+            h.update(&j.to_le_bytes());
+            let draw = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8"));
+            chosen.push(left.remove((draw % left.len() as u64) as usize));
+        }
+        chosen.sort_unstable();
+        chosen
+    }
+
     /// The decode records: inline ones as they are; a side file (relative to
     /// `dir`, the transcript's directory) is read, its blake3 and shape are
     /// checked, and each step's sampler is rebuilt from [`Transcript::sampler`].
     pub fn records(&self, dir: &Path) -> Result<Records, TranscriptError> {
+        let nonce = self.nonce().map_err(TranscriptError::Format)?;
         match &self.records {
             RecordsRef::Inline(records) => Ok(records.clone()),
             RecordsRef::File {
@@ -351,7 +485,7 @@ impl Transcript {
                             position,
                             logits,
                             token,
-                            sampler: self.sampler.step(position),
+                            sampler: self.sampler.step(&nonce, self.request_id, position),
                         })
                         .collect(),
                 })
@@ -365,16 +499,14 @@ mod tests {
     use super::*;
 
     fn sample() -> Transcript {
-        let sampler = TranscriptSampler::Sample {
-            temperature: 0.8,
-            seed: 7,
-        };
+        let sampler = TranscriptSampler::Sample { temperature: 0.8 };
+        let nonce = Nonce::from_seed(7);
         let steps: Vec<Step> = (5..8)
             .map(|p| Step {
                 position: p,
                 logits: vec![0.5, -1.25, p as f32, f32::MIN_POSITIVE],
                 token: (p % 4) as u32,
-                sampler: sampler.step(p),
+                sampler: sampler.step(&nonce, nonce.request_id(), p),
             })
             .collect();
         Transcript {
@@ -383,11 +515,12 @@ mod tests {
             prompt: "hi".into(),
             prompt_tokens: vec![2, 3, 4, 5, 6],
             sampler,
-            client_nonce: client_nonce(),
-            request_id: Some(u64::MAX),
+            client_nonce: nonce.to_hex(),
+            request_id: nonce.request_id(),
             tokens: steps.iter().map(|s| s.token).collect(),
             hops: vec![HopRecord::local(0, 7, &[2, 3, 4, 5, 6], &[1.0, 2.0])],
             records: RecordsRef::Inline(Records { vocab: 4, steps }),
+            proving: Some(ProvingPolicy::Challenged { challenges: 2 }),
         }
     }
 
@@ -398,19 +531,55 @@ mod tests {
         let back: Transcript = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, t);
         let value: serde_json::Value = serde_json::from_str(&json).expect("value");
-        assert_eq!(value["version"], 1);
-        assert_eq!(value["sampler"]["sample"]["seed"], 7);
+        assert_eq!(value["version"], 2);
+        assert_eq!(value["sampler"]["sample"]["temperature"], 0.8);
+        assert_eq!(value["proving"]["policy"], "challenged");
         assert_eq!(value["hops"][0]["node"], "local");
         assert_eq!(value["hops"][0]["layers"], serde_json::json!([0, 7]));
         assert_eq!(value["client_nonce"].as_str().expect("nonce").len(), 32);
         // Inline records are exactly the `prove --records` shape.
         let records = &value["records"]["inline"];
         assert_eq!(records["vocab"], 4);
+        let nonce = Nonce::from_seed(7);
         assert_eq!(
             records["steps"][0]["sampler"]["sample"]["r"],
-            sampling_r(7, 5).to_string()
+            sampling_r(&nonce, nonce.request_id(), 5).to_string()
         );
-        assert_ne!(client_nonce(), client_nonce());
+        assert_ne!(Nonce::fresh(), Nonce::fresh());
+        assert_eq!(Nonce::from_hex(&nonce.to_hex()), Ok(nonce));
+        assert!(Nonce::from_hex("zz").is_err());
+    }
+
+    #[test]
+    fn r_depends_on_nonce_request_and_position() {
+        let (a, b) = (Nonce::from_seed(1), Nonce::from_seed(2));
+        let r = sampling_r(&a, 9, 5);
+        assert_ne!(r, sampling_r(&b, 9, 5));
+        assert_ne!(r, sampling_r(&a, 10, 5));
+        assert_ne!(r, sampling_r(&a, 9, 6));
+        assert_eq!(r, sampling_r(&a, 9, 5));
+    }
+
+    #[test]
+    fn challenges_are_distinct_token_positions_bound_to_the_transcript() {
+        let mut t = sample();
+        t.tokens = (0..32).collect();
+        let chosen = t.challenged_positions(4);
+        assert_eq!(chosen.len(), 4);
+        assert!(chosen.windows(2).all(|w| w[0] < w[1]), "{chosen:?}");
+        assert!(chosen.iter().all(|&p| (5..37).contains(&p)), "{chosen:?}");
+        assert_eq!(chosen, t.challenged_positions(4));
+        assert_eq!(t.challenged_positions(100).len(), 32);
+        // Any change to what the node answered moves the challenges.
+        let mut other = t.clone();
+        other.hops[0].output_blake3 = "00".repeat(32);
+        assert_ne!(other.challenge_digest(), t.challenge_digest());
+        let moved = (0..20).any(|i| {
+            let mut o = t.clone();
+            o.tokens[31] = 100 + i;
+            o.challenged_positions(4) != chosen
+        });
+        assert!(moved);
     }
 
     #[test]

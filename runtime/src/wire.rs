@@ -45,6 +45,8 @@
 //! | 6    | Ping     | either | ignored              | ignored                        |
 //! | 7    | Pong     | either | as in the Ping       | as in the Ping                 |
 //! | 8    | Error    | node   | of the failed frame  | of the failed frame            |
+//! | 9    | Prove    | client | request (its logits) | ignored                        |
+//! | 10   | Proofs   | node   | as in the Prove      | as in the Prove                |
 //!
 //! An Error answering a frame whose header could not be read carries request
 //! id and position `0`.
@@ -72,6 +74,18 @@
 //!   Ping's fields; the filler lets one ping measure throughput as well as RTT.
 //! - **Error** (8): code `u16` (table below), byte count `n` `u32`, `n` bytes
 //!   of UTF-8 text for humans.
+//! - **Prove** (9), to the shard with the head of a node that proves: step
+//!   count `n` `u32`, then per step `position` `u64` (the position of the
+//!   token: its logits are those the request's forward ending at
+//!   `position - 1` answered), `token` `u32`, sampler tag `u8`: `0` greedy,
+//!   or `1` sample followed by `temperature` (f64 bits, `u64`) and `r`
+//!   `u64`. The node queues the steps for proving and answers Proofs at
+//!   once; `n = 0` only asks for what is ready.
+//! - **Proofs** (10): `pending` `u32` (steps of this request queued or being
+//!   proven), bundle count `b` `u32`, `b` times a byte count `u32` and that
+//!   many bytes of a proof bundle (docs/bundle.md) that is handed over only
+//!   once, failure count `f` `u32`, `f` times `position` `u64`, byte count
+//!   `u32` and UTF-8 text: steps the node could not prove, and why.
 //!
 //! An **activations block** is `rows` `u32` (`>= 1`), `cols` `u32` (`>= 1`),
 //! encoding `u8`, then the values of the `[rows, cols]` matrix in row-major
@@ -334,6 +348,10 @@ pub enum MessageType {
     Pong = 7,
     /// [`Message::Error`].
     Error = 8,
+    /// [`Message::Prove`].
+    Prove = 9,
+    /// [`Message::Proofs`].
+    Proofs = 10,
 }
 
 impl MessageType {
@@ -348,6 +366,8 @@ impl MessageType {
             6 => MessageType::Ping,
             7 => MessageType::Pong,
             8 => MessageType::Error,
+            9 => MessageType::Prove,
+            10 => MessageType::Proofs,
             _ => return None,
         })
     }
@@ -668,8 +688,47 @@ impl ErrorReply {
     }
 }
 
-/// The body of a frame: one variant per message type.
+/// How the token of a [`ProveStep`] was chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ProveSampler {
+    /// The argmax, lowest index on ties.
+    Greedy,
+    /// Inverse-CDF sampling at `temperature` with the uniform integer `r`.
+    Sample { temperature: f64, r: u64 },
+}
+
+/// One token a client asks the head node to prove.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProveStep {
+    /// The token's position; its logits come from the forward that ended at
+    /// `position - 1`.
+    pub position: u64,
+    /// The token chosen.
+    pub token: u32,
+    /// How it was chosen.
+    pub sampler: ProveSampler,
+}
+
+/// Payload of [`Message::Proofs`]: what a proving node has for a request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProofsReply {
+    /// Steps still queued or being proven.
+    pub pending: u32,
+    /// Proof bundles finished since the last reply (each given out once).
+    pub bundles: Vec<Vec<u8>>,
+    /// Steps that could not be proven, with the reason.
+    pub failures: Vec<ProofFailure>,
+}
+
+/// A step the node could not prove.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProofFailure {
+    pub position: u64,
+    pub message: String,
+}
+
+/// The body of a frame: one variant per message type.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     /// Client to node: "do you serve this model and these layers?"
     Hello(Hello),
@@ -688,6 +747,10 @@ pub enum Message {
     Pong(Ping),
     /// Node to client: the frame with this request id failed.
     Error(ErrorReply),
+    /// Client to the proving head node: prove these tokens of the request.
+    Prove(Vec<ProveStep>),
+    /// Node to client: finished proofs and failures of the request.
+    Proofs(ProofsReply),
 }
 
 impl Message {
@@ -702,6 +765,8 @@ impl Message {
             Message::Ping(_) => MessageType::Ping,
             Message::Pong(_) => MessageType::Pong,
             Message::Error(_) => MessageType::Error,
+            Message::Prove(_) => MessageType::Prove,
+            Message::Proofs(_) => MessageType::Proofs,
         }
     }
 
@@ -738,8 +803,35 @@ impl Message {
             }
             Message::Error(e) => {
                 out.extend_from_slice(&e.code.as_u16().to_le_bytes());
-                write_len(out, e.message.len())?;
-                out.extend_from_slice(e.message.as_bytes());
+                write_bytes(out, e.message.as_bytes())
+            }
+            Message::Prove(steps) => {
+                write_len(out, steps.len())?;
+                for step in steps {
+                    out.extend_from_slice(&step.position.to_le_bytes());
+                    out.extend_from_slice(&step.token.to_le_bytes());
+                    match step.sampler {
+                        ProveSampler::Greedy => out.push(0),
+                        ProveSampler::Sample { temperature, r } => {
+                            out.push(1);
+                            out.extend_from_slice(&temperature.to_bits().to_le_bytes());
+                            out.extend_from_slice(&r.to_le_bytes());
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Message::Proofs(p) => {
+                out.extend_from_slice(&p.pending.to_le_bytes());
+                write_len(out, p.bundles.len())?;
+                for bundle in &p.bundles {
+                    write_bytes(out, bundle)?;
+                }
+                write_len(out, p.failures.len())?;
+                for failure in &p.failures {
+                    out.extend_from_slice(&failure.position.to_le_bytes());
+                    write_bytes(out, failure.message.as_bytes())?;
+                }
                 Ok(())
             }
         }
@@ -786,12 +878,64 @@ impl Message {
                 let raw = r.u16("error code")?;
                 let code = ErrorCode::from_u16(raw)
                     .ok_or_else(|| WireError::Malformed(format!("unknown error code {raw}")))?;
-                let n = r.u32("error message length")?;
-                let bytes = r.bytes(n as usize, "error message")?;
-                let message = std::str::from_utf8(bytes)
-                    .map_err(|e| WireError::Malformed(format!("error message: {e}")))?
-                    .to_owned();
+                let message = r.text("error message")?;
                 Message::Error(ErrorReply { code, message })
+            }
+            MessageType::Prove => {
+                let n = r.u32("prove step count")?;
+                // Each step takes at least 13 bytes: a count beyond the
+                // payload is refused before allocating for it.
+                r.expect_at_least(n as usize, 13, "prove steps")?;
+                let steps = (0..n)
+                    .map(|_| {
+                        let position = r.u64("prove position")?;
+                        let token = r.u32("prove token")?;
+                        let sampler = match r.u8("prove sampler tag")? {
+                            0 => ProveSampler::Greedy,
+                            1 => ProveSampler::Sample {
+                                temperature: f64::from_bits(r.u64("temperature")?),
+                                r: r.u64("sampling r")?,
+                            },
+                            tag => {
+                                return Err(WireError::Malformed(format!(
+                                    "unknown prove sampler tag {tag}"
+                                )))
+                            }
+                        };
+                        Ok(ProveStep {
+                            position,
+                            token,
+                            sampler,
+                        })
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                Message::Prove(steps)
+            }
+            MessageType::Proofs => {
+                let pending = r.u32("pending proofs")?;
+                let b = r.u32("bundle count")?;
+                r.expect_at_least(b as usize, 4, "bundles")?;
+                let bundles = (0..b)
+                    .map(|_| {
+                        let n = r.u32("bundle length")?;
+                        Ok(r.bytes(n as usize, "bundle")?.to_vec())
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                let f = r.u32("failure count")?;
+                r.expect_at_least(f as usize, 12, "failures")?;
+                let failures = (0..f)
+                    .map(|_| {
+                        Ok(ProofFailure {
+                            position: r.u64("failure position")?,
+                            message: r.text("failure message")?,
+                        })
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                Message::Proofs(ProofsReply {
+                    pending,
+                    bundles,
+                    failures,
+                })
             }
         })
     }
@@ -814,6 +958,13 @@ fn write_len(out: &mut Vec<u8>, len: usize) -> Result<(), WireError> {
         max: u64::from(u32::MAX),
     })?;
     out.extend_from_slice(&len32.to_le_bytes());
+    Ok(())
+}
+
+/// Writes a `u32` byte count and the bytes.
+fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), WireError> {
+    write_len(out, bytes.len())?;
+    out.extend_from_slice(bytes);
     Ok(())
 }
 
@@ -879,6 +1030,27 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self, what: &str) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A `u32` byte count and that many bytes of UTF-8.
+    fn text(&mut self, what: &str) -> Result<String, WireError> {
+        let n = self.u32(what)?;
+        let bytes = self.bytes(n as usize, what)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|e| WireError::Malformed(format!("{what}: {e}")))
+    }
+
+    /// Refuses `count` items of at least `min_bytes` each when fewer bytes
+    /// are left, before anything is allocated for them.
+    fn expect_at_least(&self, count: usize, min_bytes: usize, what: &str) -> Result<(), WireError> {
+        if count.saturating_mul(min_bytes) > self.buf.len() {
+            return Err(WireError::Malformed(format!(
+                "{count} {what} cannot fit in the {} bytes left",
+                self.buf.len()
+            )));
+        }
+        Ok(())
     }
 
     fn finish(self) -> Result<(), WireError> {
@@ -949,7 +1121,7 @@ impl Header {
 }
 
 /// One frame: the header fields that are not fixed, and the message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Frame {
     /// The request the frame belongs to (see the module docs per type).
     pub request_id: u64,
@@ -1185,6 +1357,20 @@ mod tests {
                     message: "nicht hier — 层".into(),
                 }),
             ),
+            Frame::new(3, 0, Message::Prove(vec![])),
+            Frame::new(
+                3,
+                0,
+                Message::Prove(vec![ProveStep {
+                    position: u64::MAX,
+                    token: 262_143,
+                    sampler: ProveSampler::Sample {
+                        temperature: 1.5,
+                        r: u64::MAX,
+                    },
+                }]),
+            ),
+            Frame::new(3, 0, Message::Proofs(ProofsReply::default())),
         ];
         for (i, encoding) in [Encoding::F32, Encoding::F16, Encoding::Q8]
             .into_iter()

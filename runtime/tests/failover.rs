@@ -87,6 +87,7 @@ impl Node {
             limits: Limits::default(),
             idle_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(5),
+            proving: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_until(listener, shard, config, async {

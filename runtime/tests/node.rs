@@ -66,6 +66,7 @@ async fn start_node(path: &Path, id: ModelId, layers: Range<usize>) -> SocketAdd
         limits: Limits::default(),
         idle_timeout: Duration::from_secs(30),
         io_timeout: Duration::from_secs(5),
+        proving: None,
     };
     tokio::spawn(serve(listener, model, config));
     addr
@@ -477,6 +478,7 @@ async fn nodes_serve_llama_shards() {
                 limits: Limits::default(),
                 idle_timeout: Duration::from_secs(30),
                 io_timeout: Duration::from_secs(5),
+                proving: None,
             };
             tokio::spawn(serve(listener, Arc::new(open(layers.clone())), node_config));
             hops.push(Hop { addr, layers });

@@ -10,7 +10,8 @@ use std::io::{self, Cursor, Read};
 use runtime::model_id::ModelId;
 use runtime::wire::{
     read_frame, write_frame, Activations, Encoding, ErrorCode, ErrorReply, Forward, ForwardInput,
-    Frame, Hello, Limits, Message, Ping, WireError, CHECKSUM_LEN, HEADER_LEN,
+    Frame, Hello, Limits, Message, Ping, ProofFailure, ProofsReply, ProveSampler, ProveStep,
+    WireError, CHECKSUM_LEN, HEADER_LEN,
 };
 
 /// Records the largest single allocation made by the current thread, so a
@@ -169,6 +170,37 @@ fn sample_frames() -> Vec<Frame> {
             Message::Error(ErrorReply {
                 code: ErrorCode::WrongModel,
                 message: "this node serves another model".into(),
+            }),
+        ),
+        Frame::new(
+            41,
+            0,
+            Message::Prove(vec![
+                ProveStep {
+                    position: 9,
+                    token: 17,
+                    sampler: ProveSampler::Greedy,
+                },
+                ProveStep {
+                    position: 10,
+                    token: 3,
+                    sampler: ProveSampler::Sample {
+                        temperature: 0.8,
+                        r: 1 << 60,
+                    },
+                },
+            ]),
+        ),
+        Frame::new(
+            41,
+            0,
+            Message::Proofs(ProofsReply {
+                pending: 2,
+                bundles: vec![vec![7; 40], vec![]],
+                failures: vec![ProofFailure {
+                    position: 9,
+                    message: "token does not follow".into(),
+                }],
             }),
         ),
     ];
@@ -430,7 +462,7 @@ fn wire_flags_and_unknown_types_are_refused_exactly() {
         resign(&mut bad);
         assert_eq!(reject(&bad, &Limits::default()), Err(Kind::Malformed));
     }
-    for ty in (0..=255u8).filter(|t| !(1..=8).contains(t)) {
+    for ty in (0..=255u8).filter(|t| !(1..=10).contains(t)) {
         let mut bad = good.clone();
         bad[6] = ty;
         resign(&mut bad);

@@ -10,6 +10,7 @@ use candle_core::Device;
 use runtime::model::Model;
 use runtime::model_id::ModelId;
 use runtime::node::{serve, NodeConfig};
+use runtime::proving::{ProofService, ProvingConfig};
 use runtime::wire::Limits;
 
 use super::model::{open_gguf, packaged_model_path};
@@ -31,12 +32,18 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     set_threads(args.threads);
     let path = args.model.clone().unwrap_or_else(packaged_model_path);
     let (id, model) = load_shard(&path, args.layers.clone(), &device)?;
+    let proving = if args.prove {
+        Some(Arc::new(start_prover(&args, &model)?))
+    } else {
+        None
+    };
     let config = NodeConfig {
         model_id: id,
         layers: args.layers.clone(),
         limits: Limits::default(),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         io_timeout: IO_TIMEOUT,
+        proving,
     };
     let runtime = tokio_runtime()?;
     runtime.block_on(async {
@@ -56,6 +63,42 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// Starts the node's prover: keys are built on its own thread while the node
+/// already serves; proofs asked for meanwhile wait for them.
+fn start_prover(args: &ServeArgs, model: &Model) -> Result<ProofService, CliError> {
+    if !model.has_head() {
+        return Err(CliError::failed(format!(
+            "--prove needs the shard with the head: this node serves layers {}..{} of {}",
+            args.layers.start,
+            args.layers.end,
+            model.layers()
+        )));
+    }
+    let shape = args
+        .circuit
+        .shape(model.vocab())
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let config = ProvingConfig {
+        shape,
+        params_dir: super::cache(&args.cache).dir().to_path_buf(),
+        threads: args.prove_threads.max(1),
+        max_positions: MAX_PROVABLE_POSITIONS,
+    };
+    eprintln!(
+        "[prover: building keys for {} (k = {}) in the background]",
+        shape.describe(),
+        shape.k()
+    );
+    Ok(ProofService::start(config, |ready| match ready {
+        Ok(took) => eprintln!("[prover: keys ready in {:.1} s]", took.as_secs_f64()),
+        Err(e) => eprintln!("[prover: {e}]"),
+    }))
+}
+
+/// Logits rows a proving node keeps per request (about 1 MiB each for the
+/// packaged model's vocabulary).
+const MAX_PROVABLE_POSITIONS: usize = 1024;
 
 /// Sets candle's and rayon's thread counts; they read them once, at first use.
 pub fn set_threads(threads: Option<usize>) {

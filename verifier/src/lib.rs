@@ -7,6 +7,7 @@
 //! checks that its digest matches, and batch-verifies every proof against the
 //! statements. This crate depends on halo2 and blake3 only.
 
+pub mod answer;
 pub mod bundle;
 pub mod params;
 

@@ -1,0 +1,414 @@
+//! Proving next to inference.
+//!
+//! - [`ProofService`], on the node that holds the head: keeps the logits it
+//!   answered for each request, takes [`ProveStep`]s (a position, the token
+//!   the client chose there and how), and proves them on a worker thread of
+//!   its own at the lowest CPU priority, so that forwards never wait for it.
+//!   Finished proof bundles wait until the client collects them.
+//! - [`ProofCollector`], on the client: what was asked, what came back, one
+//!   merged bundle, and which steps to ask again after the chain changed.
+//!
+//! The statement proven for each step is the decode-step statement of the
+//! `circuits` crate (docs/statement.md) over the logits the node answered.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use circuits::CircuitShape;
+use prover::{Prover, Record, RecordSampler, Records};
+use verifier::bundle::Bundle;
+use verifier::ParamsCache;
+
+use crate::wire::{ProofFailure, ProofsReply, ProveSampler, ProveStep};
+
+/// How a node proves.
+#[derive(Clone, Debug)]
+pub struct ProvingConfig {
+    /// The circuit: the model's vocabulary, steps per proof, lanes.
+    pub shape: CircuitShape,
+    /// Where public parameters are cached.
+    pub params_dir: PathBuf,
+    /// Threads of the proving pool (they run at the lowest CPU priority).
+    pub threads: usize,
+    /// Logits rows kept per request; older positions are dropped first.
+    pub max_positions: usize,
+}
+
+/// A step waiting for the worker, with the logits it is about.
+struct Job {
+    request: u64,
+    step: ProveStep,
+    logits: Arc<Vec<f32>>,
+}
+
+/// One request's proving state on the node.
+#[derive(Default)]
+struct RequestProofs {
+    /// Logits by the position of the token they choose.
+    logits: BTreeMap<u64, Arc<Vec<f32>>>,
+    pending: u32,
+    bundles: Vec<Vec<u8>>,
+    failures: Vec<ProofFailure>,
+    last_used: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    requests: HashMap<u64, RequestProofs>,
+    queue: VecDeque<Job>,
+    /// Set when the keys could not be built: every step fails with it.
+    broken: Option<String>,
+}
+
+struct Inner {
+    config: ProvingConfig,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The head node's prover (see the module docs). Dropping it lets the
+/// worker finish its current proof and stop.
+pub struct ProofService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ProofService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProofService")
+            .field("shape", &self.inner.config.shape.describe())
+            .finish()
+    }
+}
+
+impl Drop for ProofService {
+    fn drop(&mut self) {
+        self.inner.lock().broken = Some("the node is shutting down".into());
+        self.inner.wake.notify_all();
+    }
+}
+
+impl ProofService {
+    /// Starts the worker thread, which first loads (or generates) the public
+    /// parameters and builds the keys — minutes for a large vocabulary;
+    /// steps submitted meanwhile wait. `on_ready` is told how long that took,
+    /// or why it failed.
+    pub fn start(
+        config: ProvingConfig,
+        on_ready: impl FnOnce(Result<Duration, String>) + Send + 'static,
+    ) -> ProofService {
+        let inner = Arc::new(Inner {
+            config,
+            state: Mutex::default(),
+            wake: Condvar::new(),
+        });
+        let worker = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("zkinfer-prover".into())
+            .spawn(move || work(worker, on_ready))
+            .expect("spawning the prover thread");
+        ProofService { inner }
+    }
+
+    /// Keeps the logits that choose the token at `position` of `request`.
+    pub fn record_logits(&self, request: u64, position: u64, logits: Vec<f32>) {
+        let max = self.inner.config.max_positions.max(1);
+        let mut state = self.inner.lock();
+        let entry = state.requests.entry(request).or_default();
+        entry.logits.insert(position, Arc::new(logits));
+        while entry.logits.len() > max {
+            entry.logits.pop_first();
+        }
+        entry.last_used = Some(Instant::now());
+    }
+
+    /// Queues `steps` of `request` (a step whose logits this node does not
+    /// hold fails at once) and hands over what is finished.
+    pub fn submit(&self, request: u64, steps: Vec<ProveStep>) -> ProofsReply {
+        let mut state = self.inner.lock();
+        let broken = state.broken.clone();
+        let mut queued = Vec::new();
+        let entry = state.requests.entry(request).or_default();
+        entry.last_used = Some(Instant::now());
+        for step in steps {
+            let failure = |message: String| ProofFailure {
+                position: step.position,
+                message,
+            };
+            if let Some(reason) = &broken {
+                entry.failures.push(failure(reason.clone()));
+                continue;
+            }
+            match entry.logits.get(&step.position) {
+                Some(logits) => {
+                    entry.pending += 1;
+                    queued.push(Job {
+                        request,
+                        step,
+                        logits: Arc::clone(logits),
+                    });
+                }
+                None => entry.failures.push(failure(format!(
+                    "this node holds no logits for position {} of request {request}",
+                    step.position
+                ))),
+            }
+        }
+        let reply = ProofsReply {
+            pending: entry.pending,
+            bundles: std::mem::take(&mut entry.bundles),
+            failures: std::mem::take(&mut entry.failures),
+        };
+        let woke = !queued.is_empty();
+        state.queue.extend(queued);
+        drop(state);
+        if woke {
+            self.inner.wake.notify_all();
+        }
+        reply
+    }
+
+    /// Forgets requests unused for `idle` with nothing pending.
+    pub fn sweep(&self, idle: Duration) {
+        let now = Instant::now();
+        self.inner.lock().requests.retain(|_, r| {
+            r.pending > 0 || r.last_used.is_some_and(|t| now.duration_since(t) < idle)
+        });
+    }
+}
+
+/// The worker: keys first, then proofs, one batch of up to `shape.steps`
+/// steps of one request at a time.
+fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
+    lower_priority();
+    let config = inner.config.clone();
+    let start = Instant::now();
+    let prover = match Prover::setup(config.shape, &ParamsCache::new(&config.params_dir), false) {
+        Ok(prover) => {
+            on_ready(Ok(start.elapsed()));
+            prover
+        }
+        Err(e) => {
+            let reason = format!("the node's prover could not build its keys: {e}");
+            on_ready(Err(reason.clone()));
+            let mut state = inner.lock();
+            state.broken = Some(reason.clone());
+            fail_queued(&mut state, &reason);
+            return;
+        }
+    };
+    loop {
+        let batch = {
+            let mut state = inner.lock();
+            loop {
+                if let Some(reason) = state.broken.clone() {
+                    fail_queued(&mut state, &reason);
+                    return;
+                }
+                if !state.queue.is_empty() {
+                    break;
+                }
+                state = inner.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            take_batch(&mut state.queue, config.shape.steps)
+        };
+        let request = batch[0].request;
+        let positions: Vec<u64> = batch.iter().map(|j| j.step.position).collect();
+        let (bundle, failures) = prove_batch(&prover, &batch, config.threads);
+        let mut state = inner.lock();
+        let entry = state.requests.entry(request).or_default();
+        entry.pending = entry.pending.saturating_sub(positions.len() as u32);
+        entry.failures.extend(failures);
+        entry.bundles.extend(bundle);
+        entry.last_used = Some(Instant::now());
+    }
+}
+
+/// The first queued job and up to `max - 1` more of the same request.
+fn take_batch(queue: &mut VecDeque<Job>, max: usize) -> Vec<Job> {
+    let first = queue.pop_front().expect("a queued job");
+    let request = first.request;
+    let mut batch = vec![first];
+    let mut i = 0;
+    while batch.len() < max && i < queue.len() {
+        if queue[i].request == request {
+            batch.push(queue.remove(i).expect("index in range"));
+        } else {
+            i += 1;
+        }
+    }
+    batch
+}
+
+/// Proves the steps that follow from their logits, in one bundle; the
+/// others become failures naming why.
+fn prove_batch(
+    prover: &Prover,
+    batch: &[Job],
+    threads: usize,
+) -> (Option<Vec<u8>>, Vec<ProofFailure>) {
+    let mut prepared = Vec::new();
+    let mut failures = Vec::new();
+    for job in batch {
+        let records = Records {
+            vocab: job.logits.len(),
+            steps: vec![Record {
+                position: job.step.position,
+                logits: job.logits.as_ref().clone(),
+                token: job.step.token,
+                sampler: record_sampler(job.step.sampler),
+            }],
+        };
+        let step = if records.vocab == prover.shape.vocab {
+            prover::prepare(&records, prover.shape.fixed_point).map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "{} logits, but this node proves a vocabulary of {}",
+                records.vocab, prover.shape.vocab
+            ))
+        };
+        match step {
+            Ok(mut steps) => prepared.append(&mut steps),
+            Err(message) => failures.push(ProofFailure {
+                position: job.step.position,
+                message,
+            }),
+        }
+    }
+    if prepared.is_empty() {
+        return (None, failures);
+    }
+    match prover.prove_all(&prepared, threads, false) {
+        Ok(bundle) => (Some(bundle.to_bytes()), failures),
+        Err(e) => {
+            failures.extend(prepared.iter().map(|s| ProofFailure {
+                position: s.position,
+                message: e.to_string(),
+            }));
+            (None, failures)
+        }
+    }
+}
+
+fn fail_queued(state: &mut State, reason: &str) {
+    for job in std::mem::take(&mut state.queue) {
+        let entry = state.requests.entry(job.request).or_default();
+        entry.pending = entry.pending.saturating_sub(1);
+        entry.failures.push(ProofFailure {
+            position: job.step.position,
+            message: reason.to_string(),
+        });
+    }
+}
+
+/// The record sampler (the `zkinfer prove --records` form) of a wire sampler.
+pub fn record_sampler(sampler: ProveSampler) -> RecordSampler {
+    match sampler {
+        ProveSampler::Greedy => RecordSampler::Greedy {},
+        ProveSampler::Sample { temperature, r } => RecordSampler::Sample {
+            temperature,
+            r: r.to_string(),
+        },
+    }
+}
+
+/// Puts the calling thread (and the threads it starts, which inherit it) at
+/// the lowest CPU priority, so that proving takes only what inference leaves.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread; failure only leaves the
+    // priority as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
+
+/// The client's view of the proofs of one generation.
+#[derive(Default)]
+pub struct ProofCollector {
+    /// Steps asked for, with the chain request id they were asked under.
+    asked: BTreeMap<u64, (ProveStep, u64)>,
+    proven: BTreeSet<u64>,
+    failures: BTreeMap<u64, String>,
+    bundle: Option<Bundle>,
+}
+
+impl ProofCollector {
+    /// Notes that `steps` were asked of chain request `request`.
+    pub fn asked(&mut self, request: u64, steps: &[ProveStep]) {
+        for step in steps {
+            self.asked.insert(step.position, (*step, request));
+        }
+    }
+
+    /// Takes a node's reply in: bundles are merged (they must be of one
+    /// circuit), failures noted.
+    pub fn absorb(&mut self, reply: ProofsReply) -> Result<(), String> {
+        for bytes in &reply.bundles {
+            let bundle = Bundle::from_bytes(bytes).map_err(|e| format!("a proof bundle: {e}"))?;
+            for (_, statement) in bundle.steps() {
+                self.proven.insert(statement.position);
+            }
+            match &mut self.bundle {
+                None => self.bundle = Some(bundle),
+                Some(all) => {
+                    if all.shape != bundle.shape || all.vk_digest != bundle.vk_digest {
+                        return Err("the node's proofs are not all of one circuit".into());
+                    }
+                    all.proofs.extend(bundle.proofs);
+                }
+            }
+        }
+        for failure in reply.failures {
+            self.failures.insert(failure.position, failure.message);
+        }
+        Ok(())
+    }
+
+    /// Steps asked under another chain request than `request` (a chain
+    /// that failed or was replaced) that came back neither proven nor
+    /// failed: they must be asked again.
+    pub fn orphaned(&self, request: u64) -> Vec<ProveStep> {
+        self.asked
+            .iter()
+            .filter(|(p, (_, r))| {
+                *r != request && !self.proven.contains(p) && !self.failures.contains_key(p)
+            })
+            .map(|(_, (step, _))| *step)
+            .collect()
+    }
+
+    /// Steps asked and not yet proven or failed.
+    pub fn outstanding(&self) -> usize {
+        self.asked
+            .keys()
+            .filter(|p| !self.proven.contains(p) && !self.failures.contains_key(p))
+            .count()
+    }
+
+    /// Steps proven so far.
+    pub fn proven(&self) -> usize {
+        self.proven.len()
+    }
+
+    /// Why steps failed, by position.
+    pub fn failures(&self) -> &BTreeMap<u64, String> {
+        &self.failures
+    }
+
+    /// The merged bundle, if any proof came back.
+    pub fn into_bundle(self) -> Option<Bundle> {
+        self.bundle
+    }
+}
+
+/// How long a client waits between polls for proofs.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);

@@ -1,0 +1,246 @@
+//! Proving alongside inference, end to end on loopback with the tiny random
+//! Gemma 3: two shard nodes (the head one proves), sampled generation with
+//! the nonce-derived r, challenged positions proven and collected, then
+//! `zkinfer verify --transcript` on what the client wrote — and on tampered
+//! copies of it. One real proof (k = 17) is made.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::quantized::gguf_file;
+use candle_core::Device;
+use circuits::{CircuitShape, FixedPoint};
+use runtime::client::Hop;
+use runtime::generation::{generate, Backend, GenerationOptions, ModelInfo, Prompt, Quiet};
+use runtime::model::Model;
+use runtime::model_id::{model_id, ModelId};
+use runtime::node::{serve, NodeConfig};
+use runtime::proving::{ProofService, ProvingConfig};
+use runtime::session::SessionConfig;
+use runtime::testing::{tiny_gemma3_config, write_random_gemma3};
+use runtime::transcript::{Nonce, ProvingPolicy, Transcript};
+use runtime::wire::{Encoding, Limits};
+use serde_json::Value;
+use verifier::ParamsCache;
+
+const SPLIT: usize = 4;
+const TOKENS: usize = 6;
+const CHALLENGES: usize = 2;
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zkinfer-prove-alongside-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn shard(path: &Path, layers: Range<usize>) -> (ModelId, Model) {
+    let mut reader = BufReader::new(File::open(path).expect("open"));
+    let content = gguf_file::Content::read(&mut reader).expect("gguf");
+    let id = model_id(&content, &mut reader).expect("model id");
+    let model = Model::from_gguf(&content, &mut reader, &Device::Cpu, layers).expect("load");
+    (id, model)
+}
+
+/// Starts the two nodes on a runtime of their own; returns their hops.
+fn start_nodes(path: &Path, shape: CircuitShape) -> (tokio::runtime::Runtime, Vec<Hop>, ModelId) {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let layers = tiny_gemma3_config().layers;
+    let mut hops = Vec::new();
+    let mut id = None;
+    for range in [0..SPLIT, SPLIT..layers] {
+        let (model_id, model) = shard(path, range.clone());
+        id = Some(model_id);
+        let proving = model.has_head().then(|| {
+            Arc::new(ProofService::start(
+                ProvingConfig {
+                    shape,
+                    params_dir: ParamsCache::default_dir(),
+                    threads: 2,
+                    max_positions: 64,
+                },
+                |_| {},
+            ))
+        });
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = NodeConfig {
+            model_id,
+            layers: range.clone(),
+            limits: Limits::default(),
+            idle_timeout: Duration::from_secs(600),
+            io_timeout: Duration::from_secs(30),
+            proving,
+        };
+        runtime.spawn(serve(listener, Arc::new(model), config));
+        hops.push(Hop {
+            addr,
+            layers: range,
+        });
+    }
+    (runtime, hops, id.expect("a shard"))
+}
+
+fn zkinfer(args: &[&str]) -> (i32, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zkinfer"))
+        .args(args)
+        .output()
+        .expect("run zkinfer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transcript() {
+    let dir = scratch();
+    let model_path = dir.join("tiny.gguf");
+    let config = tiny_gemma3_config();
+    write_random_gemma3(&model_path, &config, 5).expect("model");
+    let shape =
+        CircuitShape::new(config.vocab, FixedPoint::default(), CHALLENGES, 1).expect("shape");
+    let (_nodes, hops, id) = start_nodes(&model_path, shape);
+
+    let session = SessionConfig {
+        encoding: Encoding::F32,
+        io_timeout: Duration::from_secs(30),
+        activation_bytes: config.hidden * 4,
+        ..SessionConfig::default()
+    };
+    let mut backend = Backend::remote(hops, config.layers, id, session).expect("chain");
+    let nonce = Nonce::from_seed(3);
+    let options = GenerationOptions {
+        max_tokens: TOKENS,
+        temperature: Some(0.8),
+        nonce,
+        request_id: nonce.request_id(),
+        stops: Vec::new(),
+        proving: Some(ProvingPolicy::Challenged {
+            challenges: CHALLENGES,
+        }),
+    };
+    let model = ModelInfo {
+        id: Some(id),
+        layers: config.layers,
+        vocab: config.vocab,
+    };
+    let prompt = Prompt {
+        text: "(token ids)".into(),
+        tokens: vec![2, 17, 101, 45],
+    };
+    let generation =
+        generate(&mut backend, model, None, prompt, &options, &mut Quiet).expect("generate");
+    let transcript = generation.transcript;
+    assert_eq!(transcript.tokens.len(), TOKENS);
+    let proofs = generation.proofs.expect("proofs were asked for");
+    let challenged = transcript.challenged_positions(CHALLENGES);
+    assert_eq!(proofs.asked, challenged);
+    assert!(proofs.failures.is_empty(), "{:?}", proofs.failures);
+    let bundle = proofs.bundle.expect("a bundle");
+    let proven: Vec<u64> = bundle.steps().map(|(_, s)| s.position).collect();
+    assert_eq!(proven, challenged);
+
+    let transcript_path = dir.join("answer.json");
+    let bundle_path = dir.join("answer.zkp");
+    let write = |t: &Transcript, path: &Path| {
+        std::fs::write(path, serde_json::to_vec(t).expect("json")).expect("write")
+    };
+    write(&transcript, &transcript_path);
+    std::fs::write(&bundle_path, bundle.to_bytes()).expect("write bundle");
+    let verify = |t: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--transcript",
+            t.to_str().expect("utf-8"),
+            "--bundle",
+            bundle_path.to_str().expect("utf-8"),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        zkinfer(&args)
+    };
+
+    let id_hex = id.to_string();
+    let (code, report, err) = verify(&transcript_path, &["--model-id", &id_hex]);
+    assert_eq!(code, 0, "{report} {err}");
+    assert_eq!(report["proved"], CHALLENGES);
+    assert_eq!(report["not_proved"], TOKENS - CHALLENGES);
+    assert_eq!(report["invalid"], 0);
+    for token in report["tokens"].as_array().expect("tokens") {
+        let position = token["position"].as_u64().expect("position");
+        let required = challenged.contains(&position);
+        assert_eq!(token["required"], required);
+        assert_eq!(
+            token["verdict"],
+            if required { "proved" } else { "not proved" }
+        );
+    }
+
+    // Another model id than the expected one.
+    let (code, report, _) = verify(&transcript_path, &["--model-id", &"0".repeat(64)]);
+    assert_eq!(code, 1, "{report}");
+
+    // A proven token changed in the transcript.
+    let mut tampered = transcript.clone();
+    let index = (challenged[0] - tampered.prompt_tokens.len() as u64) as usize;
+    tampered.tokens[index] = (tampered.tokens[index] + 1) % config.vocab as u32;
+    let path = dir.join("tampered-token.json");
+    write(&tampered, &path);
+    let (code, report, _) = verify(&path, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert!(report["invalid"].as_u64().expect("count") >= 1, "{report}");
+
+    // Another nonce: r is recomputed, so the proven samplers no longer match.
+    let mut renonced = transcript.clone();
+    renonced.client_nonce = Nonce::from_seed(4).to_hex();
+    let path = dir.join("tampered-nonce.json");
+    write(&renonced, &path);
+    let (code, report, _) = verify(&path, &[]);
+    assert_eq!(code, 1, "{report}");
+
+    // Other logits in the records: the proofs commit to the node's.
+    let mut relogited = transcript.clone();
+    if let runtime::transcript::RecordsRef::Inline(records) = &mut relogited.records {
+        let step = records
+            .steps
+            .iter_mut()
+            .find(|s| s.position == challenged[1])
+            .expect("step");
+        step.logits[0] += 0.5;
+    }
+    let path = dir.join("tampered-logits.json");
+    write(&relogited, &path);
+    let (code, report, _) = verify(&path, &[]);
+    assert_eq!(code, 1, "{report}");
+    let reasons: Vec<String> = report["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(|t| t["reason"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("other logits")),
+        "{reasons:?}"
+    );
+
+    // A policy of `all`: the tokens without proofs are now required.
+    let mut all = transcript.clone();
+    all.proving = Some(ProvingPolicy::All);
+    let path = dir.join("policy-all.json");
+    write(&all, &path);
+    let (code, report, _) = verify(&path, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["invalid"], 0);
+
+    let _ = std::fs::remove_dir_all(&dir);
+}
