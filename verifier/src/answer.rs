@@ -158,3 +158,118 @@ fn mismatch(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::Proof;
+    use circuits::{CircuitShape, FixedPoint, StepStatement};
+
+    fn statement(position: u64, token: u32, sampler: Sampler) -> StepStatement {
+        StepStatement {
+            commitment: Fp::from(position + 1000),
+            token,
+            logprob: -2048,
+            sampler,
+            position,
+        }
+    }
+
+    fn expected(position: u64, token: u32, sampler: Sampler) -> ExpectedStep {
+        ExpectedStep {
+            position,
+            token,
+            sampler,
+            commitment: Some(Fp::from(position + 1000)),
+        }
+    }
+
+    /// Two proofs: positions 5 and 6 (sampled at 6), position 7 unproven.
+    fn fixture() -> (Bundle, Vec<ExpectedStep>) {
+        let sampled = Sampler::Sample { beta: 640, r: 99 };
+        let shape = CircuitShape::new(64, FixedPoint::default(), 1, 1).expect("shape");
+        let proof = |s: StepStatement| Proof {
+            steps: vec![s],
+            bytes: vec![1, 2, 3],
+        };
+        let bundle = Bundle {
+            shape,
+            vk_digest: [0; 32],
+            proofs: vec![
+                proof(statement(5, 10, Sampler::Greedy)),
+                proof(statement(6, 11, sampled)),
+            ],
+        };
+        let expected = vec![
+            expected(5, 10, Sampler::Greedy),
+            expected(6, 11, sampled),
+            expected(7, 12, Sampler::Greedy),
+        ];
+        (bundle, expected)
+    }
+
+    fn verdicts(report: &AnswerReport) -> Vec<&Verdict> {
+        report.tokens.iter().map(|t| &t.verdict).collect()
+    }
+
+    #[test]
+    fn matching_proofs_prove_their_tokens_and_policy_decides_the_rest() {
+        let (bundle, expected) = fixture();
+        let valid = Report {
+            proofs: vec![true, true],
+        };
+        let report = check_answer(&bundle, &valid, &expected, &[5, 6]);
+        assert_eq!(
+            verdicts(&report),
+            [&Verdict::Proved, &Verdict::Proved, &Verdict::NotProved]
+        );
+        assert!(report.valid());
+        assert_eq!(report.counts(), (2, 1, 0));
+        assert_eq!(report.tokens[0].logprob, Some(-1.0));
+        // Position 7 required but unproven.
+        assert!(!check_answer(&bundle, &valid, &expected, &[5, 6, 7]).valid());
+    }
+
+    #[test]
+    fn any_disagreement_with_the_answer_is_invalid() {
+        let (bundle, expected) = fixture();
+        let valid = Report {
+            proofs: vec![true, true],
+        };
+        let invalid_at = |expected: &[ExpectedStep], report: &Report| {
+            let r = check_answer(&bundle, report, expected, &[]);
+            assert!(!r.valid());
+            r.tokens
+                .iter()
+                .filter(|t| matches!(t.verdict, Verdict::Invalid(_)))
+                .map(|t| t.position)
+                .collect::<Vec<_>>()
+        };
+        // A proof that does not verify.
+        let broken = Report {
+            proofs: vec![true, false],
+        };
+        assert_eq!(invalid_at(&expected, &broken), [6]);
+        // Another token, sampler, r or commitment in the answer.
+        let mut e = expected.clone();
+        e[0].token = 9;
+        assert_eq!(invalid_at(&e, &valid), [5]);
+        let mut e = expected.clone();
+        e[0].sampler = Sampler::Sample { beta: 512, r: 0 };
+        assert_eq!(invalid_at(&e, &valid), [5]);
+        let mut e = expected.clone();
+        e[1].sampler = Sampler::Sample { beta: 640, r: 98 };
+        assert_eq!(invalid_at(&e, &valid), [6]);
+        let mut e = expected.clone();
+        e[1].commitment = Some(Fp::from(1));
+        assert_eq!(invalid_at(&e, &valid), [6]);
+        // Unknown logits: the commitment is not checked.
+        let mut e = expected.clone();
+        e[1].commitment = None;
+        assert!(check_answer(&bundle, &valid, &e, &[]).valid());
+        // A proof of a position the answer does not have.
+        let report = check_answer(&bundle, &valid, &expected[1..], &[]);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(!report.valid());
+    }
+}
