@@ -316,6 +316,7 @@ impl Chain {
             let forward = Forward {
                 model_id: self.model_id,
                 layers: self.wire_layers(i)?,
+                reply: self.encoding,
                 input,
             };
             let frame = Frame::new(request_id, position, Message::Forward(forward));

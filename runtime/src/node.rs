@@ -16,9 +16,8 @@
 //!   request without a cache is UnknownRequest, any other mismatch is
 //!   Malformed. A Forward that fails inside the model ends the request (its
 //!   cache may be half-updated).
-//! - **Output**: hidden states `[seq, d]` in the encoding of the input
-//!   activations, or F32 when the input was tokens (a token Forward carries
-//!   no encoding; the client re-encodes before the next hop). The shard with
+//! - **Output**: hidden states `[seq, d]` in the Forward's reply encoding
+//!   (F32 where F16 would overflow or Q8 meets a non-finite value). The shard with
 //!   the head answers the logits of the **last position of the chunk only**,
 //!   `[1, vocab]` in F32: that is all a client needs to pick the next token,
 //!   and it saves `vocab * 4` bytes per prompt position.
@@ -308,7 +307,8 @@ async fn run_forward(
 ) -> Result<Activations, WireError> {
     check_span(shared, &forward.model_id, &forward.layers)?;
     let model = &shared.model;
-    let (input, reply_encoding) = match (model.embeds(), forward.input) {
+    let reply_encoding = forward.reply;
+    let input = match (model.embeds(), forward.input) {
         (true, ForwardInput::Tokens(tokens)) => {
             let vocab = model.vocab();
             if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -316,7 +316,7 @@ async fn run_forward(
                     "token {bad} is outside the vocabulary of {vocab}"
                 )));
             }
-            (Input::Tokens(tokens), Encoding::F32)
+            Input::Tokens(tokens)
         }
         (false, ForwardInput::Activations(a)) => {
             let (rows, cols) = a.shape();
@@ -327,7 +327,7 @@ async fn run_forward(
                 )));
             }
             let values = a.to_f32()?;
-            (Input::Hidden { values, rows }, a.encoding)
+            Input::Hidden { values, rows }
         }
         (true, ForwardInput::Activations(_)) => {
             return Err(WireError::Malformed(

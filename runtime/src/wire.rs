@@ -61,12 +61,14 @@
 //!   (8 bytes); 40 bytes in all. The client names what it wants served; a
 //!   node that serves exactly that answers HelloAck with the same values, any
 //!   other node answers Error (WrongModel or WrongLayers).
-//! - **Forward** (3): model id (32), layer range (8), input tag `u8`, input:
+//! - **Forward** (3): model id (32), layer range (8), reply encoding `u8`
+//!   (the encoding the client wants the Output hidden states in; logits
+//!   come as F32 whatever it says), input tag `u8`, input:
 //!   - tag `0`, tokens (first shard): count `n` `u32` (`n >= 1`), then `n`
 //!     token ids `u32`;
 //!   - tag `1`, hidden states: an activations block.
 //! - **Output** (4): an activations block: hidden states `[rows, d]` in the
-//!   encoding the client chose, or logits `[rows, vocab]` from the last
+//!   Forward's reply encoding, or logits `[rows, vocab]` from the last
 //!   shard (by convention F32; the codec does not enforce it).
 //! - **End** (5): empty (`L = 0`).
 //! - **Ping** (6) and **Pong** (7): `sent_at_micros` `u64` (the pinger's
@@ -647,6 +649,8 @@ pub struct Forward {
     pub model_id: ModelId,
     /// The layers the client means; the node refuses any other range.
     pub layers: Range<u32>,
+    /// The encoding of the hidden states the node answers (logits are F32).
+    pub reply: Encoding,
     /// Tokens for the first shard, hidden states for the others.
     pub input: ForwardInput,
 }
@@ -775,6 +779,7 @@ impl Message {
             Message::Hello(h) | Message::HelloAck(h) => write_span(out, &h.model_id, &h.layers),
             Message::Forward(f) => {
                 write_span(out, &f.model_id, &f.layers)?;
+                out.push(f.reply as u8);
                 match &f.input {
                     ForwardInput::Tokens(tokens) => {
                         if tokens.is_empty() {
@@ -843,6 +848,9 @@ impl Message {
             MessageType::HelloAck => Message::HelloAck(read_hello(r)?),
             MessageType::Forward => {
                 let Hello { model_id, layers } = read_hello(r)?;
+                let raw = r.u8("reply encoding")?;
+                let reply = Encoding::from_u8(raw)
+                    .ok_or_else(|| WireError::Malformed(format!("unknown reply encoding {raw}")))?;
                 let input = match r.u8("forward input tag")? {
                     0 => {
                         let n = r.u32("token count")?;
@@ -867,6 +875,7 @@ impl Message {
                 Message::Forward(Forward {
                     model_id,
                     layers,
+                    reply,
                     input,
                 })
             }
@@ -1329,6 +1338,7 @@ mod tests {
                 Message::Forward(Forward {
                     model_id: model(),
                     layers: 0..9,
+                    reply: Encoding::F32,
                     input: ForwardInput::Tokens(vec![2, 105, 262_143, u32::MAX]),
                 }),
             ),
@@ -1383,6 +1393,7 @@ mod tests {
                 Message::Forward(Forward {
                     model_id: model(),
                     layers: 9..18,
+                    reply: Encoding::F32,
                     input: ForwardInput::Activations(a.clone()),
                 }),
             ));
@@ -1585,6 +1596,7 @@ mod tests {
             Message::Forward(Forward {
                 model_id: model(),
                 layers: 0..1,
+                reply: Encoding::F32,
                 input: ForwardInput::Tokens(vec![]),
             }),
         );

@@ -226,6 +226,7 @@ fn forward(id: ModelId, layers: Range<u32>, input: ForwardInput) -> Message {
     Message::Forward(Forward {
         model_id: id,
         layers,
+        reply: Encoding::F32,
         input,
     })
 }

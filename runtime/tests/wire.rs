@@ -144,6 +144,7 @@ fn sample_frames() -> Vec<Frame> {
             Message::Forward(Forward {
                 model_id: id,
                 layers: 0..9,
+                reply: Encoding::F32,
                 input: ForwardInput::Tokens(vec![2, 818, 5279, 529, 7001]),
             }),
         ),
@@ -212,6 +213,7 @@ fn sample_frames() -> Vec<Frame> {
             Message::Forward(Forward {
                 model_id: id,
                 layers: 9..18,
+                reply: Encoding::F32,
                 input: ForwardInput::Activations(a.clone()),
             }),
         ));
