@@ -18,8 +18,8 @@ use crate::model_id::ModelId;
 use crate::transcript::HopDigest;
 use crate::transport;
 use crate::wire::{
-    Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, Hello, Limits, Message,
-    MessageType, Ping, ProofsReply, ProveStep, WireError,
+    Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, HeadReply, Hello, Limits,
+    Message, MessageType, Ping, ProofsReply, ProveStep, WireError,
 };
 
 /// One node of a chain: where it listens and the layers it serves.
@@ -297,6 +297,20 @@ impl Chain {
         position: u64,
         tokens: &[u32],
     ) -> Result<Vec<f32>, ClientError> {
+        self.forward_for(request_id, position, tokens, HeadReply::LastLogits)
+            .await
+    }
+
+    /// [`Chain::forward`] with the head's answer chosen: the logits of the
+    /// last position, or the greedy token of every position (as f32 values).
+    /// A `position` below what the nodes hold rewinds them first.
+    pub async fn forward_for(
+        &mut self,
+        request_id: u64,
+        position: u64,
+        tokens: &[u32],
+        head: HeadReply,
+    ) -> Result<Vec<f32>, ClientError> {
         if tokens.is_empty() {
             return Err(ClientError::Usage("no tokens to feed".into()));
         }
@@ -317,9 +331,11 @@ impl Chain {
                 model_id: self.model_id,
                 layers: self.wire_layers(i)?,
                 reply: self.encoding,
+                head,
                 input,
             };
             let frame = Frame::new(request_id, position, Message::Forward(forward));
+            let start = Instant::now();
             let output = match self.call(i, frame).await? {
                 Message::Output(a) => a,
                 other => return Err(self.unexpected(i, &other)),
@@ -330,6 +346,7 @@ impl Chain {
                 layers: hop.layers.clone(),
                 input: sent,
                 output: blake3::hash(&output.data),
+                elapsed: start.elapsed(),
             });
             if i + 1 == self.links.len() {
                 let logits = output.to_f32().map_err(|e| self.node_error(i, e))?;

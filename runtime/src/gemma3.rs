@@ -190,6 +190,25 @@ impl Cache {
     pub(crate) fn advance(&mut self, seq: usize) {
         self.len += seq;
     }
+
+    /// Drops every position from `len` on, so that the request continues at
+    /// `len` (speculative decoding rewinds past rejected draft tokens).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(ModelError::Shape(format!(
+                "cannot rewind to position {len}: the cache holds {} positions",
+                self.len
+            )));
+        }
+        for slot in &mut self.layers {
+            *slot = match slot.take() {
+                Some((k, v)) if len > 0 => Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)),
+                _ => None,
+            };
+        }
+        self.len = len;
+        Ok(())
+    }
 }
 
 /// Rows `tokens` of an input embedding `[vocab, d]` as `[1, seq, d]`; an error on a

@@ -13,8 +13,9 @@
 //!   other shard hidden states with `d` columns (else Malformed). The frame's
 //!   position must equal the number of positions the request's cache holds:
 //!   position `0` with no cache starts a request, a position `> 0` for a
-//!   request without a cache is UnknownRequest, any other mismatch is
-//!   Malformed. A Forward that fails inside the model ends the request (its
+//!   request without a cache is UnknownRequest, a position below what the
+//!   cache holds first drops the later positions (speculative decoding
+//!   rewinds past rejected drafts), a position beyond it is Malformed. A Forward that fails inside the model ends the request (its
 //!   cache may be half-updated).
 //! - **Output**: hidden states `[seq, d]` in the Forward's reply encoding
 //!   (F32 where F16 would overflow or Q8 meets a non-finite value). The shard with
@@ -55,7 +56,7 @@ use crate::model_id::ModelId;
 use crate::proving::ProofService;
 use crate::transport;
 use crate::wire::{
-    Activations, Encoding, Forward, ForwardInput, Frame, Limits, Message, WireError,
+    Activations, Encoding, Forward, ForwardInput, Frame, HeadReply, Limits, Message, WireError,
 };
 
 /// What a node serves and how patient it is.
@@ -308,6 +309,7 @@ async fn run_forward(
     check_span(shared, &forward.model_id, &forward.layers)?;
     let model = &shared.model;
     let reply_encoding = forward.reply;
+    let head_reply = forward.head;
     let input = match (model.embeds(), forward.input) {
         (true, ForwardInput::Tokens(tokens)) => {
             let vocab = model.vocab();
@@ -348,7 +350,7 @@ async fn run_forward(
     let model = Arc::clone(model);
     let joined = tokio::task::spawn_blocking(move || {
         let mut cache = cache;
-        let out = compute(&model, input, position as usize, &mut cache);
+        let out = compute(&model, input, position as usize, head_reply, &mut cache);
         (cache, out)
     })
     .await;
@@ -364,8 +366,12 @@ async fn run_forward(
             }
             drop(caches);
             if let Some(proving) = &shared.config.proving {
-                // These logits choose the token at the next position.
-                proving.record_logits(id, position + fed, values.clone());
+                // A rewind makes the logits kept for later positions stale.
+                proving.forget_from(id, position + 1);
+                if head_reply == HeadReply::LastLogits {
+                    // These logits choose the token at the next position.
+                    proving.record_logits(id, position + fed, values.clone());
+                }
             }
             // Logits always travel as F32. F16 overflow or a non-finite Q8
             // row fall back to F32 too, which carries any value.
@@ -419,6 +425,13 @@ fn take_cache(caches: &Caches, id: u64, position: u64) -> Result<(Cache, u64), W
                 "request {id} already has a Forward in flight"
             ))),
             Some(cache) if cache.len() as u64 == position => Ok((cache, slot.epoch)),
+            Some(mut cache) if (position as usize) < cache.len() => {
+                let rewound = cache.truncate(position as usize);
+                slot.cache = Some(cache);
+                rewound.map_err(|e| WireError::Internal(e.to_string()))?;
+                let cache = slot.cache.take().expect("just put back");
+                Ok((cache, slot.epoch))
+            }
             Some(cache) => {
                 let held = cache.len();
                 slot.cache = Some(cache);
@@ -430,12 +443,13 @@ fn take_cache(caches: &Caches, id: u64, position: u64) -> Result<(Cache, u64), W
     }
 }
 
-/// Runs the shard; returns the row-major output and its shape (only the last
-/// row of logits on the shard with the head).
+/// Runs the shard; returns the row-major output and its shape (on the shard
+/// with the head: the last row of logits, or every row's greedy token).
 fn compute(
     model: &Model,
     input: Input,
     position: usize,
+    head_reply: HeadReply,
     cache: &mut Cache,
 ) -> crate::Result<(Vec<f32>, u32, u32)> {
     let x = match input {
@@ -446,6 +460,17 @@ fn compute(
     };
     let out = model.forward(&x, position, cache)?;
     let (_, seq, cols) = out.dims3()?;
+    let dim = |v: usize| {
+        u32::try_from(v).map_err(|_| crate::ModelError::Shape(format!("{v} does not fit a u32")))
+    };
+    if model.has_head() && head_reply == HeadReply::GreedyTokens {
+        let logits = out.flatten_all()?.to_vec1::<f32>()?;
+        let tokens = logits
+            .chunks_exact(cols)
+            .map(|row| greedy_token(row).map(|t| t as f32))
+            .collect::<crate::Result<Vec<f32>>>()?;
+        return Ok((tokens, dim(seq)?, 1));
+    }
     let out = if model.has_head() {
         out.narrow(1, seq - 1, 1)?
     } else {
@@ -453,8 +478,22 @@ fn compute(
     };
     let rows = out.dim(1)?;
     let values = out.flatten_all()?.to_vec1::<f32>()?;
-    let dim = |v: usize| {
-        u32::try_from(v).map_err(|_| crate::ModelError::Shape(format!("{v} does not fit a u32")))
-    };
     Ok((values, dim(rows)?, dim(cols)?))
+}
+
+/// The greedy token of one row of logits as the client's sampler picks it:
+/// the first index of the largest logit at the proof's fixed point.
+pub fn greedy_token(logits: &[f32]) -> crate::Result<u32> {
+    let fixed_point = circuits::FixedPoint::default();
+    let mut best: Option<(usize, i64)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        let z = fixed_point
+            .quantize(i, l as f64)
+            .map_err(|e| crate::ModelError::Shape(e.to_string()))?;
+        if best.is_none_or(|(_, b)| z > b) {
+            best = Some((i, z));
+        }
+    }
+    let (index, _) = best.ok_or_else(|| crate::ModelError::Shape("no logits".into()))?;
+    Ok(index as u32)
 }

@@ -129,6 +129,14 @@ impl ProofService {
         entry.last_used = Some(Instant::now());
     }
 
+    /// Forgets the logits kept for positions from `position` on (the
+    /// request rewound: they are about to be recomputed).
+    pub fn forget_from(&self, request: u64, position: u64) {
+        if let Some(entry) = self.inner.lock().requests.get_mut(&request) {
+            entry.logits.retain(|&p, _| p < position);
+        }
+    }
+
     /// Queues `steps` of `request` (a step whose logits this node does not
     /// hold fails at once) and hands over what is finished.
     pub fn submit(&self, request: u64, steps: Vec<ProveStep>) -> ProofsReply {

@@ -17,8 +17,11 @@
 //!
 //! Every `remeasure_every` tokens it pings all candidates again and switches
 //! to a cheaper route when it wins by `switch_margin`; a switch replays the
-//! history too.
+//! history too. A one-token forward through a hop that takes more than twice
+//! that hop's usual time (plus 10 ms) brings the re-measure forward to the
+//! next feed, so a link that turns slow is left within a token or two.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,7 +30,7 @@ use crate::client::{Chain, ClientError, Hop};
 use crate::model_id::ModelId;
 use crate::routing::{measure, Router};
 use crate::transcript::HopDigest;
-use crate::wire::{Encoding, ProofsReply, ProveStep};
+use crate::wire::{Encoding, HeadReply, ProofsReply, ProveStep};
 
 /// How a session routes and recovers.
 #[derive(Clone, Debug)]
@@ -133,6 +136,11 @@ pub struct SessionStats {
     pub reroutes: u64,
 }
 
+/// How much slower than usual a one-token forward must be (beyond twice
+/// its usual time) to bring the next re-measure forward: more than
+/// loopback or scheduling noise.
+const SLOWDOWN_FLOOR: Duration = Duration::from_millis(10);
+
 /// One request fed through whichever chain currently works.
 pub struct Session {
     router: Router,
@@ -150,6 +158,9 @@ pub struct Session {
     events: Vec<SessionEvent>,
     /// Hop digests of the forward behind the last feed's logits.
     last_hops: Vec<HopDigest>,
+    /// Typical time of a one-token forward per node (moving average), to
+    /// notice a link that became slow before the next scheduled re-measure.
+    usual: HashMap<SocketAddr, Duration>,
 }
 
 impl Session {
@@ -177,6 +188,7 @@ impl Session {
             stats: SessionStats::default(),
             events: Vec::new(),
             last_hops: Vec::new(),
+            usual: HashMap::new(),
         };
         session.measure_all().await;
         session.open().await?;
@@ -220,6 +232,35 @@ impl Session {
     /// Feeds `tokens` after the history and returns the logits of the last
     /// one, failing over as often as there are nodes to fail over to.
     pub async fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ClientError> {
+        self.feed_for(tokens, HeadReply::LastLogits).await
+    }
+
+    /// Feeds `tokens` and returns the greedy token after each of them
+    /// (node::greedy_token): one pass checks a whole speculative draft.
+    pub async fn feed_greedy(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ClientError> {
+        let ids = self.feed_for(tokens, HeadReply::GreedyTokens).await?;
+        Ok(ids.into_iter().map(|v| v as u32).collect())
+    }
+
+    /// Forgets the history from position `len` on (rejected draft tokens);
+    /// the nodes drop those positions at the next forward.
+    pub fn rewind(&mut self, len: u64) {
+        let mut at = 0u64;
+        self.history.retain_mut(|chunk| {
+            let start = at;
+            at += chunk.len() as u64;
+            if start >= len {
+                return false;
+            }
+            chunk.truncate((len - start).min(chunk.len() as u64) as usize);
+            true
+        });
+        if let Some((_, held)) = self.chain.as_mut() {
+            *held = (*held).min(len);
+        }
+    }
+
+    async fn feed_for(&mut self, tokens: &[u32], head: HeadReply) -> Result<Vec<f32>, ClientError> {
         if tokens.is_empty() {
             return Err(ClientError::Usage("no tokens to feed".into()));
         }
@@ -228,10 +269,13 @@ impl Session {
             self.maybe_reroute().await?;
         }
         loop {
-            match self.try_feed(tokens).await {
+            match self.try_feed(tokens, head).await {
                 Ok(logits) => {
                     self.history.push(tokens.to_vec());
                     self.since_measure += tokens.len();
+                    if tokens.len() == 1 {
+                        self.watch_latency();
+                    }
                     return Ok(logits);
                 }
                 Err(e) => self.recover(e).await?,
@@ -298,17 +342,41 @@ impl Session {
 
     /// Connects and replays as needed ([`Session::ensure_chain`]), then
     /// feeds `tokens`.
-    async fn try_feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ClientError> {
+    async fn try_feed(&mut self, tokens: &[u32], head: HeadReply) -> Result<Vec<f32>, ClientError> {
         let at = self.position();
         let request_id = self.request_id;
         let chain = self.ensure_chain().await?;
-        let logits = chain.forward(request_id, at, tokens).await?;
+        let logits = chain.forward_for(request_id, at, tokens, head).await?;
         let last_hops = chain.last_hops().to_vec();
         if let Some((_, held)) = self.chain.as_mut() {
             *held = at + tokens.len() as u64;
         }
         self.last_hops = last_hops;
         Ok(logits)
+    }
+
+    /// Compares each hop's one-token forward time with its usual time: a
+    /// hop that became much slower (a link's delay rose) brings the next
+    /// re-measure forward to the next feed, so the route adapts within a
+    /// token or two instead of waiting for `remeasure_every`.
+    fn watch_latency(&mut self) {
+        if self.config.remeasure_every == 0 {
+            return;
+        }
+        for hop in &self.last_hops {
+            let now = hop.elapsed;
+            match self.usual.get_mut(&hop.addr) {
+                Some(usual) => {
+                    if now > *usual * 2 + SLOWDOWN_FLOOR {
+                        self.since_measure = self.config.remeasure_every;
+                    }
+                    *usual = (*usual * 4 + now) / 5;
+                }
+                None => {
+                    self.usual.insert(hop.addr, now);
+                }
+            }
+        }
     }
 
     fn router_layers(&self) -> usize {

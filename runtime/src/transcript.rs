@@ -148,6 +148,8 @@ pub struct HopDigest {
     pub layers: Range<usize>,
     pub input: blake3::Hash,
     pub output: blake3::Hash,
+    /// From sending the Forward to reading the answer.
+    pub elapsed: std::time::Duration,
 }
 
 impl HopRecord {

@@ -63,13 +63,17 @@
 //!   other node answers Error (WrongModel or WrongLayers).
 //! - **Forward** (3): model id (32), layer range (8), reply encoding `u8`
 //!   (the encoding the client wants the Output hidden states in; logits
-//!   come as F32 whatever it says), input tag `u8`, input:
+//!   come as F32 whatever it says), head reply `u8` (what the shard with the
+//!   head answers: `0` the logits of the last row, `1` the greedy token of
+//!   every row; other shards ignore it), input tag `u8`, input:
 //!   - tag `0`, tokens (first shard): count `n` `u32` (`n >= 1`), then `n`
 //!     token ids `u32`;
 //!   - tag `1`, hidden states: an activations block.
 //! - **Output** (4): an activations block: hidden states `[rows, d]` in the
-//!   Forward's reply encoding, or logits `[rows, vocab]` from the last
-//!   shard (by convention F32; the codec does not enforce it).
+//!   Forward's reply encoding, or from the last shard either logits
+//!   `[1, vocab]` of the last row or, for head reply `1`, `[rows, 1]` greedy
+//!   token ids (each exact in F32; the first index of the largest logit at
+//!   the proof's fixed point, as `circuits::sample_token` picks greedily).
 //! - **End** (5): empty (`L = 0`).
 //! - **Ping** (6) and **Pong** (7): `sent_at_micros` `u64` (the pinger's
 //!   clock), byte count `n` `u32`, `n` bytes of filler. A Pong echoes the
@@ -651,8 +655,21 @@ pub struct Forward {
     pub layers: Range<u32>,
     /// The encoding of the hidden states the node answers (logits are F32).
     pub reply: Encoding,
+    /// What the shard with the head answers.
+    pub head: HeadReply,
     /// Tokens for the first shard, hidden states for the others.
     pub input: ForwardInput,
+}
+
+/// What the shard with the head answers a [`Forward`] with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HeadReply {
+    /// The logits of the last row, `[1, vocab]`.
+    LastLogits = 0,
+    /// The greedy token of every row, `[rows, 1]` (speculative decoding
+    /// checks a whole draft in one pass).
+    GreedyTokens = 1,
 }
 
 /// What a [`Forward`] carries.
@@ -780,6 +797,7 @@ impl Message {
             Message::Forward(f) => {
                 write_span(out, &f.model_id, &f.layers)?;
                 out.push(f.reply as u8);
+                out.push(f.head as u8);
                 match &f.input {
                     ForwardInput::Tokens(tokens) => {
                         if tokens.is_empty() {
@@ -851,6 +869,13 @@ impl Message {
                 let raw = r.u8("reply encoding")?;
                 let reply = Encoding::from_u8(raw)
                     .ok_or_else(|| WireError::Malformed(format!("unknown reply encoding {raw}")))?;
+                let head = match r.u8("head reply")? {
+                    0 => HeadReply::LastLogits,
+                    1 => HeadReply::GreedyTokens,
+                    other => {
+                        return Err(WireError::Malformed(format!("unknown head reply {other}")))
+                    }
+                };
                 let input = match r.u8("forward input tag")? {
                     0 => {
                         let n = r.u32("token count")?;
@@ -876,6 +901,7 @@ impl Message {
                     model_id,
                     layers,
                     reply,
+                    head,
                     input,
                 })
             }
@@ -1339,6 +1365,7 @@ mod tests {
                     model_id: model(),
                     layers: 0..9,
                     reply: Encoding::F32,
+                    head: HeadReply::LastLogits,
                     input: ForwardInput::Tokens(vec![2, 105, 262_143, u32::MAX]),
                 }),
             ),
@@ -1394,6 +1421,7 @@ mod tests {
                     model_id: model(),
                     layers: 9..18,
                     reply: Encoding::F32,
+                    head: HeadReply::LastLogits,
                     input: ForwardInput::Activations(a.clone()),
                 }),
             ));
@@ -1597,6 +1625,7 @@ mod tests {
                 model_id: model(),
                 layers: 0..1,
                 reply: Encoding::F32,
+                head: HeadReply::LastLogits,
                 input: ForwardInput::Tokens(vec![]),
             }),
         );

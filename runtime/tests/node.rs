@@ -20,7 +20,8 @@ use runtime::node::{serve, NodeConfig};
 use runtime::testing::{tiny_gemma3_config, write_random_gemma3};
 use runtime::transport;
 use runtime::wire::{
-    Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, Hello, Limits, Message, Ping,
+    Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, HeadReply, Hello, Limits,
+    Message, Ping,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -227,6 +228,7 @@ fn forward(id: ModelId, layers: Range<u32>, input: ForwardInput) -> Message {
         model_id: id,
         layers,
         reply: Encoding::F32,
+        head: HeadReply::LastLogits,
         input,
     })
 }

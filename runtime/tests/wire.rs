@@ -10,8 +10,8 @@ use std::io::{self, Cursor, Read};
 use runtime::model_id::ModelId;
 use runtime::wire::{
     read_frame, write_frame, Activations, Encoding, ErrorCode, ErrorReply, Forward, ForwardInput,
-    Frame, Hello, Limits, Message, Ping, ProofFailure, ProofsReply, ProveSampler, ProveStep,
-    WireError, CHECKSUM_LEN, HEADER_LEN,
+    Frame, HeadReply, Hello, Limits, Message, Ping, ProofFailure, ProofsReply, ProveSampler,
+    ProveStep, WireError, CHECKSUM_LEN, HEADER_LEN,
 };
 
 /// Records the largest single allocation made by the current thread, so a
@@ -145,6 +145,7 @@ fn sample_frames() -> Vec<Frame> {
                 model_id: id,
                 layers: 0..9,
                 reply: Encoding::F32,
+                head: HeadReply::LastLogits,
                 input: ForwardInput::Tokens(vec![2, 818, 5279, 529, 7001]),
             }),
         ),
@@ -214,6 +215,7 @@ fn sample_frames() -> Vec<Frame> {
                 model_id: id,
                 layers: 9..18,
                 reply: Encoding::F32,
+                head: HeadReply::LastLogits,
                 input: ForwardInput::Activations(a.clone()),
             }),
         ));
