@@ -432,11 +432,16 @@ async fn end_frees_the_cache() {
         let mut chain = connect(&f, Encoding::F32).await;
         chain.forward(5, 0, &PROMPT).await.expect("prompt");
         chain.forward(5, 6, &[3]).await.expect("step");
-        // A position that is not the cache's length is refused.
-        let err = chain.forward(5, 3, &[3]).await.expect_err("stale position");
+        // A position beyond what the cache holds is refused.
+        let err = chain.forward(5, 9, &[3]).await.expect_err("gap");
         assert_eq!(err.remote_code(), Some(ErrorCode::Malformed), "{err}");
+        // An earlier one rewinds: the request then holds 4 positions.
+        chain.forward(5, 3, &[3]).await.expect("rewind");
+        let err = chain.forward(5, 7, &[3]).await.expect_err("past the rewind");
+        assert_eq!(err.remote_code(), Some(ErrorCode::Malformed), "{err}");
+        chain.forward(5, 4, &[3]).await.expect("after the rewind");
         chain.end(5).await.expect("end");
-        let err: ClientError = chain.forward(5, 7, &[3]).await.expect_err("after End");
+        let err: ClientError = chain.forward(5, 5, &[3]).await.expect_err("after End");
         assert_eq!(err.remote_code(), Some(ErrorCode::UnknownRequest), "{err}");
         // The id can start over.
         chain.forward(5, 0, &PROMPT).await.expect("restart");
