@@ -17,6 +17,12 @@
 //!   cache holds first drops the later positions (speculative decoding
 //!   rewinds past rejected drafts), a position beyond it is Malformed. A Forward that fails inside the model ends the request (its
 //!   cache may be half-updated).
+//! - **Compute**: a Forward at position 0 (a prompt) runs its rows as one
+//!   batch; at a later position row by row, so that several rows compute
+//!   exactly what as many one-token Forwards would (the quantized matmul
+//!   kernels differ between one row and several): a speculative draft is
+//!   checked against the logits plain decoding sees, and a replay after a
+//!   failover recomputes the same values.
 //! - **Output**: hidden states `[seq, d]` in the Forward's reply encoding
 //!   (F32 where F16 would overflow or Q8 meets a non-finite value). The shard with
 //!   the head answers the logits of the **last position of the chunk only**,
@@ -458,7 +464,19 @@ fn compute(
             Tensor::from_vec(values, (1, rows, model.hidden_size()), model.device())?
         }
     };
-    let out = model.forward(&x, position, cache)?;
+    let out = if position == 0 {
+        model.forward(&x, position, cache)?
+    } else {
+        // Row by row: exactly what one-token Forwards compute. candle's
+        // quantized matmul takes other kernels for several rows than for
+        // one (logits then differ by up to ~0.9 on the packaged model), and
+        // a speculative draft must be checked against the logits plain
+        // decoding would have seen.
+        let rows = (0..x.dim(1)?)
+            .map(|i| model.forward(&x.narrow(1, i, 1)?, position + i, cache))
+            .collect::<crate::Result<Vec<_>>>()?;
+        Tensor::cat(&rows, 1)?
+    };
     let (_, seq, cols) = out.dims3()?;
     let dim = |v: usize| {
         u32::try_from(v).map_err(|_| crate::ModelError::Shape(format!("{v} does not fit a u32")))

@@ -437,7 +437,10 @@ async fn end_frees_the_cache() {
         assert_eq!(err.remote_code(), Some(ErrorCode::Malformed), "{err}");
         // An earlier one rewinds: the request then holds 4 positions.
         chain.forward(5, 3, &[3]).await.expect("rewind");
-        let err = chain.forward(5, 7, &[3]).await.expect_err("past the rewind");
+        let err = chain
+            .forward(5, 7, &[3])
+            .await
+            .expect_err("past the rewind");
         assert_eq!(err.remote_code(), Some(ErrorCode::Malformed), "{err}");
         chain.forward(5, 4, &[3]).await.expect("after the rewind");
         chain.end(5).await.expect("end");
