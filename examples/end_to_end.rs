@@ -140,7 +140,7 @@ fn main() -> Result<(), Error> {
         shape.vocab
     );
 
-    // Two nodes on loopback; the head node proves on one low-priority thread.
+    // Two nodes on loopback; the head node proves on low-priority threads.
     let nodes = tokio::runtime::Runtime::new()?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut hops = Vec::new();
@@ -152,7 +152,9 @@ fn main() -> Result<(), Error> {
                 ProvingConfig {
                     shape: circuit,
                     params_dir: ParamsCache::default_dir(),
-                    threads: 1,
+                    // All cores: the worker runs at the lowest priority, so
+                    // generation still goes first.
+                    threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     max_positions: 1024,
                 },
                 move |ready| {

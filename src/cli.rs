@@ -168,9 +168,9 @@ pub struct ServeArgs {
     pub prove: bool,
     #[command(flatten)]
     pub circuit: CircuitArgs,
-    /// Threads that prove.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub prove_threads: usize,
+    /// Threads that prove [default: all cores; they run at the lowest CPU priority].
+    #[arg(long, value_name = "N")]
+    pub prove_threads: Option<usize>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }

@@ -16,10 +16,13 @@
 //!   segment costs a TCP stream (TCP never loses bytes).
 //!
 //! Settings can change while connections are open (raising one link's delay
-//! mid-generation is how adaptive routing is tested).
+//! mid-generation is how adaptive routing is tested). A proxy is bounded: it
+//! carries at most [`TRAFFIC_BUDGET`] bytes in all, then closes its
+//! connections, and it stops when dropped.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +31,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+/// Bytes a proxy carries (both directions, all connections) before it
+/// closes everything: an emulated link never becomes an open relay.
+pub const TRAFFIC_BUDGET: u64 = 4 << 30;
 
 /// Linux's minimum retransmission timeout.
 pub const RETRANSMIT: Duration = Duration::from_millis(200);
@@ -83,10 +90,15 @@ impl WanProxy {
         let addr = listener.local_addr()?;
         let settings = Arc::new(Mutex::new(settings));
         let shared = Arc::clone(&settings);
+        let carried = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
+                if carried.load(Ordering::Relaxed) >= TRAFFIC_BUDGET {
+                    break;
+                }
                 let settings = Arc::clone(&shared);
+                let carried = Arc::clone(&carried);
                 connections.spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
@@ -95,8 +107,9 @@ impl WanProxy {
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let up = tokio::spawn(pump(cr, sw, Arc::clone(&settings)));
-                    let down = tokio::spawn(pump(sr, cw, settings));
+                    let up =
+                        tokio::spawn(pump(cr, sw, Arc::clone(&settings), Arc::clone(&carried)));
+                    let down = tokio::spawn(pump(sr, cw, settings, carried));
                     let _ = tokio::join!(up, down);
                 });
             }
@@ -125,6 +138,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     settings: Arc<Mutex<LinkSettings>>,
+    carried: Arc<AtomicU64>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let writer = tokio::spawn(async move {
@@ -153,6 +167,9 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if carried.fetch_add(n as u64, Ordering::Relaxed) + n as u64 > TRAFFIC_BUDGET {
+            break;
+        }
         let s = *settings.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let start = link_free.max(now);

@@ -82,7 +82,10 @@ fn start_prover(args: &ServeArgs, model: &Model) -> Result<ProofService, CliErro
     let config = ProvingConfig {
         shape,
         params_dir: super::cache(&args.cache).dir().to_path_buf(),
-        threads: args.prove_threads.max(1),
+        threads: args
+            .prove_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1),
         max_positions: MAX_PROVABLE_POSITIONS,
     };
     eprintln!(
