@@ -34,7 +34,7 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Generate text with a model in this process, streaming it as it is produced.
     #[command(
-        after_help = "Examples:\n  zkinfer generate --prompt \"The quick brown fox\" --max-tokens 32\n  zkinfer generate --prompt \"Once upon a time\" --temperature 0.8 --seed 7 --records records.json\n  zkinfer generate --nodes nodes.toml --activations f16 --prompt \"Hello\"\n  zkinfer generate --nodes nodes.toml --prompt \"Hello\" --transcript t.json --prove challenged --bundle t.zkp\n\nnodes.toml:\n  [[node]]\n  addr = \"127.0.0.1:7001\"\n  layers = \"0..9\"\n  [[node]]\n  addr = \"127.0.0.1:7002\"\n  layers = \"9..18\""
+        after_help = "Examples:\n  zkinfer generate --prompt \"The quick brown fox\" --max-tokens 32\n  zkinfer generate --prompt \"Once upon a time\" --temperature 0.8 --seed 7 --records records.json\n  zkinfer generate --nodes nodes.toml --activations f16 --prompt \"Hello\"\n  zkinfer generate --nodes nodes.toml --prompt \"Hello\" --transcript t.json --prove challenged --bundle t.zkp\n  zkinfer generate --nodes nodes.toml --prompt \"def f(x):\" --speculative 4\n\nnodes.toml:\n  [[node]]\n  addr = \"127.0.0.1:7001\"\n  layers = \"0..9\"\n  [[node]]\n  addr = \"127.0.0.1:7002\"\n  layers = \"9..18\""
     )]
     Generate(GenerateArgs),
     /// Serve a layer range of a model to `zkinfer generate --nodes` clients over TCP.
@@ -109,6 +109,12 @@ pub struct GenerateArgs {
     /// Where to write the proofs (with --prove).
     #[arg(long, value_name = "FILE", requires = "prove")]
     pub bundle: Option<PathBuf>,
+    /// Speculative greedy decoding through the nodes: up to K tokens drafted by prompt lookup are
+    /// checked in one trip through the chain (same tokens as plain greedy decoding, fewer round
+    /// trips on slow links). Greedy only; keeps no logits, so no records, transcript or proofs.
+    #[arg(long, value_name = "K", requires = "nodes",
+          conflicts_with_all = ["temperature", "records", "transcript", "prove"])]
+    pub speculative: Option<usize>,
 }
 
 /// Which tokens to have proven.

@@ -143,6 +143,39 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
             )
         }
     };
+    if let (Some(k), Backend::Remote { runtime, session }) = (args.speculative, &mut backend) {
+        let prompt = tokenizer.encode(&args.prompt, true);
+        let stops: Vec<u32> = std::iter::once(tokenizer.eos())
+            .chain(tokenizer.token_id("<end_of_turn>"))
+            .collect();
+        let mut decoder = tokenizer.stream_decoder();
+        let start = std::time::Instant::now();
+        let result = runtime.block_on(runtime::speculative::generate_greedy(
+            session,
+            &prompt,
+            args.max_tokens,
+            k,
+            &stops,
+            |token| {
+                if !stops.contains(&token) {
+                    console.text(&decoder.push(token));
+                }
+            },
+        ));
+        console.text(&decoder.finish());
+        let _ = writeln!(console.stdout);
+        let (tokens, stats) = result.map_err(|e| CliError::failed(e.to_string()))?;
+        runtime.block_on(session.end());
+        eprintln!(
+            "[{} tokens in {:.2} s with {} forwards; {} of {} drafted tokens accepted]",
+            tokens.len(),
+            start.elapsed().as_secs_f64(),
+            stats.forwards + 1,
+            stats.accepted,
+            stats.drafted
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let nonce = match args.seed {
         Some(seed) => Nonce::from_seed(seed),
         None => Nonce::fresh(),
