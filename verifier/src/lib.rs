@@ -10,6 +10,7 @@
 pub mod answer;
 pub mod bundle;
 pub mod params;
+pub mod receipt;
 
 use halo2_proofs::{
     pasta::EqAffine,

@@ -1,0 +1,345 @@
+//! Signed hop receipts: BLS signatures on BN254 (ark-bn254), aggregatable.
+//!
+//! A node signs, for every hop it serves, a [`Receipt`]: model id, layer
+//! range, request id, position, and the blake3 digests of the activation
+//! bytes it received and answered. The receipts of a request aggregate into
+//! one signature that anyone checks against the nodes' public keys.
+//!
+//! # Scheme
+//!
+//! - Keys: secret `x` in the scalar field `Fr`, public key `X = x·G2` (G2's
+//!   generator): signatures live in G1 (32 bytes compressed), the shape
+//!   Ethereum's BN254 precompiles (`ecAdd`, `ecMul`, `ecPairing`) check
+//!   cheapest, which is where slashing would happen.
+//! - Signature: `σ = x·H(m)`; valid iff `e(σ, G2) = e(H(m), X)`.
+//! - Aggregate: `σ = Σ σ_i`; valid iff `e(σ, G2) = Π e(H(m_i), X_i)`. Each
+//!   message starts with its signer's public key (message augmentation), so
+//!   a rogue key cannot cancel an honest one, and every message is distinct.
+//! - `H`, hash to G1 by try-and-increment: for `c = 0, 1, …`, `x = ` the
+//!   64-byte blake3 XOF of `"zkinfer.bls.h2c.v1" || c (u32 LE) || m`,
+//!   reduced mod p; the first `x` with `x³ + 3` a square gives the point
+//!   `(x, y)` with `y` the square root whose integer value is even. Half of
+//!   all `x` succeed, so a message takes two tries on average; the loop is
+//!   not constant-time, which is harmless for public messages. BN254's G1
+//!   has cofactor 1: every curve point is in the group.
+//! - Message `m` of a receipt: `"zkinfer.receipt.v1"`, the signer's public
+//!   key (64 bytes compressed), model id (32), layer start and end (u32 LE
+//!   each), request id and position (u64 LE each), input and output digests
+//!   (32 each).
+//! - Encodings: arkworks' compressed canonical serialization (G1 32 bytes,
+//!   G2 64, Fr 32), as lowercase hex in files and transcripts.
+
+use ark_bn254::{Bn254, Fq, Fr, G1Affine, G1Projective, G2Affine, G2Projective};
+use ark_ec::pairing::Pairing;
+use ark_ec::{AffineRepr, CurveGroup, PrimeGroup};
+use ark_ff::{BigInteger, Field, PrimeField, Zero};
+use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
+
+/// What a node attests for one hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub model_id: [u8; 32],
+    pub layers: (u32, u32),
+    pub request_id: u64,
+    pub position: u64,
+    pub input: [u8; 32],
+    pub output: [u8; 32],
+}
+
+/// A node's secret key.
+#[derive(Clone)]
+pub struct SecretKey(Fr);
+
+/// A node's public key (G2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublicKey(G2Affine);
+
+/// A signature, or an aggregate of signatures (G1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signature(G1Affine);
+
+/// Why bytes are not a key or signature.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}: not {1} hex digits")]
+    Hex(&'static str, usize),
+    #[error("{0}: not a valid encoding")]
+    Encoding(&'static str),
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.write_str("SecretKey(..)")
+    }
+}
+
+impl SecretKey {
+    /// The key for 32+ bytes of randomness (reduced mod r); `None` when
+    /// they reduce to zero.
+    pub fn from_seed(seed: &[u8]) -> Option<SecretKey> {
+        let x = Fr::from_le_bytes_mod_order(seed);
+        (!x.is_zero()).then_some(SecretKey(x))
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey((G2Projective::generator() * self.0).into_affine())
+    }
+
+    /// Signs `receipt` (its message includes this key's public key).
+    pub fn sign(&self, receipt: &Receipt) -> Signature {
+        let h = hash_to_g1(&receipt.message(&self.public()));
+        Signature((h * self.0).into_affine())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex_of(&self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Result<SecretKey, KeyError> {
+        let x: Fr = from_hex(text, 32, "secret key")?;
+        if x.is_zero() {
+            return Err(KeyError::Encoding("secret key"));
+        }
+        Ok(SecretKey(x))
+    }
+}
+
+impl PublicKey {
+    pub fn to_hex(&self) -> String {
+        hex_of(&self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Result<PublicKey, KeyError> {
+        let point: G2Affine = from_hex(text, 64, "public key")?;
+        if point.is_zero() {
+            return Err(KeyError::Encoding("public key"));
+        }
+        Ok(PublicKey(point))
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.0
+            .serialize_compressed(&mut out)
+            .expect("writing to a Vec");
+        out
+    }
+}
+
+impl Signature {
+    pub fn to_hex(&self) -> String {
+        hex_of(&self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Result<Signature, KeyError> {
+        Ok(Signature(from_hex(text, 32, "signature")?))
+    }
+
+    /// The sum of `signatures` (the identity for none).
+    pub fn aggregate<'a>(signatures: impl IntoIterator<Item = &'a Signature>) -> Signature {
+        let sum: G1Projective = signatures.into_iter().map(|s| s.0.into_group()).sum();
+        Signature(sum.into_affine())
+    }
+}
+
+impl Receipt {
+    /// The signed message (see the module docs).
+    pub fn message(&self, signer: &PublicKey) -> Vec<u8> {
+        let mut m = Vec::with_capacity(18 + 64 + 32 + 8 + 16 + 64);
+        m.extend_from_slice(b"zkinfer.receipt.v1");
+        m.extend_from_slice(&signer.bytes());
+        m.extend_from_slice(&self.model_id);
+        m.extend_from_slice(&self.layers.0.to_le_bytes());
+        m.extend_from_slice(&self.layers.1.to_le_bytes());
+        m.extend_from_slice(&self.request_id.to_le_bytes());
+        m.extend_from_slice(&self.position.to_le_bytes());
+        m.extend_from_slice(&self.input);
+        m.extend_from_slice(&self.output);
+        m
+    }
+}
+
+/// Whether `signature` is `signer`'s on `receipt`.
+pub fn verify(signer: &PublicKey, receipt: &Receipt, signature: &Signature) -> bool {
+    verify_aggregate(&[(*signer, *receipt)], signature)
+}
+
+/// Whether `signature` aggregates one signature per `(signer, receipt)`
+/// pair, all of them. An empty list verifies only the identity.
+pub fn verify_aggregate(signed: &[(PublicKey, Receipt)], signature: &Signature) -> bool {
+    if signed.is_empty() {
+        return signature.0.is_zero();
+    }
+    // e(σ, G2) · Π e(H(m_i), X_i)^-1 = 1, as one multi-pairing with -σ.
+    let mut g1 = vec![(-signature.0.into_group()).into_affine()];
+    let mut g2 = vec![G2Affine::generator()];
+    for (signer, receipt) in signed {
+        g1.push(hash_to_g1(&receipt.message(signer)));
+        g2.push(signer.0);
+    }
+    Bn254::multi_pairing(g1, g2).is_zero()
+}
+
+/// Try-and-increment hash to G1 (see the module docs).
+pub fn hash_to_g1(message: &[u8]) -> G1Affine {
+    let b = Fq::from(3u64);
+    for counter in 0u32.. {
+        let mut h = blake3::Hasher::new();
+        h.update(b"zkinfer.bls.h2c.v1");
+        h.update(&counter.to_le_bytes());
+        h.update(message);
+        let mut wide = [0u8; 64];
+        h.finalize_xof().fill(&mut wide);
+        let x = Fq::from_le_bytes_mod_order(&wide);
+        let Some(y) = (x * x * x + b).sqrt() else {
+            continue;
+        };
+        let y = if y.into_bigint().is_even() { y } else { -y };
+        let point = G1Affine::new_unchecked(x, y);
+        debug_assert!(point.is_on_curve());
+        return point;
+    }
+    unreachable!("half of all x are on the curve")
+}
+
+fn hex_of(value: &impl CanonicalSerialize) -> String {
+    let mut bytes = Vec::new();
+    value
+        .serialize_compressed(&mut bytes)
+        .expect("writing to a Vec");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex<T: CanonicalDeserialize>(
+    text: &str,
+    len: usize,
+    what: &'static str,
+) -> Result<T, KeyError> {
+    let text = text.trim();
+    if text.len() != 2 * len || !text.is_ascii() {
+        return Err(KeyError::Hex(what, 2 * len));
+    }
+    let bytes = (0..len)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| KeyError::Hex(what, 2 * len))?;
+    // Checked deserialization: on the curve and in the prime-order group.
+    T::deserialize_compressed(&bytes[..]).map_err(|_| KeyError::Encoding(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> SecretKey {
+        SecretKey::from_seed(&[n; 32]).expect("non-zero")
+    }
+
+    fn receipt(position: u64) -> Receipt {
+        Receipt {
+            model_id: [7; 32],
+            layers: (9, 18),
+            request_id: 41,
+            position,
+            input: [1; 32],
+            output: [2; 32],
+        }
+    }
+
+    #[test]
+    fn test_vectors_are_stable() {
+        // Pinned outputs of this scheme for fixed inputs: any change to the
+        // hash to curve, the message layout or the encodings breaks them.
+        let sk = key(1);
+        let pk = sk.public();
+        let sig = sk.sign(&receipt(5));
+        assert_eq!(sk.to_hex().len(), 64);
+        assert_eq!(pk.to_hex().len(), 128);
+        assert_eq!(sig.to_hex().len(), 64);
+        let vector = (pk.to_hex(), sig.to_hex());
+        assert_eq!(vector, pinned(), "{vector:?}");
+        assert!(verify(&pk, &receipt(5), &sig));
+    }
+
+    fn pinned() -> (String, String) {
+        (PINNED_PK.to_string(), PINNED_SIG.to_string())
+    }
+
+    const PINNED_PK: &str = "97d885604c244aea12ad33f32bd5d9c387117bb987ac3cd4f0c313d0083dff0df0d6219bad204193b707127fb3badd3e6f0e14b05fe396f00d98b7d6d14ed012";
+    const PINNED_SIG: &str = "efb22b33856227158142f3c01721f35e7579a856fc6f19abf0a4a192a753cf9c";
+
+    #[test]
+    fn hash_to_g1_gives_distinct_points_on_the_curve() {
+        let a = hash_to_g1(b"a");
+        let b = hash_to_g1(b"b");
+        assert!(a.is_on_curve() && b.is_on_curve());
+        assert!(a.is_in_correct_subgroup_assuming_on_curve());
+        assert_ne!(a, b);
+        assert_eq!(a, hash_to_g1(b"a"));
+    }
+
+    #[test]
+    fn signatures_verify_and_any_change_breaks_them() {
+        let (a, b) = (key(1), key(2));
+        let r = receipt(5);
+        let sig = a.sign(&r);
+        assert!(verify(&a.public(), &r, &sig));
+        // Wrong key.
+        assert!(!verify(&b.public(), &r, &sig));
+        // Every field of the receipt is signed.
+        let changes: [fn(&mut Receipt); 6] = [
+            |r| r.model_id[0] ^= 1,
+            |r| r.layers.1 += 1,
+            |r| r.request_id += 1,
+            |r| r.position += 1,
+            |r| r.input[31] ^= 1,
+            |r| r.output[0] ^= 1,
+        ];
+        for change in changes {
+            let mut other = r;
+            change(&mut other);
+            assert!(!verify(&a.public(), &other, &sig));
+        }
+        // Round trips through hex.
+        let back = Signature::from_hex(&sig.to_hex()).expect("hex");
+        assert_eq!(back, sig);
+        assert_eq!(PublicKey::from_hex(&a.public().to_hex()), Ok(a.public()));
+        assert_eq!(
+            SecretKey::from_hex(&a.to_hex()).expect("hex").public(),
+            a.public()
+        );
+        assert!(Signature::from_hex("zz").is_err());
+        assert!(PublicKey::from_hex(&"00".repeat(64)).is_err());
+        assert_eq!(format!("{a:?}"), "SecretKey(..)");
+    }
+
+    #[test]
+    fn aggregates_verify_all_receipts_and_nothing_less() {
+        let (a, b) = (key(3), key(4));
+        let signed: Vec<(PublicKey, Receipt)> = (0..4)
+            .map(|p| (if p % 2 == 0 { a.public() } else { b.public() }, receipt(p)))
+            .collect();
+        let sigs: Vec<Signature> = signed
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r))| if i % 2 == 0 { a.sign(r) } else { b.sign(r) })
+            .collect();
+        let agg = Signature::aggregate(&sigs);
+        assert!(verify_aggregate(&signed, &agg));
+        // A dropped receipt, a changed one, a swapped signer all fail.
+        assert!(!verify_aggregate(&signed[1..], &agg));
+        let mut changed = signed.clone();
+        changed[2].1.output[5] ^= 1;
+        assert!(!verify_aggregate(&changed, &agg));
+        let mut swapped = signed.clone();
+        swapped[0].0 = b.public();
+        assert!(!verify_aggregate(&swapped, &agg));
+        // An aggregate missing one signature fails.
+        assert!(!verify_aggregate(
+            &signed,
+            &Signature::aggregate(&sigs[1..])
+        ));
+        assert!(verify_aggregate(&[], &Signature::aggregate(&[])));
+    }
+}
