@@ -287,3 +287,150 @@ fn mutated_bundles_are_rejected_without_panicking() {
         "most re-sealed mutations reach the proof check ({deep})"
     );
 }
+
+/// A `zkinfer serve` child process, killed (by its pid) and reaped on drop.
+struct ServeChild {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl ServeChild {
+    /// Starts `zkinfer serve` on an ephemeral loopback port and waits for its
+    /// "listening on ADDR: ..." line.
+    fn start(model: &Path, layers: &str) -> ServeChild {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zkinfer"))
+            .args(["serve", "--model", model.to_str().unwrap()])
+            .args([
+                "--layers",
+                layers,
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn zkinfer serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let read = std::io::BufReader::new(stdout).read_line(&mut line);
+        let mut guard = ServeChild {
+            child,
+            addr: String::new(),
+        };
+        assert!(
+            read.is_ok_and(|n| n > 0),
+            "zkinfer serve {layers} printed nothing"
+        );
+        guard.addr = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split(": ").next())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        guard
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nodes_toml(nodes: &[(&str, &str)]) -> String {
+    nodes
+        .iter()
+        .map(|(addr, layers)| format!("[[node]]\naddr = \"{addr}\"\nlayers = \"{layers}\"\n"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn generate_over_serve_nodes_prints_the_single_process_text() {
+    let dir = scratch().join("nodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("tiny.gguf");
+    let config = runtime::testing::tiny_gemma3_config();
+    runtime::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
+    let model_arg = model.to_str().unwrap();
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model_arg,
+            "--prompt",
+            "the quick fox",
+            "--max-tokens",
+            "8",
+            "--threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        zkinfer(&args)
+    };
+    let local = generate(&[]);
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let local_text = String::from_utf8(local.stdout).unwrap();
+    assert!(
+        !local_text.trim().is_empty(),
+        "the tiny model generates some text"
+    );
+
+    // The tiny model's 7 layers on two nodes, and on three.
+    let a = ServeChild::start(&model, "0..3");
+    let b = ServeChild::start(&model, "3..7");
+    let c = ServeChild::start(&model, "3..5");
+    let d = ServeChild::start(&model, "5..7");
+    for (name, nodes) in [
+        (
+            "two",
+            vec![(a.addr.as_str(), "0..3"), (b.addr.as_str(), "3..7")],
+        ),
+        (
+            "three",
+            vec![
+                (a.addr.as_str(), "0..3"),
+                (c.addr.as_str(), "3..5"),
+                (d.addr.as_str(), "5..7"),
+            ],
+        ),
+    ] {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, nodes_toml(&nodes)).unwrap();
+        for encoding in ["f32", "f16"] {
+            let o = generate(&["--nodes", file.to_str().unwrap(), "--activations", encoding]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{name} {encoding}: {err}");
+            assert!(
+                err.contains("chain: "),
+                "{name}: the route is reported: {err}"
+            );
+            // f16 rounds hidden states; on this tiny model's clear margins
+            // the greedy text stays the same.
+            assert_eq!(
+                String::from_utf8(o.stdout).unwrap(),
+                local_text,
+                "{name} nodes, {encoding}"
+            );
+        }
+    }
+
+    // Layers 3..7 served by nobody: a clear error, exit 1, no text.
+    let file = dir.join("missing.toml");
+    std::fs::write(&file, nodes_toml(&[(a.addr.as_str(), "0..3")])).unwrap();
+    let o = generate(&["--nodes", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("layers 3..7"),
+        "names the missing range: {err}"
+    );
+    assert!(o.stdout.is_empty(), "nothing generated: {:?}", o.stdout);
+}
