@@ -434,3 +434,85 @@ fn generate_over_serve_nodes_prints_the_single_process_text() {
     );
     assert!(o.stdout.is_empty(), "nothing generated: {:?}", o.stdout);
 }
+
+#[test]
+fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
+    let dir = scratch().join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("tiny.gguf");
+    let config = runtime::testing::tiny_gemma3_config();
+    runtime::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
+    let o = zkinfer(&[
+        "bench",
+        "runtime",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "8",
+        "--json",
+        "--python",
+        dir.join("no-such-python").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["tokens"], 8);
+    let rows = report["throughput"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(rows.len(), 5, "{names:?}");
+    for row in &rows[..4] {
+        assert_eq!(row["measured"], true, "{row}");
+        assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        // f32 chains compute exactly what the single process computes.
+        assert_eq!(row["tokens_equal_single_process"], "yes", "{row}");
+    }
+    assert!(names[2].contains("0..3 | 3..7"), "{names:?}");
+    assert!(names[3].contains("0..2 | 2..4 | 4..7"), "{names:?}");
+    let llama = &rows[4];
+    assert_eq!(llama["measured"], false);
+    assert!(
+        llama["note"].as_str().unwrap().contains("pip install"),
+        "says how to install llama.cpp: {llama}"
+    );
+
+    let encodings = report["encodings"].as_array().unwrap();
+    let by_name = |name: &str| {
+        encodings
+            .iter()
+            .find(|e| e["encoding"] == name)
+            .unwrap_or_else(|| panic!("no {name} row"))
+    };
+    let (f32_row, f16_row, q8_row) = (by_name("f32"), by_name("f16"), by_name("q8"));
+    // f32 is exact (up to the last bit of a float printed as JSON by the child).
+    assert!(
+        f32_row["max_abs_logprob_drift"].as_f64().unwrap() < 1e-9,
+        "{f32_row}"
+    );
+    assert_eq!(f32_row["greedy_matches"], 8);
+    let sent = |row: &Value| row["hidden_bytes_sent_per_token"].as_f64().unwrap();
+    // 64 values a token: 256 bytes in f32, 128 in f16, 64 + a scale in q8, plus framing.
+    assert!(sent(f32_row) > 256.0, "{f32_row}");
+    assert!(sent(f32_row) - sent(f16_row) == 128.0, "{f16_row}");
+    assert!(sent(f32_row) - sent(q8_row) == 256.0 - 68.0, "{q8_row}");
+    for row in [f16_row, q8_row] {
+        assert!(
+            row["mean_abs_logprob_drift"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+    }
+
+    let failover = &report["failover"];
+    assert_eq!(failover["failover_token"], 4, "{failover}");
+    assert_eq!(failover["tokens_equal_no_fault_run"], true, "{failover}");
+    assert!(failover["killed"].as_str().unwrap().ends_with("(3..7)"));
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 6);
+    assert_eq!(targets[0]["verdict"], "not measured");
+    for t in &targets[1..] {
+        assert!(
+            ["met", "missed"].contains(&t["verdict"].as_str().unwrap()),
+            "{t}"
+        );
+    }
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("NaN"));
+}
