@@ -177,6 +177,8 @@ pub enum ModelCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Single process vs shard chains vs llama.cpp, encodings, failover (docs/runtime-bench.md).
+    ///
     /// One run on the packaged model (or --model), the prompt "The quick brown fox jumps over the
     /// lazy dog. In the beginning" and --tokens greedy tokens: generation tokens/s (prefill apart)
     /// of a single process on 1 and 2 threads, of 2- and 3-shard loopback chains of
