@@ -4,7 +4,7 @@
 //! - generation tokens/s (prefill timed apart) of a single process on 1 and 2 threads, each a
 //!   child `zkinfer bench runtime --in-process THREADS` (candle sizes its thread pool once per
 //!   process); of 2- and 3-shard loopback chains of `zkinfer serve --threads 1` children, driven
-//!   by a [`Session`] as `zkinfer generate --nodes` drives them; and of llama.cpp on 2 threads
+//!   by a [`Session`] as `zkinfer generate --nodes` drives them; and of llama.cpp on 2 threads and on 1
 //!   (`scripts/llama_cpp_bench.py`, embedded in this binary);
 //! - per activation encoding on the 2-shard chain: bytes per generated token on each hop, sent
 //!   and received, counted by a loopback proxy in front of each node; and the log-prob drift
@@ -48,7 +48,7 @@ use crate::cli::{BenchCommand, BenchRuntimeArgs};
 
 /// The prompt of MODEL.md and of the llama.cpp fixture.
 pub const PROMPT: &str = "The quick brown fox jumps over the lazy dog. In the beginning";
-/// The llama.cpp driver, run with `--python`.
+/// The llama.cpp driver, run with `--python` (on 2 threads, then on 1).
 const LLAMA_CPP_BENCH: &str = include_str!("../../scripts/llama_cpp_bench.py");
 const INSTALL_LLAMA_CPP: &str =
     "python3 -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install cmake ninja llama-cpp-python";
@@ -573,7 +573,7 @@ fn single_in_child(setup: &Setup, threads: usize) -> Result<Run, CliError> {
 }
 
 /// llama.cpp through the embedded script, or why not.
-fn llama_cpp(setup: &Setup, python: &Path, dir: &Path) -> Result<Run, String> {
+fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result<Run, String> {
     let script = dir.join("llama_cpp_bench.py");
     std::fs::write(&script, LLAMA_CPP_BENCH).map_err(|e| format!("{}: {e}", script.display()))?;
     let out = command(python)
@@ -581,7 +581,7 @@ fn llama_cpp(setup: &Setup, python: &Path, dir: &Path) -> Result<Run, String> {
         .arg(&setup.model)
         .args(["--prompt", PROMPT])
         .args(["--tokens", &setup.tokens.to_string()])
-        .args(["--threads", &COMPARE_THREADS.to_string()])
+        .args(["--threads", &threads.to_string()])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
@@ -837,13 +837,17 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
     let single1 = single_in_child(&setup, 1)?;
     progress("single process, 2 threads");
     let single2 = single_in_child(&setup, COMPARE_THREADS)?;
-    progress(&format!(
-        "llama.cpp, {COMPARE_THREADS} threads ({})",
-        python.display()
-    ));
-    let llama = llama_cpp(&setup, &python, &dir.0);
-    if let Err(why) = &llama {
-        progress(&format!("llama.cpp not measured: {why}"));
+    let mut llama = Vec::new();
+    for threads in [COMPARE_THREADS, 1] {
+        progress(&format!(
+            "llama.cpp, {threads} thread(s) ({})",
+            python.display()
+        ));
+        let run = llama_cpp(&setup, &python, &dir.0, threads);
+        if let Err(why) = &run {
+            progress(&format!("llama.cpp not measured: {why}"));
+        }
+        llama.push((threads, run));
     }
 
     let half = n / 2;
@@ -906,15 +910,20 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
         run: Some(chain3),
         note: String::new(),
     });
-    let (llama_run, llama_note) = match llama {
-        Ok(run) => (Some(run), String::new()),
-        Err(why) => (None, format!("not measured: {why}")),
-    };
-    speeds.push(Speed {
-        name: format!("llama.cpp, {COMPARE_THREADS} threads"),
-        run: llama_run,
-        note: llama_note,
-    });
+    for (threads, run) in llama {
+        let (run, note) = match run {
+            Ok(run) => (Some(run), String::new()),
+            Err(why) => (None, format!("not measured: {why}")),
+        };
+        speeds.push(Speed {
+            name: format!(
+                "llama.cpp, {threads} thread{}",
+                if threads == 1 { "" } else { "s" }
+            ),
+            run,
+            note,
+        });
+    }
 
     let report = Report {
         model: setup.model.display().to_string(),
@@ -1013,7 +1022,10 @@ impl Report {
                 measured: ratio(single2, llama),
                 bound: TARGET_VS_LLAMA_CPP,
                 at_most: false,
-                detail: String::new(),
+                detail: format!(
+                    "1 thread each: {}",
+                    fmt_opt(ratio(single1, self.speed(5)), 2)
+                ),
             },
             Target {
                 name: "2-shard chain / best single process, tokens/s",
