@@ -404,23 +404,51 @@ fn generate_over_serve_nodes_prints_the_single_process_text() {
     ] {
         let file = dir.join(format!("{name}.toml"));
         std::fs::write(&file, nodes_toml(&nodes)).unwrap();
-        for encoding in ["f32", "f16"] {
-            let o = generate(&["--nodes", file.to_str().unwrap(), "--activations", encoding]);
-            let err = String::from_utf8_lossy(&o.stderr);
-            assert!(o.status.success(), "{name} {encoding}: {err}");
-            assert!(
-                err.contains("chain: "),
-                "{name}: the route is reported: {err}"
-            );
-            // f16 rounds hidden states; on this tiny model's clear margins
-            // the greedy text stays the same.
-            assert_eq!(
-                String::from_utf8(o.stdout).unwrap(),
-                local_text,
-                "{name} nodes, {encoding}"
-            );
-        }
+        let o = generate(&["--nodes", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}: {err}");
+        assert!(
+            err.contains("chain: "),
+            "{name}: the route is reported: {err}"
+        );
+        // f32 hidden states: the nodes compute exactly what one process does.
+        assert_eq!(
+            String::from_utf8(o.stdout).unwrap(),
+            local_text,
+            "{name} nodes"
+        );
     }
+
+    // f16 hidden states round, and this model has near-ties (a margin of 0.016
+    // at the 8th token), so compare the prompt's logits, not the text.
+    let records = |extra: &[&str], file: &str| {
+        let path = dir.join(file);
+        let mut args = extra.to_vec();
+        args.extend(["--records", path.to_str().unwrap()]);
+        let o = generate(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let records: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let logits: Vec<f64> = records["steps"][0]["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        logits
+    };
+    let two = dir.join("two.toml");
+    let local = records(&[], "local.json");
+    let half = records(
+        &["--nodes", two.to_str().unwrap(), "--activations", "f16"],
+        "f16.json",
+    );
+    assert_eq!(local.len(), config.vocab);
+    let diff = local
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    assert!(diff > 0.0 && diff < 0.05, "f16 moves logits by {diff}");
 
     // Layers 3..7 served by nobody: a clear error, exit 1, no text.
     let file = dir.join("missing.toml");
