@@ -249,6 +249,14 @@ impl Drop for Node {
     }
 }
 
+/// Kills and reaps children that are not yet wrapped in a [`Node`].
+fn kill_all(children: &mut [(Child, Range<usize>, PathBuf)]) {
+    for (child, _, _) in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Starts one `zkinfer serve --threads 1` per range on ephemeral loopback
 /// ports (loading in parallel) and waits until each listens.
 fn start_nodes(model: &Path, ranges: &[Range<usize>], dir: &Path) -> Result<Vec<Node>, CliError> {
@@ -261,53 +269,50 @@ fn start_nodes(model: &Path, ranges: &[Range<usize>], dir: &Path) -> Result<Vec<
             layers.end,
             started.len()
         ));
-        let stderr = std::fs::File::create(&log)
-            .map_err(|e| CliError::failed(format!("{}: {e}", log.display())))?;
-        let child = command(&exe)
-            .args(["serve", "--model"])
-            .arg(model)
-            .args(["--layers", &format!("{}..{}", layers.start, layers.end)])
-            .args(["--listen", "127.0.0.1:0", "--threads", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| CliError::failed(format!("starting zkinfer serve: {e}")))?;
-        started.push((child, layers.clone(), log));
+        let spawned = std::fs::File::create(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))
+            .and_then(|stderr| {
+                command(&exe)
+                    .args(["serve", "--model"])
+                    .arg(model)
+                    .args(["--layers", &format!("{}..{}", layers.start, layers.end)])
+                    .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(stderr)
+                    .spawn()
+                    .map_err(|e| format!("starting zkinfer serve: {e}"))
+            });
+        match spawned {
+            Ok(child) => started.push((child, layers.clone(), log)),
+            Err(e) => {
+                kill_all(&mut started);
+                return Err(CliError::failed(e));
+            }
+        }
     }
     let mut nodes = Vec::new();
     let mut pending: Vec<_> = started.into_iter().rev().collect();
     while let Some((mut child, layers, log)) = pending.pop() {
-        // Whatever fails below, the children not yet wrapped die too.
-        let kill_rest = |pending: &mut Vec<(Child, Range<usize>, PathBuf)>| {
-            for (c, _, _) in pending.iter_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        };
-        let Some(stdout) = child.stdout.take() else {
-            let _ = child.kill();
-            kill_rest(&mut pending);
-            return Err(CliError::failed("zkinfer serve: no stdout"));
-        };
-        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        let read = stdout.read_line(&mut line);
+        let stdout = child.stdout.take().map(BufReader::new);
+        let read = stdout.map(|mut out| (out.read_line(&mut line), out));
         let addr = line
             .strip_prefix("listening on ")
             .and_then(|rest| rest.split(": ").next())
             .and_then(|a| a.parse::<SocketAddr>().ok());
-        let node = addr.map(|addr| Node {
-            child,
-            addr,
-            layers: layers.clone(),
-            _stdout: stdout,
-        });
-        match (read, node) {
-            (Ok(_), Some(node)) => nodes.push(node),
-            (_, node) => {
-                drop(node);
-                kill_rest(&mut pending);
+        match (read, addr) {
+            (Some((Ok(_), stdout)), Some(addr)) => nodes.push(Node {
+                child,
+                addr,
+                layers,
+                _stdout: stdout,
+            }),
+            _ => {
+                // The nodes already started die with `nodes`.
+                let _ = child.kill();
+                let _ = child.wait();
+                kill_all(&mut pending);
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
                 return Err(CliError::failed(format!(
                     "zkinfer serve --layers {}..{} did not start: {}",
