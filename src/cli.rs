@@ -45,6 +45,10 @@ pub enum Command {
     /// Inspect models: `model info FILE` (architecture and model id), `model path` (the packaged model).
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Measure the runtime on this machine (`bench runtime`): tokens/s of a single process, shard
+    /// chains and llama.cpp; bytes and log-prob drift per activation encoding; failover latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Measure circuit cost (rows, k, columns, keygen / prove / verify time, proof size, memory).
     #[command(
         after_help = "Example:\n  zkinfer cost --vocab 512,4096 --batch 1,4 --lanes 2 --svg cost.svg"
@@ -213,6 +217,44 @@ pub enum ModelCommand {
     },
     /// Print where the packaged model (Gemma 3 270M) is installed; exit 1 if it is not.
     Path,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Single process vs shard chains vs llama.cpp, encodings, failover (docs/runtime-bench.md).
+    ///
+    /// One run on the packaged model (or --model), the prompt "The quick brown fox jumps over the
+    /// lazy dog. In the beginning" and --tokens greedy tokens: generation tokens/s (prefill apart)
+    /// of a single process on 1 and 2 threads, of 2- and 3-shard loopback chains of
+    /// `zkinfer serve --threads 1` children, and of llama.cpp on 2 threads and on 1; per activation encoding
+    /// on the 2-shard chain, bytes per token per hop and log-prob drift against the single process;
+    /// the latency of the token during which a node is killed. Each figure is held to the
+    /// issue's target. Progress goes to stderr, the report to stdout.
+    #[command(
+        after_help = "Examples:\n  zkinfer bench runtime\n  zkinfer bench runtime --tokens 32 --json > bench.json\n  zkinfer bench runtime --python /tmp/llvenv/bin/python"
+    )]
+    Runtime(BenchRuntimeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRuntimeArgs {
+    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Greedy tokens generated per measurement (at least 4).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub tokens: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// A Python with llama-cpp-python, for the llama.cpp row [default: /tmp/llvenv/bin/python if
+    /// it exists, else python3]. Without llama_cpp the row says "not measured".
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Measure a single process on this many threads, in this process, and print it as JSON
+    /// (used by `bench runtime` itself: candle sizes its thread pool once per process).
+    #[arg(long, hide = true, value_name = "THREADS")]
+    pub in_process: Option<usize>,
 }
 
 #[derive(Debug, Args)]

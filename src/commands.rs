@@ -15,6 +15,7 @@ use verifier::{Bundle, ParamsCache};
 use crate::cli::{CacheArgs, Cli, Command, InspectArgs, ProveArgs, VerifyArgs};
 
 mod answer;
+mod bench;
 mod cost;
 mod generate;
 mod model;
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Verify(args) => verify(args),
         Command::Inspect(args) => inspect(args),
         Command::Cost(args) => cost::run(args),
+        Command::Bench(command) => bench::run(command),
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),

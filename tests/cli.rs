@@ -287,3 +287,265 @@ fn mutated_bundles_are_rejected_without_panicking() {
         "most re-sealed mutations reach the proof check ({deep})"
     );
 }
+
+/// A `zkinfer serve` child process, killed (by its pid) and reaped on drop.
+struct ServeChild {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl ServeChild {
+    /// Starts `zkinfer serve` on an ephemeral loopback port and waits for its
+    /// "listening on ADDR: ..." line.
+    fn start(model: &Path, layers: &str) -> ServeChild {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zkinfer"))
+            .args(["serve", "--model", model.to_str().unwrap()])
+            .args([
+                "--layers",
+                layers,
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn zkinfer serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let read = std::io::BufReader::new(stdout).read_line(&mut line);
+        let mut guard = ServeChild {
+            child,
+            addr: String::new(),
+        };
+        assert!(
+            read.is_ok_and(|n| n > 0),
+            "zkinfer serve {layers} printed nothing"
+        );
+        guard.addr = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split(": ").next())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        guard
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nodes_toml(nodes: &[(&str, &str)]) -> String {
+    nodes
+        .iter()
+        .map(|(addr, layers)| format!("[[node]]\naddr = \"{addr}\"\nlayers = \"{layers}\"\n"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn generate_over_serve_nodes_prints_the_single_process_text() {
+    let dir = scratch().join("nodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("tiny.gguf");
+    let config = runtime::testing::tiny_gemma3_config();
+    runtime::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
+    let model_arg = model.to_str().unwrap();
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model_arg,
+            "--prompt",
+            "the quick fox",
+            "--max-tokens",
+            "8",
+            "--threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        zkinfer(&args)
+    };
+    let local = generate(&[]);
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let local_text = String::from_utf8(local.stdout).unwrap();
+    assert!(
+        !local_text.trim().is_empty(),
+        "the tiny model generates some text"
+    );
+
+    // The tiny model's 7 layers on two nodes, and on three.
+    let a = ServeChild::start(&model, "0..3");
+    let b = ServeChild::start(&model, "3..7");
+    let c = ServeChild::start(&model, "3..5");
+    let d = ServeChild::start(&model, "5..7");
+    for (name, nodes) in [
+        (
+            "two",
+            vec![(a.addr.as_str(), "0..3"), (b.addr.as_str(), "3..7")],
+        ),
+        (
+            "three",
+            vec![
+                (a.addr.as_str(), "0..3"),
+                (c.addr.as_str(), "3..5"),
+                (d.addr.as_str(), "5..7"),
+            ],
+        ),
+    ] {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, nodes_toml(&nodes)).unwrap();
+        let o = generate(&["--nodes", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}: {err}");
+        assert!(
+            err.contains("chain: "),
+            "{name}: the route is reported: {err}"
+        );
+        // f32 hidden states: the nodes compute exactly what one process does.
+        assert_eq!(
+            String::from_utf8(o.stdout).unwrap(),
+            local_text,
+            "{name} nodes"
+        );
+    }
+
+    // f16 hidden states round, and this model has near-ties (a margin of 0.016
+    // at the 8th token), so compare the prompt's logits, not the text.
+    let records = |extra: &[&str], file: &str| {
+        let path = dir.join(file);
+        let mut args = extra.to_vec();
+        args.extend(["--records", path.to_str().unwrap()]);
+        let o = generate(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let records: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let logits: Vec<f64> = records["steps"][0]["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        logits
+    };
+    let two = dir.join("two.toml");
+    let local = records(&[], "local.json");
+    let half = records(
+        &["--nodes", two.to_str().unwrap(), "--activations", "f16"],
+        "f16.json",
+    );
+    assert_eq!(local.len(), config.vocab);
+    let diff = local
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    assert!(diff > 0.0 && diff < 0.05, "f16 moves logits by {diff}");
+
+    // Layers 3..7 served by nobody: a clear error, exit 1, no text.
+    let file = dir.join("missing.toml");
+    std::fs::write(&file, nodes_toml(&[(a.addr.as_str(), "0..3")])).unwrap();
+    let o = generate(&["--nodes", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("layers 3..7"),
+        "names the missing range: {err}"
+    );
+    assert!(o.stdout.is_empty(), "nothing generated: {:?}", o.stdout);
+}
+
+#[test]
+fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
+    let dir = scratch().join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("tiny.gguf");
+    let config = runtime::testing::tiny_gemma3_config();
+    runtime::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
+    let o = zkinfer(&[
+        "bench",
+        "runtime",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "8",
+        "--json",
+        "--python",
+        dir.join("no-such-python").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["tokens"], 8);
+    let rows = report["throughput"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(rows.len(), 6, "{names:?}");
+    for (i, row) in rows[..4].iter().enumerate() {
+        assert_eq!(row["measured"], true, "{row}");
+        assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        // f32 chains of 1-thread nodes compute exactly what the 1-thread
+        // single process computes (2 threads may round differently).
+        if i != 1 {
+            assert_eq!(row["tokens_equal_single_process"], "yes", "{row}");
+        }
+    }
+    assert!(names[2].contains("0..3 | 3..7"), "{names:?}");
+    assert!(names[3].contains("0..2 | 2..4 | 4..7"), "{names:?}");
+    for llama in &rows[4..] {
+        assert_eq!(llama["measured"], false);
+        assert!(
+            llama["note"].as_str().unwrap().contains("pip install"),
+            "says how to install llama.cpp: {llama}"
+        );
+    }
+    assert_eq!(names[4..], ["llama.cpp, 2 threads", "llama.cpp, 1 thread"]);
+
+    let encodings = report["encodings"].as_array().unwrap();
+    let by_name = |name: &str| {
+        encodings
+            .iter()
+            .find(|e| e["encoding"] == name)
+            .unwrap_or_else(|| panic!("no {name} row"))
+    };
+    let (f32_row, f16_row, q8_row) = (by_name("f32"), by_name("f16"), by_name("q8"));
+    // f32 is exact (up to the last bit of a float printed as JSON by the child).
+    assert!(
+        f32_row["max_abs_logprob_drift"].as_f64().unwrap() < 1e-9,
+        "{f32_row}"
+    );
+    assert_eq!(f32_row["greedy_matches"], 8);
+    let sent = |row: &Value| row["hidden_bytes_sent_per_token"].as_f64().unwrap();
+    // 64 values a token: 256 bytes in f32, 128 in f16, 64 + a scale in q8, plus framing.
+    assert!(sent(f32_row) > 256.0, "{f32_row}");
+    assert!(sent(f32_row) - sent(f16_row) == 128.0, "{f16_row}");
+    assert!(sent(f32_row) - sent(q8_row) == 256.0 - 68.0, "{q8_row}");
+    for row in [f16_row, q8_row] {
+        assert!(
+            row["mean_abs_logprob_drift"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+    }
+
+    let failover = &report["failover"];
+    assert_eq!(failover["failover_token"], 4, "{failover}");
+    assert_eq!(failover["tokens_equal_no_fault_run"], true, "{failover}");
+    assert!(failover["killed"].as_str().unwrap().ends_with("(3..7)"));
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 6);
+    assert_eq!(targets[0]["verdict"], "not measured");
+    for t in &targets[1..] {
+        assert!(
+            ["met", "missed"].contains(&t["verdict"].as_str().unwrap()),
+            "{t}"
+        );
+    }
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("NaN"));
+}

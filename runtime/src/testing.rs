@@ -63,6 +63,85 @@ pub fn tiny_gemma3_config() -> Config {
 /// Writes a Gemma 3 GGUF with random weights (seeded) for `config`. Matrices
 /// are stored as Q8_0 and norms as F32, like the real file's mix of types.
 pub fn write_random_gemma3(path: &Path, config: &Config, seed: u64) -> Result<()> {
+    write_random_gemma3_with(path, config, seed, Vec::new())
+}
+
+/// [`write_random_gemma3`] plus the SentencePiece-style vocabulary of
+/// [`tiny_tokenizer_metadata`], so that `zkinfer generate` can run the file
+/// end to end (prompt text in, text out). `config.vocab` must be at least 320.
+pub fn write_random_gemma3_with_tokenizer(path: &Path, config: &Config, seed: u64) -> Result<()> {
+    write_random_gemma3_with(path, config, seed, tiny_tokenizer_metadata(config.vocab)?)
+}
+
+/// Tokenizer metadata (`tokenizer.ggml.*`) for a vocabulary of `vocab` ids:
+/// control tokens `<pad>` 0, `<eos>` 1, `<bos>` 2, unknown `<unk>` 3, the 256
+/// byte-fallback tokens `<0x00>`..`<0xFF>` at 4..260, then `▁`, the letters,
+/// `▁` + each letter and a few words, padded with unused tokens. Any text
+/// encodes (through byte fallback where needed).
+pub fn tiny_tokenizer_metadata(vocab: usize) -> Result<Vec<(&'static str, gguf_file::Value)>> {
+    use gguf_file::Value;
+    let mut tokens: Vec<(String, i32)> = vec![
+        ("<pad>".into(), 3),
+        ("<eos>".into(), 3),
+        ("<bos>".into(), 3),
+        ("<unk>".into(), 2),
+    ];
+    tokens.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 6)));
+    tokens.push(("\u{2581}".into(), 1));
+    tokens.extend(('a'..='z').map(|c| (c.to_string(), 1)));
+    tokens.extend(('a'..='z').map(|c| (format!("\u{2581}{c}"), 1)));
+    for word in [
+        "th",
+        "he",
+        "in",
+        "er",
+        "\u{2581}the",
+        "\u{2581}fox",
+        "\u{2581}dog",
+    ] {
+        tokens.push((word.into(), 1));
+    }
+    if tokens.len() > vocab {
+        return Err(ModelError::Shape(format!(
+            "the tiny tokenizer needs a vocabulary of at least {}, not {vocab}",
+            tokens.len()
+        )));
+    }
+    while tokens.len() < vocab {
+        tokens.push((format!("<unused{}>", tokens.len()), 5));
+    }
+    // Later (longer) pieces merge first.
+    let scores = (0..vocab).map(|i| Value::F32(i as f32 / vocab as f32));
+    Ok(vec![
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(
+                tokens
+                    .iter()
+                    .map(|(t, _)| Value::String(t.clone()))
+                    .collect(),
+            ),
+        ),
+        ("tokenizer.ggml.scores", Value::Array(scores.collect())),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(tokens.iter().map(|&(_, k)| Value::I32(k)).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id", Value::U32(2)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.unknown_token_id", Value::U32(3)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+        ("tokenizer.ggml.add_space_prefix", Value::Bool(false)),
+    ])
+}
+
+fn write_random_gemma3_with(
+    path: &Path,
+    config: &Config,
+    seed: u64,
+    extra_metadata: Vec<(&'static str, gguf_file::Value)>,
+) -> Result<()> {
     let mut rng = Seeded(seed | 1);
     let mut random = |shape: &[usize], scale: f32| rng.tensor(shape, scale);
     let c = config;
@@ -141,6 +220,7 @@ pub fn write_random_gemma3(path: &Path, config: &Config, seed: u64) -> Result<()
             Value::F32(c.rms_eps as f32),
         ),
     ];
+    let metadata: Vec<(&str, Value)> = metadata.into_iter().chain(extra_metadata).collect();
     write_gguf(path, &metadata, &tensors)
 }
 
