@@ -71,6 +71,7 @@ fn setup() -> Result<Setup, Error> {
             idle_timeout: Duration::from_secs(600),
             io_timeout: Duration::from_secs(60),
             proving: None,
+            signer: None,
         };
         runtime.spawn(serve(listener, Arc::new(model), config));
         let proxy = runtime.block_on(WanProxy::start(addr, LinkSettings::default()))?;

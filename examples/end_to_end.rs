@@ -34,6 +34,7 @@ use runtime::tokenizer::Tokenizer;
 use runtime::transcript::{Nonce, ProvingPolicy};
 use runtime::wire::{Encoding, Limits};
 use verifier::answer::{check_answer, Verdict};
+use verifier::receipt::{verify_aggregate, SecretKey, Signature};
 use verifier::ParamsCache;
 
 type Error = Box<dyn std::error::Error>;
@@ -171,6 +172,11 @@ fn main() -> Result<(), Error> {
             idle_timeout: Duration::from_secs(3600),
             io_timeout: Duration::from_secs(60),
             proving,
+            // Each node signs its hop receipts; the client checks them all.
+            signer: SecretKey::from_seed(
+                blake3::hash(format!("{:?} {addr}", Instant::now()).as_bytes()).as_bytes(),
+            )
+            .map(Arc::new),
         };
         println!("node {addr}: layers {}..{}", layers.start, layers.end);
         nodes.spawn(serve(listener, Arc::new(model), config));
@@ -249,6 +255,19 @@ fn main() -> Result<(), Error> {
     let required = proven.transcript.required_positions();
     let mut answer = check_answer(bundle, &report, &expected.steps, &required);
     answer.problems.extend(expected.problems);
+    let receipts = proven.transcript.receipts()?;
+    let aggregate = proven
+        .transcript
+        .receipts_signature
+        .as_deref()
+        .map(Signature::from_hex)
+        .transpose()?;
+    let receipts_valid = aggregate.is_some_and(|a| verify_aggregate(&receipts, &a));
+    if !receipts_valid {
+        answer
+            .problems
+            .push("the hop receipts' aggregate signature does not verify".into());
+    }
     let verify_time = verify_start.elapsed();
 
     println!(
@@ -273,6 +292,11 @@ fn main() -> Result<(), Error> {
     for problem in &answer.problems {
         println!("problem: {problem}");
     }
+    println!(
+        "receipts: {} hops signed by 2 nodes, aggregate signature {}",
+        receipts.len(),
+        if receipts_valid { "valid" } else { "INVALID" }
+    );
     let (proved, not_proved, invalid) = answer.counts();
     println!(
         "\n{}: {proved} proved, {not_proved} not proved, {invalid} invalid",

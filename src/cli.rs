@@ -42,6 +42,11 @@ pub enum Command {
         after_help = "Example (two nodes, then a client):\n  zkinfer serve --model tiny.gguf --layers 0..9 --listen 127.0.0.1:7001\n  zkinfer serve --model tiny.gguf --layers 9..18 --listen 127.0.0.1:7002 --prove\n  zkinfer generate --nodes nodes.toml --model tiny.gguf --prompt \"Hello\""
     )]
     Serve(ServeArgs),
+    /// Create a node's receipt-signing key (BLS on BN254) and print its public key.
+    #[command(
+        after_help = "Example:\n  zkinfer keygen --out node.key\n  zkinfer serve --layers 9..18 --listen 127.0.0.1:7002 --key node.key"
+    )]
+    Keygen(KeygenArgs),
     /// Inspect models: `model info FILE` (architecture and model id), `model path` (the packaged model).
     #[command(subcommand)]
     Model(ModelCommand),
@@ -151,6 +156,13 @@ pub enum DeviceKind {
 }
 
 #[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the secret key (created with mode 0600; an existing file is never overwritten).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct ServeArgs {
     /// A GGUF model [default: the packaged model, see `zkinfer model path`]
     #[arg(long, value_name = "FILE")]
@@ -170,6 +182,10 @@ pub struct ServeArgs {
     /// Seconds a request's cache (or a silent connection) is kept unused.
     #[arg(long, default_value_t = 300, value_name = "S")]
     pub idle_timeout: u64,
+    /// Sign a receipt for every hop served with this key (`zkinfer keygen`); clients put the
+    /// receipts in their transcripts and `verify --transcript` checks them.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
     /// Prove tokens alongside inference when clients ask (`generate --prove`): this node must
     /// serve the last layers. Keys are built at start-up (minutes for a large vocabulary, with
     /// public parameters cached on disk); proofs run on --prove-threads threads at the lowest CPU

@@ -18,6 +18,7 @@ mod answer;
 mod bench;
 mod cost;
 mod generate;
+mod keys;
 mod model;
 mod serve;
 
@@ -64,6 +65,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Keygen(args) => keys::keygen(args),
     }
 }
 

@@ -26,6 +26,8 @@ use runtime::testing::{tiny_gemma3_config, write_random_gemma3};
 use runtime::transcript::{Nonce, ProvingPolicy, Transcript};
 use runtime::wire::{Encoding, Limits};
 use serde_json::Value;
+use verifier::answer::{check_answer, Verdict};
+use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
 
 const SPLIT: usize = 4;
@@ -70,6 +72,8 @@ fn start_nodes(path: &Path, shape: CircuitShape) -> (tokio::runtime::Runtime, Ve
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        // Each node signs its hops' receipts with a key of its own.
+        let signer = SecretKey::from_seed(&[range.start as u8 + 1; 32]).map(Arc::new);
         let config = NodeConfig {
             model_id,
             layers: range.clone(),
@@ -77,6 +81,7 @@ fn start_nodes(path: &Path, shape: CircuitShape) -> (tokio::runtime::Runtime, Ve
             idle_timeout: Duration::from_secs(600),
             io_timeout: Duration::from_secs(30),
             proving,
+            signer,
         };
         runtime.spawn(serve(listener, Arc::new(model), config));
         hops.push(Hop {
@@ -186,27 +191,66 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
         );
     }
 
+    // Every hop is signed, by two nodes, and the aggregate checks.
+    assert_eq!(
+        report["receipts"]["signed_hops"],
+        transcript.hops.len(),
+        "{report}"
+    );
+    assert_eq!(report["receipts"]["nodes"], 2);
+    assert_eq!(report["receipts"]["unsigned_hops"], 0);
+
+    // A hop digest changed after the fact breaks the aggregate signature.
+    let mut rehashed = transcript.clone();
+    rehashed.hops[1].output_blake3 = "ab".repeat(32);
+    let path = dir.join("tampered-hop.json");
+    write(&rehashed, &path);
+    let (code, report, _) = verify(&path, &[]);
+    assert_eq!(code, 1, "{report}");
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("aggregate signature"), "{problems}");
+
     // Another model id than the expected one.
     let (code, report, _) = verify(&transcript_path, &["--model-id", &"0".repeat(64)]);
     assert_eq!(code, 1, "{report}");
+
+    // The rest is checked in this process, with the same library calls the
+    // CLI makes (each `zkinfer verify` rebuilds the verifying key).
+    let proofs = verifier::verify_bundle(&bundle, &ParamsCache::new(ParamsCache::default_dir()))
+        .expect("verifies");
+    let check = |t: &Transcript| {
+        let expected = t
+            .expected_steps(&dir, shape.fixed_point, shape.vocab)
+            .expect("expected steps");
+        let mut answer = check_answer(&bundle, &proofs, &expected.steps, &t.required_positions());
+        answer.problems.extend(expected.problems);
+        answer
+    };
+    let invalid_reasons = |answer: &verifier::answer::AnswerReport| -> Vec<String> {
+        answer
+            .tokens
+            .iter()
+            .filter_map(|t| match &t.verdict {
+                Verdict::Invalid(reason) => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(check(&transcript).valid());
 
     // A proven token changed in the transcript.
     let mut tampered = transcript.clone();
     let index = (challenged[0] - tampered.prompt_tokens.len() as u64) as usize;
     tampered.tokens[index] = (tampered.tokens[index] + 1) % config.vocab as u32;
-    let path = dir.join("tampered-token.json");
-    write(&tampered, &path);
-    let (code, report, _) = verify(&path, &[]);
-    assert_eq!(code, 1, "{report}");
-    assert!(report["invalid"].as_u64().expect("count") >= 1, "{report}");
+    let answer = check(&tampered);
+    assert!(!answer.valid());
+    assert!(!answer.problems.is_empty() || !invalid_reasons(&answer).is_empty());
 
     // Another nonce: r is recomputed, so the proven samplers no longer match.
     let mut renonced = transcript.clone();
     renonced.client_nonce = Nonce::from_seed(4).to_hex();
-    let path = dir.join("tampered-nonce.json");
-    write(&renonced, &path);
-    let (code, report, _) = verify(&path, &[]);
-    assert_eq!(code, 1, "{report}");
+    let answer = check(&renonced);
+    assert!(!answer.valid());
 
     // Other logits in the records: the proofs commit to the node's.
     let mut relogited = transcript.clone();
@@ -218,16 +262,9 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
             .expect("step");
         step.logits[0] += 0.5;
     }
-    let path = dir.join("tampered-logits.json");
-    write(&relogited, &path);
-    let (code, report, _) = verify(&path, &[]);
-    assert_eq!(code, 1, "{report}");
-    let reasons: Vec<String> = report["tokens"]
-        .as_array()
-        .expect("tokens")
-        .iter()
-        .filter_map(|t| t["reason"].as_str().map(str::to_string))
-        .collect();
+    let answer = check(&relogited);
+    assert!(!answer.valid());
+    let reasons = invalid_reasons(&answer);
     assert!(
         reasons.iter().any(|r| r.contains("other logits")),
         "{reasons:?}"
@@ -236,11 +273,9 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     // A policy of `all`: the tokens without proofs are now required.
     let mut all = transcript.clone();
     all.proving = Some(ProvingPolicy::All);
-    let path = dir.join("policy-all.json");
-    write(&all, &path);
-    let (code, report, _) = verify(&path, &[]);
-    assert_eq!(code, 1, "{report}");
-    assert_eq!(report["invalid"], 0);
+    let answer = check(&all);
+    assert!(!answer.valid());
+    assert_eq!(answer.counts().2, 0);
 
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -207,6 +207,8 @@ pub fn plan_route(candidates: &[Hop], layers: usize) -> Result<Vec<Hop>, ClientE
 struct Link {
     hop: Hop,
     stream: TcpStream,
+    /// The node's receipt-signing key, from its HelloAck.
+    signer: Option<[u8; 64]>,
 }
 
 /// Open connections to the hops of one chain, in layer order.
@@ -248,7 +250,11 @@ impl Chain {
                     source,
                 })?;
             let _ = stream.set_nodelay(true);
-            links.push(Link { hop, stream });
+            links.push(Link {
+                hop,
+                stream,
+                signer: None,
+            });
         }
         let mut chain = Chain {
             links,
@@ -267,7 +273,7 @@ impl Chain {
                 .call(i, Frame::new(0, 0, Message::Hello(hello)))
                 .await?
             {
-                Message::HelloAck(_) => {}
+                Message::HelloAck(ack) => chain.links[i].signer = ack.signer,
                 other => return Err(chain.unexpected(i, &other)),
             }
         }
@@ -336,17 +342,27 @@ impl Chain {
             };
             let frame = Frame::new(request_id, position, Message::Forward(forward));
             let start = Instant::now();
-            let output = match self.call(i, frame).await? {
-                Message::Output(a) => a,
+            let (output, signature) = match self.call(i, frame).await? {
+                Message::Output(o) => (o.activations, o.signature),
                 other => return Err(self.unexpected(i, &other)),
             };
-            let hop = &self.links[i].hop;
+            let link = &self.links[i];
+            if link.signer.is_some() && signature.is_none() {
+                return Err(self.node_error(
+                    i,
+                    WireError::Malformed("a signing node sent no receipt".into()),
+                ));
+            }
             hops.push(HopDigest {
-                addr: hop.addr,
-                layers: hop.layers.clone(),
+                addr: link.hop.addr,
+                layers: link.hop.layers.clone(),
                 input: sent,
                 output: blake3::hash(&output.data),
                 elapsed: start.elapsed(),
+                request_id,
+                position,
+                signer: link.signer,
+                signature,
             });
             if i + 1 == self.links.len() {
                 let logits = output.to_f32().map_err(|e| self.node_error(i, e))?;

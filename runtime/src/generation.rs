@@ -100,6 +100,8 @@ pub enum GenerationError {
     Usage(String),
     #[error("proofs: {0}")]
     Proofs(String),
+    #[error("receipts: {0}")]
+    Receipts(String),
 }
 
 impl<'a> Backend<'a> {
@@ -330,7 +332,7 @@ pub fn generate(
     let generation_time = start.elapsed();
     observer.generated(steps.len(), generation_time);
 
-    let transcript = Transcript {
+    let mut transcript = Transcript {
         version: transcript::VERSION,
         model_id: model.id.map(|id| id.to_string()).unwrap_or_default(),
         prompt: prompt.text,
@@ -348,7 +350,11 @@ pub fn generate(
             steps,
         }),
         proving: options.proving,
+        receipts_signature: None,
     };
+    transcript.receipts_signature = transcript
+        .aggregate_receipts()
+        .map_err(GenerationError::Receipts)?;
     let proofs = match collector {
         Some(mut collector) => {
             let outcome = collect_proofs(backend, &transcript, &mut collector, observer);

@@ -8,6 +8,8 @@
 //!
 //! - **Hello** is answered with **HelloAck** when the model id and layer range
 //!   are exactly the node's, else with an Error (WrongModel / WrongLayers).
+//!   A node with a signing key names its public key there and signs a
+//!   receipt for every Output (`verifier::receipt`).
 //! - **Forward** must name the node's model id and layer range (else
 //!   WrongModel / WrongLayers). The shard at layer 0 takes tokens, every
 //!   other shard hidden states with `d` columns (else Malformed). The frame's
@@ -62,8 +64,10 @@ use crate::model_id::ModelId;
 use crate::proving::ProofService;
 use crate::transport;
 use crate::wire::{
-    Activations, Encoding, Forward, ForwardInput, Frame, HeadReply, Limits, Message, WireError,
+    Activations, Encoding, Forward, ForwardInput, Frame, HeadReply, HelloAck, Limits, Message,
+    Output, WireError,
 };
+use verifier::receipt::{Receipt, SecretKey};
 
 /// What a node serves and how patient it is.
 #[derive(Clone, Debug)]
@@ -80,6 +84,8 @@ pub struct NodeConfig {
     pub io_timeout: Duration,
     /// The prover of a head node that proves alongside inference.
     pub proving: Option<Arc<ProofService>>,
+    /// The key this node signs hop receipts with (`zkinfer keygen`).
+    pub signer: Option<Arc<SecretKey>>,
 }
 
 /// A request's cache. `cache` is `None` while a Forward is using it, so a
@@ -252,7 +258,14 @@ async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
     let (id, pos) = (frame.request_id, frame.position);
     let message = match frame.message {
         Message::Hello(hello) => match check_span(shared, &hello.model_id, &hello.layers) {
-            Ok(()) => Message::HelloAck(hello),
+            Ok(()) => Message::HelloAck(HelloAck {
+                span: hello,
+                signer: shared
+                    .config
+                    .signer
+                    .as_ref()
+                    .map(|key| key.public().to_bytes()),
+            }),
             Err(e) => return Some(e.to_frame(id, pos)),
         },
         Message::Forward(forward) => match run_forward(shared, id, pos, forward).await {
@@ -311,11 +324,22 @@ async fn run_forward(
     id: u64,
     position: u64,
     forward: Forward,
-) -> Result<Activations, WireError> {
+) -> Result<Output, WireError> {
     check_span(shared, &forward.model_id, &forward.layers)?;
     let model = &shared.model;
     let reply_encoding = forward.reply;
     let head_reply = forward.head;
+    let layers = (forward.layers.start, forward.layers.end);
+    let input_digest = match &forward.input {
+        ForwardInput::Tokens(tokens) => {
+            let mut h = blake3::Hasher::new();
+            for t in tokens {
+                h.update(&t.to_le_bytes());
+            }
+            h.finalize()
+        }
+        ForwardInput::Activations(a) => blake3::hash(&a.data),
+    };
     let input = match (model.embeds(), forward.input) {
         (true, ForwardInput::Tokens(tokens)) => {
             let vocab = model.vocab();
@@ -386,8 +410,23 @@ async fn run_forward(
             } else {
                 reply_encoding
             };
-            Activations::encode(&values, rows, cols, encoding)
-                .or_else(|_| Activations::encode(&values, rows, cols, Encoding::F32))
+            let activations = Activations::encode(&values, rows, cols, encoding)
+                .or_else(|_| Activations::encode(&values, rows, cols, Encoding::F32))?;
+            let signature = shared.config.signer.as_ref().map(|key| {
+                let receipt = Receipt {
+                    model_id: shared.config.model_id.0,
+                    layers,
+                    request_id: id,
+                    position,
+                    input: *input_digest.as_bytes(),
+                    output: *blake3::hash(&activations.data).as_bytes(),
+                };
+                key.sign(&receipt).to_bytes()
+            });
+            Ok(Output {
+                activations,
+                signature,
+            })
         }
         Ok((_, Err(e))) => {
             if slot.is_some() {

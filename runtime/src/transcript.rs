@@ -19,12 +19,14 @@
 //!   "tokens": [236764, 506],
 //!   "hops": [
 //!     {"position": 0, "node": "127.0.0.1:7001", "layers": [0, 9],
-//!      "input_blake3": "<64 hex>", "output_blake3": "<64 hex>"},
+//!      "input_blake3": "<64 hex>", "output_blake3": "<64 hex>",
+//!      "receipt": {"request_id": 77, "signer": "<128 hex>", "signature": "<64 hex>"}},
 //!     ...
 //!   ],
 //!   "records": {"inline": {"vocab": V, "steps": [...]}}
 //!            | {"file": {"path": "T.logits.bin", "blake3": "<64 hex>", "vocab": V, "count": N}},
-//!   "proving": null | {"policy": "all"} | {"policy": "challenged", "challenges": 4}
+//!   "proving": null | {"policy": "all"} | {"policy": "challenged", "challenges": 4},
+//!   "receipts_signature": "<64 hex>"
 //! }
 //! ```
 //!
@@ -62,6 +64,12 @@
 //!   (`path` is relative to the transcript's directory) whose blake3 is
 //!   `blake3`; [`Transcript::records`] rebuilds the records JSON from it
 //!   (each step's sampler follows from `sampler` and the position).
+//! - `receipt` (absent for a node that does not sign): the node's BLS
+//!   public key and signature on the hop's receipt (`verifier::receipt`:
+//!   model id, `layers`, the chain `request_id` the hop was served under,
+//!   `position`, and the two digests). `receipts_signature` (absent when no
+//!   hop is signed) aggregates every hop's signature; `zkinfer verify
+//!   --transcript` checks it against all the receipts in one multi-pairing.
 //! - `proving`: whether the head node was asked for proofs: of every token
 //!   (`all`), or of `challenges` positions derived from the transcript after
 //!   generation ([`Transcript::challenged_positions`]: Fiat–Shamir, so the
@@ -87,6 +95,7 @@ use serde::{Deserialize, Serialize};
 use circuits::fixed_point::temperature_to_beta;
 use circuits::{FixedPoint, Sampler};
 use verifier::answer::ExpectedStep;
+use verifier::receipt::{PublicKey, Receipt, Signature};
 
 /// The transcript format version this module writes.
 pub const VERSION: u32 = 2;
@@ -109,6 +118,10 @@ pub struct Transcript {
     pub hops: Vec<HopRecord>,
     pub records: RecordsRef,
     pub proving: Option<ProvingPolicy>,
+    /// The aggregate (sum) of every hop receipt's signature, when the
+    /// hops are signed: `verify --transcript` checks it against all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts_signature: Option<String>,
 }
 
 /// `{"greedy": {}}` or `{"sample": {"temperature": t}}`.
@@ -138,6 +151,19 @@ pub struct HopRecord {
     pub layers: [usize; 2],
     pub input_blake3: String,
     pub output_blake3: String,
+    /// The node's signed receipt for this hop, from a node that signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<HopReceipt>,
+}
+
+/// A hop's signed receipt (`verifier::receipt`): the chain request id it was
+/// served under, the node's public key and its signature, as hex.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopReceipt {
+    pub request_id: u64,
+    pub signer: String,
+    pub signature: String,
 }
 
 /// What [`crate::client::Chain::forward`] saw at one hop: the blake3 of the
@@ -150,6 +176,13 @@ pub struct HopDigest {
     pub output: blake3::Hash,
     /// From sending the Forward to reading the answer.
     pub elapsed: std::time::Duration,
+    /// The chain request id and position of the Forward.
+    pub request_id: u64,
+    pub position: u64,
+    /// The node's receipt-signing key and its signature on this hop's
+    /// receipt, from a node that signs.
+    pub signer: Option<[u8; 64]>,
+    pub signature: Option<[u8; 32]>,
 }
 
 impl HopRecord {
@@ -161,6 +194,14 @@ impl HopRecord {
             layers: [digest.layers.start, digest.layers.end],
             input_blake3: digest.input.to_hex().to_string(),
             output_blake3: digest.output.to_hex().to_string(),
+            receipt: digest
+                .signer
+                .zip(digest.signature)
+                .map(|(signer, signature)| HopReceipt {
+                    request_id: digest.request_id,
+                    signer: hex(&signer),
+                    signature: hex(&signature),
+                }),
         }
     }
 
@@ -169,6 +210,7 @@ impl HopRecord {
         HopRecord {
             position,
             node: "local".into(),
+            receipt: None,
             layers: [0, layers],
             input_blake3: blake3::hash(&u32_bytes(tokens)).to_hex().to_string(),
             output_blake3: blake3::hash(&f32_bytes(logits)).to_hex().to_string(),
@@ -310,6 +352,22 @@ pub fn sampling_r(nonce: &Nonce, request_id: u64, position: u64) -> u64 {
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> {
+    let bad = || format!("{what} {text:?} is not {} hex digits", 2 * N);
+    if text.len() != 2 * N || !text.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
 /// A transcript's generated tokens as proofs should state them.
 pub struct Expected {
     pub steps: Vec<ExpectedStep>,
@@ -439,6 +497,52 @@ impl Transcript {
             field(hop.output_blake3.as_bytes());
         }
         *h.finalize().as_bytes()
+    }
+
+    /// The hops' signed receipts as `(signer, receipt)` pairs, for
+    /// `verifier::receipt::verify_aggregate`; hops without a receipt are
+    /// left out (count them with [`Transcript::unsigned_hops`]).
+    pub fn receipts(&self) -> Result<Vec<(PublicKey, Receipt)>, String> {
+        let model_id = parse_hex::<32>(&self.model_id, "model id")?;
+        self.hops
+            .iter()
+            .filter_map(|hop| hop.receipt.as_ref().map(|r| (hop, r)))
+            .map(|(hop, r)| {
+                let signer = PublicKey::from_hex(&r.signer).map_err(|e| e.to_string())?;
+                let layers = (
+                    u32::try_from(hop.layers[0]).map_err(|_| "layer index".to_string())?,
+                    u32::try_from(hop.layers[1]).map_err(|_| "layer index".to_string())?,
+                );
+                Ok((
+                    signer,
+                    Receipt {
+                        model_id,
+                        layers,
+                        request_id: r.request_id,
+                        position: hop.position,
+                        input: parse_hex::<32>(&hop.input_blake3, "input digest")?,
+                        output: parse_hex::<32>(&hop.output_blake3, "output digest")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Hops that carry no signed receipt.
+    pub fn unsigned_hops(&self) -> usize {
+        self.hops.iter().filter(|h| h.receipt.is_none()).count()
+    }
+
+    /// The aggregate of the hops' receipt signatures (None when no hop is
+    /// signed).
+    pub fn aggregate_receipts(&self) -> Result<Option<String>, String> {
+        let signatures = self
+            .hops
+            .iter()
+            .filter_map(|h| h.receipt.as_ref())
+            .map(|r| Signature::from_hex(&r.signature).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((!signatures.is_empty()).then(|| Signature::aggregate(&signatures).to_hex()))
     }
 
     /// The positions the transcript's proving policy requires proven.
@@ -612,6 +716,7 @@ mod tests {
             hops: vec![HopRecord::local(0, 7, &[2, 3, 4, 5, 6], &[1.0, 2.0])],
             records: RecordsRef::Inline(Records { vocab: 4, steps }),
             proving: Some(ProvingPolicy::Challenged { challenges: 2 }),
+            receipts_signature: None,
         }
     }
 

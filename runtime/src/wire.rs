@@ -57,10 +57,13 @@
 //! malformed. A *layer range* is two `u32`, `start` then `end`, meaning the
 //! layers `start .. end`; `start < end` is required.
 //!
-//! - **Hello** (1) and **HelloAck** (2): model id (32 bytes), layer range
-//!   (8 bytes); 40 bytes in all. The client names what it wants served; a
-//!   node that serves exactly that answers HelloAck with the same values, any
-//!   other node answers Error (WrongModel or WrongLayers).
+//! - **Hello** (1): model id (32 bytes), layer range (8 bytes); 40 bytes in
+//!   all. The client names what it wants served; a node that serves exactly
+//!   that answers HelloAck, any other node answers Error (WrongModel or
+//!   WrongLayers).
+//! - **HelloAck** (2): the Hello's model id and layer range, then a signer
+//!   tag `u8`: `0` (the node signs no receipts) or `1` followed by the
+//!   node's BLS public key (64 bytes, `verifier::receipt`).
 //! - **Forward** (3): model id (32), layer range (8), reply encoding `u8`
 //!   (the encoding the client wants the Output hidden states in; logits
 //!   come as F32 whatever it says), head reply `u8` (what the shard with the
@@ -69,7 +72,12 @@
 //!   - tag `0`, tokens (first shard): count `n` `u32` (`n >= 1`), then `n`
 //!     token ids `u32`;
 //!   - tag `1`, hidden states: an activations block.
-//! - **Output** (4): an activations block: hidden states `[rows, d]` in the
+//! - **Output** (4): an activations block, then a receipt tag `u8`: `0`, or
+//!   `1` followed by the node's signature (32 bytes) on the hop's receipt
+//!   (`verifier::receipt::Receipt`: model id, layer range, the frame's
+//!   request id and position, blake3 of the input bytes — the token ids as
+//!   u32 LE or the activations' data — and of this block's data). The block
+//!   holds hidden states `[rows, d]` in the
 //!   Forward's reply encoding, or from the last shard either logits
 //!   `[1, vocab]` of the last row or, for head reply `1`, `[rows, 1]` greedy
 //!   token ids (each exact in F32; the first index of the largest logit at
@@ -646,6 +654,24 @@ pub struct Hello {
     pub layers: Range<u32>,
 }
 
+/// Payload of [`Message::HelloAck`]: what the node serves, and the key it
+/// signs receipts with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HelloAck {
+    pub span: Hello,
+    /// Compressed BLS public key, when the node signs receipts.
+    pub signer: Option<[u8; 64]>,
+}
+
+/// Payload of [`Message::Output`]: the activations and, from a node that
+/// signs, its signature on the hop's receipt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub activations: Activations,
+    /// Compressed BLS signature.
+    pub signature: Option<[u8; 32]>,
+}
+
 /// Payload of [`Message::Forward`]: run the layers on the input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Forward {
@@ -753,13 +779,14 @@ pub struct ProofFailure {
 pub enum Message {
     /// Client to node: "do you serve this model and these layers?"
     Hello(Hello),
-    /// Node to client: the model and layers it serves.
-    HelloAck(Hello),
+    /// Node to client: the model and layers it serves, and its signing key.
+    HelloAck(HelloAck),
     /// Client to node: run the layers on the input for the frame's request
     /// id, starting at the frame's position.
     Forward(Forward),
-    /// Node to client: output hidden states, or logits from the last shard.
-    Output(Activations),
+    /// Node to client: output hidden states, or logits from the last shard,
+    /// with a signed receipt from a node that signs.
+    Output(Output),
     /// Client to node: the request is over; free its cache.
     End,
     /// Either way: measure round trip and throughput.
@@ -793,7 +820,12 @@ impl Message {
 
     fn write_payload(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
         match self {
-            Message::Hello(h) | Message::HelloAck(h) => write_span(out, &h.model_id, &h.layers),
+            Message::Hello(h) => write_span(out, &h.model_id, &h.layers),
+            Message::HelloAck(a) => {
+                write_span(out, &a.span.model_id, &a.span.layers)?;
+                write_optional(out, a.signer.as_ref().map(|k| &k[..]));
+                Ok(())
+            }
             Message::Forward(f) => {
                 write_span(out, &f.model_id, &f.layers)?;
                 out.push(f.reply as u8);
@@ -816,7 +848,11 @@ impl Message {
                     }
                 }
             }
-            Message::Output(a) => a.write(out),
+            Message::Output(o) => {
+                o.activations.write(out)?;
+                write_optional(out, o.signature.as_ref().map(|s| &s[..]));
+                Ok(())
+            }
             Message::End => Ok(()),
             Message::Ping(p) | Message::Pong(p) => {
                 out.extend_from_slice(&p.sent_at_micros.to_le_bytes());
@@ -863,7 +899,10 @@ impl Message {
     fn read_payload(ty: MessageType, r: &mut Reader<'_>) -> Result<Self, WireError> {
         Ok(match ty {
             MessageType::Hello => Message::Hello(read_hello(r)?),
-            MessageType::HelloAck => Message::HelloAck(read_hello(r)?),
+            MessageType::HelloAck => Message::HelloAck(HelloAck {
+                span: read_hello(r)?,
+                signer: read_optional::<64>(r, "signer key")?,
+            }),
             MessageType::Forward => {
                 let Hello { model_id, layers } = read_hello(r)?;
                 let raw = r.u8("reply encoding")?;
@@ -905,7 +944,10 @@ impl Message {
                     input,
                 })
             }
-            MessageType::Output => Message::Output(Activations::read(r)?),
+            MessageType::Output => Message::Output(Output {
+                activations: Activations::read(r)?,
+                signature: read_optional::<32>(r, "receipt signature")?,
+            }),
             MessageType::End => Message::End,
             MessageType::Ping => Message::Ping(read_ping(r)?),
             MessageType::Pong => Message::Pong(read_ping(r)?),
@@ -994,6 +1036,29 @@ fn write_len(out: &mut Vec<u8>, len: usize) -> Result<(), WireError> {
     })?;
     out.extend_from_slice(&len32.to_le_bytes());
     Ok(())
+}
+
+/// Writes a tag `0`, or `1` and the bytes.
+fn write_optional(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => out.push(0),
+        Some(bytes) => {
+            out.push(1);
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Reads what [`write_optional`] wrote, `N` bytes when present.
+fn read_optional<const N: usize>(
+    r: &mut Reader<'_>,
+    what: &str,
+) -> Result<Option<[u8; N]>, WireError> {
+    match r.u8(what)? {
+        0 => Ok(None),
+        1 => Ok(Some(r.array::<N>(what)?)),
+        tag => Err(WireError::Malformed(format!("{what}: unknown tag {tag}"))),
+    }
 }
 
 /// Writes a `u32` byte count and the bytes.
@@ -1353,9 +1418,12 @@ mod tests {
             Frame::new(
                 0,
                 0,
-                Message::HelloAck(Hello {
-                    model_id: model(),
-                    layers: 9..18,
+                Message::HelloAck(HelloAck {
+                    span: Hello {
+                        model_id: model(),
+                        layers: 9..18,
+                    },
+                    signer: Some([5; 64]),
                 }),
             ),
             Frame::new(
@@ -1425,7 +1493,14 @@ mod tests {
                     input: ForwardInput::Activations(a.clone()),
                 }),
             ));
-            frames.push(Frame::new(7, 4, Message::Output(a)));
+            frames.push(Frame::new(
+                7,
+                4,
+                Message::Output(Output {
+                    activations: a,
+                    signature: (i == 1).then_some([9; 32]),
+                }),
+            ));
         }
         for code in 1..=8 {
             let code = ErrorCode::from_u16(code).expect("known code");
@@ -1633,11 +1708,14 @@ mod tests {
         let lying = Frame::new(
             0,
             0,
-            Message::Output(Activations {
-                rows: 2,
-                cols: 2,
-                encoding: Encoding::F32,
-                data: vec![0; 15],
+            Message::Output(Output {
+                activations: Activations {
+                    rows: 2,
+                    cols: 2,
+                    encoding: Encoding::F32,
+                    data: vec![0; 15],
+                },
+                signature: None,
             }),
         );
         assert!(matches!(lying.encode(), Err(WireError::Malformed(_))));

@@ -88,6 +88,7 @@ impl Node {
             idle_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(5),
             proving: None,
+            signer: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_until(listener, shard, config, async {

@@ -68,6 +68,7 @@ async fn start_node(path: &Path, id: ModelId, layers: Range<usize>) -> SocketAdd
         idle_timeout: Duration::from_secs(30),
         io_timeout: Duration::from_secs(5),
         proving: None,
+        signer: None,
     };
     tokio::spawn(serve(listener, model, config));
     addr
@@ -284,7 +285,7 @@ async fn wrong_model_layers_and_input_kind_get_errors_and_the_node_goes_on() {
         // The same connection still serves a valid request.
         let reply = exchange(&mut s, Frame::new(9, 0, forward(f.id, 0..3, tokens()))).await;
         match reply.message {
-            Message::Output(a) => assert_eq!(a.shape(), (PROMPT.len(), 64)),
+            Message::Output(o) => assert_eq!(o.activations.shape(), (PROMPT.len(), 64)),
             other => panic!("expected Output, got {other:?}"),
         }
         // A chain that names the wrong model fails at Hello with WrongModel.
@@ -490,6 +491,7 @@ async fn nodes_serve_llama_shards() {
                 idle_timeout: Duration::from_secs(30),
                 io_timeout: Duration::from_secs(5),
                 proving: None,
+                signer: None,
             };
             tokio::spawn(serve(listener, Arc::new(open(layers.clone())), node_config));
             hops.push(Hop { addr, layers });

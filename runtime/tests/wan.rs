@@ -64,6 +64,7 @@ async fn start_node(model: &TempModel, layers: Range<usize>) -> Hop {
         idle_timeout: Duration::from_secs(30),
         io_timeout: Duration::from_secs(10),
         proving: None,
+        signer: None,
     };
     tokio::spawn(serve(listener, Arc::new(shard), config));
     Hop { addr, layers }

@@ -10,8 +10,8 @@ use std::io::{self, Cursor, Read};
 use runtime::model_id::ModelId;
 use runtime::wire::{
     read_frame, write_frame, Activations, Encoding, ErrorCode, ErrorReply, Forward, ForwardInput,
-    Frame, HeadReply, Hello, Limits, Message, Ping, ProofFailure, ProofsReply, ProveSampler,
-    ProveStep, WireError, CHECKSUM_LEN, HEADER_LEN,
+    Frame, HeadReply, Hello, HelloAck, Limits, Message, Output, Ping, ProofFailure, ProofsReply,
+    ProveSampler, ProveStep, WireError, CHECKSUM_LEN, HEADER_LEN,
 };
 
 /// Records the largest single allocation made by the current thread, so a
@@ -133,9 +133,12 @@ fn sample_frames() -> Vec<Frame> {
         Frame::new(
             0,
             0,
-            Message::HelloAck(Hello {
-                model_id: id,
-                layers: 9..18,
+            Message::HelloAck(HelloAck {
+                span: Hello {
+                    model_id: id,
+                    layers: 9..18,
+                },
+                signer: None,
             }),
         ),
         Frame::new(
@@ -219,7 +222,14 @@ fn sample_frames() -> Vec<Frame> {
                 input: ForwardInput::Activations(a.clone()),
             }),
         ));
-        frames.push(Frame::new(41, 5, Message::Output(a)));
+        frames.push(Frame::new(
+            41,
+            5,
+            Message::Output(Output {
+                activations: a,
+                signature: Some([3; 32]),
+            }),
+        ));
     }
     frames
 }
@@ -643,12 +653,19 @@ fn wire_large_activations_round_trip_through_a_stream() {
     let x = values(rows, cols, &mut rng);
     for encoding in [Encoding::F32, Encoding::F16, Encoding::Q8] {
         let a = Activations::encode(&x, rows, cols, encoding).expect("encode");
-        let frame = Frame::new(5, 100, Message::Output(a));
+        let frame = Frame::new(
+            5,
+            100,
+            Message::Output(Output {
+                activations: a,
+                signature: None,
+            }),
+        );
         let mut stream = Vec::new();
         write_frame(&mut stream, &frame).expect("write");
         let back = read_frame(&mut Cursor::new(stream), &Limits::default()).expect("read");
         assert_eq!(back, frame);
-        let Message::Output(a) = back.message else {
+        let Message::Output(Output { activations: a, .. }) = back.message else {
             panic!("not an output frame")
         };
         let y = a.to_f32().expect("values");

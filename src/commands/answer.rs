@@ -9,6 +9,7 @@ use serde_json::json;
 
 use runtime::transcript::{self, Transcript};
 use verifier::answer::{check_answer, Verdict};
+use verifier::receipt::{verify_aggregate, Signature};
 use verifier::{Bundle, Report};
 
 use super::CliError;
@@ -46,6 +47,10 @@ pub fn run(
         .expected_steps(dir, bundle.shape.fixed_point, bundle.shape.vocab)
         .map_err(|e| unreadable(&e))?;
     problems.extend(expected.problems);
+    let receipts = check_receipts(&transcript);
+    if let Err(problem) = &receipts {
+        problems.push(problem.clone());
+    }
     let required = transcript.required_positions();
     let mut answer = check_answer(bundle, report, &expected.steps, &required);
     answer.problems.extend(problems);
@@ -81,6 +86,11 @@ pub fn run(
                 "invalid": invalid,
                 "required": required,
                 "problems": answer.problems,
+                "receipts": receipts.as_ref().ok().map(|r| json!({
+                    "signed_hops": r.signed,
+                    "unsigned_hops": r.unsigned,
+                    "nodes": r.nodes,
+                })),
                 "tokens": tokens,
             })
         );
@@ -110,6 +120,12 @@ pub fn run(
         for problem in &answer.problems {
             println!("problem: {problem}");
         }
+        if let Ok(r) = &receipts {
+            println!(
+                "receipts: {} hops signed by {} nodes (aggregate signature valid), {} unsigned",
+                r.signed, r.nodes, r.unsigned
+            );
+        }
         println!(
             "{}: {} tokens: {proved} proved, {not_proved} not proved, {invalid} invalid ({} proofs checked in {:.2} s; model {})",
             if valid { "VALID" } else { "INVALID" },
@@ -124,4 +140,45 @@ pub fn run(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What the transcript's hop receipts showed.
+struct Receipts {
+    signed: usize,
+    unsigned: usize,
+    nodes: usize,
+}
+
+/// Checks the aggregate signature over every signed hop receipt (one
+/// multi-pairing); an invalid or missing aggregate is a problem.
+fn check_receipts(transcript: &Transcript) -> Result<Receipts, String> {
+    let signed = transcript
+        .receipts()
+        .map_err(|e| format!("hop receipts: {e}"))?;
+    let unsigned = transcript.unsigned_hops();
+    let mut nodes: Vec<_> = signed.iter().map(|(k, _)| k.to_hex()).collect();
+    nodes.sort();
+    nodes.dedup();
+    let summary = Receipts {
+        signed: signed.len(),
+        unsigned,
+        nodes: nodes.len(),
+    };
+    match (&transcript.receipts_signature, signed.is_empty()) {
+        (None, true) => Ok(summary),
+        (None, false) => {
+            Err("hops carry receipts but the transcript has no aggregate signature".into())
+        }
+        (Some(hex), _) => {
+            let aggregate = Signature::from_hex(hex).map_err(|e| format!("receipts: {e}"))?;
+            if verify_aggregate(&signed, &aggregate) {
+                Ok(summary)
+            } else {
+                Err(format!(
+                    "the aggregate signature does not sign the {} hop receipts",
+                    signed.len()
+                ))
+            }
+        }
+    }
 }

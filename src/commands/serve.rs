@@ -44,6 +44,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         io_timeout: IO_TIMEOUT,
         proving,
+        signer: args
+            .key
+            .as_deref()
+            .map(super::keys::read_secret)
+            .transpose()?
+            .map(Arc::new),
     };
     let runtime = tokio_runtime()?;
     runtime.block_on(async {

@@ -118,12 +118,28 @@ impl PublicKey {
         Ok(PublicKey(point))
     }
 
-    fn bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
+    /// The 64-byte compressed encoding.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
         self.0
-            .serialize_compressed(&mut out)
-            .expect("writing to a Vec");
+            .serialize_compressed(&mut out[..])
+            .expect("64 bytes hold a compressed G2 point");
         out
+    }
+
+    /// Parses the 64-byte encoding (checked: on the curve, in the group, not
+    /// the identity).
+    pub fn from_bytes(bytes: &[u8; 64]) -> Result<PublicKey, KeyError> {
+        let point = G2Affine::deserialize_compressed(&bytes[..])
+            .map_err(|_| KeyError::Encoding("public key"))?;
+        if point.is_zero() {
+            return Err(KeyError::Encoding("public key"));
+        }
+        Ok(PublicKey(point))
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.to_bytes().to_vec()
     }
 }
 
@@ -134,6 +150,22 @@ impl Signature {
 
     pub fn from_hex(text: &str) -> Result<Signature, KeyError> {
         Ok(Signature(from_hex(text, 32, "signature")?))
+    }
+
+    /// The 32-byte compressed encoding.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        self.0
+            .serialize_compressed(&mut out[..])
+            .expect("32 bytes hold a compressed G1 point");
+        out
+    }
+
+    /// Parses the 32-byte encoding (checked: on the curve).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Signature, KeyError> {
+        G1Affine::deserialize_compressed(&bytes[..])
+            .map(Signature)
+            .map_err(|_| KeyError::Encoding("signature"))
     }
 
     /// The sum of `signatures` (the identity for none).
