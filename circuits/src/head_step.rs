@@ -662,6 +662,7 @@ impl HeadDecodeStepCircuit {
         shape: HeadShape,
         weights: Arc<HeadWeights>,
     ) -> Result<HeadDecodeStepCircuit, HeadError> {
+        Self::check_weights(&shape, &weights)?;
         let tables = Tables::new(shape.step.fixed_point);
         let step = HeadStepWitness::new(
             &weights,

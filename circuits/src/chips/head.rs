@@ -133,6 +133,26 @@ pub trait HeadInstructions {
     ) -> Result<Vec<AssignedCell<Fp, Fp>>, Error>;
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests only: `(logit, j, delta)` makes the prover's copy of `h_j` for that logit
+    /// `h_j + delta`, as a prover cheating on one logit's products would.
+    pub(crate) static TAMPER_HIDDEN_COPY: std::cell::Cell<Option<(usize, usize, i64)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The value the prover puts in logit `i`'s copy of `h_j` (honestly `h`).
+fn hidden_copy(i: usize, j: usize, h: i64) -> i64 {
+    #[cfg(test)]
+    if let Some((logit, at, delta)) = TAMPER_HIDDEN_COPY.with(|t| t.get()) {
+        if (logit, at) == (i, j) {
+            return h + delta;
+        }
+    }
+    let _ = (i, j);
+    h
+}
+
 /// The head chip: the weights it holds are the fixed columns it assigns.
 #[derive(Clone, Debug)]
 pub struct HeadChip {
@@ -400,7 +420,7 @@ impl HeadInstructions for HeadChip {
                         for t in 0..c {
                             let j = r * c + t;
                             let (w, h) = if j < d {
-                                (row_weights[j], hidden.raw[j])
+                                (row_weights[j], hidden_copy(i, j, hidden.raw[j]))
                             } else {
                                 (0, 0)
                             };

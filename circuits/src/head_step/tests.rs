@@ -187,6 +187,36 @@ fn logit_with_a_matching_out_of_range_remainder_is_rejected() {
 }
 
 #[test]
+fn one_logit_from_another_hidden_state_is_rejected() {
+    // The prover computes logit 5 from a copy of h with h_3 moved by 1.0, with that
+    // logit's z and remainder consistent with the moved copy.
+    // One step: the hook moves the copy in every step of the circuit.
+    let (w, mut steps, _) = fixture();
+    steps.remove(0);
+    let (logit, j, delta) = (5, 3, 1i64 << DEFAULT_HIDDEN_FRAC);
+    let mut moved = steps[0].hidden.clone();
+    moved[j] += delta;
+    let (z, rem) = w.logits(&moved).unwrap();
+    let honest = &steps[0];
+    assert_ne!(z[logit], honest.step.logits[logit]);
+    let mut logits = honest.step.logits.clone();
+    logits[logit] = z[logit];
+    let token = honest.statement().token;
+    let mut step =
+        StepWitness::new(fp(), &Tables::new(fp()), logits, token, Sampler::Greedy).unwrap();
+    step.statement.commitment = honest.statement().commitment;
+    steps[0].step = step;
+    steps[0].remainders[logit] = rem[logit];
+    // The public statement (C_h, token) stays; lp follows the moved logit.
+    let instance = super::tests::instance(&steps);
+    crate::chips::head::TAMPER_HIDDEN_COPY.with(|t| t.set(Some((logit, j, delta))));
+    let result = run(shape(1, COLUMNS), w, steps, instance);
+    crate::chips::head::TAMPER_HIDDEN_COPY.with(|t| t.set(None));
+    let names = names(&result.expect_err("a cheating witness must be rejected"));
+    assert_eq!(names, ["hidden state repeats"]);
+}
+
+#[test]
 fn wrong_remainder_is_rejected() {
     for delta in [-1i64, 1] {
         let (w, mut steps, instance) = fixture();
