@@ -81,8 +81,15 @@ fn fold(acc: Fp, digest: Fp) -> Fp {
 
 /// `C_z` for quantized logits (each `|z| < 2^23`).
 pub fn commit_logits(fixed_point: FixedPoint, logits: &[i64]) -> Fp {
-    let tag = domain_tag(logits.len(), fixed_point);
-    pack(logits)
+    commit_packed(domain_tag(logits.len(), fixed_point), &pack(logits))
+}
+
+/// The chunk-and-fold hash of packed elements from the domain tag `tag`: chunks of
+/// 512 elements (the last zero-padded) hashed in `ConstantLength<512>` mode, folded
+/// by `acc = H(acc, d_j)` from `acc = tag`. `C_z` and the head variant's `C_h`
+/// (`crate::head_step`) are this hash with different packings and tags.
+pub fn commit_packed(tag: Fp, packed: &[Fp]) -> Fp {
+    packed
         .chunks(CHUNK_ELEMENTS)
         .map(hash_chunk)
         .fold(tag, fold)
@@ -133,12 +140,22 @@ impl CommitmentChip {
     /// (cells holding the packed logits, in vocabulary order).
     pub fn commit(
         &mut self,
-        mut layouter: impl Layouter<Fp>,
+        layouter: impl Layouter<Fp>,
         vocab: usize,
         fixed_point: FixedPoint,
         elements: &[AssignedCell<Fp, Fp>],
     ) -> Result<AssignedCell<Fp, Fp>, Error> {
-        let mut digests = Vec::with_capacity(chunks(vocab));
+        self.commit_packed(layouter, domain_tag(vocab, fixed_point), elements)
+    }
+
+    /// Constrains the returned cell to be [`commit_packed`]`(tag, elements)`.
+    pub fn commit_packed(
+        &mut self,
+        mut layouter: impl Layouter<Fp>,
+        tag: Fp,
+        elements: &[AssignedCell<Fp, Fp>],
+    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+        let mut digests = Vec::with_capacity(elements.len().div_ceil(CHUNK_ELEMENTS));
         for (i, chunk) in elements.chunks(CHUNK_ELEMENTS).enumerate() {
             let chip = self.least_loaded(ROWS_PER_CHUNK);
             let words = chunk
@@ -153,7 +170,7 @@ impl CommitmentChip {
                 words,
             )?);
         }
-        let mut acc = PaddedWord::Padding(domain_tag(vocab, fixed_point));
+        let mut acc = PaddedWord::Padding(tag);
         let mut out = None;
         for (i, digest) in digests.into_iter().enumerate() {
             let chip = self.least_loaded(ROWS_PER_FOLD);

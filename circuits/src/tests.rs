@@ -78,7 +78,7 @@ fn honest_greedy_and_sampled_steps_pass() {
 
 /// Short names of the failures: constraint names, `lookup N`, or
 /// `permutation in REGION`.
-fn names(failures: &[VerifyFailure]) -> Vec<String> {
+pub(crate) fn names(failures: &[VerifyFailure]) -> Vec<String> {
     let mut names: Vec<String> = failures
         .iter()
         .map(|f| match f {

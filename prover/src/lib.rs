@@ -3,8 +3,10 @@
 //!
 //! - [`records`]: the `zkinfer prove --records` JSON format;
 //! - [`prepare`]: quantization and witnesses, refusing tokens that do not follow;
-//! - [`Prover`]: keys for one circuit shape, and proofs of batches of steps.
+//! - [`Prover`]: keys for one circuit shape, and proofs of batches of steps;
+//! - [`head`]: the same for the head variant (small models, head in the circuit).
 
+pub mod head;
 pub mod records;
 
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ use circuits::{
 use verifier::bundle::{Bundle, Proof};
 use verifier::ParamsCache;
 
+pub use head::{head_verifying_key, synthetic_head_steps, HeadProver};
 pub use records::{Record, RecordSampler, Records};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,8 @@ pub enum ProveError {
     Keys(String),
     #[error("proving failed: {0}")]
     Proof(String),
+    #[error("{0}")]
+    Head(#[from] circuits::HeadError),
 }
 
 /// A step ready to prove.
@@ -125,7 +130,7 @@ pub struct SetupTimings {
     pub keygen: Duration,
 }
 
-fn spinner(show: bool, message: String) -> ProgressBar {
+pub(crate) fn spinner(show: bool, message: String) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }

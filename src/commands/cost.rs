@@ -1,17 +1,23 @@
-//! `zkinfer cost`: what the decode-step circuit costs, per (vocabulary, batch, lanes).
+//! `zkinfer cost`: what the decode-step circuit costs, per (vocabulary, batch, lanes),
+//! and with `--head` what the head variant costs per (vocabulary, hidden size).
 //!
 //! Each configuration is measured in a child process (`cost --in-process`), so that
 //! its peak memory is its own.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 use std::time::Instant;
 
-use halo2_proofs::plonk::BatchVerifier;
-use serde::{Deserialize, Serialize};
+use halo2_proofs::{
+    pasta::{EqAffine, Fp},
+    plonk::{BatchVerifier, VerifyingKey},
+    poly::commitment::Params,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use circuits::{CircuitShape, FixedPoint};
-use prover::Prover;
+use circuits::{CircuitShape, FixedPoint, HeadShape, HeadWeights};
+use prover::{HeadProver, Prover};
 
 use super::{cache, CliError};
 use crate::cli::CostArgs;
@@ -36,41 +42,179 @@ struct Row {
     peak_memory_mib: Option<f64>,
 }
 
+/// One configuration of a sweep: laid out, measured here, or measured in a child.
+trait Config {
+    type Row: Serialize + DeserializeOwned;
+    /// Rows, k and columns only.
+    fn layout(&self) -> Self::Row;
+    /// Keygen, prove and verify in this process.
+    fn measure(&self, args: &CostArgs) -> Result<Self::Row, CliError>;
+    /// The `cost` arguments that select this configuration in a child.
+    fn child_args(&self) -> Vec<String>;
+    fn describe(&self) -> String;
+    fn print(row: &Self::Row, header: bool);
+}
+
 pub fn run(args: CostArgs) -> Result<ExitCode, CliError> {
     let fixed_point = FixedPoint::default();
-    let mut rows = Vec::new();
-    for &vocab in &args.vocab {
-        for &batch in &args.batch {
-            for &lanes in &args.lanes {
-                let shape = match CircuitShape::new(vocab, fixed_point, batch, lanes) {
-                    Ok(shape) => shape,
-                    Err(e) => {
-                        eprintln!("skipping V={vocab} T={batch} L={lanes}: {e}");
-                        continue;
+    let batches = &args.batch;
+    if args.head {
+        let vocabs = or_default(&args.vocab, &[512, 1024, 4096]);
+        let hidden = or_default(&args.hidden, &[32, 64, 128]);
+        let lanes = or_default(&args.lanes, &[1]);
+        let mut configs = Vec::new();
+        for &vocab in &vocabs {
+            for &d in &hidden {
+                for &batch in batches {
+                    for &lanes in &lanes {
+                        match HeadShape::new(vocab, d, fixed_point, batch, lanes) {
+                            Ok(shape) => configs.push(shape),
+                            Err(e) => {
+                                eprintln!("skipping V={vocab} d={d} T={batch} L={lanes}: {e}")
+                            }
+                        }
                     }
-                };
-                let row = if args.layout_only {
-                    layout(shape)
-                } else if args.in_process {
-                    measure(shape, &args)?
-                } else {
-                    measure_in_child(shape, &args)?
-                };
-                if !args.json && !args.in_process {
-                    print_row(&row, rows.is_empty());
                 }
-                rows.push(row);
+            }
+        }
+        let rows = sweep(&configs, &args)?;
+        if !args.json && !args.in_process {
+            print_head_limits(&rows);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let vocabs = or_default(&args.vocab, &[512, 4096, 32000, 262144]);
+    let lanes = or_default(&args.lanes, &[4]);
+    let mut configs = Vec::new();
+    for &vocab in &vocabs {
+        for &batch in batches {
+            for &lanes in &lanes {
+                match CircuitShape::new(vocab, fixed_point, batch, lanes) {
+                    Ok(shape) => configs.push(shape),
+                    Err(e) => eprintln!("skipping V={vocab} T={batch} L={lanes}: {e}"),
+                }
             }
         }
     }
-    if args.json || args.in_process {
-        println!("{}", serde_json::to_string(&rows).expect("rows serialize"));
-    }
+    let rows = sweep(&configs, &args)?;
     if let Some(path) = &args.svg {
         plot(&rows, path)
             .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn or_default(values: &[usize], default: &[usize]) -> Vec<usize> {
+    if values.is_empty() { default } else { values }.to_vec()
+}
+
+/// Lays out or measures every configuration, printing a table (or JSON).
+fn sweep<C: Config>(configs: &[C], args: &CostArgs) -> Result<Vec<C::Row>, CliError> {
+    let mut rows = Vec::new();
+    for config in configs {
+        let row = if args.layout_only {
+            config.layout()
+        } else if args.in_process {
+            config.measure(args)?
+        } else {
+            measure_in_child(config, args)?
+        };
+        if !args.json && !args.in_process {
+            C::print(&row, rows.is_empty());
+        }
+        rows.push(row);
+    }
+    if args.json || args.in_process {
+        println!("{}", serde_json::to_string(&rows).expect("rows serialize"));
+    }
+    Ok(rows)
+}
+
+fn measure_in_child<C: Config>(config: &C, args: &CostArgs) -> Result<C::Row, CliError> {
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["cost", "--in-process"])
+        .args(config.child_args())
+        .args(["--verify-batch", &args.verify_batch.to_string()]);
+    if let Some(dir) = &args.cache.cache_dir {
+        cmd.arg("--cache-dir").arg(dir);
+    }
+    let out = cmd.output().map_err(|e| CliError::failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(CliError::failed(format!(
+            "measuring {}: {}",
+            config.describe(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let rows: Vec<C::Row> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| CliError::failed(format!("child output: {e}")))?;
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| CliError::failed("child measured nothing"))
+}
+
+/// Verification time of one proof alone, and per proof in a batch of `n` copies.
+fn verify_times(
+    params: &Params<EqAffine>,
+    vk: &VerifyingKey<EqAffine>,
+    instance: &[Fp],
+    proof: &[u8],
+    n: usize,
+    what: &str,
+) -> Result<(f64, f64), CliError> {
+    let verify = |n: usize| {
+        let mut batch = BatchVerifier::new();
+        for _ in 0..n {
+            batch.add_proof(vec![vec![instance.to_vec()]], proof.to_vec());
+        }
+        let start = Instant::now();
+        let ok = batch.finalize(params, vk);
+        (ok, start.elapsed().as_secs_f64())
+    };
+    let (ok, single) = verify(1);
+    if !ok {
+        return Err(CliError::failed(format!(
+            "the proof of {what} did not verify"
+        )));
+    }
+    let n = n.max(1);
+    let (ok, many) = verify(n);
+    if !ok {
+        return Err(CliError::failed("batch verification failed"));
+    }
+    Ok((single, many / n as f64))
+}
+
+impl Config for CircuitShape {
+    type Row = Row;
+
+    fn layout(&self) -> Row {
+        layout(*self)
+    }
+
+    fn measure(&self, args: &CostArgs) -> Result<Row, CliError> {
+        measure(*self, args)
+    }
+
+    fn child_args(&self) -> Vec<String> {
+        [
+            ("--vocab", self.vocab),
+            ("--batch", self.steps),
+            ("--lanes", self.lanes),
+        ]
+        .iter()
+        .flat_map(|(flag, v)| [flag.to_string(), v.to_string()])
+        .collect()
+    }
+
+    fn describe(&self) -> String {
+        CircuitShape::describe(self)
+    }
+
+    fn print(row: &Row, header: bool) {
+        print_row(row, header)
+    }
 }
 
 fn layout(shape: CircuitShape) -> Row {
@@ -84,32 +228,6 @@ fn layout(shape: CircuitShape) -> Row {
         advice_columns: shape.advice_columns(),
         ..Row::default()
     }
-}
-
-fn measure_in_child(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["cost", "--in-process"])
-        .args(["--vocab", &shape.vocab.to_string()])
-        .args(["--batch", &shape.steps.to_string()])
-        .args(["--lanes", &shape.lanes.to_string()])
-        .args(["--verify-batch", &args.verify_batch.to_string()]);
-    if let Some(dir) = &args.cache.cache_dir {
-        cmd.arg("--cache-dir").arg(dir);
-    }
-    let out = cmd.output().map_err(|e| CliError::failed(e.to_string()))?;
-    if !out.status.success() {
-        return Err(CliError::failed(format!(
-            "measuring {}: {}",
-            shape.describe(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    let rows: Vec<Row> = serde_json::from_slice(&out.stdout)
-        .map_err(|e| CliError::failed(format!("child output: {e}")))?;
-    rows.into_iter()
-        .next()
-        .ok_or_else(|| CliError::failed("child measured nothing"))
 }
 
 fn measure(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
@@ -130,31 +248,17 @@ fn measure(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
     row.proof_bytes = Some(proof.len());
     row.proof_bytes_per_token = Some(proof.len() as f64 / shape.steps as f64);
 
-    let vk = prover.pk.get_vk();
-    let verify = |n: usize| {
-        let mut batch = BatchVerifier::new();
-        for _ in 0..n {
-            batch.add_proof(vec![vec![instance.clone()]], proof.clone());
-        }
-        let start = Instant::now();
-        let ok = batch.finalize(&prover.params, vk);
-        (ok, start.elapsed().as_secs_f64())
-    };
-    let (ok, single) = verify(1);
-    if !ok {
-        return Err(CliError::failed(format!(
-            "the proof of {} did not verify",
-            shape.describe()
-        )));
-    }
-    let n = args.verify_batch.max(1);
-    let (ok, many) = verify(n);
-    if !ok {
-        return Err(CliError::failed("batch verification failed"));
-    }
+    let (single, per_proof) = verify_times(
+        &prover.params,
+        prover.pk.get_vk(),
+        &instance,
+        &proof,
+        args.verify_batch,
+        &shape.describe(),
+    )?;
     row.verify_s = Some(single);
-    row.batch_verify_per_proof_s = Some(many / n as f64);
-    row.verify_per_token_s = Some(many / n as f64 / shape.steps as f64);
+    row.batch_verify_per_proof_s = Some(per_proof);
+    row.verify_per_token_s = Some(per_proof / shape.steps as f64);
     row.peak_memory_mib = peak_memory_mib();
     Ok(row)
 }
@@ -281,4 +385,190 @@ fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// One measured configuration of the head variant.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct HeadRow {
+    vocab: usize,
+    hidden: usize,
+    batch: usize,
+    lanes: usize,
+    /// `c`: products per row.
+    columns: usize,
+    /// `P`: rows per logit.
+    rows_per_logit: usize,
+    k: u32,
+    head_rows: usize,
+    range_rows: usize,
+    advice_columns: usize,
+    fixed_columns: usize,
+    keygen_s: Option<f64>,
+    prove_s: Option<f64>,
+    verify_s: Option<f64>,
+    batch_verify_per_proof_s: Option<f64>,
+    proof_bytes: Option<usize>,
+    peak_memory_mib: Option<f64>,
+}
+
+/// The seed of the random head measured.
+const HEAD_SEED: u64 = 7;
+
+impl Config for HeadShape {
+    type Row = HeadRow;
+
+    fn layout(&self) -> HeadRow {
+        HeadRow {
+            vocab: self.vocab(),
+            hidden: self.hidden,
+            batch: self.steps(),
+            lanes: self.step.lanes,
+            columns: self.columns,
+            rows_per_logit: self.rows_per_logit(),
+            k: self.k(),
+            head_rows: self.head_rows(),
+            range_rows: self.range_rows(),
+            advice_columns: self.advice_columns(),
+            fixed_columns: self.fixed_columns(),
+            ..HeadRow::default()
+        }
+    }
+
+    fn measure(&self, args: &CostArgs) -> Result<HeadRow, CliError> {
+        let failed = |e: prover::ProveError| CliError::failed(e.to_string());
+        let mut row = self.layout();
+        let weights = Arc::new(HeadWeights::random(
+            self.vocab(),
+            self.hidden,
+            self.format,
+            HEAD_SEED,
+        ));
+        let prover = HeadProver::setup(*self, weights.clone(), &cache(&args.cache), false)
+            .map_err(failed)?;
+        row.keygen_s = Some(prover.timings.keygen.as_secs_f64());
+        let steps = prover::synthetic_head_steps(*self, &weights, HEAD_SEED).map_err(failed)?;
+        let statements: Vec<_> = steps.iter().map(|s| s.statement()).collect();
+        let instance = circuits::HeadDecodeStepCircuit::instance(&statements);
+        let start = Instant::now();
+        let proof = prover.prove(steps).map_err(failed)?;
+        row.prove_s = Some(start.elapsed().as_secs_f64());
+        row.proof_bytes = Some(proof.len());
+        let (single, per_proof) = verify_times(
+            &prover.params,
+            prover.pk.get_vk(),
+            &instance,
+            &proof,
+            args.verify_batch,
+            &self.describe(),
+        )?;
+        row.verify_s = Some(single);
+        row.batch_verify_per_proof_s = Some(per_proof);
+        row.peak_memory_mib = peak_memory_mib();
+        Ok(row)
+    }
+
+    fn child_args(&self) -> Vec<String> {
+        let mut args = vec!["--head".to_string()];
+        args.extend(
+            [
+                ("--vocab", self.vocab()),
+                ("--hidden", self.hidden),
+                ("--batch", self.steps()),
+                ("--lanes", self.step.lanes),
+            ]
+            .iter()
+            .flat_map(|(flag, v)| [flag.to_string(), v.to_string()]),
+        );
+        args
+    }
+
+    fn describe(&self) -> String {
+        HeadShape::describe(self)
+    }
+
+    fn print(row: &HeadRow, header: bool) {
+        if header {
+            println!(
+                "{:>6} {:>4} {:>3} {:>3} {:>3} {:>3} {:>8} {:>6} {:>5} {:>8} {:>8} {:>8} {:>10} {:>7} {:>9}",
+                "V",
+                "d",
+                "T",
+                "c",
+                "P",
+                "k",
+                "rows",
+                "advice",
+                "fixed",
+                "keygen",
+                "prove",
+                "verify",
+                "verify/bat",
+                "bytes",
+                "peak MiB"
+            );
+        }
+        println!(
+            "{:>6} {:>4} {:>3} {:>3} {:>3} {:>3} {:>8} {:>6} {:>5} {:>8} {:>8} {:>8} {:>10} {:>7} {:>9}",
+            row.vocab,
+            row.hidden,
+            row.batch,
+            row.columns,
+            row.rows_per_logit,
+            row.k,
+            row.head_rows,
+            row.advice_columns,
+            row.fixed_columns,
+            fmt(row.keygen_s, 1),
+            fmt(row.prove_s, 1),
+            fmt(row.verify_s, 3),
+            fmt(row.batch_verify_per_proof_s, 4),
+            row.proof_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
+            fmt(row.peak_memory_mib, 0),
+        );
+    }
+}
+
+/// Peak memory the design targets for a proving node (DESIGN.md).
+const PRACTICAL_PEAK_MIB: f64 = 8.0 * 1024.0;
+
+/// Says where the head variant stops being practical: the largest vocabulary that
+/// keeps the exp table's floor k = 17 for each hidden size, and which measured
+/// configurations exceed the peak memory target.
+fn print_head_limits(rows: &[HeadRow]) {
+    let mut hidden: Vec<usize> = rows.iter().map(|r| r.hidden).collect();
+    hidden.sort_unstable();
+    hidden.dedup();
+    let fixed_point = FixedPoint::default();
+    println!();
+    for d in hidden {
+        // The largest V (in steps of 256) laid out at k = 17 with one step per proof.
+        let fits = |v: usize| {
+            HeadShape::new(v, d, fixed_point, 1, 1)
+                .map(|s| s.k() <= 17)
+                .unwrap_or(false)
+        };
+        let mut v = 256;
+        while fits(v + 256) {
+            v += 256;
+        }
+        let columns = HeadShape::new(v, d, fixed_point, 1, 1)
+            .map(|s| s.columns)
+            .unwrap_or(0);
+        println!(
+            "d = {d}: V up to {v} stays at k = 17 (then {columns} products per row); beyond, k = 18 doubles every column"
+        );
+    }
+    let over: Vec<String> = rows
+        .iter()
+        .filter(|r| r.peak_memory_mib.is_some_and(|m| m > PRACTICAL_PEAK_MIB))
+        .map(|r| format!("V={} d={}", r.vocab, r.hidden))
+        .collect();
+    if !over.is_empty() {
+        println!(
+            "over the 8 GiB peak-memory target: {} (each product column adds an advice and a fixed column at k = 17)",
+            over.join(", ")
+        );
+    }
 }
