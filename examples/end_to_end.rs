@@ -210,9 +210,7 @@ fn main() -> Result<(), Error> {
             temperature: options.temperature,
             nonce,
             request_id: nonce.request_id(),
-            stops: std::iter::once(tokenizer.eos())
-                .chain(tokenizer.token_id("<end_of_turn>"))
-                .collect(),
+            stops: tokenizer.stop_tokens(),
             proving,
         };
         let prompt = Prompt::encode(&tokenizer, &options.prompt);

@@ -323,16 +323,7 @@ impl Chain {
         let mut input = ForwardInput::Tokens(tokens.to_vec());
         let mut hops = Vec::with_capacity(self.links.len());
         for i in 0..self.links.len() {
-            let sent = match &input {
-                ForwardInput::Tokens(t) => {
-                    let mut h = blake3::Hasher::new();
-                    for v in t {
-                        h.update(&v.to_le_bytes());
-                    }
-                    h.finalize()
-                }
-                ForwardInput::Activations(a) => blake3::hash(&a.data),
-            };
+            let sent = input.digest();
             let forward = Forward {
                 model_id: self.model_id,
                 layers: self.wire_layers(i)?,

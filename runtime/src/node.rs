@@ -330,16 +330,7 @@ async fn run_forward(
     let reply_encoding = forward.reply;
     let head_reply = forward.head;
     let layers = (forward.layers.start, forward.layers.end);
-    let input_digest = match &forward.input {
-        ForwardInput::Tokens(tokens) => {
-            let mut h = blake3::Hasher::new();
-            for t in tokens {
-                h.update(&t.to_le_bytes());
-            }
-            h.finalize()
-        }
-        ForwardInput::Activations(a) => blake3::hash(&a.data),
-    };
+    let input_digest = forward.input.digest();
     let input = match (model.embeds(), forward.input) {
         (true, ForwardInput::Tokens(tokens)) => {
             let vocab = model.vocab();

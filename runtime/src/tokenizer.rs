@@ -339,6 +339,14 @@ impl Tokenizer {
         self.tokens.get(id as usize).map(String::as_str)
     }
 
+    /// The tokens that end a generation: end-of-sequence, and Gemma's
+    /// `<end_of_turn>` when the vocabulary has it.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        std::iter::once(self.eos())
+            .chain(self.token_id("<end_of_turn>"))
+            .collect()
+    }
+
     /// The id of the token whose stored text is exactly `text` (the lowest
     /// id when several share it), e.g. to find a stop token.
     pub fn token_id(&self, text: &str) -> Option<u32> {

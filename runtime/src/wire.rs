@@ -707,6 +707,24 @@ pub enum ForwardInput {
     Activations(Activations),
 }
 
+impl ForwardInput {
+    /// blake3 of the bytes a hop is sent: the token ids as u32
+    /// little-endian, or the activations' data (what receipts and
+    /// transcripts name as a hop's input).
+    pub fn digest(&self) -> blake3::Hash {
+        match self {
+            ForwardInput::Tokens(tokens) => {
+                let mut h = blake3::Hasher::new();
+                for t in tokens {
+                    h.update(&t.to_le_bytes());
+                }
+                h.finalize()
+            }
+            ForwardInput::Activations(a) => blake3::hash(&a.data),
+        }
+    }
+}
+
 /// Payload of [`Message::Ping`] and [`Message::Pong`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ping {

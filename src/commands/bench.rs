@@ -1055,7 +1055,7 @@ impl Report {
                 measured: q8_both,
                 bound: TARGET_Q8_BYTES,
                 at_most: true,
-                detail: "the first shard answers F32 to a token Forward".into(),
+                detail: "first shard's answer and second shard's input, framing included".into(),
             },
             Target {
                 name: "q8 mean |Δ log-prob| vs single process f32, nats",

@@ -145,9 +145,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     };
     if let (Some(k), Backend::Remote { runtime, session }) = (args.speculative, &mut backend) {
         let prompt = tokenizer.encode(&args.prompt, true);
-        let stops: Vec<u32> = std::iter::once(tokenizer.eos())
-            .chain(tokenizer.token_id("<end_of_turn>"))
-            .collect();
+        let stops: Vec<u32> = tokenizer.stop_tokens();
         let mut decoder = tokenizer.stream_decoder();
         let start = std::time::Instant::now();
         let result = runtime.block_on(runtime::speculative::generate_greedy(
@@ -185,9 +183,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         temperature: args.temperature,
         nonce,
         request_id: nonce.request_id(),
-        stops: std::iter::once(tokenizer.eos())
-            .chain(tokenizer.token_id("<end_of_turn>"))
-            .collect(),
+        stops: tokenizer.stop_tokens(),
         proving: args.prove.map(|policy| match policy {
             ProvePolicyArg::All => ProvingPolicy::All,
             ProvePolicyArg::Challenged => ProvingPolicy::Challenged {
