@@ -37,9 +37,10 @@
 //!   hold the head; others answer Malformed): the node keeps the logits it
 //!   answered per request and position, queues the steps for its prover and
 //!   answers **Proofs** at once with whatever is finished (see
-//!   [`crate::proving`]). Proof state outlives End (a client collects
-//!   proofs after the last token) until it is idle for `idle_timeout` with
-//!   nothing pending.
+//!   [`crate::proving`]). End drops the request's kept logits (a client
+//!   asks for its steps before it ends the request); steps already queued
+//!   are still proven, and finished proofs wait to be collected until the
+//!   request is idle for `idle_timeout` with nothing pending.
 //! - A cache unused for `idle_timeout` is freed by a sweeper task.
 //! - Errors: a frame that was read whole but does not decode (unknown type,
 //!   bad flags or payload) gets an Error and the connection goes on. A bad
@@ -274,6 +275,10 @@ async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
         },
         Message::End => {
             lock(&shared.caches).remove(&id);
+            if let Some(proving) = &shared.config.proving {
+                // No step can be asked for any more: keep only what is queued.
+                proving.forget_from(id, 0);
+            }
             return None;
         }
         Message::Ping(ping) => Message::Pong(ping),

@@ -130,7 +130,8 @@ impl ProofService {
     }
 
     /// Forgets the logits kept for positions from `position` on (the
-    /// request rewound: they are about to be recomputed).
+    /// request rewound and they are about to be recomputed, or, from 0, the
+    /// request ended).
     pub fn forget_from(&self, request: u64, position: u64) {
         if let Some(entry) = self.inner.lock().requests.get_mut(&request) {
             entry.logits.retain(|&p, _| p < position);

@@ -105,9 +105,9 @@ fn start_prover(args: &ServeArgs, model: &Model) -> Result<ProofService, CliErro
     }))
 }
 
-/// Logits rows a proving node keeps per request (about 1 MiB each for the
-/// packaged model's vocabulary).
-const MAX_PROVABLE_POSITIONS: usize = 1024;
+/// Logits rows a proving node keeps per request, the newest (about 1 MiB
+/// each for the packaged model's vocabulary; dropped at End).
+const MAX_PROVABLE_POSITIONS: usize = 512;
 
 /// Sets candle's and rayon's thread counts; they read them once, at first use.
 pub fn set_threads(threads: Option<usize>) {
