@@ -5,7 +5,9 @@
 //! statement of every step and the proofs. [`verify_bundle`] rebuilds the verifying
 //! key from the shape alone (public parameters come from [`params`], cached on disk),
 //! checks that its digest matches, and batch-verifies every proof against the
-//! statements. This crate depends on halo2 and blake3 only.
+//! statements. [`answer`] checks proven statements against the tokens of an
+//! answer; [`receipt`] signs and verifies hop receipts (BLS on BN254). This
+//! crate depends on halo2, blake3 and ark-bn254: no model runtime, no network.
 
 pub mod answer;
 pub mod bundle;
