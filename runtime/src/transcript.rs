@@ -95,6 +95,7 @@ use serde::{Deserialize, Serialize};
 use circuits::fixed_point::temperature_to_beta;
 use circuits::{FixedPoint, Sampler};
 use verifier::answer::ExpectedStep;
+use verifier::hex;
 use verifier::receipt::{PublicKey, Receipt, Signature};
 
 /// The transcript format version this module writes.
@@ -323,20 +324,12 @@ impl Nonce {
 
     /// 32 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&self.0)
     }
 
     /// Parses 32 hex digits.
     pub fn from_hex(text: &str) -> Result<Nonce, String> {
-        let bad = || format!("client nonce {text:?} is not 32 hex digits");
-        if text.len() != 32 || !text.is_ascii() {
-            return Err(bad());
-        }
-        let mut bytes = [0u8; 16];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(Nonce(bytes))
+        parse_hex::<16>(text, "client nonce").map(Nonce)
     }
 }
 
@@ -352,20 +345,10 @@ pub fn sampling_r(nonce: &Nonce, request_id: u64, position: u64) -> u64 {
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> {
-    let bad = || format!("{what} {text:?} is not {} hex digits", 2 * N);
-    if text.len() != 2 * N || !text.is_ascii() {
-        return Err(bad());
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    verifier::parse_hex(text, N)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| format!("{what} {text:?} is not {} hex digits", 2 * N))
 }
 
 /// A transcript's generated tokens as proofs should state them.

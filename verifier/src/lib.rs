@@ -127,3 +127,14 @@ pub fn verify_with_key(
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The bytes of exactly `2 * len` hex digits (either case), `None` for
+/// anything else.
+pub fn parse_hex(text: &str, len: usize) -> Option<Vec<u8>> {
+    if text.len() != 2 * len || !text.is_ascii() {
+        return None;
+    }
+    (0..len)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}

@@ -240,7 +240,7 @@ fn hex_of(value: &impl CanonicalSerialize) -> String {
     value
         .serialize_compressed(&mut bytes)
         .expect("writing to a Vec");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&bytes)
 }
 
 fn from_hex<T: CanonicalDeserialize>(
@@ -248,14 +248,7 @@ fn from_hex<T: CanonicalDeserialize>(
     len: usize,
     what: &'static str,
 ) -> Result<T, KeyError> {
-    let text = text.trim();
-    if text.len() != 2 * len || !text.is_ascii() {
-        return Err(KeyError::Hex(what, 2 * len));
-    }
-    let bytes = (0..len)
-        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| KeyError::Hex(what, 2 * len))?;
+    let bytes = crate::parse_hex(text.trim(), len).ok_or(KeyError::Hex(what, 2 * len))?;
     // Checked deserialization: on the curve and in the prime-order group.
     T::deserialize_compressed(&bytes[..]).map_err(|_| KeyError::Encoding(what))
 }
