@@ -26,6 +26,12 @@
 //!   key (64 bytes compressed), model id (32), layer start and end (u32 LE
 //!   each), request id and position (u64 LE each), input and output digests
 //!   (32 each).
+//! - Message `m` of a step receipt ([`StepReceipt`], signed only when an
+//!   auditor bisects a hop): `"zkinfer.step.v1"`, the signer's public key,
+//!   model id, step kind (u8: 0 enter, 1 layer, 2 exit) and layer (u32 LE,
+//!   0 unless a layer), request id and position (u64 LE each), input and
+//!   output digests (32 each). Its own tag keeps a step receipt from ever
+//!   reading as a hop receipt and the other way round.
 //! - Encodings: arkworks' compressed canonical serialization (G1 32 bytes,
 //!   G2 64, Fr 32), as lowercase hex in files and transcripts.
 
@@ -44,6 +50,35 @@ pub struct Receipt {
     pub position: u64,
     pub input: [u8; 32],
     pub output: [u8; 32],
+}
+
+/// What a node attests, when an auditor asks, for one step inside a hop it
+/// served: the step maps the `input` bytes to the `output` bytes. Digests
+/// are blake3 of f32 little-endian matrices inside the hop; `Enter` starts
+/// from the hop's received bytes (tokens or activations) and `Exit` ends at
+/// the bytes it answered, so the steps of a hop chain its receipt's digests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepReceipt {
+    pub model_id: [u8; 32],
+    pub step: Step,
+    pub request_id: u64,
+    pub position: u64,
+    pub input: [u8; 32],
+    pub output: [u8; 32],
+}
+
+/// One step of a hop: into the first layer (embedding or decoding), one
+/// layer, or out of the last (encoding, or final norm and head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Step {
+    Enter,
+    Layer(u32),
+    Exit,
+}
+
+/// A statement a node signs: its message names the signer (augmentation).
+pub trait Statement {
+    fn message(&self, signer: &PublicKey) -> Vec<u8>;
 }
 
 /// A node's secret key.
@@ -86,9 +121,9 @@ impl SecretKey {
         PublicKey((G2Projective::generator() * self.0).into_affine())
     }
 
-    /// Signs `receipt` (its message includes this key's public key).
-    pub fn sign(&self, receipt: &Receipt) -> Signature {
-        let h = hash_to_g1(&receipt.message(&self.public()));
+    /// Signs `statement` (its message includes this key's public key).
+    pub fn sign(&self, statement: &impl Statement) -> Signature {
+        let h = hash_to_g1(&statement.message(&self.public()));
         Signature((h * self.0).into_affine())
     }
 
@@ -175,9 +210,9 @@ impl Signature {
     }
 }
 
-impl Receipt {
+impl Statement for Receipt {
     /// The signed message (see the module docs).
-    pub fn message(&self, signer: &PublicKey) -> Vec<u8> {
+    fn message(&self, signer: &PublicKey) -> Vec<u8> {
         let mut m = Vec::with_capacity(18 + 64 + 32 + 8 + 16 + 64);
         m.extend_from_slice(b"zkinfer.receipt.v1");
         m.extend_from_slice(&signer.bytes());
@@ -192,22 +227,44 @@ impl Receipt {
     }
 }
 
-/// Whether `signature` is `signer`'s on `receipt`.
-pub fn verify(signer: &PublicKey, receipt: &Receipt, signature: &Signature) -> bool {
-    verify_aggregate(&[(*signer, *receipt)], signature)
+impl Statement for StepReceipt {
+    /// The signed message (see the module docs).
+    fn message(&self, signer: &PublicKey) -> Vec<u8> {
+        let (kind, layer) = match self.step {
+            Step::Enter => (0u8, 0u32),
+            Step::Layer(l) => (1, l),
+            Step::Exit => (2, 0),
+        };
+        let mut m = Vec::with_capacity(15 + 64 + 32 + 5 + 16 + 64);
+        m.extend_from_slice(b"zkinfer.step.v1");
+        m.extend_from_slice(&signer.bytes());
+        m.extend_from_slice(&self.model_id);
+        m.push(kind);
+        m.extend_from_slice(&layer.to_le_bytes());
+        m.extend_from_slice(&self.request_id.to_le_bytes());
+        m.extend_from_slice(&self.position.to_le_bytes());
+        m.extend_from_slice(&self.input);
+        m.extend_from_slice(&self.output);
+        m
+    }
 }
 
-/// Whether `signature` aggregates one signature per `(signer, receipt)`
+/// Whether `signature` is `signer`'s on `statement`.
+pub fn verify<S: Statement + Clone>(signer: &PublicKey, statement: &S, signature: &Signature) -> bool {
+    verify_aggregate(&[(*signer, statement.clone())], signature)
+}
+
+/// Whether `signature` aggregates one signature per `(signer, statement)`
 /// pair, all of them. An empty list verifies only the identity.
-pub fn verify_aggregate(signed: &[(PublicKey, Receipt)], signature: &Signature) -> bool {
+pub fn verify_aggregate<S: Statement>(signed: &[(PublicKey, S)], signature: &Signature) -> bool {
     if signed.is_empty() {
         return signature.0.is_zero();
     }
     // e(σ, G2) · Π e(H(m_i), X_i)^-1 = 1, as one multi-pairing with -σ.
     let mut g1 = vec![(-signature.0.into_group()).into_affine()];
     let mut g2 = vec![G2Affine::generator()];
-    for (signer, receipt) in signed {
-        g1.push(hash_to_g1(&receipt.message(signer)));
+    for (signer, statement) in signed {
+        g1.push(hash_to_g1(&statement.message(signer)));
         g2.push(signer.0);
     }
     Bn254::multi_pairing(g1, g2).is_zero()
@@ -340,6 +397,39 @@ mod tests {
     }
 
     #[test]
+    fn step_receipts_sign_every_field_and_never_pass_as_hop_receipts() {
+        let a = key(7);
+        let r = receipt(9);
+        let step = StepReceipt {
+            model_id: r.model_id,
+            step: Step::Layer(r.layers.0),
+            request_id: r.request_id,
+            position: r.position,
+            input: r.input,
+            output: r.output,
+        };
+        let sig = a.sign(&step);
+        assert!(verify(&a.public(), &step, &sig));
+        assert!(!verify(&a.public(), &r, &sig));
+        assert!(!verify(&a.public(), &step, &a.sign(&r)));
+        let changes: [fn(&mut StepReceipt); 8] = [
+            |s| s.model_id[1] ^= 1,
+            |s| s.step = Step::Layer(5),
+            |s| s.step = Step::Enter,
+            |s| s.step = Step::Exit,
+            |s| s.request_id ^= 1,
+            |s| s.position += 1,
+            |s| s.input[0] ^= 1,
+            |s| s.output[31] ^= 1,
+        ];
+        for change in changes {
+            let mut other = step;
+            change(&mut other);
+            assert!(!verify(&a.public(), &other, &sig), "{other:?}");
+        }
+    }
+
+    #[test]
     fn aggregates_verify_all_receipts_and_nothing_less() {
         let (a, b) = (key(3), key(4));
         let signed: Vec<(PublicKey, Receipt)> = (0..4)
@@ -365,6 +455,6 @@ mod tests {
             &signed,
             &Signature::aggregate(&sigs[1..])
         ));
-        assert!(verify_aggregate(&[], &Signature::aggregate(&[])));
+        assert!(verify_aggregate::<Receipt>(&[], &Signature::aggregate(&[])));
     }
 }
