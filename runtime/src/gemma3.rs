@@ -372,10 +372,28 @@ impl Gemma3 {
     /// The shard's layers alone: hidden states after its last layer (before
     /// the final norm, even on the head shard).
     pub fn forward_layers(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+        self.forward_layers_with(x, position, cache, &mut |_, x| Ok(x))
+    }
+
+    /// [`Gemma3::forward_layers`], handing each layer's output (with the
+    /// layer's absolute index) to `after_layer`, which returns what the next
+    /// layer gets: a node keeps what it computed for audits this way.
+    pub fn forward_layers_with(
+        &self,
+        x: &Tensor,
+        position: usize,
+        cache: &mut Cache,
+        after_layer: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let seq = cache.enter(x, self.config.hidden, position, self.blocks.len())?;
         let mut x = x.clone();
-        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = self.block(block, &x, position, slot)?;
+        for ((block, slot), index) in self
+            .blocks
+            .iter()
+            .zip(cache.layers.iter_mut())
+            .zip(self.layers.clone())
+        {
+            x = after_layer(index, self.block(block, &x, position, slot)?)?;
         }
         cache.advance(seq);
         Ok(x)

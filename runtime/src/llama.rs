@@ -229,6 +229,18 @@ impl Llama {
     /// The shard's layers alone: hidden states after its last layer (before
     /// the final norm, even on the head shard).
     pub fn forward_layers(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+        self.forward_layers_with(x, position, cache, &mut |_, x| Ok(x))
+    }
+
+    /// [`Llama::forward_layers`], handing each layer's output to
+    /// `after_layer` (see `Gemma3::forward_layers_with`).
+    pub fn forward_layers_with(
+        &self,
+        x: &Tensor,
+        position: usize,
+        cache: &mut Cache,
+        after_layer: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let seq = cache.enter(x, self.config.hidden, position, self.blocks.len())?;
         let (cos, sin) = rope_tables(
             self.config.rope_dim,
@@ -238,8 +250,13 @@ impl Llama {
             &self.device,
         )?;
         let mut x = x.clone();
-        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = self.block(block, &x, position, &cos, &sin, slot)?;
+        for ((block, slot), index) in self
+            .blocks
+            .iter()
+            .zip(cache.layers.iter_mut())
+            .zip(self.layers.clone())
+        {
+            x = after_layer(index, self.block(block, &x, position, &cos, &sin, slot)?)?;
         }
         cache.advance(seq);
         Ok(x)

@@ -127,6 +127,22 @@ impl Model {
         }
     }
 
+    /// [`Model::forward_layers`], handing each layer's output (and its
+    /// absolute index) to `after_layer`, which returns what the next layer
+    /// gets.
+    pub fn forward_layers_with(
+        &self,
+        x: &Tensor,
+        position: usize,
+        cache: &mut Cache,
+        after_layer: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match self {
+            Model::Gemma3(m) => m.forward_layers_with(x, position, cache, after_layer),
+            Model::Llama(m) => m.forward_layers_with(x, position, cache, after_layer),
+        }
+    }
+
     /// The final norm and head on the hidden states `[1, seq, d]` after the
     /// last layer (what [`Model::forward`] applies last on the head shard).
     pub fn head_forward(&self, x: &Tensor) -> Result<Tensor> {

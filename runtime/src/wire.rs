@@ -47,6 +47,10 @@
 //! | 8    | Error    | node   | of the failed frame  | of the failed frame            |
 //! | 9    | Prove    | client | request (its logits) | ignored                        |
 //! | 10   | Proofs   | node   | as in the Prove      | as in the Prove                |
+//! | 11   | TraceRequest | auditor | request (as served) | ignored                     |
+//! | 12   | Trace    | node   | as in the request    | as in the request              |
+//! | 13   | Reveal   | auditor | request (as served) | the forward's position        |
+//! | 14   | Revealed | node   | as in the Reveal     | as in the Reveal               |
 //!
 //! An Error answering a frame whose header could not be read carries request
 //! id and position `0`.
@@ -100,6 +104,25 @@
 //!   many bytes of a proof bundle (docs/bundle.md) that is handed over only
 //!   once, failure count `f` `u32`, `f` times `position` `u64`, byte count
 //!   `u32` and UTF-8 text: steps the node could not prove, and why.
+//! - **TraceRequest** (11), to a node that signs: empty. The node answers
+//!   Trace for every forward of the request it still keeps (a signing node
+//!   keeps what it computed for `audit_window` after the request's last
+//!   use), or Error UnknownRequest.
+//! - **Trace** (12): step count `n` `u32`, then per step `position` `u64`,
+//!   kind `u8` (`0` enter, `1` layer, `2` exit), layer `u32` (`0` unless a
+//!   layer), input and output digests (32 each) and the node's signature
+//!   (32) on the step receipt (`verifier::receipt::StepReceipt`). Per forward
+//!   in position order: enter (the received bytes to the hidden states
+//!   entering the span's first layer), each layer, exit (the hidden states
+//!   after the last layer to the bytes answered). Inner digests are blake3
+//!   of the F32 data of `[rows, d]` matrices.
+//! - **Reveal** (13): kind `u8` (`0` the input the node was sent, `1` the
+//!   hidden states entering a layer, `2` the output it answered), layer
+//!   `u32` (for kind `1`: `start ..= end`, `end` meaning after the last
+//!   layer; else `0`).
+//! - **Revealed** (14): an input as in Forward: tokens (tag `0`, only for
+//!   the input of the shard at layer 0) or an activations block (inner
+//!   boundaries in F32, input and output as they crossed the wire).
 //!
 //! An **activations block** is `rows` `u32` (`>= 1`), `cols` `u32` (`>= 1`),
 //! encoding `u8`, then the values of the `[rows, cols]` matrix in row-major
@@ -150,6 +173,7 @@ use std::ops::Range;
 use half::f16;
 
 use crate::model_id::ModelId;
+use verifier::receipt::Step;
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"ZKIW";
@@ -366,6 +390,14 @@ pub enum MessageType {
     Prove = 9,
     /// [`Message::Proofs`].
     Proofs = 10,
+    /// [`Message::TraceRequest`].
+    TraceRequest = 11,
+    /// [`Message::Trace`].
+    Trace = 12,
+    /// [`Message::Reveal`].
+    Reveal = 13,
+    /// [`Message::Revealed`].
+    Revealed = 14,
 }
 
 impl MessageType {
@@ -382,6 +414,10 @@ impl MessageType {
             8 => MessageType::Error,
             9 => MessageType::Prove,
             10 => MessageType::Proofs,
+            11 => MessageType::TraceRequest,
+            12 => MessageType::Trace,
+            13 => MessageType::Reveal,
+            14 => MessageType::Revealed,
             _ => return None,
         })
     }
@@ -708,6 +744,46 @@ pub enum ForwardInput {
 }
 
 impl ForwardInput {
+    fn write(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        match self {
+            ForwardInput::Tokens(tokens) => {
+                if tokens.is_empty() {
+                    return Err(WireError::Encode("a Forward with no tokens".into()));
+                }
+                out.push(0);
+                write_len(out, tokens.len())?;
+                for t in tokens {
+                    out.extend_from_slice(&t.to_le_bytes());
+                }
+                Ok(())
+            }
+            ForwardInput::Activations(a) => {
+                out.push(1);
+                a.write(out)
+            }
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(match r.u8("forward input tag")? {
+            0 => {
+                let n = r.u32("token count")?;
+                if n == 0 {
+                    return Err(WireError::Malformed("a Forward with no tokens".into()));
+                }
+                // Checked against the payload before allocating.
+                let len = (n as usize)
+                    .checked_mul(4)
+                    .ok_or_else(|| WireError::Malformed(format!("{n} tokens are too many")))?;
+                let bytes = r.bytes(len, "token ids")?;
+                let (ids, _) = bytes.as_chunks::<4>();
+                ForwardInput::Tokens(ids.iter().map(|b| u32::from_le_bytes(*b)).collect())
+            }
+            1 => ForwardInput::Activations(Activations::read(r)?),
+            tag => return Err(WireError::Malformed(format!("unknown forward input tag {tag}"))),
+        })
+    }
+
     /// blake3 of the bytes a hop is sent: the token ids as u32
     /// little-endian, or the activations' data (what receipts and
     /// transcripts name as a hop's input).
@@ -817,6 +893,41 @@ pub enum Message {
     Prove(Vec<ProveStep>),
     /// Node to client: finished proofs and failures of the request.
     Proofs(ProofsReply),
+    /// Auditor to a signing node: sign the steps of every forward of the
+    /// request (the frame's request id) that you still keep.
+    TraceRequest,
+    /// Node to auditor: a signed step receipt per step per forward, in
+    /// position order, each forward's steps in order (enter, layers, exit).
+    Trace(Vec<SignedStep>),
+    /// Auditor to a signing node: the bytes at this boundary of the
+    /// forward at the frame's position.
+    Reveal(Boundary),
+    /// Node to auditor: those bytes (tokens only for the input of the
+    /// shard at layer 0; inner boundaries always F32).
+    Revealed(ForwardInput),
+}
+
+/// Where inside a forward an auditor looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boundary {
+    /// What the node was sent.
+    Input,
+    /// The hidden states entering layer `l` (`l` = the span's end: after its
+    /// last layer), `[rows, d]`.
+    Layer(u32),
+    /// What the node answered.
+    Output,
+}
+
+/// One signed step receipt of a trace (`verifier::receipt::StepReceipt`;
+/// model id and request id are the trace's, the signer the node's key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignedStep {
+    pub position: u64,
+    pub step: Step,
+    pub input: [u8; 32],
+    pub output: [u8; 32],
+    pub signature: [u8; 32],
 }
 
 impl Message {
@@ -833,6 +944,10 @@ impl Message {
             Message::Error(_) => MessageType::Error,
             Message::Prove(_) => MessageType::Prove,
             Message::Proofs(_) => MessageType::Proofs,
+            Message::TraceRequest => MessageType::TraceRequest,
+            Message::Trace(_) => MessageType::Trace,
+            Message::Reveal(_) => MessageType::Reveal,
+            Message::Revealed(_) => MessageType::Revealed,
         }
     }
 
@@ -848,23 +963,7 @@ impl Message {
                 write_span(out, &f.model_id, &f.layers)?;
                 out.push(f.reply as u8);
                 out.push(f.head as u8);
-                match &f.input {
-                    ForwardInput::Tokens(tokens) => {
-                        if tokens.is_empty() {
-                            return Err(WireError::Encode("a Forward with no tokens".into()));
-                        }
-                        out.push(0);
-                        write_len(out, tokens.len())?;
-                        for t in tokens {
-                            out.extend_from_slice(&t.to_le_bytes());
-                        }
-                        Ok(())
-                    }
-                    ForwardInput::Activations(a) => {
-                        out.push(1);
-                        a.write(out)
-                    }
-                }
+                f.input.write(out)
             }
             Message::Output(o) => {
                 o.activations.write(out)?;
@@ -898,6 +997,35 @@ impl Message {
                 }
                 Ok(())
             }
+            Message::TraceRequest => Ok(()),
+            Message::Trace(steps) => {
+                write_len(out, steps.len())?;
+                for s in steps {
+                    out.extend_from_slice(&s.position.to_le_bytes());
+                    let (kind, layer) = match s.step {
+                        Step::Enter => (0u8, 0u32),
+                        Step::Layer(l) => (1, l),
+                        Step::Exit => (2, 0),
+                    };
+                    out.push(kind);
+                    out.extend_from_slice(&layer.to_le_bytes());
+                    out.extend_from_slice(&s.input);
+                    out.extend_from_slice(&s.output);
+                    out.extend_from_slice(&s.signature);
+                }
+                Ok(())
+            }
+            Message::Reveal(boundary) => {
+                let (kind, layer) = match *boundary {
+                    Boundary::Input => (0u8, 0u32),
+                    Boundary::Layer(l) => (1, l),
+                    Boundary::Output => (2, 0),
+                };
+                out.push(kind);
+                out.extend_from_slice(&layer.to_le_bytes());
+                Ok(())
+            }
+            Message::Revealed(input) => input.write(out),
             Message::Proofs(p) => {
                 out.extend_from_slice(&p.pending.to_le_bytes());
                 write_len(out, p.bundles.len())?;
@@ -933,27 +1061,7 @@ impl Message {
                         return Err(WireError::Malformed(format!("unknown head reply {other}")))
                     }
                 };
-                let input = match r.u8("forward input tag")? {
-                    0 => {
-                        let n = r.u32("token count")?;
-                        if n == 0 {
-                            return Err(WireError::Malformed("a Forward with no tokens".into()));
-                        }
-                        // Checked against the payload before allocating.
-                        let len = (n as usize).checked_mul(4).ok_or_else(|| {
-                            WireError::Malformed(format!("{n} tokens are too many"))
-                        })?;
-                        let bytes = r.bytes(len, "token ids")?;
-                        let (ids, _) = bytes.as_chunks::<4>();
-                        ForwardInput::Tokens(ids.iter().map(|b| u32::from_le_bytes(*b)).collect())
-                    }
-                    1 => ForwardInput::Activations(Activations::read(r)?),
-                    tag => {
-                        return Err(WireError::Malformed(format!(
-                            "unknown forward input tag {tag}"
-                        )))
-                    }
-                };
+                let input = ForwardInput::read(r)?;
                 Message::Forward(Forward {
                     model_id,
                     layers,
@@ -1006,6 +1114,52 @@ impl Message {
                     .collect::<Result<_, WireError>>()?;
                 Message::Prove(steps)
             }
+            MessageType::TraceRequest => Message::TraceRequest,
+            MessageType::Trace => {
+                let n = r.u32("step count")?;
+                // 8 + 1 + 4 + 3 × 32 bytes a step, checked before allocating.
+                r.expect_at_least(n as usize, 109, "trace steps")?;
+                let steps = (0..n)
+                    .map(|_| {
+                        let position = r.u64("step position")?;
+                        let kind = r.u8("step kind")?;
+                        let layer = r.u32("step layer")?;
+                        let step = match (kind, layer) {
+                            (0, 0) => Step::Enter,
+                            (1, l) => Step::Layer(l),
+                            (2, 0) => Step::Exit,
+                            _ => {
+                                return Err(WireError::Malformed(format!(
+                                    "bad step kind {kind} with layer {layer}"
+                                )))
+                            }
+                        };
+                        Ok(SignedStep {
+                            position,
+                            step,
+                            input: r.array::<32>("step input digest")?,
+                            output: r.array::<32>("step output digest")?,
+                            signature: r.array::<32>("step signature")?,
+                        })
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                Message::Trace(steps)
+            }
+            MessageType::Reveal => {
+                let kind = r.u8("boundary kind")?;
+                let layer = r.u32("boundary layer")?;
+                Message::Reveal(match (kind, layer) {
+                    (0, 0) => Boundary::Input,
+                    (1, l) => Boundary::Layer(l),
+                    (2, 0) => Boundary::Output,
+                    _ => {
+                        return Err(WireError::Malformed(format!(
+                            "bad boundary kind {kind} with layer {layer}"
+                        )))
+                    }
+                })
+            }
+            MessageType::Revealed => Message::Revealed(ForwardInput::read(r)?),
             MessageType::Proofs => {
                 let pending = r.u32("pending proofs")?;
                 let b = r.u32("bundle count")?;

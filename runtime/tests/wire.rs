@@ -9,10 +9,11 @@ use std::io::{self, Cursor, Read};
 
 use runtime::model_id::ModelId;
 use runtime::wire::{
-    read_frame, write_frame, Activations, Encoding, ErrorCode, ErrorReply, Forward, ForwardInput,
+    read_frame, write_frame, Activations, Boundary, Encoding, ErrorCode, ErrorReply, Forward, ForwardInput,
     Frame, HeadReply, Hello, HelloAck, Limits, Message, Output, Ping, ProofFailure, ProofsReply,
-    ProveSampler, ProveStep, WireError, CHECKSUM_LEN, HEADER_LEN,
+    ProveSampler, ProveStep, SignedStep, WireError, CHECKSUM_LEN, HEADER_LEN,
 };
+use verifier::receipt::Step;
 
 /// Records the largest single allocation made by the current thread, so a
 /// test can show that a frame claiming gigabytes never gets them. Per thread
@@ -208,6 +209,28 @@ fn sample_frames() -> Vec<Frame> {
                 }],
             }),
         ),
+        Frame::new(41, 0, Message::TraceRequest),
+        Frame::new(
+            41,
+            0,
+            Message::Trace(
+                [Step::Enter, Step::Layer(9), Step::Layer(10), Step::Exit]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, step)| SignedStep {
+                        position: 5,
+                        step,
+                        input: [i as u8; 32],
+                        output: [i as u8 + 1; 32],
+                        signature: [9; 32],
+                    })
+                    .collect(),
+            ),
+        ),
+        Frame::new(41, 5, Message::Reveal(Boundary::Input)),
+        Frame::new(41, 5, Message::Reveal(Boundary::Layer(11))),
+        Frame::new(41, 5, Message::Reveal(Boundary::Output)),
+        Frame::new(41, 0, Message::Revealed(ForwardInput::Tokens(vec![2, 7]))),
     ];
     for encoding in [Encoding::F32, Encoding::F16, Encoding::Q8] {
         let a = Activations::encode(&values(2, 8, &mut rng), 2, 8, encoding).expect("encode");
@@ -221,6 +244,11 @@ fn sample_frames() -> Vec<Frame> {
                 head: HeadReply::LastLogits,
                 input: ForwardInput::Activations(a.clone()),
             }),
+        ));
+        frames.push(Frame::new(
+            41,
+            5,
+            Message::Revealed(ForwardInput::Activations(a.clone())),
         ));
         frames.push(Frame::new(
             41,
@@ -476,7 +504,7 @@ fn wire_flags_and_unknown_types_are_refused_exactly() {
         resign(&mut bad);
         assert_eq!(reject(&bad, &Limits::default()), Err(Kind::Malformed));
     }
-    for ty in (0..=255u8).filter(|t| !(1..=10).contains(t)) {
+    for ty in (0..=255u8).filter(|t| !(1..=14).contains(t)) {
         let mut bad = good.clone();
         bad[6] = ty;
         resign(&mut bad);
