@@ -65,6 +65,8 @@ fn setup() -> Result<Setup, Error> {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;
         let config = NodeConfig {
+            audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+            fault: None,
             model_id: id,
             layers: layers.clone(),
             limits: Limits::default(),

@@ -75,6 +75,8 @@ fn start_nodes(path: &Path, shape: CircuitShape) -> (tokio::runtime::Runtime, Ve
         // Each node signs its hops' receipts with a key of its own.
         let signer = SecretKey::from_seed(&[range.start as u8 + 1; 32]).map(Arc::new);
         let config = NodeConfig {
+            audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+            fault: None,
             model_id,
             layers: range.clone(),
             limits: Limits::default(),

@@ -18,6 +18,7 @@ pub mod session;
 pub mod speculative;
 pub mod testing;
 pub mod tokenizer;
+pub mod trail;
 pub mod transcript;
 pub mod transport;
 pub mod wire;

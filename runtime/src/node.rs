@@ -63,6 +63,7 @@ use crate::gemma3::Cache;
 use crate::model::Model;
 use crate::model_id::ModelId;
 use crate::proving::ProofService;
+use crate::trail::{ForwardTrail, Trails};
 use crate::transport;
 use crate::wire::{
     Activations, Encoding, Forward, ForwardInput, Frame, HeadReply, HelloAck, Limits, Message,
@@ -87,6 +88,25 @@ pub struct NodeConfig {
     pub proving: Option<Arc<ProofService>>,
     /// The key this node signs hop receipts with (`zkinfer keygen`).
     pub signer: Option<Arc<SecretKey>>,
+    /// How long a signing node keeps what it computed for a request after
+    /// its last forward, for auditors ([`crate::trail`]).
+    pub audit_window: Duration,
+    /// Misbehaviour, for testing auditors only (the cheat suite of
+    /// `zkinfer audit --report`); `zkinfer serve` never sets one.
+    pub fault: Option<Fault>,
+}
+
+/// How long a signing node keeps trails by default: ten minutes.
+pub const DEFAULT_AUDIT_WINDOW: Duration = Duration::from_secs(600);
+
+/// Ways a node cheats while signing receipts as if it had not.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Adds `delta` to every output value of layer `layer` in the forward
+    /// at `position` (its last row at a prompt).
+    TamperLayer { layer: usize, position: u64, delta: f32 },
+    /// Embeds `token` in place of the first prompt token it was sent.
+    SubstitutePrompt { token: u32 },
 }
 
 /// A request's cache. `cache` is `None` while a Forward is using it, so a
@@ -118,6 +138,8 @@ struct Shared {
     /// `config.layers` as on the wire.
     wire_layers: Range<u32>,
     caches: Caches,
+    /// What a signing node computed, for auditors.
+    trails: Option<Trails>,
 }
 
 /// Serves `model` on `listener` until the task is dropped.
@@ -139,10 +161,19 @@ pub async fn serve_until(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
     let wire_layers = to_wire(&config.layers)?;
+    let trails = config.signer.is_some().then(|| {
+        Trails::new(
+            config.model_id,
+            config.layers.clone(),
+            model.hidden_size(),
+            config.audit_window,
+        )
+    });
     let shared = Arc::new(Shared {
         model,
         wire_layers,
         caches: Arc::default(),
+        trails,
         config,
     });
     if shared.config.proving.is_some() && !shared.model.has_head() {
@@ -151,11 +182,7 @@ pub async fn serve_until(
             "only the shard with the head can prove: serve the last layers to prove",
         ));
     }
-    let sweeper = tokio::spawn(sweep(
-        Arc::clone(&shared.caches),
-        shared.config.proving.clone(),
-        shared.config.idle_timeout,
-    ));
+    let sweeper = tokio::spawn(sweep(Arc::clone(&shared)));
     // Stop the sweeper when `serve` itself is dropped or returns.
     let _sweeper = AbortOnDrop(sweeper);
     let mut connections = tokio::task::JoinSet::new();
@@ -194,18 +221,23 @@ fn to_wire(layers: &Range<usize>) -> io::Result<Range<u32>> {
     Ok(convert(layers.start)?..convert(layers.end)?)
 }
 
-/// Frees caches (and proof state) that have not been used for `idle`.
-async fn sweep(caches: Caches, proving: Option<Arc<ProofService>>, idle: Duration) {
+/// Frees caches (and proof state) unused for the idle timeout, and trails
+/// past the audit window.
+async fn sweep(shared: Arc<Shared>) {
+    let idle = shared.config.idle_timeout;
     let period = (idle / 4).max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval(period);
     loop {
         ticks.tick().await;
         let now = Instant::now();
         // Busy slots (a Forward in flight) are left alone.
-        lock(&caches)
+        lock(&shared.caches)
             .retain(|_, slot| slot.cache.is_none() || now.duration_since(slot.last_used) < idle);
-        if let Some(proving) = &proving {
+        if let Some(proving) = &shared.config.proving {
             proving.sweep(idle);
+        }
+        if let Some(trails) = &shared.trails {
+            trails.sweep();
         }
     }
 }
@@ -291,6 +323,20 @@ async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
                 return Some(e.to_frame(id, pos));
             }
         },
+        Message::TraceRequest => match (&shared.trails, &shared.config.signer) {
+            (Some(trails), Some(key)) => match trails.trace(id, key) {
+                Ok(steps) => Message::Trace(steps),
+                Err(e) => return Some(e.to_frame(id, pos)),
+            },
+            _ => return Some(not_signing().to_frame(id, pos)),
+        },
+        Message::Reveal(boundary) => match &shared.trails {
+            Some(trails) => match trails.reveal(id, pos, boundary) {
+                Ok(input) => Message::Revealed(input),
+                Err(e) => return Some(e.to_frame(id, pos)),
+            },
+            None => return Some(not_signing().to_frame(id, pos)),
+        },
         other => {
             let e = WireError::Malformed(format!(
                 "a node does not take {:?} frames",
@@ -300,6 +346,13 @@ async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
         }
     };
     Some(Frame::new(id, pos, message))
+}
+
+fn not_signing() -> WireError {
+    WireError::Malformed(
+        "this node signs no receipts, so it keeps nothing to audit (start it with `zkinfer serve --key`)"
+            .into(),
+    )
 }
 
 fn check_span(shared: &Shared, model_id: &ModelId, layers: &Range<u32>) -> Result<(), WireError> {
@@ -336,6 +389,7 @@ async fn run_forward(
     let head_reply = forward.head;
     let layers = (forward.layers.start, forward.layers.end);
     let input_digest = forward.input.digest();
+    let kept_input = shared.trails.is_some().then(|| forward.input.clone());
     let input = match (model.embeds(), forward.input) {
         (true, ForwardInput::Tokens(tokens)) => {
             let vocab = model.vocab();
@@ -374,9 +428,18 @@ async fn run_forward(
     } as u64;
     let (cache, epoch) = take_cache(&shared.caches, id, position)?;
     let model = Arc::clone(model);
+    let (keep, fault) = (kept_input.is_some(), shared.config.fault);
     let joined = tokio::task::spawn_blocking(move || {
         let mut cache = cache;
-        let out = compute(&model, input, position as usize, head_reply, &mut cache);
+        let out = compute(
+            &model,
+            input,
+            position as usize,
+            head_reply,
+            &mut cache,
+            keep,
+            fault,
+        );
         (cache, out)
     })
     .await;
@@ -385,7 +448,15 @@ async fn run_forward(
     // then the cache is dropped here.
     let slot = caches.get_mut(&id).filter(|slot| slot.epoch == epoch);
     match joined {
-        Ok((cache, Ok((values, rows, cols)))) => {
+        Ok((
+            cache,
+            Ok(Computed {
+                values,
+                rows,
+                cols,
+                boundaries,
+            }),
+        )) => {
             if let Some(slot) = slot {
                 slot.cache = Some(cache);
                 slot.last_used = Instant::now();
@@ -408,6 +479,15 @@ async fn run_forward(
             };
             let activations = Activations::encode(&values, rows, cols, encoding)
                 .or_else(|_| Activations::encode(&values, rows, cols, Encoding::F32))?;
+            if let (Some(trails), Some(input)) = (&shared.trails, kept_input) {
+                let trail = ForwardTrail {
+                    input,
+                    boundaries,
+                    rows: fed as u32,
+                    output: activations.clone(),
+                };
+                trails.record(id, position, trail);
+            }
             let signature = shared.config.signer.as_ref().map(|key| {
                 let receipt = Receipt {
                     model_id: shared.config.model_id.0,
@@ -484,23 +564,66 @@ fn take_cache(caches: &Caches, id: u64, position: u64) -> Result<(Cache, u64), W
     }
 }
 
-/// Runs the shard; returns the row-major output and its shape (on the shard
-/// with the head: the last row of logits, or every row's greedy token).
+/// What [`compute`] produced: the row-major output and its shape, and the
+/// hidden states at every boundary of the span when asked to keep them.
+struct Computed {
+    values: Vec<f32>,
+    rows: u32,
+    cols: u32,
+    boundaries: Vec<Vec<f32>>,
+}
+
+/// Runs the shard (on the shard with the head: the last row of logits, or
+/// every row's greedy token); keeps the boundaries if `keep`.
 fn compute(
     model: &Model,
     input: Input,
     position: usize,
     head_reply: HeadReply,
     cache: &mut Cache,
-) -> crate::Result<(Vec<f32>, u32, u32)> {
+    keep: bool,
+    fault: Option<Fault>,
+) -> crate::Result<Computed> {
     let x = match input {
-        Input::Tokens(tokens) => model.embed(&tokens)?,
+        Input::Tokens(mut tokens) => {
+            if let (Some(Fault::SubstitutePrompt { token }), 0) = (fault, position) {
+                tokens[0] = token;
+            }
+            model.embed(&tokens)?
+        }
         Input::Hidden { values, rows } => {
             Tensor::from_vec(values, (1, rows, model.hidden_size()), model.device())?
         }
     };
-    let out = if position == 0 {
-        model.forward(&x, position, cache)?
+    // The layers then the head, as `Model::forward`, seeing every boundary.
+    let run = |x: &Tensor, at: usize, cache: &mut Cache| -> crate::Result<(Tensor, Vec<Tensor>)> {
+        let mut seen = Vec::new();
+        if keep {
+            seen.push(x.clone());
+        }
+        let hidden = model.forward_layers_with(x, at, cache, &mut |layer, out| {
+            let out = match fault {
+                Some(Fault::TamperLayer {
+                    layer: l,
+                    position: p,
+                    delta,
+                }) if l == layer && p == at as u64 => tamper_last_row(&out, delta)?,
+                _ => out,
+            };
+            if keep {
+                seen.push(out.clone());
+            }
+            Ok(out)
+        })?;
+        let out = if model.has_head() {
+            model.head_forward(&hidden)?
+        } else {
+            hidden
+        };
+        Ok((out, seen))
+    };
+    let (out, seen) = if position == 0 {
+        run(&x, position, cache)?
     } else {
         // Row by row: exactly what one-token Forwards compute. candle's
         // quantized matmul takes other kernels for several rows than for
@@ -508,10 +631,18 @@ fn compute(
         // a speculative draft must be checked against the logits plain
         // decoding would have seen.
         let rows = (0..x.dim(1)?)
-            .map(|i| model.forward(&x.narrow(1, i, 1)?, position + i, cache))
+            .map(|i| run(&x.narrow(1, i, 1)?, position + i, cache))
             .collect::<crate::Result<Vec<_>>>()?;
-        Tensor::cat(&rows, 1)?
+        let outs: Vec<&Tensor> = rows.iter().map(|(out, _)| out).collect();
+        let seen = (0..rows[0].1.len())
+            .map(|b| Tensor::cat(&rows.iter().map(|(_, s)| &s[b]).collect::<Vec<_>>(), 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        (Tensor::cat(&outs, 1)?, seen)
     };
+    let boundaries = seen
+        .iter()
+        .map(|t| t.flatten_all()?.to_vec1::<f32>())
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let (_, seq, cols) = out.dims3()?;
     let dim = |v: usize| {
         u32::try_from(v).map_err(|_| crate::ModelError::Shape(format!("{v} does not fit a u32")))
@@ -522,7 +653,12 @@ fn compute(
             .chunks_exact(cols)
             .map(|row| greedy_token(row).map(|t| t as f32))
             .collect::<crate::Result<Vec<f32>>>()?;
-        return Ok((tokens, dim(seq)?, 1));
+        return Ok(Computed {
+            values: tokens,
+            rows: dim(seq)?,
+            cols: 1,
+            boundaries,
+        });
     }
     let out = if model.has_head() {
         out.narrow(1, seq - 1, 1)?
@@ -531,7 +667,20 @@ fn compute(
     };
     let rows = out.dim(1)?;
     let values = out.flatten_all()?.to_vec1::<f32>()?;
-    Ok((values, dim(rows)?, dim(cols)?))
+    Ok(Computed {
+        values,
+        rows: dim(rows)?,
+        cols: dim(cols)?,
+        boundaries,
+    })
+}
+
+/// `x` `[1, seq, d]` with `delta` added to its last row.
+fn tamper_last_row(x: &Tensor, delta: f32) -> crate::Result<Tensor> {
+    let (_, seq, d) = x.dims3()?;
+    let mut bump = vec![0f32; seq * d];
+    bump[(seq - 1) * d..].fill(delta);
+    Ok((x + Tensor::from_vec(bump, (1, seq, d), x.device())?)?)
 }
 
 /// The greedy token of one row of logits as the client's sampler picks it:

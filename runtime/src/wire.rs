@@ -109,8 +109,8 @@
 //!   keeps what it computed for `audit_window` after the request's last
 //!   use), or Error UnknownRequest.
 //! - **Trace** (12): step count `n` `u32`, then per step `position` `u64`,
-//!   kind `u8` (`0` enter, `1` layer, `2` exit), layer `u32` (`0` unless a
-//!   layer), input and output digests (32 each) and the node's signature
+//!   kind `u8` (`0` enter, `1` layer, `2` exit), layer `u32` (the span's
+//!   start for enter, the layer, the span's end for exit), input and output digests (32 each) and the node's signature
 //!   (32) on the step receipt (`verifier::receipt::StepReceipt`). Per forward
 //!   in position order: enter (the received bytes to the hidden states
 //!   entering the span's first layer), each layer, exit (the hidden states
@@ -1002,11 +1002,7 @@ impl Message {
                 write_len(out, steps.len())?;
                 for s in steps {
                     out.extend_from_slice(&s.position.to_le_bytes());
-                    let (kind, layer) = match s.step {
-                        Step::Enter => (0u8, 0u32),
-                        Step::Layer(l) => (1, l),
-                        Step::Exit => (2, 0),
-                    };
+                    let (kind, layer) = s.step.code();
                     out.push(kind);
                     out.extend_from_slice(&layer.to_le_bytes());
                     out.extend_from_slice(&s.input);
@@ -1124,16 +1120,9 @@ impl Message {
                         let position = r.u64("step position")?;
                         let kind = r.u8("step kind")?;
                         let layer = r.u32("step layer")?;
-                        let step = match (kind, layer) {
-                            (0, 0) => Step::Enter,
-                            (1, l) => Step::Layer(l),
-                            (2, 0) => Step::Exit,
-                            _ => {
-                                return Err(WireError::Malformed(format!(
-                                    "bad step kind {kind} with layer {layer}"
-                                )))
-                            }
-                        };
+                        let step = Step::from_code(kind, layer).ok_or_else(|| {
+                            WireError::Malformed(format!("unknown step kind {kind}"))
+                        })?;
                         Ok(SignedStep {
                             position,
                             step,

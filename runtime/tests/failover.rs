@@ -82,6 +82,8 @@ impl Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let config = NodeConfig {
+            audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+            fault: None,
             model_id: model.id,
             layers: layers.clone(),
             limits: Limits::default(),

@@ -62,6 +62,8 @@ async fn start_node(path: &Path, id: ModelId, layers: Range<usize>) -> SocketAdd
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = NodeConfig {
+        audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+        fault: None,
         model_id: id,
         layers,
         limits: Limits::default(),
@@ -485,6 +487,8 @@ async fn nodes_serve_llama_shards() {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
             let node_config = NodeConfig {
+                audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+                fault: None,
                 model_id: id,
                 layers: layers.clone(),
                 limits: Limits::default(),

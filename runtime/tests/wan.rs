@@ -58,6 +58,8 @@ async fn start_node(model: &TempModel, layers: Range<usize>) -> Hop {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = NodeConfig {
+        audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+        fault: None,
         model_id: model.id,
         layers: layers.clone(),
         limits: Limits::default(),

@@ -214,7 +214,7 @@ fn sample_frames() -> Vec<Frame> {
             41,
             0,
             Message::Trace(
-                [Step::Enter, Step::Layer(9), Step::Layer(10), Step::Exit]
+                [Step::Enter(9), Step::Layer(9), Step::Layer(10), Step::Exit(11)]
                     .into_iter()
                     .enumerate()
                     .map(|(i, step)| SignedStep {

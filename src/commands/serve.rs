@@ -38,6 +38,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         None
     };
     let config = NodeConfig {
+        audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+        fault: None,
         model_id: id,
         layers: args.layers.clone(),
         limits: Limits::default(),

@@ -28,8 +28,9 @@
 //!   (32 each).
 //! - Message `m` of a step receipt ([`StepReceipt`], signed only when an
 //!   auditor bisects a hop): `"zkinfer.step.v1"`, the signer's public key,
-//!   model id, step kind (u8: 0 enter, 1 layer, 2 exit) and layer (u32 LE,
-//!   0 unless a layer), request id and position (u64 LE each), input and
+//!   model id, step kind (u8: 0 enter, 1 layer, 2 exit) and layer (u32 LE:
+//!   the span's first layer for enter, the layer, the span's end for exit),
+//!   request id and position (u64 LE each), input and
 //!   output digests (32 each). Its own tag keeps a step receipt from ever
 //!   reading as a hop receipt and the other way round.
 //! - Encodings: arkworks' compressed canonical serialization (G1 32 bytes,
@@ -67,13 +68,37 @@ pub struct StepReceipt {
     pub output: [u8; 32],
 }
 
-/// One step of a hop: into the first layer (embedding or decoding), one
-/// layer, or out of the last (encoding, or final norm and head).
+/// One step of a hop over layers `start..end`: into the first layer
+/// (`Enter(start)`: embedding at layer 0, else decoding), one layer, or out
+/// of the last (`Exit(end)`: encoding, or at the model's end the final norm
+/// and head). Naming the span's edge keeps what a step computes fixed by
+/// the signed statement alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Step {
-    Enter,
+    Enter(u32),
     Layer(u32),
-    Exit,
+    Exit(u32),
+}
+
+impl Step {
+    /// The kind byte and layer of the signed message and the wire.
+    pub fn code(self) -> (u8, u32) {
+        match self {
+            Step::Enter(l) => (0, l),
+            Step::Layer(l) => (1, l),
+            Step::Exit(l) => (2, l),
+        }
+    }
+
+    /// The step for a kind byte and layer, `None` for an unknown kind.
+    pub fn from_code(kind: u8, layer: u32) -> Option<Step> {
+        match kind {
+            0 => Some(Step::Enter(layer)),
+            1 => Some(Step::Layer(layer)),
+            2 => Some(Step::Exit(layer)),
+            _ => None,
+        }
+    }
 }
 
 /// A statement a node signs: its message names the signer (augmentation).
@@ -230,11 +255,7 @@ impl Statement for Receipt {
 impl Statement for StepReceipt {
     /// The signed message (see the module docs).
     fn message(&self, signer: &PublicKey) -> Vec<u8> {
-        let (kind, layer) = match self.step {
-            Step::Enter => (0u8, 0u32),
-            Step::Layer(l) => (1, l),
-            Step::Exit => (2, 0),
-        };
+        let (kind, layer) = self.step.code();
         let mut m = Vec::with_capacity(15 + 64 + 32 + 5 + 16 + 64);
         m.extend_from_slice(b"zkinfer.step.v1");
         m.extend_from_slice(&signer.bytes());
@@ -415,8 +436,8 @@ mod tests {
         let changes: [fn(&mut StepReceipt); 8] = [
             |s| s.model_id[1] ^= 1,
             |s| s.step = Step::Layer(5),
-            |s| s.step = Step::Enter,
-            |s| s.step = Step::Exit,
+            |s| s.step = Step::Enter(9),
+            |s| s.step = Step::Exit(9),
             |s| s.request_id ^= 1,
             |s| s.position += 1,
             |s| s.input[0] ^= 1,

@@ -1,0 +1,189 @@
+//! What a signing node keeps of the forwards it served, so that an auditor
+//! can bisect a disputed hop (see `crate::audit`).
+//!
+//! For every forward of a request the node keeps the bytes it was sent, the
+//! hidden states entering each layer of its span and after the last one, and
+//! the bytes it answered. Asked for a trace, it signs one step receipt per
+//! step (`verifier::receipt::StepReceipt`: enter, each layer, exit) binding
+//! those values by their blake3 digests; asked to reveal a boundary, it
+//! sends the values. A trail lives for the node's audit window after the
+//! request's last forward, rewinds with the request (speculative decoding),
+//! and holds at most [`MAX_FORWARDS`] forwards per request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use verifier::receipt::{SecretKey, Step, StepReceipt};
+
+use crate::model_id::ModelId;
+use crate::wire::{Activations, Boundary, Encoding, ForwardInput, SignedStep, WireError};
+
+/// The most forwards one request's trail holds (the oldest go first).
+pub const MAX_FORWARDS: usize = 512;
+
+/// One forward as the node computed it.
+#[derive(Clone, Debug)]
+pub struct ForwardTrail {
+    /// What the node was sent.
+    pub input: ForwardInput,
+    /// Hidden states `[rows, d]` entering each layer of the span, then
+    /// after its last layer: `span + 1` matrices, row-major.
+    pub boundaries: Vec<Vec<f32>>,
+    /// Rows of every boundary matrix.
+    pub rows: u32,
+    /// What the node answered.
+    pub output: Activations,
+}
+
+impl ForwardTrail {
+    fn boundary(&self, i: usize, cols: u32) -> Activations {
+        Activations {
+            rows: self.rows,
+            cols,
+            encoding: Encoding::F32,
+            data: f32_data(&self.boundaries[i]),
+        }
+    }
+}
+
+/// The F32 encoding of `values`: what inner step digests hash.
+pub fn f32_data(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The steps of a forward over `layers`, in order.
+pub fn steps(layers: &Range<usize>) -> impl Iterator<Item = Step> + '_ {
+    std::iter::once(Step::Enter(layers.start as u32))
+        .chain(layers.clone().map(|l| Step::Layer(l as u32)))
+        .chain(std::iter::once(Step::Exit(layers.end as u32)))
+}
+
+struct RequestTrail {
+    forwards: BTreeMap<u64, ForwardTrail>,
+    last_used: Instant,
+}
+
+/// Every request's trail on one node.
+pub struct Trails {
+    model_id: ModelId,
+    layers: Range<usize>,
+    hidden: u32,
+    keep: Duration,
+    requests: Mutex<HashMap<u64, RequestTrail>>,
+}
+
+impl Trails {
+    /// Trails of a shard over `layers` with hidden size `hidden`, kept for
+    /// `keep` after a request's last forward.
+    pub fn new(model_id: ModelId, layers: Range<usize>, hidden: usize, keep: Duration) -> Trails {
+        Trails {
+            model_id,
+            layers,
+            hidden: hidden as u32,
+            keep,
+            requests: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, RequestTrail>> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the forward of `request` at `position`, dropping any kept at
+    /// that position or later (the request rewound).
+    pub fn record(&self, request: u64, position: u64, forward: ForwardTrail) {
+        let mut requests = self.lock();
+        let trail = requests.entry(request).or_insert_with(|| RequestTrail {
+            forwards: BTreeMap::new(),
+            last_used: Instant::now(),
+        });
+        trail.forwards.split_off(&position);
+        trail.forwards.insert(position, forward);
+        while trail.forwards.len() > MAX_FORWARDS {
+            trail.forwards.pop_first();
+        }
+        trail.last_used = Instant::now();
+    }
+
+    /// Signs a step receipt for every step of every kept forward of
+    /// `request` with `key`.
+    pub fn trace(&self, request: u64, key: &SecretKey) -> Result<Vec<SignedStep>, WireError> {
+        let requests = self.lock();
+        let trail = requests
+            .get(&request)
+            .ok_or(WireError::UnknownRequest(request))?;
+        let mut signed = Vec::new();
+        for (&position, forward) in &trail.forwards {
+            let mut digests = Vec::with_capacity(forward.boundaries.len() + 2);
+            digests.push(*forward.input.digest().as_bytes());
+            digests.extend(
+                forward
+                    .boundaries
+                    .iter()
+                    .map(|b| *blake3::hash(&f32_data(b)).as_bytes()),
+            );
+            digests.push(*blake3::hash(&forward.output.data).as_bytes());
+            for (step, pair) in steps(&self.layers).zip(digests.windows(2)) {
+                let receipt = StepReceipt {
+                    model_id: self.model_id.0,
+                    step,
+                    request_id: request,
+                    position,
+                    input: pair[0],
+                    output: pair[1],
+                };
+                signed.push(SignedStep {
+                    position,
+                    step,
+                    input: receipt.input,
+                    output: receipt.output,
+                    signature: key.sign(&receipt).to_bytes(),
+                });
+            }
+        }
+        Ok(signed)
+    }
+
+    /// The bytes at `boundary` of the forward of `request` at `position`.
+    pub fn reveal(
+        &self,
+        request: u64,
+        position: u64,
+        boundary: Boundary,
+    ) -> Result<ForwardInput, WireError> {
+        let requests = self.lock();
+        let forward = requests
+            .get(&request)
+            .ok_or(WireError::UnknownRequest(request))?
+            .forwards
+            .get(&position)
+            .ok_or_else(|| {
+                WireError::Malformed(format!(
+                    "request {request} has no forward kept at position {position}"
+                ))
+            })?;
+        Ok(match boundary {
+            Boundary::Input => forward.input.clone(),
+            Boundary::Output => ForwardInput::Activations(forward.output.clone()),
+            Boundary::Layer(l) => {
+                let (start, end) = (self.layers.start as u32, self.layers.end as u32);
+                if !(start..=end).contains(&l) {
+                    return Err(WireError::WrongLayers {
+                        served: start..end,
+                        requested: l..l + 1,
+                    });
+                }
+                ForwardInput::Activations(forward.boundary((l - start) as usize, self.hidden))
+            }
+        })
+    }
+
+    /// Forgets trails unused for longer than the audit window.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.lock()
+            .retain(|_, t| now.duration_since(t.last_used) < self.keep);
+    }
+}
