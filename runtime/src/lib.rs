@@ -3,7 +3,9 @@
 //! chain and transport that split a model over machines.
 
 pub mod audit;
+pub mod cheats;
 pub mod client;
+pub mod fraud;
 pub mod gemma3;
 pub mod generate;
 pub mod generation;

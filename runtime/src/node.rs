@@ -104,7 +104,11 @@ pub const DEFAULT_AUDIT_WINDOW: Duration = Duration::from_secs(600);
 pub enum Fault {
     /// Adds `delta` to every output value of layer `layer` in the forward
     /// at `position` (its last row at a prompt).
-    TamperLayer { layer: usize, position: u64, delta: f32 },
+    TamperLayer {
+        layer: usize,
+        position: u64,
+        delta: f32,
+    },
     /// Embeds `token` in place of the first prompt token it was sent.
     SubstitutePrompt { token: u32 },
 }

@@ -63,14 +63,27 @@ pub fn tiny_gemma3_config() -> Config {
 /// Writes a Gemma 3 GGUF with random weights (seeded) for `config`. Matrices
 /// are stored as Q8_0 and norms as F32, like the real file's mix of types.
 pub fn write_random_gemma3(path: &Path, config: &Config, seed: u64) -> Result<()> {
-    write_random_gemma3_with(path, config, seed, Vec::new())
+    write_random_gemma3_with(path, config, seed, GgmlDType::Q8_0, Vec::new())
+}
+
+/// [`write_random_gemma3`] with the matrices stored as `matrices` (the same
+/// values before quantizing for the same seed): a cheaper requantization of
+/// the same weights. Matrix widths must be multiples of its block size.
+pub fn write_random_gemma3_as(
+    path: &Path,
+    config: &Config,
+    seed: u64,
+    matrices: GgmlDType,
+) -> Result<()> {
+    write_random_gemma3_with(path, config, seed, matrices, Vec::new())
 }
 
 /// [`write_random_gemma3`] plus the SentencePiece-style vocabulary of
 /// [`tiny_tokenizer_metadata`], so that `zkinfer generate` can run the file
 /// end to end (prompt text in, text out). `config.vocab` must be at least 320.
 pub fn write_random_gemma3_with_tokenizer(path: &Path, config: &Config, seed: u64) -> Result<()> {
-    write_random_gemma3_with(path, config, seed, tiny_tokenizer_metadata(config.vocab)?)
+    let tokenizer = tiny_tokenizer_metadata(config.vocab)?;
+    write_random_gemma3_with(path, config, seed, GgmlDType::Q8_0, tokenizer)
 }
 
 /// Tokenizer metadata (`tokenizer.ggml.*`) for a vocabulary of `vocab` ids:
@@ -140,6 +153,7 @@ fn write_random_gemma3_with(
     path: &Path,
     config: &Config,
     seed: u64,
+    matrices: GgmlDType,
     extra_metadata: Vec<(&'static str, gguf_file::Value)>,
 ) -> Result<()> {
     let mut rng = Seeded(seed | 1);
@@ -152,7 +166,7 @@ fn write_random_gemma3_with(
                       tensors: &mut Vec<(String, QTensor)>|
      -> Result<()> {
         let t = random(&[out, inp], 1.0 / (inp as f32).sqrt())?;
-        tensors.push((name, QTensor::quantize(&t, GgmlDType::Q8_0)?));
+        tensors.push((name, QTensor::quantize(&t, matrices)?));
         Ok(())
     };
     matrix("token_embd.weight".into(), c.vocab, c.hidden, &mut tensors)?;

@@ -20,7 +20,7 @@ use verifier::receipt::{SecretKey, Step, StepReceipt};
 use crate::model_id::ModelId;
 use crate::wire::{Activations, Boundary, Encoding, ForwardInput, SignedStep, WireError};
 
-/// The most forwards one request's trail holds (the oldest go first).
+/// The most forwards one request's trail holds (later ones are not kept).
 pub const MAX_FORWARDS: usize = 512;
 
 /// One forward as the node computed it.
@@ -51,6 +51,20 @@ impl ForwardTrail {
 /// The F32 encoding of `values`: what inner step digests hash.
 pub fn f32_data(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The context digest of a layer's input after the forward at `position`
+/// whose input to that layer has blake3 `input`, given the context before
+/// it (zeros before the first forward). A layer step's signed input is this
+/// digest: attention reads every earlier position, so the statement binds
+/// the whole history the layer saw, not only the last forward's rows.
+pub fn chain(context: &[u8; 32], position: u64, input: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"zkinfer.context.v1");
+    h.update(context);
+    h.update(&position.to_le_bytes());
+    h.update(input);
+    *h.finalize().as_bytes()
 }
 
 /// The steps of a forward over `layers`, in order.
@@ -100,9 +114,8 @@ impl Trails {
             last_used: Instant::now(),
         });
         trail.forwards.split_off(&position);
-        trail.forwards.insert(position, forward);
-        while trail.forwards.len() > MAX_FORWARDS {
-            trail.forwards.pop_first();
+        if trail.forwards.len() < MAX_FORWARDS {
+            trail.forwards.insert(position, forward);
         }
         trail.last_used = Instant::now();
     }
@@ -115,30 +128,38 @@ impl Trails {
             .get(&request)
             .ok_or(WireError::UnknownRequest(request))?;
         let mut signed = Vec::new();
+        // One running context digest per layer of the span.
+        let mut contexts = vec![[0u8; 32]; self.layers.len()];
         for (&position, forward) in &trail.forwards {
-            let mut digests = Vec::with_capacity(forward.boundaries.len() + 2);
-            digests.push(*forward.input.digest().as_bytes());
-            digests.extend(
-                forward
-                    .boundaries
-                    .iter()
-                    .map(|b| *blake3::hash(&f32_data(b)).as_bytes()),
-            );
-            digests.push(*blake3::hash(&forward.output.data).as_bytes());
-            for (step, pair) in steps(&self.layers).zip(digests.windows(2)) {
+            let hashes: Vec<[u8; 32]> = forward
+                .boundaries
+                .iter()
+                .map(|b| *blake3::hash(&f32_data(b)).as_bytes())
+                .collect();
+            let mut digests = Vec::with_capacity(hashes.len() + 2);
+            digests.push((*forward.input.digest().as_bytes(), hashes[0]));
+            for (context, pair) in contexts.iter_mut().zip(hashes.windows(2)) {
+                *context = chain(context, position, &pair[0]);
+                digests.push((*context, pair[1]));
+            }
+            digests.push((
+                hashes[hashes.len() - 1],
+                *blake3::hash(&forward.output.data).as_bytes(),
+            ));
+            for (step, (input, output)) in steps(&self.layers).zip(digests) {
                 let receipt = StepReceipt {
                     model_id: self.model_id.0,
                     step,
                     request_id: request,
                     position,
-                    input: pair[0],
-                    output: pair[1],
+                    input,
+                    output,
                 };
                 signed.push(SignedStep {
                     position,
                     step,
-                    input: receipt.input,
-                    output: receipt.output,
+                    input,
+                    output,
                     signature: key.sign(&receipt).to_bytes(),
                 });
             }

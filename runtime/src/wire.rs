@@ -780,7 +780,11 @@ impl ForwardInput {
                 ForwardInput::Tokens(ids.iter().map(|b| u32::from_le_bytes(*b)).collect())
             }
             1 => ForwardInput::Activations(Activations::read(r)?),
-            tag => return Err(WireError::Malformed(format!("unknown forward input tag {tag}"))),
+            tag => {
+                return Err(WireError::Malformed(format!(
+                    "unknown forward input tag {tag}"
+                )))
+            }
         })
     }
 

@@ -9,9 +9,9 @@ use std::io::{self, Cursor, Read};
 
 use runtime::model_id::ModelId;
 use runtime::wire::{
-    read_frame, write_frame, Activations, Boundary, Encoding, ErrorCode, ErrorReply, Forward, ForwardInput,
-    Frame, HeadReply, Hello, HelloAck, Limits, Message, Output, Ping, ProofFailure, ProofsReply,
-    ProveSampler, ProveStep, SignedStep, WireError, CHECKSUM_LEN, HEADER_LEN,
+    read_frame, write_frame, Activations, Boundary, Encoding, ErrorCode, ErrorReply, Forward,
+    ForwardInput, Frame, HeadReply, Hello, HelloAck, Limits, Message, Output, Ping, ProofFailure,
+    ProofsReply, ProveSampler, ProveStep, SignedStep, WireError, CHECKSUM_LEN, HEADER_LEN,
 };
 use verifier::receipt::Step;
 
@@ -214,17 +214,22 @@ fn sample_frames() -> Vec<Frame> {
             41,
             0,
             Message::Trace(
-                [Step::Enter(9), Step::Layer(9), Step::Layer(10), Step::Exit(11)]
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, step)| SignedStep {
-                        position: 5,
-                        step,
-                        input: [i as u8; 32],
-                        output: [i as u8 + 1; 32],
-                        signature: [9; 32],
-                    })
-                    .collect(),
+                [
+                    Step::Enter(9),
+                    Step::Layer(9),
+                    Step::Layer(10),
+                    Step::Exit(11),
+                ]
+                .into_iter()
+                .enumerate()
+                .map(|(i, step)| SignedStep {
+                    position: 5,
+                    step,
+                    input: [i as u8; 32],
+                    output: [i as u8 + 1; 32],
+                    signature: [9; 32],
+                })
+                .collect(),
             ),
         ),
         Frame::new(41, 5, Message::Reveal(Boundary::Input)),

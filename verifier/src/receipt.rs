@@ -271,7 +271,11 @@ impl Statement for StepReceipt {
 }
 
 /// Whether `signature` is `signer`'s on `statement`.
-pub fn verify<S: Statement + Clone>(signer: &PublicKey, statement: &S, signature: &Signature) -> bool {
+pub fn verify<S: Statement + Clone>(
+    signer: &PublicKey,
+    statement: &S,
+    signature: &Signature,
+) -> bool {
     verify_aggregate(&[(*signer, statement.clone())], signature)
 }
 
