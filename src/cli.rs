@@ -59,6 +59,8 @@ pub enum Command {
         after_help = "Example:\n  zkinfer cost --vocab 512,4096 --batch 1,4 --lanes 2 --svg cost.svg"
     )]
     Cost(CostArgs),
+    /// Stakes, pending results and their challenge windows in a ledger file (docs/ledger.md).
+    Ledger(crate::commands::ledger::LedgerArgs),
 }
 
 #[derive(Debug, Args)]

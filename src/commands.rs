@@ -19,6 +19,7 @@ mod bench;
 mod cost;
 mod generate;
 mod keys;
+pub mod ledger;
 mod model;
 mod serve;
 
@@ -66,6 +67,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Keygen(args) => keys::keygen(args),
+        Command::Ledger(args) => ledger::run(args),
     }
 }
 

@@ -1,0 +1,178 @@
+//! `zkinfer ledger`: stakes, pending results and their challenge windows in a
+//! ledger file (the `ledger` crate; rules in docs/ledger.md).
+//!
+//! Its arguments live here rather than in `cli.rs` so the command stays in one file.
+//! Challenges are not wired yet: they need the fraud-proof checker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ::ledger::{Ledger, LedgerError, Params, ResultId, ResultState};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::CliError;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  zkinfer ledger --file stakes.json init --window-s 3600 --min-stake 100\n  zkinfer ledger --file stakes.json deposit $(zkinfer keygen --out node.key) 500\n  zkinfer ledger --file stakes.json submit $(b3sum --no-names t.json) NODE_KEY...\n  zkinfer ledger --file stakes.json finalize\n  zkinfer ledger --file stakes.json show --json"
+)]
+pub struct LedgerArgs {
+    /// The ledger file (JSON; created by `init`, or with the default rules by the first change).
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// The time of the operation in unix seconds [default: the system clock].
+    #[arg(long, global = true, value_name = "UNIX_S")]
+    pub now: Option<u64>,
+    #[command(subcommand)]
+    pub command: LedgerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Create an empty ledger with these rules (refuses an existing file).
+    Init {
+        /// How long a result can be challenged after submission, in seconds.
+        #[arg(long, default_value_t = Params::default().challenge_window_s)]
+        window_s: u64,
+        /// What a valid fraud proof takes from the accused node's stake.
+        #[arg(long, default_value_t = Params::default().slash_amount)]
+        slash: u64,
+        /// What a challenger must hold, and loses if its fraud proof is invalid.
+        #[arg(long, default_value_t = Params::default().challenge_bond)]
+        bond: u64,
+        /// The stake each node of a submitted result must hold.
+        #[arg(long, default_value_t = Params::default().min_stake)]
+        min_stake: u64,
+    },
+    /// Add to an account's stake.
+    Deposit { account: String, amount: u64 },
+    /// Take from an account's stake (refused while a pending result locks it).
+    Withdraw { account: String, amount: u64 },
+    /// Record a result and the nodes accountable for it; prints its challenge deadline.
+    Submit {
+        id: String,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make final the results whose challenge window has closed; prints their ids.
+    Finalize,
+    /// Print the rules, balances, results and (with --json) the event log.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(args: LedgerArgs) -> Result<ExitCode, CliError> {
+    let now = match args.now {
+        Some(now) => now,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| CliError::failed(format!("the system clock is before 1970: {e}")))?
+            .as_secs(),
+    };
+    if let LedgerCommand::Init {
+        window_s,
+        slash,
+        bond,
+        min_stake,
+    } = args.command
+    {
+        if args.file.exists() {
+            return Err(CliError::failed(format!(
+                "{} exists; init never overwrites a ledger",
+                args.file.display()
+            )));
+        }
+        let params = Params {
+            challenge_window_s: window_s,
+            slash_amount: slash,
+            challenge_bond: bond,
+            min_stake,
+        };
+        Ledger::new(&args.file, params).save().map_err(error)?;
+        println!("{}", json!({ "params": params }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut ledger = Ledger::open(&args.file).map_err(error)?;
+    match args.command {
+        LedgerCommand::Init { .. } => unreachable!("handled above"),
+        LedgerCommand::Deposit { account, amount } => {
+            let balance = ledger.deposit(&account, amount, now).map_err(error)?;
+            println!("{balance}");
+        }
+        LedgerCommand::Withdraw { account, amount } => {
+            let balance = ledger.withdraw(&account, amount, now).map_err(error)?;
+            println!("{balance}");
+        }
+        LedgerCommand::Submit { id, nodes } => {
+            let deadline = ledger.submit(ResultId(id), nodes, now).map_err(error)?;
+            println!("{deadline}");
+        }
+        LedgerCommand::Finalize => {
+            for id in ledger.finalize(now) {
+                println!("{id}");
+            }
+        }
+        LedgerCommand::Show { json } => {
+            show(&ledger, json);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    ledger.save().map_err(error)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(ledger: &Ledger, json: bool) {
+    if json {
+        let out = json!({
+            "params": ledger.params(),
+            "balances": ledger.balances(),
+            "burned": ledger.burned(),
+            "results": ledger.results(),
+            "events": ledger.events(),
+        });
+        println!("{out}");
+        return;
+    }
+    let p = ledger.params();
+    println!(
+        "rules:    window {} s, slash {}, bond {}, min stake {}",
+        p.challenge_window_s, p.slash_amount, p.challenge_bond, p.min_stake
+    );
+    println!("burned:   {}", ledger.burned());
+    println!("balances: {}", ledger.balances().len());
+    for (account, balance) in ledger.balances() {
+        match ledger.locked_until(account) {
+            Some(until) => println!("  {account} {balance} (locked until {until})"),
+            None => println!("  {account} {balance}"),
+        }
+    }
+    println!("results:  {}", ledger.results().len());
+    for (id, s) in ledger.results() {
+        let state = match &s.state {
+            ResultState::Pending { challenge_deadline } => {
+                format!("pending until {challenge_deadline}")
+            }
+            ResultState::Final { at } => format!("final at {at}"),
+            ResultState::Slashed {
+                node,
+                challenger,
+                at,
+            } => format!("slashed at {at}: node {node}, challenger {challenger}"),
+        };
+        println!("  {id} {state} (nodes {})", s.nodes.join(", "));
+    }
+}
+
+/// A file that cannot be read is unreadable input (exit 2); anything else a refusal (exit 1).
+fn error(e: LedgerError) -> CliError {
+    match e {
+        LedgerError::Read { .. } | LedgerError::Corrupt { .. } | LedgerError::Version { .. } => {
+            CliError::unreadable(e.to_string())
+        }
+        other => CliError::failed(other.to_string()),
+    }
+}
