@@ -26,7 +26,7 @@ pub enum Command {
     /// Verify every proof of a bundle, optionally against a transcript. Exit 0 if all are valid,
     /// 1 if any is invalid (or a required token is not proved), 2 if unreadable.
     #[command(
-        after_help = "Examples:\n  zkinfer verify answer.zkp --json\n  zkinfer verify --transcript answer.json --bundle answer.zkp --model-id $(zkinfer model info $(zkinfer model path) --json | jq -r .model_id)"
+        after_help = "Examples:\n  zkinfer verify answer.zkp --json\n  zkinfer verify --transcript answer.json --bundle answer.zkp --model-id $(zkinfer model info $(zkinfer model path) --json | jq -r .model_id)\n  zkinfer verify --fraud-proof t.fraud-0.json --model model.gguf"
     )]
     Verify(VerifyArgs),
     /// Print a bundle's circuit configuration and statements without verifying them.
@@ -59,8 +59,59 @@ pub enum Command {
         after_help = "Example:\n  zkinfer cost --vocab 512,4096 --batch 1,4 --lanes 2 --svg cost.svg"
     )]
     Cost(CostArgs),
+    /// Re-execute a transcript's hops on this machine, asking its nodes for what they signed, and
+    /// bisect a disputed hop to the first bad layer (a fraud proof). Exit 0 if every hop is
+    /// accepted, 1 if any is rejected or a receipt check fails, 2 if unreadable, 3 if ambiguous.
+    #[command(
+        after_help = "Examples:\n  zkinfer audit --transcript t.json\n  zkinfer audit --transcript t.json --sample 8 --json\n  zkinfer audit --transcript t.json --positions 0,12,13 --fraud-proofs proofs/\n  zkinfer audit --report        (the cheat suite: which route catches which cheat)\n\nThe nodes keep what an audit needs for `zkinfer serve --audit-window` seconds (default 600)."
+    )]
+    Audit(AuditArgs),
     /// Stakes, pending results and their challenge windows in a ledger file (docs/ledger.md).
     Ledger(crate::commands::ledger::LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The transcript to audit (`zkinfer generate --transcript`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "report",
+        conflicts_with = "report"
+    )]
+    pub transcript: Option<PathBuf>,
+    /// The model to re-execute with [default: the packaged model].
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Re-execute only the forwards at these positions (every earlier forward of a node is still
+    /// revealed: attention reads them).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "P,..",
+        conflicts_with = "sample"
+    )]
+    pub positions: Vec<u64>,
+    /// Re-execute K forward positions drawn at random (the nodes cannot know which in advance).
+    #[arg(long, value_name = "K")]
+    pub sample: Option<usize>,
+    /// Where to write fraud proofs [default: next to the transcript, as T.fraud-N.json].
+    #[arg(long, value_name = "DIR")]
+    pub fraud_proofs: Option<PathBuf>,
+    /// Seconds allowed per question to a node.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub timeout: u64,
+    /// Run the cheat suite on tiny random models instead and print the detection table.
+    #[arg(long)]
+    pub report: bool,
+    /// Honest tokens the cheat suite generates and audits, with --report.
+    #[arg(long, default_value_t = 1000, value_name = "N", requires = "report")]
+    pub honest_tokens: usize,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +239,10 @@ pub struct ServeArgs {
     /// receipts in their transcripts and `verify --transcript` checks them.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Seconds a signing node keeps what it computed for a request (the hidden states at every
+    /// layer) after its last use, so that `zkinfer audit` can re-execute and bisect its hops.
+    #[arg(long, default_value_t = runtime::node::DEFAULT_AUDIT_WINDOW.as_secs(), value_name = "S", requires = "key")]
+    pub audit_window: u64,
     /// Prove tokens alongside inference when clients ask (`generate --prove`): this node must
     /// serve the last layers. Keys are built at start-up (minutes for a large vocabulary, with
     /// public parameters cached on disk); proofs run on --prove-threads threads at the lowest CPU
@@ -332,7 +387,7 @@ pub struct ProveArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The proof bundle.
-    #[arg(value_name = "BUNDLE", required_unless_present = "bundle_flag")]
+    #[arg(value_name = "BUNDLE", required_unless_present_any = ["bundle_flag", "fraud_proof"])]
     pub bundle: Option<PathBuf>,
     /// The proof bundle (the same as the positional argument).
     #[arg(long = "bundle", value_name = "FILE", conflicts_with = "bundle")]
@@ -345,6 +400,13 @@ pub struct VerifyArgs {
     /// The model id the transcript must name (`zkinfer model info`), with --transcript.
     #[arg(long, value_name = "HEX", requires = "transcript")]
     pub model_id: Option<String>,
+    /// Check a fraud proof (`zkinfer audit`) instead: the node's signature on the step and its
+    /// re-execution with --model. Exit 0 if it shows fraud, 1 if it does not, 2 if unreadable.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["bundle", "bundle_flag", "transcript"])]
+    pub fraud_proof: Option<PathBuf>,
+    /// The model a fraud proof is checked with [default: the packaged model].
+    #[arg(long, value_name = "FILE", requires = "fraud_proof")]
+    pub model: Option<PathBuf>,
     /// Print the verdicts as JSON.
     #[arg(long)]
     pub json: bool,

@@ -15,6 +15,7 @@ use verifier::{Bundle, ParamsCache};
 use crate::cli::{CacheArgs, Cli, Command, InspectArgs, ProveArgs, VerifyArgs};
 
 mod answer;
+mod audit;
 mod bench;
 mod cost;
 mod generate;
@@ -67,8 +68,64 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Keygen(args) => keys::keygen(args),
+        Command::Audit(args) => audit::run(args),
         Command::Ledger(args) => ledger::run(args),
     }
+}
+
+/// Reads a fraud proof written by `zkinfer audit`.
+pub fn read_fraud_proof(path: &Path) -> Result<runtime::fraud::FraudProof, CliError> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| CliError::unreadable(format!("reading {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| CliError::unreadable(format!("{}: not a fraud proof: {e}", path.display())))
+}
+
+/// `zkinfer verify --fraud-proof`: exit 0 if it shows fraud, 1 if not.
+fn verify_fraud_proof(
+    path: &Path,
+    model: Option<&Path>,
+    as_json: bool,
+) -> Result<ExitCode, CliError> {
+    let proof = read_fraud_proof(path)?;
+    let model = model
+        .map(Path::to_path_buf)
+        .unwrap_or_else(model::packaged_model_path);
+    let mut replayer = audit::open_replayer(&model)?;
+    let verdict = proof
+        .check(&mut replayer)
+        .map_err(|e| CliError::failed(format!("re-executing the step: {e}")))?;
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "valid": verdict.valid,
+                "reason": verdict.reason,
+                "comparison": verdict.comparison,
+                "node": proof.signer,
+                "step": proof.step,
+                "position": proof.position,
+            })
+        );
+    } else {
+        println!(
+            "{}: {}",
+            if verdict.valid {
+                "fraud shown"
+            } else {
+                "no fraud shown"
+            },
+            verdict.reason
+        );
+        if verdict.valid {
+            println!("node: {}", proof.signer);
+        }
+    }
+    Ok(if verdict.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn cache(args: &CacheArgs) -> ParamsCache {
@@ -145,6 +202,9 @@ fn sampler_json(sampler: Sampler) -> serde_json::Value {
 }
 
 fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
+    if let Some(path) = &args.fraud_proof {
+        return verify_fraud_proof(path, args.model.as_deref(), args.json);
+    }
     let path = args
         .bundle
         .as_ref()

@@ -92,7 +92,8 @@ pub struct Submission {
 }
 
 /// Why a fraud proof was rejected.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Rejection {
     /// The checker refused the proof, with its reason.
     InvalidProof(String),
@@ -115,7 +116,8 @@ impl fmt::Display for Rejection {
 }
 
 /// What a challenge did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ChallengeOutcome {
     /// The fraud proof was valid: `slashed` left the node's stake, `reward` went to
     /// the challenger and `burned` was destroyed (`reward + burned == slashed`).

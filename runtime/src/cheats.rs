@@ -201,15 +201,28 @@ fn shard(path: &Path, layers: Range<usize>) -> crate::Result<(ModelId, Model)> {
     Ok((id, model))
 }
 
-/// One scenario's chain, generation and routes.
-struct Run<'a> {
-    models: &'a Models,
-    cheat: Option<Cheat>,
-    prompt: Vec<u32>,
-    tokens: usize,
-    seed: u64,
-    /// Prove one challenged token (with `params_dir`).
-    prove: Option<&'a Path>,
+/// One scenario: a two-node chain (one node cheating, or none) and a
+/// sampled generation through it.
+pub struct Run<'a> {
+    pub models: &'a Models,
+    pub cheat: Option<Cheat>,
+    /// Token ids, BOS first.
+    pub prompt: Vec<u32>,
+    pub tokens: usize,
+    /// Seeds the client nonce.
+    pub seed: u64,
+    /// Prove one challenged token (with the parameters in this directory).
+    pub prove: Option<&'a Path>,
+}
+
+/// A generation through a chain whose nodes are still up (until this is
+/// dropped), so that auditors can ask them.
+pub struct LiveChain {
+    /// The nodes' async runtime.
+    pub nodes: tokio::runtime::Runtime,
+    pub transcript: Transcript,
+    /// The head node's proofs, when the run asked for them.
+    pub bundle: Option<Bundle>,
 }
 
 /// The circuit a proving head node of the suite uses.
@@ -222,6 +235,23 @@ impl Run<'_> {
     /// Generates and audits; returns the transcript, the audit and the
     /// head node's bundle when it proved.
     fn go(&self, scratch: &Path) -> Result<(Transcript, AuditReport, Option<Bundle>), String> {
+        let chain = self.start()?;
+        let mut replayer =
+            Replayer::open(&self.models.honest, Device::Cpu).map_err(|e| e.to_string())?;
+        let report = chain
+            .nodes
+            .block_on(audit(
+                &chain.transcript,
+                scratch,
+                &mut replayer,
+                &AuditOptions::default(),
+            ))
+            .map_err(|e| e.to_string())?;
+        Ok((chain.transcript, report, chain.bundle))
+    }
+
+    /// Starts the chain and generates through it.
+    pub fn start(&self) -> Result<LiveChain, String> {
         let config = tiny_gemma3_config();
         let err = |e: crate::ModelError| e.to_string();
         let nodes = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
@@ -316,16 +346,11 @@ impl Run<'_> {
             Some(proofs) => Some(proofs.bundle.ok_or("the head node proved nothing")?),
             None => None,
         };
-        let mut replayer = Replayer::open(&self.models.honest, Device::Cpu).map_err(err)?;
-        let report = nodes
-            .block_on(audit(
-                &transcript,
-                scratch,
-                &mut replayer,
-                &AuditOptions::default(),
-            ))
-            .map_err(|e| e.to_string())?;
-        Ok((transcript, report, bundle))
+        Ok(LiveChain {
+            nodes,
+            transcript,
+            bundle,
+        })
     }
 }
 

@@ -15,13 +15,8 @@ use verifier::{Bundle, Report};
 use super::CliError;
 use crate::cli::VerifyArgs;
 
-pub fn run(
-    args: &VerifyArgs,
-    path: &Path,
-    bundle: &Bundle,
-    report: &Report,
-    elapsed: Duration,
-) -> Result<ExitCode, CliError> {
+/// Reads a transcript written by `zkinfer generate --transcript`.
+pub fn read_transcript(path: &Path) -> Result<Transcript, CliError> {
     let unreadable =
         |e: &dyn std::fmt::Display| CliError::unreadable(format!("{}: {e}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| unreadable(&e))?;
@@ -33,6 +28,17 @@ pub fn run(
             transcript::VERSION
         )));
     }
+    Ok(transcript)
+}
+
+pub fn run(
+    args: &VerifyArgs,
+    path: &Path,
+    bundle: &Bundle,
+    report: &Report,
+    elapsed: Duration,
+) -> Result<ExitCode, CliError> {
+    let transcript = read_transcript(path)?;
     let mut problems = Vec::new();
     if let Some(expected) = &args.model_id {
         if !expected.eq_ignore_ascii_case(&transcript.model_id) {
@@ -45,7 +51,7 @@ pub fn run(
     let dir = path.parent().unwrap_or(Path::new("."));
     let expected = transcript
         .expected_steps(dir, bundle.shape.fixed_point, bundle.shape.vocab)
-        .map_err(|e| unreadable(&e))?;
+        .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
     problems.extend(expected.problems);
     let receipts = check_receipts(&transcript);
     if let Err(problem) = &receipts {

@@ -2,7 +2,8 @@
 //! ledger file (the `ledger` crate; rules in docs/ledger.md).
 //!
 //! Its arguments live here rather than in `cli.rs` so the command stays in one file.
-//! Challenges are not wired yet: they need the fraud-proof checker.
+//! A challenge's fraud proof is checked by re-execution (`zkinfer verify
+//! --fraud-proof` does the same) before the ledger slashes anyone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ::ledger::{Ledger, LedgerError, Params, ResultId, ResultState};
 use clap::{Args, Subcommand};
 use serde_json::json;
+
+use runtime::fraud::FraudProof;
 
 use super::CliError;
 
@@ -55,6 +58,18 @@ pub enum LedgerCommand {
         id: String,
         #[arg(required = true)]
         nodes: Vec<String>,
+    },
+    /// Challenge a pending result with a fraud proof (`zkinfer audit`): a valid one slashes the
+    /// node it names, an invalid one costs the challenger its bond.
+    Challenge {
+        id: String,
+        challenger: String,
+        /// The fraud proof file.
+        #[arg(long, value_name = "FILE")]
+        fraud_proof: PathBuf,
+        /// The model to re-execute the step with [default: the packaged model].
+        #[arg(long, value_name = "FILE")]
+        model: Option<PathBuf>,
     },
     /// Make final the results whose challenge window has closed; prints their ids.
     Finalize,
@@ -110,6 +125,28 @@ pub fn run(args: LedgerArgs) -> Result<ExitCode, CliError> {
         LedgerCommand::Submit { id, nodes } => {
             let deadline = ledger.submit(ResultId(id), nodes, now).map_err(error)?;
             println!("{deadline}");
+        }
+        LedgerCommand::Challenge {
+            id,
+            challenger,
+            fraud_proof,
+            model,
+        } => {
+            let proof = super::read_fraud_proof(&fraud_proof)?;
+            let model = model.unwrap_or_else(super::model::packaged_model_path);
+            let mut replayer = super::audit::open_replayer(&model)?;
+            let check = |proof: &FraudProof| {
+                let verdict = proof.check(&mut replayer).map_err(|e| e.to_string())?;
+                if verdict.valid {
+                    Ok(proof.signer.clone())
+                } else {
+                    Err(verdict.reason)
+                }
+            };
+            let outcome = ledger
+                .challenge(&ResultId(id), &challenger, &proof, check, now)
+                .map_err(error)?;
+            println!("{}", json!({ "outcome": outcome }));
         }
         LedgerCommand::Finalize => {
             for id in ledger.finalize(now) {

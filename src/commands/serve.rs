@@ -38,7 +38,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         None
     };
     let config = NodeConfig {
-        audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+        audit_window: Duration::from_secs(args.audit_window),
         fault: None,
         model_id: id,
         layers: args.layers.clone(),

