@@ -80,7 +80,8 @@ pub struct AuditArgs {
         conflicts_with = "report"
     )]
     pub transcript: Option<PathBuf>,
-    /// The model to re-execute with [default: the packaged model].
+    /// The model to re-execute with [default: the packaged model]. With --report: run the cheat
+    /// suite on this model (split in half; no model swap and no proofs) instead of tiny ones.
     #[arg(long, value_name = "FILE")]
     pub model: Option<PathBuf>,
     /// Re-execute only the forwards at these positions (every earlier forward of a node is still
@@ -101,7 +102,7 @@ pub struct AuditArgs {
     /// Seconds allowed per question to a node.
     #[arg(long, default_value_t = 30, value_name = "S")]
     pub timeout: u64,
-    /// Run the cheat suite on tiny random models instead and print the detection table.
+    /// Run the cheat suite instead (tiny random models, or --model) and print the detection table.
     #[arg(long)]
     pub report: bool,
     /// Honest tokens the cheat suite generates and audits, with --report.

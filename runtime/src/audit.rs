@@ -742,8 +742,10 @@ impl AuditReport {
             ));
         }
         for hop in &self.hops {
-            let number = |c: &Option<Comparison>| {
-                c.map_or("-".to_string(), |c| format!("{:.2e}", c.max_abs_diff))
+            let number = |c: &Option<Comparison>| match c {
+                None => "-".to_string(),
+                Some(c) if c.max_abs_diff == 0.0 => "0".to_string(),
+                Some(c) => format!("{:.2e}", c.max_abs_diff),
             };
             let mut line = format!(
                 "{:<9} position {:>4} layers {:>2}..{:<2} {} (max |diff| enter {} span {} exit {})",

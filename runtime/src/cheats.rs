@@ -36,21 +36,25 @@ use crate::model_id::{model_id, ModelId};
 use crate::node::{serve, Fault, NodeConfig, DEFAULT_AUDIT_WINDOW};
 use crate::proving::{ProofService, ProvingConfig};
 use crate::session::SessionConfig;
-use crate::testing::{tiny_gemma3_config, write_random_gemma3, write_random_gemma3_as};
+use crate::testing::{
+    requantize_gguf, tiny_gemma3_config, write_random_gemma3, write_random_gemma3_as,
+};
 use crate::transcript::{Nonce, ProvingPolicy, Transcript};
 use crate::wire::{Encoding, Limits};
 
-/// Where the chain splits: node A serves `0..SPLIT`, node B the rest.
-pub const SPLIT: usize = 4;
+/// Where the tiny model's chain splits: node A serves `0..TINY_SPLIT`,
+/// node B the rest.
+pub const TINY_SPLIT: usize = 4;
 
 /// A way to cheat.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Cheat {
     /// Node B serves another model's weights under the model's id.
     ModelSwap,
-    /// Node B serves the same weights requantized to Q4_0 (from Q8_0).
+    /// Node B serves the same weights requantized to Q4_0 (the tiny model is
+    /// Q8_0, the packaged one Q4_K_M).
     Requantized,
-    /// Node B adds 1.0 to the output of layer `SPLIT + 1` at one position.
+    /// Node B adds 1.0 to the output of its second layer at one position.
     TamperedActivation,
     /// Node A embeds another first prompt token than it was sent (and
     /// signs what it was sent).
@@ -81,8 +85,8 @@ impl Cheat {
     pub fn name(self) -> &'static str {
         match self {
             Cheat::ModelSwap => "model swap (other weights)",
-            Cheat::Requantized => "same weights requantized Q8_0 -> Q4_0",
-            Cheat::TamperedActivation => "tampered activation after layer 5",
+            Cheat::Requantized => "same weights requantized to Q4_0",
+            Cheat::TamperedActivation => "tampered activation (node B's 2nd layer)",
             Cheat::SubstitutedPrompt => "substituted prompt token (node)",
             Cheat::RewrittenPrompt => "substituted prompt (transcript)",
             Cheat::SpoofedLogprob => "spoofed log-probability",
@@ -91,11 +95,12 @@ impl Cheat {
         }
     }
 
-    /// The first bad step bisection should name, where one exists.
-    pub fn expected_first_bad(self) -> Option<StepName> {
+    /// The first bad step bisection should name, where one exists, for a
+    /// chain split at `split`.
+    pub fn expected_first_bad(self, split: usize) -> Option<StepName> {
         match self {
-            Cheat::ModelSwap | Cheat::Requantized => Some(StepName::Layer(SPLIT as u32)),
-            Cheat::TamperedActivation => Some(StepName::Layer(SPLIT as u32 + 1)),
+            Cheat::ModelSwap | Cheat::Requantized => Some(StepName::Layer(split as u32)),
+            Cheat::TamperedActivation => Some(StepName::Layer(split as u32 + 1)),
             Cheat::SubstitutedPrompt => Some(StepName::Enter(0)),
             _ => None,
         }
@@ -170,26 +175,62 @@ pub struct SuiteReport {
     pub honest: HonestRuns,
 }
 
-/// The tiny models of the suite, written once to a directory.
+/// The models of a suite: the honest one and the cheats' weights.
 pub struct Models {
     pub honest: PathBuf,
-    other: PathBuf,
-    requantized: PathBuf,
+    /// Other weights of the same shape (the model swap), when there are any.
+    pub other: Option<PathBuf>,
+    /// The honest weights requantized to Q4_0.
+    pub requantized: PathBuf,
+    /// Node A serves `0..split`, node B `split..layers`.
+    pub split: usize,
+    pub layers: usize,
+    pub hidden: usize,
+    pub vocab: usize,
 }
 
 impl Models {
+    /// The tiny random Gemma 3 (seed 31), another one (seed 32) and the
+    /// first requantized, written to `dir`.
     pub fn write(dir: &Path) -> crate::Result<Models> {
         std::fs::create_dir_all(dir).map_err(candle_core::Error::from)?;
         let config = tiny_gemma3_config();
-        let models = Models {
-            honest: dir.join("honest.gguf"),
-            other: dir.join("other.gguf"),
-            requantized: dir.join("requantized.gguf"),
-        };
-        write_random_gemma3(&models.honest, &config, 31)?;
-        write_random_gemma3(&models.other, &config, 32)?;
-        write_random_gemma3_as(&models.requantized, &config, 31, GgmlDType::Q4_0)?;
-        Ok(models)
+        let (honest, other, requantized) = (
+            dir.join("honest.gguf"),
+            dir.join("other.gguf"),
+            dir.join("requantized.gguf"),
+        );
+        write_random_gemma3(&honest, &config, 31)?;
+        write_random_gemma3(&other, &config, 32)?;
+        write_random_gemma3_as(&requantized, &config, 31, GgmlDType::Q4_0)?;
+        Ok(Models {
+            honest,
+            other: Some(other),
+            requantized,
+            split: TINY_SPLIT,
+            layers: config.layers,
+            hidden: config.hidden,
+            vocab: config.vocab,
+        })
+    }
+
+    /// The model at `path`, split in half, and its Q4_0 requantization
+    /// written to `dir` (no other weights of its shape: no model swap).
+    pub fn of(path: &Path, dir: &Path) -> crate::Result<Models> {
+        std::fs::create_dir_all(dir).map_err(candle_core::Error::from)?;
+        let requantized = dir.join("requantized.gguf");
+        requantize_gguf(path, &requantized, GgmlDType::Q4_0)?;
+        let mut reader = BufReader::new(File::open(path).map_err(candle_core::Error::from)?);
+        let shape = Model::shape_of(&gguf_file::Content::read(&mut reader)?)?;
+        Ok(Models {
+            honest: path.to_path_buf(),
+            other: None,
+            requantized,
+            split: shape.layers / 2,
+            layers: shape.layers,
+            hidden: shape.hidden,
+            vocab: shape.vocab,
+        })
     }
 }
 
@@ -252,26 +293,28 @@ impl Run<'_> {
 
     /// Starts the chain and generates through it.
     pub fn start(&self) -> Result<LiveChain, String> {
-        let config = tiny_gemma3_config();
+        let m = self.models;
         let err = |e: crate::ModelError| e.to_string();
         let nodes = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        let (honest_id, _) = shard(&self.models.honest, 0..1).map_err(err)?;
+        let (honest_id, _) = shard(&m.honest, 0..1).map_err(err)?;
         let mut hops = Vec::new();
-        for (index, range) in [0..SPLIT, SPLIT..config.layers].into_iter().enumerate() {
+        for (index, range) in [0..m.split, m.split..m.layers].into_iter().enumerate() {
             let weights = match (self.cheat, index) {
-                (Some(Cheat::ModelSwap), 1) => &self.models.other,
-                (Some(Cheat::Requantized), 1) => &self.models.requantized,
-                _ => &self.models.honest,
+                (Some(Cheat::ModelSwap), 1) => {
+                    m.other.as_ref().ok_or("no other weights to swap in")?
+                }
+                (Some(Cheat::Requantized), 1) => &m.requantized,
+                _ => &m.honest,
             };
             let (_, model) = shard(weights, range.clone()).map_err(err)?;
             let fault = match (self.cheat, index) {
                 (Some(Cheat::TamperedActivation), 1) => Some(Fault::TamperLayer {
-                    layer: SPLIT + 1,
+                    layer: m.split + 1,
                     position: self.prompt.len() as u64 + 2,
                     delta: 1.0,
                 }),
                 (Some(Cheat::SubstitutedPrompt), 0) => Some(Fault::SubstitutePrompt {
-                    token: (self.prompt[1] + 1) % config.vocab as u32,
+                    token: (self.prompt[1] + 1) % m.vocab as u32,
                 }),
                 _ => None,
             };
@@ -311,11 +354,11 @@ impl Run<'_> {
         let session = SessionConfig {
             encoding: Encoding::F32,
             io_timeout: Duration::from_secs(30),
-            activation_bytes: config.hidden * 4,
+            activation_bytes: m.hidden * 4,
             ..SessionConfig::default()
         };
         let mut backend =
-            Backend::remote(hops, config.layers, honest_id, session).map_err(|e| e.to_string())?;
+            Backend::remote(hops, m.layers, honest_id, session).map_err(|e| e.to_string())?;
         let nonce = Nonce::from_seed(self.seed);
         let options = GenerationOptions {
             max_tokens: self.tokens,
@@ -329,8 +372,8 @@ impl Run<'_> {
         };
         let info = ModelInfo {
             id: Some(honest_id),
-            layers: config.layers,
-            vocab: config.vocab,
+            layers: m.layers,
+            vocab: m.vocab,
         };
         let prompt = Prompt {
             text: "(token ids)".into(),
@@ -340,7 +383,7 @@ impl Run<'_> {
             .map_err(|e| e.to_string())?;
         let mut transcript = generation.transcript;
         if self.cheat == Some(Cheat::RewrittenPrompt) {
-            transcript.prompt_tokens[1] = (transcript.prompt_tokens[1] + 1) % config.vocab as u32;
+            transcript.prompt_tokens[1] = (transcript.prompt_tokens[1] + 1) % m.vocab as u32;
         }
         let bundle = match generation.proofs {
             Some(proofs) => Some(proofs.bundle.ok_or("the head node proved nothing")?),
@@ -430,7 +473,7 @@ fn caught(report: &AuditReport, zk: Option<bool>) -> Caught {
             .map(|c| c.max_abs_diff)
             .fold(0f32, f32::max);
         detail.push(format!(
-            "{rejected} hops rejected, first at position {} (layers {}..{}, max |diff| {worst:.3})",
+            "{rejected} hops rejected, first at position {} (layers {}..{}, max abs diff {worst:.3})",
             hop.position, hop.layers[0], hop.layers[1]
         ));
     }
@@ -459,6 +502,10 @@ fn caught(report: &AuditReport, zk: Option<bool>) -> Caught {
 pub struct SuiteOptions {
     /// Scratch directory (models, transcripts).
     pub dir: PathBuf,
+    /// A real model to run on (split in half; no model swap, and no proofs:
+    /// the ZK rows need a proof at the model's vocabulary) instead of the
+    /// tiny random ones.
+    pub model: Option<PathBuf>,
     /// Public parameters cache, for the proving scenarios.
     pub params_dir: PathBuf,
     /// Honest tokens to generate and audit in all.
@@ -473,54 +520,70 @@ pub fn run_suite(
     options: &SuiteOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<SuiteReport, String> {
-    let models = Models::write(&options.dir).map_err(|e| e.to_string())?;
-    let checker = ProofChecker::new(
-        proof_shape().map_err(|e| e.to_string())?,
-        &options.params_dir,
-    )?;
+    let models = match &options.model {
+        None => Models::write(&options.dir),
+        Some(path) => {
+            progress("requantizing the model to Q4_0");
+            Models::of(path, &options.dir)
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let prompt = vec![2, 17, 101, 45];
-    // One honest run whose head node proves a challenged token: the ZK
-    // cheats are what that node would have to send instead of its bundle
-    // (no valid proof says anything else about the committed logits).
-    progress("honest run with a proof");
-    let proven = Run {
-        models: &models,
-        cheat: None,
-        prompt: prompt.clone(),
-        tokens: 6,
-        seed: 7,
-        prove: Some(options.params_dir.as_path()),
-    };
-    let (proven_transcript, proven_report, bundle) = proven.go(&options.dir)?;
-    let bundle = bundle.ok_or("the proving run returned no bundle")?;
     let mut honest = HonestRuns::default();
-    honest.record(
-        &proven_transcript,
-        &proven_report,
-        !checker.holds(&proven_transcript, &options.dir, &bundle)?,
-    );
+    // On the tiny model, one honest run whose head node proves a challenged
+    // token: the ZK cheats are what that node would have to send instead of
+    // its bundle (no valid proof says anything else about the committed
+    // logits).
+    let proven = if options.model.is_none() {
+        let checker = ProofChecker::new(
+            proof_shape().map_err(|e| e.to_string())?,
+            &options.params_dir,
+        )?;
+        progress("honest run with a proof");
+        let run = Run {
+            models: &models,
+            cheat: None,
+            prompt: prompt.clone(),
+            tokens: 6,
+            seed: 7,
+            prove: Some(options.params_dir.as_path()),
+        };
+        let (transcript, report, bundle) = run.go(&options.dir)?;
+        let bundle = bundle.ok_or("the proving run returned no bundle")?;
+        let rejected = !checker.holds(&transcript, &options.dir, &bundle)?;
+        honest.record(&transcript, &report, rejected);
+        Some((checker, transcript, report, bundle))
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     for cheat in Cheat::ALL {
-        progress(cheat.name());
-        let (report, zk) = if cheat.proves() {
-            let spoofed = spoof(bundle.clone(), cheat);
-            let zk = !checker.holds(&proven_transcript, &options.dir, &spoofed)?;
-            (proven_report.clone(), Some(zk))
-        } else {
-            let run = Run {
-                models: &models,
-                cheat: Some(cheat),
-                prompt: prompt.clone(),
-                tokens: 6,
-                seed: 7,
-                prove: None,
-            };
-            (run.go(&options.dir)?.1, None)
+        let (report, zk) = match (&proven, cheat) {
+            (None, c) if c.proves() => continue,
+            (_, Cheat::ModelSwap) if models.other.is_none() => continue,
+            (Some((checker, transcript, report, bundle)), c) if c.proves() => {
+                progress(cheat.name());
+                let spoofed = spoof(bundle.clone(), cheat);
+                let zk = !checker.holds(transcript, &options.dir, &spoofed)?;
+                (report.clone(), Some(zk))
+            }
+            _ => {
+                progress(cheat.name());
+                let run = Run {
+                    models: &models,
+                    cheat: Some(cheat),
+                    prompt: prompt.clone(),
+                    tokens: 6,
+                    seed: 7,
+                    prove: None,
+                };
+                (run.go(&options.dir)?.1, None)
+            }
         };
         rows.push(Row {
             cheat: cheat.name(),
             caught: caught(&report, zk),
-            expected_first_bad: cheat.expected_first_bad(),
+            expected_first_bad: cheat.expected_first_bad(models.split),
         });
     }
     let per_run = options.tokens_per_run.max(1);

@@ -363,12 +363,7 @@ impl Value {
             ForwardInput::Activations(a) => Value::Matrix {
                 rows: a.rows,
                 cols: a.cols,
-                encoding: match a.encoding {
-                    Encoding::F32 => "f32",
-                    Encoding::F16 => "f16",
-                    Encoding::Q8 => "q8",
-                }
-                .into(),
+                encoding: a.encoding.name().into(),
                 data: hex(&a.data),
             },
         }
@@ -383,12 +378,8 @@ impl Value {
                 encoding,
                 data,
             } => {
-                let encoding = match encoding.as_str() {
-                    "f32" => Encoding::F32,
-                    "f16" => Encoding::F16,
-                    "q8" => Encoding::Q8,
-                    other => return Err(format!("unknown encoding {other:?}")),
-                };
+                let encoding = Encoding::from_name(encoding)
+                    .ok_or_else(|| format!("unknown encoding {encoding:?}"))?;
                 let bytes = parse_hex(data, data.len() / 2)
                     .ok_or_else(|| "matrix data is not hex".to_string())?;
                 let a = Activations {

@@ -42,6 +42,46 @@ fn write_gguf(
     Ok(())
 }
 
+/// Copies the GGUF at `src` to `dst` with every quantized matrix whose rows
+/// fit `dtype`'s blocks requantized to `dtype` (through f32), the rest as it
+/// is: the same weights in a cheaper format, as a node that saves compute
+/// would serve them. Returns how many tensors changed format.
+pub fn requantize_gguf(src: &Path, dst: &Path, dtype: GgmlDType) -> Result<usize> {
+    let mut reader =
+        std::io::BufReader::new(std::fs::File::open(src).map_err(candle_core::Error::from)?);
+    let content = gguf_file::Content::read(&mut reader)?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    let mut changed = 0;
+    for name in names {
+        let tensor = content.tensor(&mut reader, name, &Device::Cpu)?;
+        let quantized = !matches!(
+            tensor.dtype(),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        );
+        let fits = tensor
+            .shape()
+            .dims()
+            .last()
+            .is_some_and(|&cols| cols % dtype.block_size() == 0);
+        let tensor = if quantized && fits && tensor.dtype() != dtype {
+            changed += 1;
+            QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, dtype)?
+        } else {
+            tensor
+        };
+        tensors.push((name.clone(), tensor));
+    }
+    let metadata: Vec<(&str, gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    write_gguf(dst, &metadata, &tensors)?;
+    Ok(changed)
+}
+
 /// A small Gemma 3 shape with one global layer (index 5) and a short window.
 pub fn tiny_gemma3_config() -> Config {
     Config {

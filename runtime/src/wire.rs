@@ -438,6 +438,22 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// Its name in files and on command lines: `f32`, `f16`, `q8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::F32 => "f32",
+            Encoding::F16 => "f16",
+            Encoding::Q8 => "q8",
+        }
+    }
+
+    /// The encoding named `name` ([`Encoding::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Encoding::F32, Encoding::F16, Encoding::Q8]
+            .into_iter()
+            .find(|e| e.name() == name)
+    }
+
     /// The encoding for a byte on the wire, `None` for an unknown byte.
     pub fn from_u8(byte: u8) -> Option<Self> {
         Some(match byte {

@@ -3,7 +3,7 @@
 //! tokens without a false rejection, and fraud proofs that stand on their
 //! own — and fail once anything in them changes.
 
-use runtime::cheats::{run_suite, Cheat, SuiteOptions};
+use runtime::cheats::{run_suite, Cheat, SuiteOptions, TINY_SPLIT};
 use verifier::ParamsCache;
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -17,6 +17,7 @@ fn every_cheat_is_caught_and_no_honest_token_is_rejected() {
     let dir = scratch("cheats");
     let options = SuiteOptions {
         dir: dir.clone(),
+        model: None,
         params_dir: ParamsCache::default_dir(),
         honest_tokens: 1_000,
         tokens_per_run: 100,
@@ -27,14 +28,16 @@ fn every_cheat_is_caught_and_no_honest_token_is_rejected() {
     })
     .expect("suite");
     println!("{}", report.table());
+    assert_eq!(report.rows.len(), Cheat::ALL.len());
     for (cheat, row) in Cheat::ALL.iter().zip(&report.rows) {
+        assert_eq!(row.cheat, cheat.name());
         assert!(
             row.caught.any(),
             "{} was not caught: {:?}",
             row.cheat,
             row.caught
         );
-        if let Some(expected) = cheat.expected_first_bad() {
+        if let Some(expected) = cheat.expected_first_bad(TINY_SPLIT) {
             assert_eq!(row.caught.first_bad, Some(expected), "{}", row.cheat);
         }
     }

@@ -153,6 +153,7 @@ fn report(args: &AuditArgs) -> Result<ExitCode, CliError> {
     let dir = std::env::temp_dir().join(format!("zkinfer-cheats-{}", std::process::id()));
     let options = SuiteOptions {
         dir: dir.clone(),
+        model: args.model.clone(),
         params_dir: super::cache(&args.cache).dir().to_path_buf(),
         honest_tokens: args.honest_tokens,
         tokens_per_run: 100,

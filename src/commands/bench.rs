@@ -783,14 +783,6 @@ fn failover(setup: &mut Setup, nodes: &mut [Node], layer: usize) -> Result<Failo
     })
 }
 
-fn encoding_name(e: Encoding) -> &'static str {
-    match e {
-        Encoding::F32 => "f32",
-        Encoding::F16 => "f16",
-        Encoding::Q8 => "q8",
-    }
-}
-
 fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
     if let Some(threads) = args.in_process {
         return in_process(&args, threads.max(1));
@@ -864,7 +856,7 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
     progress("activation encodings on the 2-shard chain");
     let mut encodings = Vec::new();
     for encoding in [Encoding::F32, Encoding::F16, Encoding::Q8] {
-        progress(&format!("  {}", encoding_name(encoding)));
+        progress(&format!("  {}", Encoding::name(encoding)));
         encodings.push(encoding_run(&mut setup, &two, encoding, &single1)?);
     }
     // A second node for the second range: failover has somewhere to go.
@@ -1097,7 +1089,7 @@ impl Report {
             .iter()
             .map(|e| {
                 json!({
-                    "encoding": encoding_name(e.encoding),
+                    "encoding": Encoding::name(e.encoding),
                     "hops": e.hops.iter().map(|(l, s, r)| json!({
                         "layers": [l.start, l.end],
                         "sent_bytes_per_token": s,
@@ -1209,7 +1201,7 @@ impl Report {
             };
             println!(
                 "{:<8} {:>28} {:>28} {:>11.5} {:>11.5} {:>8}",
-                encoding_name(e.encoding),
+                Encoding::name(e.encoding),
                 hop(0),
                 hop(1),
                 e.mean_drift,
