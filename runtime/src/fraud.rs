@@ -682,3 +682,43 @@ fn tolerance_of(step: StepName, replayer: &Replayer) -> Tolerance {
         _ => HIDDEN,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tolerance_scales_per_element_and_bands_the_verdict() {
+        let claimed = [5000.0, 10.0, -10.0, 0.0];
+        // Exact: accept with score 0.
+        let exact = compare(&claimed, &claimed, HIDDEN);
+        assert_eq!((exact.verdict, exact.score), (Verdict::Accept, 0.0));
+        // 1.0 on a massive dimension is within 0.01 + 0.001·5000 = 5.01.
+        let big = compare(&[5001.0, 10.0, -10.0, 0.0], &claimed, HIDDEN);
+        assert_eq!(big.verdict, Verdict::Accept);
+        // 0.1 on a typical value scores 0.1 / 0.02 = 5: ambiguous.
+        let small = compare(&[5000.0, 10.1, -10.0, 0.0], &claimed, HIDDEN);
+        assert_eq!((small.verdict, small.worst_index), (Verdict::Ambiguous, 1));
+        // 1.0 on a typical value scores 50: reject.
+        let tampered = compare(&[5000.0, 10.0, -9.0, 0.0], &claimed, HIDDEN);
+        assert_eq!(
+            (tampered.verdict, tampered.worst_index),
+            (Verdict::Reject, 2)
+        );
+        // NaN, or another shape, is the worst difference.
+        let nan = compare(&[5000.0, f32::NAN, -10.0, 0.0], &claimed, HIDDEN);
+        assert_eq!((nan.verdict, nan.score), (Verdict::Reject, f32::INFINITY));
+        assert_eq!(
+            compare(&claimed[..3], &claimed, HIDDEN).verdict,
+            Verdict::Reject
+        );
+        // Logits: 0.05 nats accepted, 0.3 ambiguous, 0.6 rejected.
+        for (delta, verdict) in [
+            (0.05, Verdict::Accept),
+            (0.3, Verdict::Ambiguous),
+            (0.6, Verdict::Reject),
+        ] {
+            assert_eq!(compare(&[1.0 + delta], &[1.0], LOGITS).verdict, verdict);
+        }
+    }
+}

@@ -208,3 +208,71 @@ impl Trails {
             .retain(|_, t| now.duration_since(t.last_used) < self.keep);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn forward(value: f32, rows: u32) -> ForwardTrail {
+        let d = 2;
+        let matrix = vec![value; rows as usize * d];
+        ForwardTrail {
+            input: ForwardInput::Tokens(vec![7; rows as usize]),
+            boundaries: vec![matrix.clone(), matrix.clone(), matrix.clone()],
+            rows,
+            output: Activations::encode(&matrix, rows, d as u32, Encoding::F32).expect("encode"),
+        }
+    }
+
+    fn trails() -> Trails {
+        Trails::new(ModelId([3; 32]), 0..2, 2, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn a_layer_statement_binds_every_earlier_forward_and_rewinds_drop_later_ones() {
+        let key = SecretKey::from_seed(&[5; 32]).expect("key");
+        let (a, b) = (trails(), trails());
+        for t in [&a, &b] {
+            t.record(9, 0, forward(1.0, 3));
+            t.record(9, 3, forward(2.0, 1));
+        }
+        // Another history before position 4 changes layer statements there.
+        b.record(9, 0, forward(1.5, 3));
+        b.record(9, 3, forward(2.0, 1));
+        let (ta, tb) = (
+            a.trace(9, &key).expect("trace"),
+            b.trace(9, &key).expect("trace"),
+        );
+        let at = |t: &[SignedStep], step| {
+            *t.iter()
+                .find(|s| s.position == 3 && s.step == step)
+                .expect("step")
+        };
+        assert_ne!(at(&ta, Step::Layer(0)).input, at(&tb, Step::Layer(0)).input);
+        // Enter and exit of that forward depend on it alone.
+        assert_eq!(at(&ta, Step::Enter(0)).input, at(&tb, Step::Enter(0)).input);
+        assert_eq!(at(&ta, Step::Exit(2)), at(&tb, Step::Exit(2)));
+        // 2 forwards × (enter, 2 layers, exit).
+        assert_eq!(ta.len(), 8);
+        // A rewind to position 3 replaces the forward there and drops later ones.
+        a.record(9, 4, forward(3.0, 1));
+        a.record(9, 3, forward(4.0, 1));
+        let positions: BTreeSet<u64> = a
+            .trace(9, &key)
+            .expect("trace")
+            .iter()
+            .map(|s| s.position)
+            .collect();
+        assert_eq!(positions, BTreeSet::from([0, 3]));
+        // Boundaries outside the span, unknown requests and positions are refused.
+        assert!(a.reveal(9, 0, Boundary::Layer(3)).is_err());
+        assert!(a.reveal(8, 0, Boundary::Input).is_err());
+        assert!(a.reveal(9, 1, Boundary::Input).is_err());
+        assert_eq!(
+            a.reveal(9, 0, Boundary::Input).expect("input"),
+            ForwardInput::Tokens(vec![7; 3])
+        );
+    }
+}
