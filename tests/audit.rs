@@ -50,17 +50,22 @@ fn audit_accepts_honest_chains_and_a_fraud_proof_slashes_a_cheating_node() {
     let dir = scratch();
     let models = Models::write(&dir.join("models")).expect("models");
     let model = s(&models.honest);
+    let audit = |transcript: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "--transcript",
+            s(transcript),
+            "--model",
+            model,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        zkinfer(&args)
+    };
 
     // Honest: every hop accepted, in full or sampled.
     let (honest, path) = start(&models, None, &dir, "honest.json");
-    let (code, report, text) = zkinfer(&[
-        "audit",
-        "--transcript",
-        s(&path),
-        "--model",
-        model,
-        "--json",
-    ]);
+    let (code, report, text) = audit(&path, &[]);
     assert_eq!(code, 0, "{text}");
     assert_eq!(report["verdict"], "accept");
     let hops = report["hops"].as_array().expect("hops");
@@ -69,28 +74,12 @@ fn audit_accepts_honest_chains_and_a_fraud_proof_slashes_a_cheating_node() {
         hops.iter().all(|h| h["span"]["max_abs_diff"] == 0.0),
         "{report}"
     );
-    let (code, report, text) = zkinfer(&[
-        "audit",
-        "--transcript",
-        s(&path),
-        "--model",
-        model,
-        "--sample",
-        "2",
-        "--json",
-    ]);
+    let (code, report, text) = audit(&path, &["--sample", "2"]);
     assert_eq!(code, 0, "{text}");
     assert_eq!(report["hops"].as_array().expect("hops").len(), 2 * 2);
     drop(honest);
     // The nodes are gone: nothing to re-execute, so no verdict either way.
-    let (code, report, text) = zkinfer(&[
-        "audit",
-        "--transcript",
-        s(&path),
-        "--model",
-        model,
-        "--json",
-    ]);
+    let (code, report, text) = audit(&path, &[]);
     assert_eq!(code, 3, "{text}");
     assert_eq!(report["verdict"], "ambiguous");
 
@@ -102,16 +91,7 @@ fn audit_accepts_honest_chains_and_a_fraud_proof_slashes_a_cheating_node() {
         "tampered.json",
     );
     let proofs = dir.join("proofs");
-    let (code, report, text) = zkinfer(&[
-        "audit",
-        "--transcript",
-        s(&path),
-        "--model",
-        model,
-        "--fraud-proofs",
-        s(&proofs),
-        "--json",
-    ]);
+    let (code, report, text) = audit(&path, &["--fraud-proofs", s(&proofs)]);
     assert_eq!(code, 1, "{text}");
     assert_eq!(report["verdict"], "reject");
     let bad: Vec<&Value> = report["hops"]
