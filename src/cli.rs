@@ -137,6 +137,10 @@ pub struct GenerateArgs {
     /// Compute threads [default: all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Device of the in-process model: cpu, cuda or cuda:N (with --nodes, each node picks its own).
+    #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE",
+          conflicts_with = "nodes")]
+    pub device: DeviceKind,
     /// Write the decode records (full logits per generated token) for `zkinfer prove --records`.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
@@ -200,13 +204,37 @@ pub enum ActivationEncoding {
     Q8,
 }
 
-/// Where a model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Where a model runs: `cpu`, `cuda` (the first GPU) or `cuda:N`. CUDA needs a binary built with
+/// `--features cuda` (docs/gpu.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
-    /// The CPU.
     Cpu,
-    /// An NVIDIA GPU (needs a binary built with CUDA).
-    Cuda,
+    /// An NVIDIA GPU by ordinal, as `nvidia-smi` numbers them.
+    Cuda(usize),
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    match s.split_once(':') {
+        None if s == "cpu" => Ok(DeviceKind::Cpu),
+        None if s == "cuda" => Ok(DeviceKind::Cuda(0)),
+        Some(("cuda", n)) => n
+            .parse()
+            .map(DeviceKind::Cuda)
+            .map_err(|_| format!("expected a GPU number after cuda:, got {n:?}")),
+        _ => Err(format!(
+            "unknown device {s:?}: expected cpu, cuda or cuda:N"
+        )),
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceKind::Cpu => f.write_str("cpu"),
+            DeviceKind::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -227,8 +255,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
-    /// Device to run the layers on.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    /// Device to run the layers on: cpu, cuda or cuda:N.
+    #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE")]
     pub device: DeviceKind,
     /// Compute threads [default: all cores].
     #[arg(long, value_name = "N")]
@@ -308,6 +336,46 @@ pub enum BenchCommand {
         after_help = "Examples:\n  zkinfer bench runtime\n  zkinfer bench runtime --tokens 32 --json > bench.json\n  zkinfer bench runtime --python /tmp/llvenv/bin/python"
     )]
     Runtime(BenchRuntimeArgs),
+    /// Compare a candidate device or configuration with a reference (docs/gpu.md): per fixed
+    /// prompt, the largest logit and final-hidden-state differences, teacher-forced on the
+    /// reference's greedy tokens, whether greedy tokens agree, and the audit tolerances the
+    /// figures recommend. Exit 1 if a greedy token differs.
+    #[command(
+        after_help = "Examples:\n  zkinfer bench conformance --candidate cuda\n  zkinfer bench conformance --candidate cpu --reference-threads 2 --candidate-threads 1 --json"
+    )]
+    Conformance(BenchConformanceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchConformanceArgs {
+    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Device of the reference run: cpu, cuda or cuda:N.
+    #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE")]
+    pub reference: DeviceKind,
+    /// Device of the candidate run: cpu, cuda or cuda:N.
+    #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE")]
+    pub candidate: DeviceKind,
+    /// CPU threads of the reference [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub reference_threads: Option<usize>,
+    /// CPU threads of the candidate [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub candidate_threads: Option<usize>,
+    /// Prompts to compare (repeat the flag) [default: three fixed prompts].
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompts: Vec<String>,
+    /// Greedy tokens generated (by the reference) and compared after each prompt.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub tokens: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Run the candidate side in this process: a plan on stdin, raw figures on stdout (used by
+    /// `bench conformance` itself: candle sizes its thread pool once per process).
+    #[arg(long, hide = true)]
+    pub in_process: bool,
 }
 
 #[derive(Debug, Args)]

@@ -67,6 +67,7 @@ const TARGET_FAILOVER: f64 = 3.0;
 pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
     match command {
         BenchCommand::Runtime(args) => runtime_bench(args),
+        BenchCommand::Conformance(args) => super::conformance::run(args),
     }
 }
 
@@ -192,7 +193,7 @@ fn in_process(args: &BenchRuntimeArgs, threads: usize) -> Result<ExitCode, CliEr
 
 /// A command whose process is killed when this one dies (Linux), so that no
 /// child outlives the bench, whatever ends it.
-fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(super) fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     #[allow(unused_mut)]
     let mut cmd = Command::new(program);
     #[cfg(target_os = "linux")]

@@ -7,8 +7,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use candle_core::Device;
-
 use runtime::client::Hop;
 use runtime::generate::Generator;
 use runtime::generation::{
@@ -136,7 +134,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
             backend
         }
         _ => {
-            local_model = Model::from_gguf(&content, &mut reader, &Device::Cpu, 0..config.layers)
+            let device = super::device::open(args.device)?;
+            local_model = Model::from_gguf(&content, &mut reader, &device, 0..config.layers)
                 .map_err(|e| CliError::failed(e.to_string()))?;
             Backend::Local(
                 Generator::new(&local_model).map_err(|e| CliError::failed(e.to_string()))?,

@@ -15,20 +15,13 @@ use runtime::wire::Limits;
 
 use super::model::{open_gguf, packaged_model_path};
 use super::CliError;
-use crate::cli::{DeviceKind, ServeArgs};
+use crate::cli::ServeArgs;
 
 /// How long a started frame may take to arrive, or an answer to be sent.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
-    let device = match args.device {
-        DeviceKind::Cpu => Device::Cpu,
-        DeviceKind::Cuda => {
-            return Err(CliError::failed(
-                "this zkinfer was built without CUDA support: use --device cpu",
-            ))
-        }
-    };
+    let device = super::device::open(args.device)?;
     set_threads(args.threads);
     let path = args.model.clone().unwrap_or_else(packaged_model_path);
     let (id, model) = load_shard(&path, args.layers.clone(), &device)?;

@@ -1,0 +1,496 @@
+//! `zkinfer bench conformance`: how far a candidate device or configuration
+//! (CUDA, another CPU thread count) moves the model's numbers from a reference,
+//! and the audit tolerances that follows from it (docs/gpu.md).
+//!
+//! Per prompt the reference decodes `--tokens` greedy tokens; the candidate is
+//! teacher-forced on exactly those tokens with the same calls (one prefill, then
+//! one token per forward), so every difference comes from the device or the
+//! configuration, never from a diverging text. Each row (the last prompt
+//! position, then each generated one) compares:
+//! - the logits;
+//! - the final hidden state (the input of the final norm), what a re-executed
+//!   layer range is checked against;
+//! - the head alone: the candidate's final norm + head on the *reference's*
+//!   hidden state against the reference's logits, which is what an audit of
+//!   committed logits recomputes (`runtime::audit::audit_head`).
+//!
+//! The candidate runs in a child process: candle sizes its CPU thread pool
+//! once per process, so a thread count can only be compared across processes.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use runtime::audit::HEAD_TOLERANCE;
+use runtime::model::{Cache, Model};
+use runtime::node::greedy_token;
+use runtime::tokenizer::Tokenizer;
+
+use super::bench::command;
+use super::model::{open_gguf, packaged_model_path};
+use super::serve::set_threads;
+use super::{device, CliError};
+use crate::cli::{BenchConformanceArgs, DeviceKind};
+
+/// Fixed prompts: prose, code and a fact, so different token statistics.
+const PROMPTS: [&str; 3] = [
+    "The quick brown fox jumps over the lazy dog. In the beginning",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "The capital of France is Paris. The capital of Japan is",
+];
+
+/// A recommended tolerance is this many times the largest difference
+/// measured: a handful of prompts cannot show the worst case, and the
+/// difference grows with context length and with unlucky rows, while a
+/// wrong model or a forged logit is off by whole nats.
+const SAFETY_FACTOR: f32 = 4.0;
+
+/// No tolerance below the resolution of the committed logits (2^-11 nats at the
+/// default F = 11): a smaller difference cannot change a committed value by
+/// more than one step, so a tighter tolerance only rejects honest nodes.
+const TOLERANCE_FLOOR: f32 = 1.0 / 2048.0;
+
+/// What the candidate is asked to run: sent as JSON on its stdin.
+#[derive(Serialize, Deserialize)]
+struct Plan {
+    sequences: Vec<Sequence>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Sequence {
+    prompt: Vec<u32>,
+    /// The reference's greedy tokens, fed one per forward.
+    tokens: Vec<u32>,
+    /// The reference's final hidden state per row, `rows × d`, for the head check.
+    hidden: Vec<f32>,
+}
+
+/// One side's numbers for one sequence; rows = `tokens.len()`.
+struct Rows {
+    /// `rows × V`.
+    logits: Vec<f32>,
+    /// `rows × d`, the input of the final norm.
+    hidden: Vec<f32>,
+    /// Greedy token per row.
+    tokens: Vec<u32>,
+}
+
+/// The comparison of one prompt.
+#[derive(Serialize)]
+struct PromptReport {
+    prompt: String,
+    prompt_tokens: usize,
+    rows: usize,
+    max_abs_logit_diff: f32,
+    max_abs_hidden_diff: f32,
+    /// The largest |hidden value| of the reference: the scale of the hidden diff.
+    max_abs_hidden: f32,
+    max_abs_head_diff: f32,
+    tokens_identical: bool,
+    /// The first row whose greedy token differs.
+    first_token_mismatch: Option<usize>,
+}
+
+pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
+    if args.in_process {
+        return candidate_side(&args);
+    }
+    if args.tokens == 0 {
+        return Err(CliError::failed("--tokens must be at least 1"));
+    }
+    // Fail before the reference run when the candidate cannot run at all.
+    device::supported(args.candidate)?;
+    set_threads(args.reference_threads);
+    let path = args.model.clone().unwrap_or_else(packaged_model_path);
+    let (content, mut reader) = open_gguf(&path)?;
+    let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| failed(&path, e))?;
+    let shape = Model::shape_of(&content).map_err(|e| failed(&path, e))?;
+    let prompts: Vec<String> = if args.prompts.is_empty() {
+        PROMPTS.iter().map(|p| p.to_string()).collect()
+    } else {
+        args.prompts.clone()
+    };
+
+    eprintln!(
+        "[reference: {} ...]",
+        describe(args.reference, args.reference_threads)
+    );
+    let reference_device = device::open(args.reference)?;
+    let model = Model::from_gguf(&content, &mut reader, &reference_device, 0..shape.layers)
+        .map_err(|e| failed(&path, e))?;
+    drop(reader);
+    let started = Instant::now();
+    let mut plan = Plan {
+        sequences: Vec::new(),
+    };
+    let mut reference = Vec::new();
+    for text in &prompts {
+        let prompt = tokenizer.encode(text, true);
+        let rows = decode(&model, &prompt, Forcing::Greedy(args.tokens)).map_err(model_error)?;
+        plan.sequences.push(Sequence {
+            prompt,
+            tokens: rows.tokens.clone(),
+            hidden: rows.hidden.clone(),
+        });
+        reference.push(rows);
+    }
+    let reference_s = started.elapsed().as_secs_f64();
+    drop(model);
+
+    eprintln!(
+        "[candidate: {} ...]",
+        describe(args.candidate, args.candidate_threads)
+    );
+    let started = Instant::now();
+    let candidate = run_candidate(&args, &path, &plan, shape.vocab, shape.hidden)?;
+    let candidate_s = started.elapsed().as_secs_f64();
+
+    let reports: Vec<PromptReport> = prompts
+        .iter()
+        .zip(&plan.sequences)
+        .zip(reference.iter().zip(&candidate))
+        .map(|((text, seq), (r, (c, head)))| compare(text, seq, r, c, head))
+        .collect();
+    let worst = |f: fn(&PromptReport) -> f32| reports.iter().map(f).fold(0.0f32, f32::max);
+    let logit_diff = worst(|r| r.max_abs_logit_diff);
+    let hidden_diff = worst(|r| r.max_abs_hidden_diff);
+    let head_diff = worst(|r| r.max_abs_head_diff);
+    let tolerance = |diff: f32| (SAFETY_FACTOR * diff).max(TOLERANCE_FLOOR);
+    let identical = reports.iter().all(|r| r.tokens_identical);
+
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "model": path.display().to_string(),
+                "reference": side_json(args.reference, args.reference_threads, reference_s),
+                "candidate": side_json(args.candidate, args.candidate_threads, candidate_s),
+                "tokens": args.tokens,
+                "prompts": reports,
+                "max_abs_logit_diff": logit_diff,
+                "max_abs_hidden_diff": hidden_diff,
+                "max_abs_head_diff": head_diff,
+                "tokens_identical": identical,
+                "recommended_head_tolerance": tolerance(head_diff),
+                "recommended_hidden_tolerance": tolerance(hidden_diff),
+                "recommended_logit_tolerance": tolerance(logit_diff),
+                "head_tolerance": HEAD_TOLERANCE,
+                "safety_factor": SAFETY_FACTOR,
+                "tolerance_floor": TOLERANCE_FLOOR,
+            })
+        );
+    } else {
+        println!("model:     {}", path.display());
+        println!(
+            "reference: {} ({reference_s:.1} s)",
+            describe(args.reference, args.reference_threads)
+        );
+        println!(
+            "candidate: {} ({candidate_s:.1} s)",
+            describe(args.candidate, args.candidate_threads)
+        );
+        println!(
+            "rows:      the last prompt position, then {} greedy tokens teacher-forced",
+            args.tokens - 1
+        );
+        println!();
+        println!(
+            "{:<34} {:>5} {:>10} {:>10} {:>9} {:>10}  tokens",
+            "prompt", "rows", "logits Δ", "hidden Δ", "(|h| ≤)", "head Δ"
+        );
+        for r in &reports {
+            let tokens = match r.first_token_mismatch {
+                None => "identical".to_string(),
+                Some(row) => format!("differ from row {row}"),
+            };
+            println!(
+                "{:<34} {:>5} {:>10.3e} {:>10.3e} {:>9.1} {:>10.3e}  {tokens}",
+                abbreviate(&r.prompt, 34),
+                r.rows,
+                r.max_abs_logit_diff,
+                r.max_abs_hidden_diff,
+                r.max_abs_hidden,
+                r.max_abs_head_diff
+            );
+        }
+        println!();
+        println!(
+            "recommended tolerances ({SAFETY_FACTOR}x the largest difference, at least {TOLERANCE_FLOOR:.2e}):"
+        );
+        println!(
+            "  head audit (final norm + head):  {:.3e}   (runtime::audit::HEAD_TOLERANCE = {HEAD_TOLERANCE}: {})",
+            tolerance(head_diff),
+            if tolerance(head_diff) <= HEAD_TOLERANCE { "covers it" } else { "TOO TIGHT" }
+        );
+        println!(
+            "  re-executed layers (hidden):     {:.3e}",
+            tolerance(hidden_diff)
+        );
+        println!(
+            "  whole-model logits:              {:.3e}",
+            tolerance(logit_diff)
+        );
+    }
+    Ok(if identical {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: greedy tokens differ between reference and candidate");
+        ExitCode::FAILURE
+    })
+}
+
+/// How a sequence is driven: the reference decodes greedily, the candidate
+/// follows the reference's tokens.
+enum Forcing<'a> {
+    Greedy(usize),
+    Tokens(&'a [u32]),
+}
+
+/// Prefills `prompt`, then feeds one token per forward; returns per row the
+/// logits, the final hidden state and the greedy token.
+fn decode(model: &Model, prompt: &[u32], forcing: Forcing) -> runtime::Result<Rows> {
+    let rows = match forcing {
+        Forcing::Greedy(n) => n,
+        Forcing::Tokens(tokens) => tokens.len(),
+    };
+    let mut out = Rows {
+        logits: Vec::with_capacity(rows * model.vocab()),
+        hidden: Vec::with_capacity(rows * model.hidden_size()),
+        tokens: Vec::with_capacity(rows),
+    };
+    let mut cache = Cache::new();
+    let hidden = model.forward_layers(&model.embed(prompt)?, 0, &mut cache)?;
+    let mut last = hidden.narrow(1, prompt.len() - 1, 1)?;
+    for row in 0..rows {
+        let logits = model.head_forward(&last)?.flatten_all()?.to_vec1::<f32>()?;
+        let token = greedy_token(&logits)?;
+        out.logits.extend_from_slice(&logits);
+        out.hidden.extend(last.flatten_all()?.to_vec1::<f32>()?);
+        out.tokens.push(token);
+        if row + 1 < rows {
+            let next = match forcing {
+                Forcing::Greedy(_) => token,
+                Forcing::Tokens(tokens) => tokens[row],
+            };
+            last = model.forward_layers(&model.embed(&[next])?, prompt.len() + row, &mut cache)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The candidate's head on the reference's hidden states `rows × d`: `rows × V`.
+fn head_on(model: &Model, hidden: &[f32]) -> runtime::Result<Vec<f32>> {
+    let d = model.hidden_size();
+    let rows = hidden.len() / d;
+    let x = Tensor::from_slice(hidden, (1, rows, d), model.device())?;
+    Ok(model.head_forward(&x)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// `--in-process`: reads a [`Plan`] on stdin, writes per sequence the logits,
+/// hidden states and head-on-reference logits as little-endian f32 on stdout.
+fn candidate_side(args: &BenchConformanceArgs) -> Result<ExitCode, CliError> {
+    set_threads(args.candidate_threads);
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| CliError::failed(format!("reading the plan: {e}")))?;
+    let plan: Plan = serde_json::from_slice(&input)
+        .map_err(|e| CliError::failed(format!("the plan on stdin is not valid: {e}")))?;
+    let path = args.model.clone().unwrap_or_else(packaged_model_path);
+    let (content, mut reader) = open_gguf(&path)?;
+    let shape = Model::shape_of(&content).map_err(|e| failed(&path, e))?;
+    let device: Device = device::open(args.candidate)?;
+    let model = Model::from_gguf(&content, &mut reader, &device, 0..shape.layers)
+        .map_err(|e| failed(&path, e))?;
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    for seq in &plan.sequences {
+        if seq.prompt.is_empty() || seq.hidden.len() != seq.tokens.len() * shape.hidden {
+            return Err(CliError::failed("the plan's sequences are malformed"));
+        }
+        let rows =
+            decode(&model, &seq.prompt, Forcing::Tokens(&seq.tokens)).map_err(model_error)?;
+        let head = head_on(&model, &seq.hidden).map_err(model_error)?;
+        for values in [&rows.logits, &rows.hidden, &head] {
+            for v in values.iter() {
+                stdout
+                    .write_all(&v.to_le_bytes())
+                    .map_err(|e| CliError::failed(format!("writing figures: {e}")))?;
+            }
+        }
+    }
+    stdout
+        .flush()
+        .map_err(|e| CliError::failed(format!("writing figures: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the candidate child on `plan`; returns per sequence its rows and its
+/// head on the reference's hidden states.
+fn run_candidate(
+    args: &BenchConformanceArgs,
+    model: &Path,
+    plan: &Plan,
+    vocab: usize,
+    hidden: usize,
+) -> Result<Vec<(Rows, Vec<f32>)>, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::failed(format!("finding this executable: {e}")))?;
+    let mut cmd = command(exe);
+    cmd.args(["bench", "conformance", "--in-process", "--candidate"])
+        .arg(args.candidate.to_string())
+        .arg("--model")
+        .arg(model);
+    if let Some(threads) = args.candidate_threads {
+        cmd.args(["--candidate-threads", &threads.to_string()]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| CliError::failed(format!("starting the candidate run: {e}")))?;
+    let plan_json = serde_json::to_vec(plan).map_err(|e| CliError::failed(e.to_string()))?;
+    // The child reads the whole plan before it writes anything: no deadlock.
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(&plan_json))
+        .transpose();
+    let output = child
+        .wait_with_output()
+        .map_err(|e| CliError::failed(format!("waiting for the candidate run: {e}")))?;
+    if !output.status.success() {
+        return Err(CliError::failed(format!(
+            "the candidate run on {} failed ({}): see its error above",
+            args.candidate, output.status
+        )));
+    }
+    written.map_err(|e| CliError::failed(format!("sending the plan: {e}")))?;
+    let values: Vec<f32> = output
+        .stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let expected: usize = plan
+        .sequences
+        .iter()
+        .map(|s| s.tokens.len() * (2 * vocab + hidden))
+        .sum();
+    if output.stdout.len() != 4 * expected {
+        return Err(CliError::failed(format!(
+            "the candidate run returned {} bytes, expected {}",
+            output.stdout.len(),
+            4 * expected
+        )));
+    }
+    let mut rest = values.as_slice();
+    let mut take = |n: usize| {
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        head.to_vec()
+    };
+    Ok(plan
+        .sequences
+        .iter()
+        .map(|s| {
+            let rows = s.tokens.len();
+            let logits = take(rows * vocab);
+            let tokens = logits
+                .chunks_exact(vocab)
+                .map(|row| greedy_token(row).unwrap_or(u32::MAX))
+                .collect();
+            let hidden = take(rows * hidden);
+            let head = take(rows * vocab);
+            (
+                Rows {
+                    logits,
+                    hidden,
+                    tokens,
+                },
+                head,
+            )
+        })
+        .collect())
+}
+
+fn compare(text: &str, seq: &Sequence, r: &Rows, c: &Rows, head: &[f32]) -> PromptReport {
+    let first_token_mismatch = r.tokens.iter().zip(&c.tokens).position(|(a, b)| a != b);
+    PromptReport {
+        prompt: text.to_string(),
+        prompt_tokens: seq.prompt.len(),
+        rows: r.tokens.len(),
+        max_abs_logit_diff: max_abs_diff(&r.logits, &c.logits),
+        max_abs_hidden_diff: max_abs_diff(&r.hidden, &c.hidden),
+        max_abs_hidden: r.hidden.iter().fold(0.0f32, |m, v| m.max(v.abs())),
+        max_abs_head_diff: max_abs_diff(&r.logits, head),
+        tokens_identical: first_token_mismatch.is_none(),
+        first_token_mismatch,
+    }
+}
+
+/// The largest |a - b|; a NaN on either side counts as infinite.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
+        let d = (x - y).abs();
+        if d.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max(d)
+        }
+    })
+}
+
+fn describe(kind: DeviceKind, threads: Option<usize>) -> String {
+    match kind {
+        DeviceKind::Cpu => {
+            let n = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            format!("cpu, {n} thread{}", if n == 1 { "" } else { "s" })
+        }
+        DeviceKind::Cuda(_) => kind.to_string(),
+    }
+}
+
+fn side_json(kind: DeviceKind, threads: Option<usize>, seconds: f64) -> serde_json::Value {
+    json!({ "device": kind.to_string(), "describe": describe(kind, threads), "seconds": seconds })
+}
+
+/// The prompt on one line, cut to `width` characters.
+fn abbreviate(text: &str, width: usize) -> String {
+    let line: String = format!("{text:?}");
+    if line.chars().count() <= width {
+        line
+    } else {
+        line.chars().take(width - 1).chain(['…']).collect()
+    }
+}
+
+fn failed(path: &Path, e: impl std::fmt::Display) -> CliError {
+    CliError::failed(format!("{}: {e}", path.display()))
+}
+
+fn model_error(e: runtime::ModelError) -> CliError {
+    CliError::failed(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_is_the_worst_difference() {
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 2.0]), 0.5);
+        assert_eq!(max_abs_diff(&[1.0, f32::NAN], &[1.0, 2.0]), f32::INFINITY);
+    }
+
+    #[test]
+    fn long_prompts_are_cut() {
+        assert_eq!(abbreviate("abc", 10), "\"abc\"");
+        assert_eq!(abbreviate("abcdefghijkl", 6).chars().count(), 6);
+    }
+}
