@@ -54,21 +54,28 @@ fn cpu_against_cpu_on_another_thread_count_agrees() {
         assert!(p["max_abs_hidden"].as_f64().unwrap() > 0.0, "{p}");
     }
     assert_eq!(report["tokens_identical"], true);
-    let head_tolerance = report["head_tolerance"].as_f64().unwrap();
     for key in [
         "max_abs_logit_diff",
         "max_abs_hidden_diff",
         "max_abs_head_diff",
     ] {
         let diff = report[key].as_f64().unwrap();
-        // Thread counts may only reorder f32 sums: far below the audit's tolerance.
+        // Thread counts may only reorder f32 sums: far inside the auditor's tolerances.
         assert!((0.0..1e-3).contains(&diff), "{key} = {diff}");
     }
-    let recommended = report["recommended_head_tolerance"].as_f64().unwrap();
-    assert!(
-        recommended >= 1.0 / 2048.0 && recommended <= head_tolerance,
-        "{report}"
-    );
+    for key in ["hidden_score", "logits_score"] {
+        assert!(report[key].as_f64().unwrap() <= 0.25, "{key}: {report}");
+    }
+    for p in prompts {
+        for part in ["logits", "hidden", "head"] {
+            assert_eq!(p[part]["verdict"], "accept", "{part}: {p}");
+        }
+    }
+    let atol = report["recommended_logits_tolerance"]["atol"]
+        .as_f64()
+        .unwrap();
+    let current = report["logits_tolerance"]["atol"].as_f64().unwrap();
+    assert!(atol >= 1.0 / 2048.0 - 1e-12 && atol <= current, "{report}");
     assert!(report["candidate"]["describe"]
         .as_str()
         .unwrap()

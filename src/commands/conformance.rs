@@ -11,8 +11,12 @@
 //! - the final hidden state (the input of the final norm), what a re-executed
 //!   layer range is checked against;
 //! - the head alone: the candidate's final norm + head on the *reference's*
-//!   hidden state against the reference's logits, which is what an audit of
-//!   committed logits recomputes (`runtime::audit::audit_head`).
+//!   hidden state against the reference's logits, which is what an auditor
+//!   re-executing a node's exit step recomputes.
+//!
+//! Each is scored with the auditor's own rule and constants
+//! ([`runtime::fraud::compare`], [`HIDDEN`], [`LOGITS`]: a score up to 1
+//! accepts), so the report says directly whether honest candidates pass.
 //!
 //! The candidate runs in a child process: candle sizes its CPU thread pool
 //! once per process, so a thread count can only be compared across processes.
@@ -26,7 +30,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use runtime::audit::HEAD_TOLERANCE;
+use runtime::fraud::{compare, Comparison, Tolerance, HIDDEN, LOGITS};
 use runtime::model::{Cache, Model};
 use runtime::node::greedy_token;
 use runtime::tokenizer::Tokenizer;
@@ -44,16 +48,16 @@ const PROMPTS: [&str; 3] = [
     "The capital of France is Paris. The capital of Japan is",
 ];
 
-/// A recommended tolerance is this many times the largest difference
-/// measured: a handful of prompts cannot show the worst case, and the
+/// A recommended tolerance scores the largest difference measured at
+/// 1/SAFETY_FACTOR: a handful of prompts cannot show the worst case, and the
 /// difference grows with context length and with unlucky rows, while a
 /// wrong model or a forged logit is off by whole nats.
 const SAFETY_FACTOR: f32 = 4.0;
 
-/// No tolerance below the resolution of the committed logits (2^-11 nats at the
-/// default F = 11): a smaller difference cannot change a committed value by
+/// No `atol` below the resolution of the committed logits (2^-11 at the
+/// default F = 11): a smaller difference cannot move a committed value by
 /// more than one step, so a tighter tolerance only rejects honest nodes.
-const TOLERANCE_FLOOR: f32 = 1.0 / 2048.0;
+const ATOL_FLOOR: f32 = 1.0 / 2048.0;
 
 /// What the candidate is asked to run: sent as JSON on its stdin.
 #[derive(Serialize, Deserialize)]
@@ -86,11 +90,14 @@ struct PromptReport {
     prompt: String,
     prompt_tokens: usize,
     rows: usize,
-    max_abs_logit_diff: f32,
-    max_abs_hidden_diff: f32,
+    /// Whole-model logits, scored with [`LOGITS`].
+    logits: Comparison,
+    /// Final hidden states, scored with [`HIDDEN`].
+    hidden: Comparison,
     /// The largest |hidden value| of the reference: the scale of the hidden diff.
     max_abs_hidden: f32,
-    max_abs_head_diff: f32,
+    /// The head alone on the reference's hidden states, scored with [`LOGITS`].
+    head: Comparison,
     tokens_identical: bool,
     /// The first row whose greedy token differs.
     first_token_mismatch: Option<usize>,
@@ -154,13 +161,13 @@ pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
         .iter()
         .zip(&plan.sequences)
         .zip(reference.iter().zip(&candidate))
-        .map(|((text, seq), (r, (c, head)))| compare(text, seq, r, c, head))
+        .map(|((text, seq), (r, (c, head)))| report(text, seq, r, c, head))
         .collect();
     let worst = |f: fn(&PromptReport) -> f32| reports.iter().map(f).fold(0.0f32, f32::max);
-    let logit_diff = worst(|r| r.max_abs_logit_diff);
-    let hidden_diff = worst(|r| r.max_abs_hidden_diff);
-    let head_diff = worst(|r| r.max_abs_head_diff);
-    let tolerance = |diff: f32| (SAFETY_FACTOR * diff).max(TOLERANCE_FLOOR);
+    let hidden_score = worst(|r| r.hidden.score);
+    let logits_score = worst(|r| r.logits.score.max(r.head.score));
+    let recommended_hidden = recommend(HIDDEN, hidden_score);
+    let recommended_logits = recommend(LOGITS, logits_score);
     let identical = reports.iter().all(|r| r.tokens_identical);
 
     if args.json {
@@ -172,16 +179,18 @@ pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
                 "candidate": side_json(args.candidate, args.candidate_threads, candidate_s),
                 "tokens": args.tokens,
                 "prompts": reports,
-                "max_abs_logit_diff": logit_diff,
-                "max_abs_hidden_diff": hidden_diff,
-                "max_abs_head_diff": head_diff,
+                "max_abs_logit_diff": worst(|r| r.logits.max_abs_diff),
+                "max_abs_hidden_diff": worst(|r| r.hidden.max_abs_diff),
+                "max_abs_head_diff": worst(|r| r.head.max_abs_diff),
+                "hidden_score": hidden_score,
+                "logits_score": logits_score,
                 "tokens_identical": identical,
-                "recommended_head_tolerance": tolerance(head_diff),
-                "recommended_hidden_tolerance": tolerance(hidden_diff),
-                "recommended_logit_tolerance": tolerance(logit_diff),
-                "head_tolerance": HEAD_TOLERANCE,
+                "hidden_tolerance": HIDDEN,
+                "logits_tolerance": LOGITS,
+                "recommended_hidden_tolerance": recommended_hidden,
+                "recommended_logits_tolerance": recommended_logits,
                 "safety_factor": SAFETY_FACTOR,
-                "tolerance_floor": TOLERANCE_FLOOR,
+                "atol_floor": ATOL_FLOOR,
             })
         );
     } else {
@@ -212,29 +221,35 @@ pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
                 "{:<34} {:>5} {:>10.3e} {:>10.3e} {:>9.1} {:>10.3e}  {tokens}",
                 abbreviate(&r.prompt, 34),
                 r.rows,
-                r.max_abs_logit_diff,
-                r.max_abs_hidden_diff,
+                r.logits.max_abs_diff,
+                r.hidden.max_abs_diff,
                 r.max_abs_hidden,
-                r.max_abs_head_diff
+                r.head.max_abs_diff
             );
         }
         println!();
         println!(
-            "recommended tolerances ({SAFETY_FACTOR}x the largest difference, at least {TOLERANCE_FLOOR:.2e}):"
+            "audit tolerances (runtime::fraud: score = max |Δ| / (atol + rtol·|x|), up to 1 accepts;"
         );
         println!(
-            "  head audit (final norm + head):  {:.3e}   (runtime::audit::HEAD_TOLERANCE = {HEAD_TOLERANCE}: {})",
-            tolerance(head_diff),
-            if tolerance(head_diff) <= HEAD_TOLERANCE { "covers it" } else { "TOO TIGHT" }
+            "recommended: scaled so that the worst score is 1/{SAFETY_FACTOR}, atol at least {ATOL_FLOOR:.2e}):"
         );
-        println!(
-            "  re-executed layers (hidden):     {:.3e}",
-            tolerance(hidden_diff)
-        );
-        println!(
-            "  whole-model logits:              {:.3e}",
-            tolerance(logit_diff)
-        );
+        for (name, current, score, recommended) in [
+            ("hidden states", HIDDEN, hidden_score, recommended_hidden),
+            ("logits, head", LOGITS, logits_score, recommended_logits),
+        ] {
+            let verdict = if SAFETY_FACTOR * score <= 1.0 {
+                format!("fits with a {SAFETY_FACTOR}x margin")
+            } else if score <= 1.0 {
+                "fits, with less than the margin".to_string()
+            } else {
+                "TOO TIGHT: honest runs would not be accepted".to_string()
+            };
+            println!(
+                "  {name:<14} atol {:.2e} rtol {:.2e}: worst score {score:.3e}, {verdict}; recommended atol {:.2e} rtol {:.2e}",
+                current.atol, current.rtol, recommended.atol, recommended.rtol
+            );
+        }
     }
     Ok(if identical {
         ExitCode::SUCCESS
@@ -418,31 +433,33 @@ fn run_candidate(
         .collect())
 }
 
-fn compare(text: &str, seq: &Sequence, r: &Rows, c: &Rows, head: &[f32]) -> PromptReport {
+/// The candidate `c` (and its `head` on the reference's hidden states)
+/// compared with the reference `r`, as the auditor would score it.
+fn report(text: &str, seq: &Sequence, r: &Rows, c: &Rows, head: &[f32]) -> PromptReport {
     let first_token_mismatch = r.tokens.iter().zip(&c.tokens).position(|(a, b)| a != b);
     PromptReport {
         prompt: text.to_string(),
         prompt_tokens: seq.prompt.len(),
         rows: r.tokens.len(),
-        max_abs_logit_diff: max_abs_diff(&r.logits, &c.logits),
-        max_abs_hidden_diff: max_abs_diff(&r.hidden, &c.hidden),
+        logits: compare(&c.logits, &r.logits, LOGITS),
+        hidden: compare(&c.hidden, &r.hidden, HIDDEN),
         max_abs_hidden: r.hidden.iter().fold(0.0f32, |m, v| m.max(v.abs())),
-        max_abs_head_diff: max_abs_diff(&r.logits, head),
+        head: compare(head, &r.logits, LOGITS),
         tokens_identical: first_token_mismatch.is_none(),
         first_token_mismatch,
     }
 }
 
-/// The largest |a - b|; a NaN on either side counts as infinite.
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
-        let d = (x - y).abs();
-        if d.is_nan() {
-            f32::INFINITY
-        } else {
-            m.max(d)
-        }
-    })
+/// `current` scaled so that the worst `score` measured under it becomes
+/// 1/[`SAFETY_FACTOR`] (scores are linear in the tolerance), `atol` kept
+/// at least [`ATOL_FLOOR`]; `reject_above` unchanged.
+fn recommend(current: Tolerance, score: f32) -> Tolerance {
+    let scale = (SAFETY_FACTOR * score).max(ATOL_FLOOR / current.atol);
+    Tolerance {
+        atol: current.atol * scale,
+        rtol: current.rtol * scale,
+        ..current
+    }
 }
 
 fn describe(kind: DeviceKind, threads: Option<usize>) -> String {
@@ -483,9 +500,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nan_is_the_worst_difference() {
-        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 2.0]), 0.5);
-        assert_eq!(max_abs_diff(&[1.0, f32::NAN], &[1.0, 2.0]), f32::INFINITY);
+    fn recommendations_scale_the_tolerance_to_the_margin() {
+        // A worst score of 0.5 under LOGITS: twice the margin's room, so 2 x 0.05.
+        let r = recommend(LOGITS, 0.5);
+        assert!((r.atol - 0.1).abs() < 1e-7 && r.rtol == 0.0, "{r:?}");
+        assert_eq!(r.reject_above, LOGITS.reject_above);
+        // Exact agreement still leaves one fixed-point step.
+        assert_eq!(recommend(HIDDEN, 0.0).atol, ATOL_FLOOR);
     }
 
     #[test]
