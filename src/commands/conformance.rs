@@ -1,6 +1,6 @@
 //! `zkinfer bench conformance`: how far a candidate device or configuration
 //! (CUDA, another CPU thread count) moves the model's numbers from a reference,
-//! and the audit tolerances that follows from it (docs/gpu.md).
+//! and the audit tolerances that follow from it (docs/gpu.md).
 //!
 //! Per prompt the reference decodes `--tokens` greedy tokens; the candidate is
 //! teacher-forced on exactly those tokens with the same calls (one prefill, then
@@ -26,7 +26,7 @@ use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -319,8 +319,8 @@ fn candidate_side(args: &BenchConformanceArgs) -> Result<ExitCode, CliError> {
     let path = args.model.clone().unwrap_or_else(packaged_model_path);
     let (content, mut reader) = open_gguf(&path)?;
     let shape = Model::shape_of(&content).map_err(|e| failed(&path, e))?;
-    let device: Device = device::open(args.candidate)?;
-    let model = Model::from_gguf(&content, &mut reader, &device, 0..shape.layers)
+    let candidate_device = device::open(args.candidate)?;
+    let model = Model::from_gguf(&content, &mut reader, &candidate_device, 0..shape.layers)
         .map_err(|e| failed(&path, e))?;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     for seq in &plan.sequences {
