@@ -64,7 +64,7 @@ if [ ! -e "$stubs/libcuda.so" ] || [ "$0" -nt "$stubs/libcuda.so" ]; then
             grep -vx 'cuGetErrorString\|cuGetErrorName' | sed 's/.*/int &(void) { return 100; }/'
     } > "$stubs/libcuda_stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/libcuda_stub.c"
-    log "stub libcuda.so ($(wc -l < "$stubs/libcuda_stub.c") driver entry points from $cudarc_sys)"
+    log "stub libcuda.so ($(grep -c "^int " "$stubs/libcuda_stub.c") driver entry points from $cudarc_sys)"
 fi
 
 version=$("$root/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
