@@ -73,6 +73,9 @@ start_nodes() {
         local ready=0
         for p in $(seq 7101 $((port - 1))); do grep -q listening "$OUT/serve-$p.log" && ready=$((ready + 1)); done
         [ "$ready" -eq "$#" ] && return 0
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null || { note "a node exited: see $OUT/serve-*.log"; return 1; }
+        done
         sleep 1
     done
     note "nodes did not start: see $OUT/serve-*.log"
