@@ -4,8 +4,9 @@
 #   1. a CUDA shard: `serve --device cuda`, mixed chains (cpu | cuda, cuda | cpu) and an all-CUDA
 #      chain generate the single-process CPU text;
 #   2. conformance: CUDA against CPU (logits, hidden states, head; recommended audit tolerances);
-#   3. throughput: single process on CUDA and on the CPU (16 and 2 threads), chains, `bench runtime`;
-#   4. the prover on 2 and on 16 threads (the same records, timed).
+#   3. throughput: single process on CUDA and on the CPU (16 and 2 threads), chains, `bench runtime`,
+#      `bench throughput` of the packaged model and a random 1.1 B Llama (bf16) with GPU memory;
+#   4. the prover on 2 and on 16 threads (the same records, timed; `cost` at V = 32,000 and 262,144).
 # A step that fails is reported in $OUT/summary.txt and the others still run.
 #   scripts/gpu_run.sh [STEP...]      # steps: setup chain conformance throughput prover (default: all)
 set -uo pipefail
@@ -131,6 +132,22 @@ throughput() {
     stop_nodes
     "$bin" bench runtime --json > "$OUT/bench-runtime.json" 2> "$OUT/bench-runtime.err"
     note "bench runtime (CPU, rc $?): $OUT/bench-runtime.json"
+    # The packaged model and a 1.1 B random Llama (bf16, built in memory) on each device, with the
+    # GPU memory nvidia-smi sees sampled every 0.2 s during each run.
+    for model in "" "--random"; do
+        for run in "cuda" "cpu $cores"; do
+            set -- $run
+            local args=(--device "$1") name="$1${model:+-random}"
+            [ $# -gt 1 ] && args+=(--threads "$2")
+            nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
+                > "$OUT/gpu-mem-$name.txt" 2>/dev/null &
+            local sampler=$!
+            "$bin" bench throughput $model "${args[@]}" --tokens 64 --json \
+                > "$OUT/throughput-$name.json" 2> "$OUT/throughput-$name.err"
+            kill "$sampler" 2>/dev/null
+            note "bench throughput $name: $(cat "$OUT/throughput-$name.json") peak GPU MiB $(sort -n "$OUT/gpu-mem-$name.txt" | tail -n1)"
+        done
+    done
 }
 
 prover() {
@@ -146,6 +163,12 @@ prover() {
         note "prove 8 tokens (V = 262144, batch 4) on $threads threads: $(( (end - start) / 1000000 )) ms"
     done
     "$bin" verify "$OUT/prove-$cores.zkp" --json > "$OUT/verify.json"
+    # Batches of 4 steps at V = 32,000 and 262,144: keygen, prove and verify time per thread count.
+    for threads in 2 "$cores"; do
+        RAYON_NUM_THREADS=$threads "$bin" cost --vocab 32000,262144 --batch 4 --json \
+            > "$OUT/cost-$threads.json" 2> "$OUT/cost-$threads.err"
+        note "cost V = 32000, 262144, batch 4 on $threads threads (rc $?): $OUT/cost-$threads.json"
+    done
 }
 
 status=0

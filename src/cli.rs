@@ -344,6 +344,37 @@ pub enum BenchCommand {
         after_help = "Examples:\n  zkinfer bench conformance --candidate cuda\n  zkinfer bench conformance --candidate cpu --reference-threads 2 --candidate-threads 1 --json"
     )]
     Conformance(BenchConformanceArgs),
+    /// Tokens/s and per-token latency of one process on one device: the packaged model (or
+    /// --model), or a random-weight Llama of 1.1 B parameters built in memory (--random), with
+    /// bf16 matrices. Peak memory of the process (and, on CUDA, what nvidia-smi sees) is up to the
+    /// caller (scripts/gpu_run.sh samples it).
+    #[command(
+        after_help = "Examples:\n  zkinfer bench throughput --device cuda --tokens 128\n  zkinfer bench throughput --random --device cuda --json\n  zkinfer bench throughput --random --threads 16 --tokens 16"
+    )]
+    Throughput(BenchThroughputArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchThroughputArgs {
+    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
+    #[arg(long, value_name = "FILE", conflicts_with = "random")]
+    pub model: Option<PathBuf>,
+    /// A random-weight Llama of 1.1 B parameters (16 layers, d = 2048, feed-forward 8192, 32 heads
+    /// over 8 kv heads, vocabulary 32,000), matrices in bf16, generated in memory.
+    #[arg(long)]
+    pub random: bool,
+    /// The device: cpu, cuda or cuda:N.
+    #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceKind,
+    /// CPU threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Greedy tokens to generate after the prompt (at least 2).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub tokens: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ mod keys;
 pub mod ledger;
 mod model;
 mod serve;
+mod throughput;
 
 /// An error with the exit code it maps to.
 #[derive(Debug)]

@@ -138,3 +138,33 @@ fn a_malformed_device_is_a_usage_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
 }
+
+#[test]
+fn throughput_reports_decode_speed_and_refuses_cuda_without_it() {
+    let model = tiny_model("throughput.gguf");
+    let o = zkinfer(&[
+        "bench",
+        "throughput",
+        "--model",
+        model.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--tokens",
+        "5",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["tokens"], 4, "{report}");
+    assert_eq!(report["prompt_tokens"], 8, "{report}");
+    assert!(report["tokens_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["latency_p90_ms"].as_f64().unwrap() >= report["latency_median_ms"].as_f64().unwrap(),
+        "{report}"
+    );
+    if !cfg!(feature = "cuda") {
+        let o = zkinfer(&["bench", "throughput", "--random", "--device", "cuda"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("built without CUDA"));
+    }
+}

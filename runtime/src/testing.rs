@@ -34,11 +34,19 @@ fn write_gguf(
     metadata: &[(&str, gguf_file::Value)],
     tensors: &[(String, QTensor)],
 ) -> Result<()> {
-    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file =
         std::io::BufWriter::new(std::fs::File::create(path).map_err(candle_core::Error::from)?);
-    gguf_file::write(&mut file, &metadata, &tensors)?;
+    write_gguf_to(&mut file, metadata, tensors)
+}
+
+fn write_gguf_to<W: std::io::Write + std::io::Seek>(
+    out: &mut W,
+    metadata: &[(&str, gguf_file::Value)],
+    tensors: &[(String, QTensor)],
+) -> Result<()> {
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(out, &metadata, &tensors)?;
     Ok(())
 }
 
@@ -311,6 +319,29 @@ pub fn write_random_llama_as(
     seed: u64,
     dtype: GgmlDType,
 ) -> Result<()> {
+    let (metadata, tensors) = random_llama(config, seed, dtype)?;
+    write_gguf(path, &metadata, &tensors)
+}
+
+/// [`write_random_llama_as`] into memory: the GGUF file's bytes, for
+/// shapes too large to want on disk (`zkinfer bench throughput --random`).
+pub fn random_llama_gguf(
+    config: &crate::llama::Config,
+    seed: u64,
+    dtype: GgmlDType,
+) -> Result<Vec<u8>> {
+    let (metadata, tensors) = random_llama(config, seed, dtype)?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    write_gguf_to(&mut out, &metadata, &tensors)?;
+    Ok(out.into_inner())
+}
+
+type GgufParts = (
+    Vec<(&'static str, gguf_file::Value)>,
+    Vec<(String, QTensor)>,
+);
+
+fn random_llama(config: &crate::llama::Config, seed: u64, dtype: GgmlDType) -> Result<GgufParts> {
     let mut rng = Seeded(seed | 1);
     let mut random = |shape: &[usize], scale: f32| rng.tensor(shape, scale);
     let c = config;
@@ -347,7 +378,7 @@ pub fn write_random_llama_as(
 
     use gguf_file::Value;
     let u = |v: usize| Value::U32(v as u32);
-    let metadata: Vec<(&str, Value)> = vec![
+    let metadata: Vec<(&'static str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("llama.block_count", u(c.layers)),
         ("llama.context_length", u(2048)),
@@ -362,7 +393,34 @@ pub fn write_random_llama_as(
             Value::F32(c.rms_eps as f32),
         ),
     ];
-    write_gguf(path, &metadata, &tensors)
+    Ok((metadata, tensors))
+}
+
+/// A Llama shape of 1.1 B parameters (Llama 3.2 1B's widths with a 32,000
+/// vocabulary): the larger shape `zkinfer bench throughput --random` measures.
+pub fn llama_1b_config() -> crate::llama::Config {
+    crate::llama::Config {
+        layers: 16,
+        hidden: 2048,
+        feed_forward: 8192,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 64,
+        rope_dim: 64,
+        rope_base: 500_000.0,
+        rms_eps: 1e-5,
+        vocab: 32_000,
+        tied_head: false,
+    }
+}
+
+/// Parameters of a Llama shape (matrices and norms).
+pub fn llama_parameters(c: &crate::llama::Config) -> usize {
+    let (q, kv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let layer =
+        c.hidden * (q + 2 * kv) + q * c.hidden + 3 * c.hidden * c.feed_forward + 2 * c.hidden;
+    let heads = if c.tied_head { 1 } else { 2 };
+    c.layers * layer + heads * c.vocab * c.hidden + c.hidden
 }
 
 /// Feeds `prompt`, then `steps - 1` greedy tokens one at a time, through a chain

@@ -68,6 +68,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
     match command {
         BenchCommand::Runtime(args) => runtime_bench(args),
         BenchCommand::Conformance(args) => super::conformance::run(args),
+        BenchCommand::Throughput(args) => super::throughput::run(args),
     }
 }
 
