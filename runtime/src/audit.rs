@@ -326,10 +326,19 @@ impl NodeLink {
 
 /// The hop audits of one node with `note` and no re-execution.
 fn unaudited(group: &NodeGroup, verdict: Verdict, note: String) -> Vec<HopAudit> {
-    group
-        .hops
-        .keys()
-        .map(|&position| HopAudit {
+    unaudited_at(group, group.hops.keys().copied(), verdict, note)
+}
+
+/// [`unaudited`] for some positions only.
+fn unaudited_at(
+    group: &NodeGroup,
+    positions: impl IntoIterator<Item = u64>,
+    verdict: Verdict,
+    note: String,
+) -> Vec<HopAudit> {
+    positions
+        .into_iter()
+        .map(|position| HopAudit {
             node: group.addr.clone(),
             layers: [group.layers.start, group.layers.end],
             position,
@@ -452,29 +461,41 @@ async fn audit_node(
             .collect(),
     };
     let (start, end) = (group.layers.start as u32, group.layers.end as u32);
-    // The trace must say what the receipts say.
+    // The trace must say what the receipts say; a forward the node no
+    // longer keeps (audit window passed, or beyond its first 512) cannot be
+    // re-executed.
+    let mut kept = BTreeSet::new();
     for (&position, &(input, output)) in &group.hops {
-        let agrees = trace
-            .get(position, Step::Enter(start))
-            .is_ok_and(|s| s.input == input)
-            && trace
-                .get(position, Step::Exit(end))
-                .is_ok_and(|s| s.output == output);
-        if !agrees {
-            let note = format!(
-                "the node's signed trace contradicts its signed receipt at position {position}"
-            );
-            return Ok((unaudited(group, Verdict::Reject, note), Vec::new()));
+        match (
+            trace.get(position, Step::Enter(start)),
+            trace.get(position, Step::Exit(end)),
+        ) {
+            (Ok(enter), Ok(exit)) if enter.input == input && exit.output == output => {
+                kept.insert(position);
+            }
+            (Ok(_), Ok(_)) => {
+                let note = format!(
+                    "the node's signed trace contradicts its signed receipt at position {position}"
+                );
+                return Ok((unaudited(group, Verdict::Reject, note), Vec::new()));
+            }
+            _ => {}
         }
     }
-    let audited: Vec<u64> = group
-        .hops
-        .keys()
-        .copied()
-        .filter(|p| options.positions.as_ref().is_none_or(|set| set.contains(p)))
-        .collect();
+    let selected = |p: &u64| options.positions.as_ref().is_none_or(|set| set.contains(p));
+    let mut audits = unaudited_at(
+        group,
+        group
+            .hops
+            .keys()
+            .copied()
+            .filter(|p| selected(p) && !kept.contains(p)),
+        Verdict::Ambiguous,
+        "the node keeps no trace of this forward any more".into(),
+    );
+    let audited: Vec<u64> = kept.iter().copied().filter(selected).collect();
     let Some(&last) = audited.last() else {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok((audits, Vec::new()));
     };
     // Every forward the node kept up to the last audited one: attention
     // reads them all.
@@ -538,7 +559,6 @@ async fn audit_node(
         .replayer
         .run_layers(group.layers.clone(), &span_inputs)?;
     let span_outputs: HashMap<u64, Vec<f32>> = forwards.iter().copied().zip(span_outputs).collect();
-    let mut audits = Vec::new();
     let mut proofs = Vec::new();
     for &p in &audited {
         let enter = auditor
