@@ -1,6 +1,8 @@
 //! The zkinfer runtime: models from GGUF files that run any layer range, and
 //! the tokenizer stored in the GGUF metadata, and the node server, client
-//! chain and transport that split a model over machines.
+//! chain and transport that split a model over machines; and the optimistic
+//! path over them: audit trails on nodes (`trail`), the auditor (`audit`),
+//! re-execution and fraud proofs (`fraud`), and the cheat suite (`cheats`).
 
 pub mod audit;
 pub mod cheats;
