@@ -1,6 +1,7 @@
 //! The product end to end, on this machine: two shard nodes of the packaged
 //! model on loopback (the head node proves), a client that generates, has
-//! tokens proven and verifies the proofs against its transcript.
+//! tokens proven and verifies the proofs against its transcript, then audits
+//! every hop (re-execution against what the nodes signed).
 //!
 //! ```text
 //! cargo run --release --example end_to_end [-- --prove all|challenged] [--challenges K]
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use circuits::{CircuitShape, FixedPoint};
+use runtime::audit::AuditOptions;
 use runtime::client::Hop;
+use runtime::fraud::{Replayer, Verdict as AuditVerdict};
 use runtime::generation::{
     generate, Backend, Generation, GenerationOptions, ModelInfo, Observer, Prompt,
 };
@@ -273,6 +276,18 @@ fn main() -> Result<(), Error> {
     }
     let verify_time = verify_start.elapsed();
 
+    // The optimistic path: re-execute every hop of the proven generation on
+    // this machine, asking the (still running) nodes what they signed.
+    let audit_start = Instant::now();
+    let mut replayer = Replayer::open(&path, Device::Cpu)?;
+    let audit = nodes.block_on(runtime::audit::audit(
+        &proven.transcript,
+        &options.out,
+        &mut replayer,
+        &AuditOptions::default(),
+    ))?;
+    let audit_time = audit_start.elapsed();
+
     println!(
         "\n{:>10} {:>8} {:>12}  {:<20} verdict",
         "position", "token", "logprob", "text"
@@ -299,6 +314,18 @@ fn main() -> Result<(), Error> {
         "receipts: {} hops signed by 2 nodes, aggregate signature {}",
         receipts.len(),
         if receipts_valid { "valid" } else { "INVALID" }
+    );
+    let worst = audit
+        .hops
+        .iter()
+        .flat_map(|h| [h.enter, h.span, h.exit])
+        .flatten()
+        .map(|c| c.max_abs_diff)
+        .fold(0f32, f32::max);
+    println!(
+        "audit: {} hops re-executed, verdict {:?}, largest difference {worst}",
+        audit.hops.len(),
+        audit.verdict
     );
     let (proved, not_proved, invalid) = answer.counts();
     println!(
@@ -338,6 +365,10 @@ fn main() -> Result<(), Error> {
         verify_time.as_secs_f64()
     );
     println!(
+        "  audit (every hop re-executed)   {:.2} s",
+        audit_time.as_secs_f64()
+    );
+    println!(
         "\nwritten: {} and {}\ncheck again with: zkinfer verify --transcript {} --bundle {} --model-id {id}",
         transcript_path.display(),
         bundle_path.display(),
@@ -346,6 +377,9 @@ fn main() -> Result<(), Error> {
     );
     if !answer.valid() {
         return Err("the answer did not verify".into());
+    }
+    if audit.verdict != AuditVerdict::Accept {
+        return Err("the audit did not accept every hop".into());
     }
     Ok(())
 }
