@@ -33,14 +33,14 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-use verifier::parse_hex;
+use verifier::parse_hex_array;
 use verifier::receipt::{self, PublicKey, Signature, Step, StepReceipt};
 
 use crate::fraud::{
     compare, describe, AtPosition, Comparison, FraudProof, Replayer, StepName, Value, Verdict,
     FRAUD_PROOF_VERSION, HIDDEN,
 };
-use crate::trail::f32_data;
+use crate::trail::f32_digest;
 use crate::transcript::{f32_bytes, u32_bytes, Transcript};
 use crate::transport;
 use crate::wire::{Boundary, ForwardInput, Frame, Limits, Message, SignedStep};
@@ -287,10 +287,10 @@ fn node_groups(transcript: &Transcript) -> Vec<NodeGroup> {
     groups
 }
 
+/// A digest from the transcript; one that does not parse (the receipt
+/// checks report it) is zeros, which no signed digest equals.
 fn digest_of(hex: &str) -> [u8; 32] {
-    parse_hex(hex, 32)
-        .and_then(|b| b.try_into().ok())
-        .unwrap_or([0; 32])
+    parse_hex_array(hex).unwrap_or([0; 32])
 }
 
 /// A connection to one node, asking about one request.
@@ -665,7 +665,7 @@ impl Bisector<'_> {
             } else {
                 self.trace.get(q, Step::Layer(l - 1))?.output
             };
-            if *blake3::hash(&f32_data(&v)).as_bytes() != signed {
+            if f32_digest(&v) != signed {
                 return Err(format!(
                     "the hidden states entering layer {l} at {q} are not the signed ones"
                 ));

@@ -35,13 +35,14 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use verifier::receipt::{self, PublicKey, Signature, Step, StepReceipt};
-use verifier::{hex, parse_hex};
+use verifier::{hex, parse_hex, parse_hex_array};
 
 use crate::gemma3::Cache;
 use crate::model::Model;
 use crate::model_id::{model_id, ModelId};
 use crate::node::greedy_token;
-use crate::trail::{chain, f32_data};
+use crate::trail::{chain, f32_digest};
+use crate::transcript::f32_bytes;
 use crate::wire::{Activations, Encoding, ForwardInput};
 use crate::{ModelError, Result};
 
@@ -353,7 +354,7 @@ impl Value {
             rows: (values.len() / cols.max(1)) as u32,
             cols: cols as u32,
             encoding: "f32".into(),
-            data: hex(&f32_data(values)),
+            data: hex(&f32_bytes(values)),
         }
     }
 
@@ -498,9 +499,8 @@ impl FraudVerdict {
 impl FraudProof {
     /// The step receipt the proof says the node signed, from its values.
     fn receipt(&self, replayer: &Replayer) -> std::result::Result<StepReceipt, String> {
-        let model_id = parse_hex(&self.model_id, 32)
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or("model_id is not 64 hex digits")?;
+        let model_id =
+            parse_hex_array::<32>(&self.model_id).ok_or("model_id is not 64 hex digits")?;
         let step = Step::from(self.step);
         let d = replayer.hidden_size();
         let (input, output) = match step {
@@ -517,23 +517,16 @@ impl FraudProof {
                         ));
                     }
                     expected += rows_of(&values, d).map_err(|e| e.to_string())? as u64;
-                    context = chain(
-                        &context,
-                        at.position,
-                        blake3::hash(&f32_data(&values)).as_bytes(),
-                    );
+                    context = chain(&context, at.position, &f32_digest(&values));
                 }
                 if self.inputs.last().map(|a| a.position) != Some(self.position) {
                     return Err("the layer's last input must be at the proof's position".into());
                 }
-                (
-                    context,
-                    *blake3::hash(&f32_data(&self.output.hidden()?)).as_bytes(),
-                )
+                (context, f32_digest(&self.output.hidden()?))
             }
             Step::Enter(_) => (
                 *self.single_input()?.to_input()?.digest().as_bytes(),
-                *blake3::hash(&f32_data(&self.output.hidden()?)).as_bytes(),
+                f32_digest(&self.output.hidden()?),
             ),
             Step::Exit(_) => {
                 let output = match self.output.to_input()? {
@@ -541,7 +534,7 @@ impl FraudProof {
                     ForwardInput::Tokens(_) => return Err("an exit answers activations".into()),
                 };
                 (
-                    *blake3::hash(&f32_data(&self.single_input()?.hidden()?)).as_bytes(),
+                    f32_digest(&self.single_input()?.hidden()?),
                     *blake3::hash(&output.data).as_bytes(),
                 )
             }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use verifier::receipt::{SecretKey, Step, StepReceipt};
 
 use crate::model_id::ModelId;
+use crate::transcript::f32_bytes;
 use crate::wire::{Activations, Boundary, Encoding, ForwardInput, SignedStep, WireError};
 
 /// The most forwards one request's trail holds (later ones are not kept).
@@ -43,14 +44,14 @@ impl ForwardTrail {
             rows: self.rows,
             cols,
             encoding: Encoding::F32,
-            data: f32_data(&self.boundaries[i]),
+            data: f32_bytes(&self.boundaries[i]),
         }
     }
 }
 
-/// The F32 encoding of `values`: what inner step digests hash.
-pub fn f32_data(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// The digest of hidden states inside a hop: blake3 of their F32 encoding.
+pub fn f32_digest(values: &[f32]) -> [u8; 32] {
+    *blake3::hash(&f32_bytes(values)).as_bytes()
 }
 
 /// The context digest of a layer's input after the forward at `position`
@@ -131,11 +132,7 @@ impl Trails {
         // One running context digest per layer of the span.
         let mut contexts = vec![[0u8; 32]; self.layers.len()];
         for (&position, forward) in &trail.forwards {
-            let hashes: Vec<[u8; 32]> = forward
-                .boundaries
-                .iter()
-                .map(|b| *blake3::hash(&f32_data(b)).as_bytes())
-                .collect();
+            let hashes: Vec<[u8; 32]> = forward.boundaries.iter().map(|b| f32_digest(b)).collect();
             let mut digests = Vec::with_capacity(hashes.len() + 2);
             digests.push((*forward.input.digest().as_bytes(), hashes[0]));
             for (context, pair) in contexts.iter_mut().zip(hashes.windows(2)) {

@@ -346,8 +346,7 @@ pub fn sampling_r(nonce: &Nonce, request_id: u64, position: u64) -> u64 {
 }
 
 fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> {
-    verifier::parse_hex(text, N)
-        .and_then(|bytes| bytes.try_into().ok())
+    verifier::parse_hex_array(text)
         .ok_or_else(|| format!("{what} {text:?} is not {} hex digits", 2 * N))
 }
 

@@ -264,7 +264,7 @@ fn measure(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
 }
 
 /// The process's peak resident memory (VmHWM), where /proc tells it.
-fn peak_memory_mib() -> Option<f64> {
+pub(super) fn peak_memory_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

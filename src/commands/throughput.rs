@@ -15,6 +15,7 @@ use runtime::model::Model;
 use runtime::node::greedy_token;
 use runtime::testing::{llama_1b_config, llama_parameters, random_llama_gguf};
 
+use super::cost::peak_memory_mib;
 use super::model::{open_gguf, packaged_model_path};
 use super::serve::set_threads;
 use super::{device, CliError};
@@ -82,7 +83,7 @@ pub fn run(args: BenchThroughputArgs) -> Result<ExitCode, CliError> {
                 "tokens_per_s": tokens_per_s,
                 "latency_median_ms": percentile(0.5).as_secs_f64() * 1e3,
                 "latency_p90_ms": percentile(0.9).as_secs_f64() * 1e3,
-                "peak_rss_mib": peak_rss_mib(),
+                "peak_rss_mib": peak_memory_mib(),
             })
         );
     } else {
@@ -103,8 +104,8 @@ pub fn run(args: BenchThroughputArgs) -> Result<ExitCode, CliError> {
             percentile(0.5).as_secs_f64() * 1e3,
             percentile(0.9).as_secs_f64() * 1e3
         );
-        if let Some(rss) = peak_rss_mib() {
-            println!("peak RSS       {rss} MiB (process memory; GPU memory: nvidia-smi)");
+        if let Some(rss) = peak_memory_mib() {
+            println!("peak RSS       {rss:.0} MiB (process memory; GPU memory: nvidia-smi)");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -140,14 +141,6 @@ fn decode(
         latencies.push(start.elapsed());
     }
     Ok((prefill, latencies))
-}
-
-/// The process's peak resident memory (Linux), in MiB.
-fn peak_rss_mib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
 }
 
 fn model_error(e: runtime::ModelError) -> CliError {

@@ -138,3 +138,8 @@ pub fn parse_hex(text: &str, len: usize) -> Option<Vec<u8>> {
         .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
         .collect()
 }
+
+/// [`parse_hex`] into an array: exactly `2 * N` hex digits.
+pub fn parse_hex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
+    parse_hex(text, N)?.try_into().ok()
+}
