@@ -159,7 +159,8 @@ impl Prover {
         bar.set_message(format!("building keys for {}", shape.describe()));
         let start = Instant::now();
         let circuit = DecodeStepCircuit::placeholder(shape);
-        let key = verifier::verifying_key_of(&circuit, &params).map_err(ProveError::Keys)?;
+        let (key, _) = verifier::keys::load_or_build(cache.dir(), &circuit, &params)
+            .map_err(ProveError::Keys)?;
         let pk = shape
             .scope(|| keygen_pk(&params, key.vk, &circuit))
             .map_err(|e| ProveError::Keys(format!("proving key: {e:?}")))?;

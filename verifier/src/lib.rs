@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod bundle;
+pub mod keys;
 pub mod params;
 pub mod receipt;
 
@@ -88,8 +89,26 @@ pub enum VerifyError {
 /// batch fails, each proof is checked alone to say which ones are invalid.
 pub fn verify_bundle(bundle: &Bundle, cache: &ParamsCache) -> Result<Report, VerifyError> {
     let params = cache.load_or_generate(bundle.shape.k(), |_| {})?;
-    let key = verifying_key(bundle.shape, &params).map_err(VerifyError::Key)?;
+    let key = key_for(bundle, cache.dir(), &params)?;
     verify_with_key(bundle, &params, &key)
+}
+
+/// The verifying key `bundle` must be checked against: the cached key of its
+/// shape, or one built from scratch when there is none or when the cached one's
+/// digest differs from the bundle's (a cache entry that is stale must not turn a
+/// valid bundle away; the freshly built key decides).
+pub fn key_for(
+    bundle: &Bundle,
+    cache_dir: &std::path::Path,
+    params: &Params<EqAffine>,
+) -> Result<Key, VerifyError> {
+    let circuit = DecodeStepCircuit::placeholder(bundle.shape);
+    let (key, source) =
+        keys::load_or_build(cache_dir, &circuit, params).map_err(VerifyError::Key)?;
+    if key.digest == bundle.vk_digest || source == keys::KeySource::Built {
+        return Ok(key);
+    }
+    keys::build(cache_dir, &circuit, params).map_err(VerifyError::Key)
 }
 
 /// [`verify_bundle`] with parameters and key already at hand.

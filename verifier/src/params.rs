@@ -67,7 +67,7 @@ impl ParamsCache {
         })?;
         let tmp = self
             .dir
-            .join(format!(".params-k{k}.{}.tmp", std::process::id()));
+            .join(format!(".params-k{k}.{}.tmp", unique_suffix()));
         {
             let mut out = BufWriter::new(File::create(&tmp)?);
             params.write(&mut out)?;
@@ -76,4 +76,16 @@ impl ParamsCache {
         fs::rename(&tmp, &path)?;
         Ok(params)
     }
+}
+
+/// A name part no other writer uses at the same time: threads of one process
+/// and other processes may fill the same cache at once.
+pub(crate) fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
