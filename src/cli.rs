@@ -26,7 +26,7 @@ pub enum Command {
     /// Verify every proof of a bundle, optionally against a transcript. Exit 0 if all are valid,
     /// 1 if any is invalid (or a required token is not proved), 2 if unreadable.
     #[command(
-        after_help = "Examples:\n  zkinfer verify answer.zkp --json\n  zkinfer verify --transcript answer.json --bundle answer.zkp --model-id $(zkinfer model info $(zkinfer model path) --json | jq -r .model_id)\n  zkinfer verify --fraud-proof t.fraud-0.json --model model.gguf"
+        after_help = "Examples:\n  zkinfer verify answer.zkp --json\n  zkinfer verify --transcript answer.json --bundle answer.zkp --model-id $(zkinfer model info $(zkinfer model path) --json | jq -r .model_id)\n  zkinfer verify --transcript answer.json --bundle answer.zkp --require all\n  zkinfer verify --fraud-proof t.fraud-0.json --model model.gguf"
     )]
     Verify(VerifyArgs),
     /// Print a bundle's circuit configuration and statements without verifying them.
@@ -500,6 +500,11 @@ pub struct VerifyArgs {
     /// The model id the transcript must name (`zkinfer model info`), with --transcript.
     #[arg(long, value_name = "HEX", requires = "transcript")]
     pub model_id: Option<String>,
+    /// Which generated tokens must be proven, with --transcript: `all`, `challenged:K` (the K
+    /// positions drawn from the transcript's hash, as `generate --prove challenged --challenges K`
+    /// asks) or `none`. The transcript's own `proving` field does not decide this.
+    #[arg(long, value_name = "POLICY", default_value = "challenged:4", value_parser = parse_required, requires = "transcript")]
+    pub require: RequiredProofs,
     /// Check a fraud proof (`zkinfer audit`) instead: the node's signature on the step and its
     /// re-execution with --model. Exit 0 if it shows fraud, 1 if it does not, 2 if unreadable.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["bundle", "bundle_flag", "transcript"])]
@@ -512,6 +517,14 @@ pub struct VerifyArgs {
     pub json: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+/// The proofs `verify --transcript` requires (`None`: none).
+#[derive(Clone, Copy, Debug)]
+pub struct RequiredProofs(pub Option<runtime::transcript::ProvingPolicy>);
+
+fn parse_required(text: &str) -> Result<RequiredProofs, String> {
+    runtime::transcript::ProvingPolicy::parse_required(text).map(RequiredProofs)
 }
 
 #[derive(Debug, Args)]

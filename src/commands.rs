@@ -21,6 +21,7 @@ mod conformance;
 mod cost;
 mod device;
 mod generate;
+mod input;
 mod keys;
 pub mod ledger;
 mod model;
@@ -78,10 +79,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
 
 /// Reads a fraud proof written by `zkinfer audit`.
 pub fn read_fraud_proof(path: &Path) -> Result<runtime::fraud::FraudProof, CliError> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| CliError::unreadable(format!("reading {}: {e}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| CliError::unreadable(format!("{}: not a fraud proof: {e}", path.display())))
+    input::read_json(path, "fraud proof")
 }
 
 /// `zkinfer verify --fraud-proof`: exit 0 if it shows fraud, 1 if not.
@@ -140,10 +138,10 @@ pub fn cache(args: &CacheArgs) -> ParamsCache {
 }
 
 fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
-    let text = fs::read_to_string(&args.records)
-        .map_err(|e| CliError::unreadable(format!("reading {}: {e}", args.records.display())))?;
-    let records = Records::from_json(&text)
-        .map_err(|e| CliError::unreadable(format!("{}: {e}", args.records.display())))?;
+    // Where the bundle goes is checked before minutes of proving.
+    let out = PendingFile::create(&args.out)
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", args.out.display())))?;
+    let records: Records = input::read_json(&args.records, "decode records file")?;
     if records.steps.is_empty() {
         return Err(CliError::failed(format!(
             "{} holds no steps",
@@ -154,9 +152,18 @@ fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
         .circuit
         .shape(records.vocab)
         .map_err(|e| CliError::failed(e.to_string()))?;
+    let progress = !args.quiet;
+    let checking = prover::Progress::spinner(
+        progress,
+        format!(
+            "checking {} records (V = {}) against their tokens",
+            records.steps.len(),
+            records.vocab
+        ),
+    );
     let steps =
         prepare(&records, shape.fixed_point).map_err(|e| CliError::failed(e.to_string()))?;
-    let progress = !args.quiet;
+    checking.finish();
     let prover = Prover::setup(shape, &cache(&args.cache), progress)
         .map_err(|e| CliError::failed(e.to_string()))?;
     let start = Instant::now();
@@ -165,7 +172,7 @@ fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::failed(e.to_string()))?;
     let elapsed = start.elapsed();
     let bytes = bundle.to_bytes();
-    write_atomic(&args.out, &bytes)
+    out.commit(&bytes)
         .map_err(|e| CliError::failed(format!("writing {}: {e}", args.out.display())))?;
     eprintln!(
         "proved {} steps in {} proofs ({}) in {:.1} s (keys {:.1} s): {} bytes written to {}",
@@ -180,17 +187,52 @@ fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes through a temporary file so a failed run never leaves a partial bundle.
+/// Writes through a temporary file so a failed run never leaves a partial file.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
+    PendingFile::create(path)?.commit(bytes)
 }
 
-fn read_bundle(path: &Path) -> Result<Bundle, CliError> {
-    let bytes = fs::read(path)
-        .map_err(|e| CliError::unreadable(format!("reading {}: {e}", path.display())))?;
-    Bundle::from_bytes(&bytes).map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))
+/// An output written through a temporary file beside it: created (so checked
+/// writable) before the work, renamed into place by [`PendingFile::commit`],
+/// removed on every other way out, so a failed run leaves neither a partial
+/// file nor a temporary one.
+struct PendingFile {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    file: Option<fs::File>,
+}
+
+impl PendingFile {
+    fn create(path: &Path) -> std::io::Result<PendingFile> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("not a file name"))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        let file = fs::File::create(&tmp)?;
+        Ok(PendingFile {
+            tmp,
+            path: path.to_path_buf(),
+            file: Some(file),
+        })
+    }
+
+    fn commit(mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut file = self.file.take().expect("committed once");
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&self.tmp, &self.path)
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        // After a successful rename the temporary name is gone already.
+        let _ = fs::remove_file(&self.tmp);
+    }
 }
 
 fn sampler_json(sampler: Sampler) -> serde_json::Value {
@@ -213,12 +255,19 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
         .as_ref()
         .or(args.bundle_flag.as_ref())
         .ok_or_else(|| CliError::unreadable("name the proof bundle to verify"))?;
-    let bundle = read_bundle(path)?;
+    // Cheap checks first: a transcript that does not parse fails before any
+    // proof is checked.
+    let transcript = args
+        .transcript
+        .as_ref()
+        .map(|t| answer::read_transcript(t).map(|parsed| (t, parsed)))
+        .transpose()?;
+    let bundle = input::read_bundle(path)?;
     let start = Instant::now();
     let report = verify_proofs(&bundle, &args.cache)?;
     let elapsed = start.elapsed();
-    if let Some(transcript) = &args.transcript {
-        return answer::run(&args, transcript, &bundle, &report, elapsed);
+    if let Some((path, transcript)) = &transcript {
+        return answer::run(&args, path, transcript, &bundle, &report, elapsed);
     }
     let frac_bits = bundle.shape.fixed_point.frac_bits;
     let valid = report.all_valid();
@@ -289,7 +338,7 @@ fn verify_proofs(bundle: &Bundle, cache_args: &CacheArgs) -> Result<verifier::Re
 }
 
 fn inspect(args: InspectArgs) -> Result<ExitCode, CliError> {
-    let bundle = read_bundle(&args.bundle)?;
+    let bundle = input::read_bundle(&args.bundle)?;
     let shape = bundle.shape;
     let frac_bits = shape.fixed_point.frac_bits;
     let steps: Vec<_> = bundle

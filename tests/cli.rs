@@ -73,13 +73,13 @@ fn bundle() -> &'static PathBuf {
             "4",
             "--lanes",
             "2",
-            "--quiet",
         ]);
-        assert!(
-            o.status.success(),
-            "prove failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "prove failed: {err}");
+        // stderr is a pipe here: progress comes as plain lines.
+        for line in ["checking 3 records", "building keys for", "proofs: 1 of 1"] {
+            assert!(err.contains(line), "no {line:?} in {err}");
+        }
         out
     })
 }
@@ -182,11 +182,73 @@ fn prove_records(name: &str, records: &Value) -> (Option<i32>, String, bool) {
         "--out",
         out.to_str().unwrap(),
     ]);
+    // Whatever happened, no temporary file is left beside the output.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!(".{name}.zkp")))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     (
         o.status.code(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
         out.exists(),
     )
+}
+
+#[test]
+fn endless_inputs_are_refused_on_their_first_bytes() {
+    // /dev/zero never ends: each reader must stop at once, not fill memory.
+    let zero = "/dev/zero";
+    let dir = scratch();
+    let out = dir.join("zero.zkp");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["prove", "--records", zero, "--out", out.to_str().unwrap()],
+            "not a decode records file",
+        ),
+        (&["verify", zero], "bad magic bytes"),
+        (&["inspect", zero], "bad magic bytes"),
+        (&["verify", "--fraud-proof", zero], "not a fraud proof"),
+        (
+            &[
+                "verify",
+                "--transcript",
+                zero,
+                "--bundle",
+                bundle().to_str().unwrap(),
+            ],
+            "not a transcript",
+        ),
+    ];
+    for (args, message) in cases {
+        let o = zkinfer(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn prove_checks_its_output_before_proving() {
+    let dir = scratch();
+    let path = dir.join("unwritable.json");
+    write_json(&path, &records());
+    let out = dir.join("no-such-dir").join("x.zkp");
+    let o = zkinfer(&[
+        "prove",
+        "--records",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write"), "{err}");
+    // It failed before any key or proof: no progress line was printed.
+    assert!(!err.contains("proofs:"), "{err}");
 }
 
 #[test]
@@ -227,7 +289,11 @@ fn prove_rejects_malformed_records() {
         dir.join("z.zkp").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid records JSON"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a decode records file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut records = records();
     records["steps"][1]["sampler"]["sample"]["r"] = json!("not a number");
     let (code, err, _) = prove_records("bad-r", &records);

@@ -164,6 +164,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     };
     write(&transcript, &transcript_path);
     std::fs::write(&bundle_path, bundle.to_bytes()).expect("write bundle");
+    let require = format!("challenged:{CHALLENGES}");
     let verify = |t: &Path, extra: &[&str]| {
         let mut args = vec![
             "verify",
@@ -173,6 +174,9 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
             bundle_path.to_str().expect("utf-8"),
             "--json",
         ];
+        if !extra.contains(&"--require") {
+            args.extend_from_slice(&["--require", &require]);
+        }
         args.extend_from_slice(extra);
         zkinfer(&args)
     };
@@ -212,6 +216,80 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     let problems = report["problems"].to_string();
     assert!(problems.contains("aggregate signature"), "{problems}");
 
+    // What a hostile client could change without any proof noticing: each
+    // is refused by the check that binds that field to a signature.
+    let unproven = transcript
+        .token_positions()
+        .find(|p| !challenged.contains(p))
+        .expect("an unproven position");
+    let failed_checks = |tampered: &Transcript, name: &str| -> Vec<String> {
+        let path = dir.join(format!("tampered-{name}.json"));
+        write(tampered, &path);
+        let (code, report, err) = verify(&path, &[]);
+        assert_eq!(code, 1, "{name}: {report} {err}");
+        assert_eq!(report["valid"], false, "{name}");
+        report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .filter(|c| c["passed"] == false)
+            .map(|c| c["name"].as_str().expect("name").to_string())
+            .collect()
+    };
+    // (a) An unproven token changed in the tokens and the records, with the
+    // proving policy removed: the next forward was signed for the real token,
+    // and the head's logits do not pick the new one.
+    let mut swapped = transcript.clone();
+    let index = (unproven - swapped.prompt_tokens.len() as u64) as usize;
+    swapped.tokens[index] = (swapped.tokens[index] + 1) % config.vocab as u32;
+    if let runtime::transcript::RecordsRef::Inline(records) = &mut swapped.records {
+        for step in records.steps.iter_mut().filter(|s| s.position == unproven) {
+            step.token = swapped.tokens[index];
+        }
+    }
+    swapped.proving = None;
+    let failed = failed_checks(&swapped, "unproven-token");
+    assert!(
+        failed.contains(&"first hops signed for the transcript's tokens".to_string()),
+        "{failed:?}"
+    );
+    assert!(
+        failed.contains(&"tokens follow from the recorded logits".to_string()),
+        "{failed:?}"
+    );
+    // (b) One byte of one hop's own signature (the aggregate left as it was).
+    let mut resigned = transcript.clone();
+    let receipt = resigned.hops[2].receipt.as_mut().expect("signed hop");
+    let mut bytes = verifier::parse_hex(&receipt.signature, 32).expect("hex");
+    bytes[5] ^= 0x20;
+    receipt.signature = verifier::hex(&bytes);
+    let failed = failed_checks(&resigned, "hop-signature");
+    assert!(
+        failed.contains(&"each hop's signature".to_string()),
+        "{failed:?}"
+    );
+    // (c) One logit of an unproven record.
+    let mut relogited = transcript.clone();
+    if let runtime::transcript::RecordsRef::Inline(records) = &mut relogited.records {
+        let step = records
+            .steps
+            .iter_mut()
+            .find(|s| s.position == unproven)
+            .expect("step");
+        step.logits[3] -= 0.25;
+    }
+    let failed = failed_checks(&relogited, "unproven-logit");
+    assert!(
+        failed.contains(&"records open the head's signed logits".to_string()),
+        "{failed:?}"
+    );
+    // The caller, not the transcript, says what must be proven.
+    let (code, report, _) = verify(&transcript_path, &["--require", "all"]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["required"].as_array().map(Vec::len), Some(TOKENS));
+    let (code, report, _) = verify(&transcript_path, &["--require", "none"]);
+    assert_eq!(code, 0, "{report}");
+
     // Another model id than the expected one.
     let (code, report, _) = verify(&transcript_path, &["--model-id", &"0".repeat(64)]);
     assert_eq!(code, 1, "{report}");
@@ -224,7 +302,12 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
         let expected = t
             .expected_steps(&dir, shape.fixed_point, shape.vocab)
             .expect("expected steps");
-        let mut answer = check_answer(&bundle, &proofs, &expected.steps, &t.required_positions());
+        let mut answer = check_answer(
+            &bundle,
+            &proofs,
+            &expected.steps,
+            &t.required_positions(t.proving),
+        );
         answer.problems.extend(expected.problems);
         answer
     };

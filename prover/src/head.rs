@@ -21,7 +21,7 @@ use circuits::{
 };
 use verifier::{Key, ParamsCache};
 
-use crate::{spinner, ProveError, SetupTimings};
+use crate::{Progress, ProveError, SetupTimings};
 
 /// The verifying key of `shape` with `weights` (its fixed columns), and its digest.
 pub fn head_verifying_key(
@@ -68,7 +68,7 @@ impl HeadProver {
     ) -> Result<HeadProver, ProveError> {
         let start = Instant::now();
         let k = shape.k();
-        let bar = spinner(progress, format!("loading public parameters (k = {k})"));
+        let bar = Progress::spinner(progress, format!("loading public parameters (k = {k})"));
         let params = cache.load_or_generate(k, |k| {
             bar.set_message(format!(
                 "generating public parameters for k = {k} (minutes; cached in {} afterwards)",
@@ -83,7 +83,7 @@ impl HeadProver {
         let pk = shape
             .scope(|| keygen_pk(&params, key.vk, &circuit))
             .map_err(|e| ProveError::Keys(format!("proving key: {e:?}")))?;
-        bar.finish_and_clear();
+        bar.finish();
         Ok(HeadProver {
             shape,
             weights,

@@ -7,6 +7,7 @@
 //! - [`head`]: the same for the head variant (small models, head in the circuit).
 
 pub mod head;
+mod progress;
 pub mod records;
 
 use std::time::{Duration, Instant};
@@ -17,7 +18,6 @@ use halo2_proofs::{
     poly::commitment::Params,
     transcript::{Blake2bWrite, Challenge255},
 };
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SysRng;
 use rand_core::UnwrapErr;
 use rayon::prelude::*;
@@ -30,6 +30,7 @@ use verifier::bundle::{Bundle, Proof};
 use verifier::ParamsCache;
 
 pub use head::{head_verifying_key, synthetic_head_steps, HeadProver};
+pub use progress::Progress;
 pub use records::{Record, RecordSampler, Records};
 
 #[derive(Debug, thiserror::Error)]
@@ -130,15 +131,6 @@ pub struct SetupTimings {
     pub keygen: Duration,
 }
 
-pub(crate) fn spinner(show: bool, message: String) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new_spinner().with_message(message);
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
-}
-
 impl Prover {
     /// Loads (or generates and caches) the parameters and builds the keys.
     pub fn setup(
@@ -148,7 +140,7 @@ impl Prover {
     ) -> Result<Prover, ProveError> {
         let start = Instant::now();
         let k = shape.k();
-        let bar = spinner(progress, format!("loading public parameters (k = {k})"));
+        let bar = Progress::spinner(progress, format!("loading public parameters (k = {k})"));
         let params = cache.load_or_generate(k, |k| {
             bar.set_message(format!(
                 "generating public parameters for k = {k} (minutes; cached in {} afterwards)",
@@ -164,7 +156,7 @@ impl Prover {
         let pk = shape
             .scope(|| keygen_pk(&params, key.vk, &circuit))
             .map_err(|e| ProveError::Keys(format!("proving key: {e:?}")))?;
-        bar.finish_and_clear();
+        bar.finish();
         Ok(Prover {
             shape,
             params,
@@ -211,18 +203,7 @@ impl Prover {
         }
         let batch = self.shape.steps;
         let batches = steps.len().div_ceil(batch);
-        let bar = if progress {
-            let bar = ProgressBar::new(batches as u64).with_style(
-                ProgressStyle::with_template(
-                    "proving {bar:30} {pos}/{len} proofs ({elapsed}, eta {eta})",
-                )
-                .expect("valid template"),
-            );
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = Progress::counter(progress, batches as u64, "proofs");
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(jobs.max(1))
             .build()
@@ -236,7 +217,7 @@ impl Prover {
                     witnesses.resize(batch, witnesses.last().expect("non-empty").clone());
                     let statements = witnesses.iter().map(|w| w.statement).collect();
                     let bytes = self.prove(witnesses)?;
-                    bar.inc(1);
+                    bar.inc();
                     Ok(Proof {
                         steps: statements,
                         bytes,
@@ -244,7 +225,7 @@ impl Prover {
                 })
                 .collect::<Result<Vec<_>, ProveError>>()
         })?;
-        bar.finish_and_clear();
+        bar.finish();
         Ok(Bundle {
             shape: self.shape,
             vk_digest: self.vk_digest,

@@ -4,10 +4,11 @@
 //! For each hop the transcript holds a signed receipt: "on these input bytes
 //! my layers answered these output bytes". The auditor
 //!
-//! 1. checks the receipts themselves: every hop signed, the aggregate
-//!    signature, the first hop of each forward signed for the transcript's
-//!    tokens, and the decode records' logits equal to the head's signed
-//!    output (the logits the proofs' `C_z` commit to);
+//! 1. checks what the transcript binds by itself ([`crate::binding`]): every
+//!    hop signed, each signature and the aggregate, every token fed to a
+//!    signed first hop, and the decode records' logits equal to the head's
+//!    signed output (the logits the proofs' `C_z` commit to) with each token
+//!    the sampler's pick from them;
 //! 2. asks each node for its trace of the request (signed step receipts:
 //!    enter, every layer, exit; see [`crate::trail`]), checks it against the
 //!    hop receipts, and has the node reveal its input, the hidden states
@@ -36,12 +37,13 @@ use tokio::net::TcpStream;
 use verifier::parse_hex_array;
 use verifier::receipt::{self, PublicKey, Signature, Step, StepReceipt};
 
+use crate::binding::{self, BindingCheck};
 use crate::fraud::{
     compare, describe, AtPosition, Comparison, FraudProof, Replayer, StepName, Value, Verdict,
     FRAUD_PROOF_VERSION, HIDDEN,
 };
 use crate::trail::f32_digest;
-use crate::transcript::{f32_bytes, u32_bytes, Transcript};
+use crate::transcript::Transcript;
 use crate::transport;
 use crate::wire::{Boundary, ForwardInput, Frame, Limits, Message, SignedStep};
 
@@ -75,18 +77,10 @@ pub struct HopAudit {
     pub first_bad: Option<StepName>,
 }
 
-/// A check of the transcript itself (no re-execution).
-#[derive(Clone, Debug, Serialize)]
-pub struct ReceiptCheck {
-    pub name: &'static str,
-    pub passed: bool,
-    pub detail: String,
-}
-
 /// Everything an audit found.
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditReport {
-    pub receipts: Vec<ReceiptCheck>,
+    pub receipts: Vec<BindingCheck>,
     pub hops: Vec<HopAudit>,
     /// Reject if any check failed or any hop was rejected; else ambiguous
     /// if any hop was; else accept.
@@ -122,7 +116,7 @@ pub async fn audit(
             given: replayer.model_id().to_string(),
         });
     }
-    let receipts = check_receipts(transcript, dir);
+    let receipts = binding::check(transcript, dir);
     let timeout = if options.io_timeout.is_zero() {
         Duration::from_secs(30)
     } else {
@@ -150,102 +144,6 @@ pub async fn audit(
         verdict,
         fraud_proofs,
     })
-}
-
-/// The checks of the transcript alone.
-fn check_receipts(transcript: &Transcript, dir: &Path) -> Vec<ReceiptCheck> {
-    let mut checks = Vec::new();
-    let unsigned = transcript.unsigned_hops();
-    checks.push(ReceiptCheck {
-        name: "every hop signed",
-        passed: unsigned == 0,
-        detail: format!(
-            "{unsigned} of {} hops carry no receipt",
-            transcript.hops.len()
-        ),
-    });
-    let aggregate = (|| -> Result<bool, String> {
-        let signed = transcript.receipts()?;
-        let Some(hex) = &transcript.receipts_signature else {
-            return Ok(signed.is_empty());
-        };
-        let signature = Signature::from_hex(hex).map_err(|e| e.to_string())?;
-        Ok(receipt::verify_aggregate(&signed, &signature))
-    })();
-    checks.push(ReceiptCheck {
-        name: "aggregate signature",
-        passed: aggregate == Ok(true),
-        detail: match aggregate {
-            Ok(true) => "verifies against every hop receipt".into(),
-            Ok(false) => "does not verify against the hop receipts".into(),
-            Err(e) => e,
-        },
-    });
-    // The first hop of each forward must be signed for the transcript's
-    // tokens: those from its position on, as many as it was fed.
-    let all: Vec<u32> = transcript
-        .prompt_tokens
-        .iter()
-        .chain(&transcript.tokens)
-        .copied()
-        .collect();
-    let mut bad = Vec::new();
-    for hop in transcript.hops.iter().filter(|h| h.layers[0] == 0) {
-        let start = hop.position as usize;
-        let fed = (start + 1..=all.len()).any(|end| {
-            blake3::hash(&u32_bytes(&all[start..end])).to_hex().as_str() == hop.input_blake3
-        });
-        if !fed {
-            bad.push(hop.position);
-        }
-    }
-    checks.push(ReceiptCheck {
-        name: "first hops signed for the transcript's tokens",
-        passed: bad.is_empty(),
-        detail: if bad.is_empty() {
-            "every forward's first hop".into()
-        } else {
-            format!("not at positions {bad:?}")
-        },
-    });
-    // The records' logits are what the head signed (and what C_z commits to).
-    let records = transcript.records(dir);
-    let mut mismatched = Vec::new();
-    let detail = match &records {
-        Ok(records) => {
-            let last = transcript
-                .hops
-                .iter()
-                .map(|h| h.layers[1])
-                .max()
-                .unwrap_or(0);
-            let heads: BTreeMap<u64, &str> = transcript
-                .hops
-                .iter()
-                .filter(|h| h.layers[1] == last)
-                .map(|h| (h.position, h.output_blake3.as_str()))
-                .collect();
-            for step in &records.steps {
-                // The forward that ended at the position before the token's.
-                let head = heads.range(..step.position).next_back().map(|(_, d)| *d);
-                if head != Some(blake3::hash(&f32_bytes(&step.logits)).to_hex().as_str()) {
-                    mismatched.push(step.position);
-                }
-            }
-            if mismatched.is_empty() {
-                format!("{} recorded logits rows", records.steps.len())
-            } else {
-                format!("not at token positions {mismatched:?}")
-            }
-        }
-        Err(e) => e.to_string(),
-    };
-    checks.push(ReceiptCheck {
-        name: "records open the head's signed logits",
-        passed: records.is_ok() && mismatched.is_empty(),
-        detail,
-    });
-    checks
 }
 
 /// The hops one node served under one request id, over one span.

@@ -443,7 +443,7 @@ impl ProofChecker {
             bundle,
             &report,
             &expected.steps,
-            &transcript.required_positions(),
+            &transcript.required_positions(transcript.proving),
         );
         Ok(report.all_valid() && answer.valid() && expected.problems.is_empty())
     }

@@ -5,6 +5,7 @@
 //! re-execution and fraud proofs (`fraud`), and the cheat suite (`cheats`).
 
 pub mod audit;
+pub mod binding;
 pub mod cheats;
 pub mod client;
 pub mod fraud;

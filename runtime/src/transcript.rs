@@ -68,12 +68,36 @@
 //!   public key and signature on the hop's receipt (`verifier::receipt`:
 //!   model id, `layers`, the chain `request_id` the hop was served under,
 //!   `position`, and the two digests). `receipts_signature` (absent when no
-//!   hop is signed) aggregates every hop's signature; `zkinfer verify
-//!   --transcript` checks it against all the receipts in one multi-pairing.
+//!   hop is signed) is the sum of every hop's signature.
 //! - `proving`: whether the head node was asked for proofs: of every token
 //!   (`all`), or of `challenges` positions derived from the transcript after
 //!   generation ([`Transcript::challenged_positions`]: Fiat–Shamir, so the
-//!   node cannot pick them). `null`: no proofs were asked for.
+//!   node cannot pick them). `null`: no proofs were asked for. It only says
+//!   what was asked: which proofs a verifier requires is the verifier's call
+//!   (`zkinfer verify --require`).
+//!
+//! # What `zkinfer verify --transcript T.json --bundle B.zkp` checks
+//!
+//! The transcript is the client's account; only signatures and proofs are
+//! evidence, so every field is either tied to one or only displayed
+//! ([`crate::binding`], the same checks the auditor starts with):
+//!
+//! - `model_id`: against `--model-id`, and signed in every receipt;
+//! - `hops`: every hop carries a receipt, each receipt's signature verifies
+//!   on its own, and `receipts_signature` is their sum and verifies;
+//! - `prompt_tokens`, `tokens`: every position (but the last token, which may
+//!   be a stop token that is never fed) was the input of a signed first-layer
+//!   hop, fed exactly those tokens;
+//! - `records`: each step's logits are the head's signed output of the
+//!   forward before it, each token is the one its sampler picks from them
+//!   (greedy, or inverse CDF with `r` from `client_nonce`, `request_id` and the
+//!   position), and each proven step's `C_z` commits to them;
+//! - `sampler`, `client_nonce`, `request_id`: they give each proven step's
+//!   sampler and `r`, and each unproven token's pick;
+//! - `proving`: displayed; the required positions come from `--require
+//!   all|challenged:K|none` (default `challenged:4`, what `generate --prove
+//!   challenged` asks for by default);
+//! - `prompt` (the text): displayed only; `prompt_tokens` is what was signed.
 //!
 //! # `T.logits.bin`
 //!
@@ -141,6 +165,26 @@ pub enum ProvingPolicy {
     All,
     /// `challenges` positions chosen by [`Transcript::challenged_positions`].
     Challenged { challenges: usize },
+}
+
+impl ProvingPolicy {
+    /// `all`, `challenged:K` or `none` (no proof required).
+    pub fn parse_required(text: &str) -> Result<Option<ProvingPolicy>, String> {
+        match text {
+            "all" => Ok(Some(ProvingPolicy::All)),
+            "none" => Ok(None),
+            _ => {
+                let k = text
+                    .strip_prefix("challenged:")
+                    .and_then(|k| k.parse::<usize>().ok())
+                    .filter(|&k| k > 0)
+                    .ok_or_else(|| {
+                        format!("{text:?}: use all, none or challenged:K with K >= 1")
+                    })?;
+                Ok(Some(ProvingPolicy::Challenged { challenges: k }))
+            }
+        }
+    }
 }
 
 /// One hop of one forward call.
@@ -527,9 +571,10 @@ impl Transcript {
         Ok((!signatures.is_empty()).then(|| Signature::aggregate(&signatures).to_hex()))
     }
 
-    /// The positions the transcript's proving policy requires proven.
-    pub fn required_positions(&self) -> Vec<u64> {
-        match self.proving {
+    /// The positions `policy` requires proven. The verifier's caller names the
+    /// policy: the transcript's own `proving` field only says what was asked.
+    pub fn required_positions(&self, policy: Option<ProvingPolicy>) -> Vec<u64> {
+        match policy {
             Some(ProvingPolicy::All) => self.token_positions().collect(),
             Some(ProvingPolicy::Challenged { challenges }) => self.challenged_positions(challenges),
             None => Vec::new(),

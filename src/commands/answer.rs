@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use runtime::binding;
 use runtime::transcript::{self, Transcript};
 use verifier::answer::{check_answer, Verdict};
-use verifier::receipt::{verify_aggregate, Signature};
 use verifier::{Bundle, Report};
 
 use super::CliError;
@@ -17,13 +17,11 @@ use crate::cli::VerifyArgs;
 
 /// Reads a transcript written by `zkinfer generate --transcript`.
 pub fn read_transcript(path: &Path) -> Result<Transcript, CliError> {
-    let unreadable =
-        |e: &dyn std::fmt::Display| CliError::unreadable(format!("{}: {e}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| unreadable(&e))?;
-    let transcript: Transcript = serde_json::from_str(&text).map_err(|e| unreadable(&e))?;
+    let transcript: Transcript = super::input::read_json(path, "transcript")?;
     if transcript.version != transcript::VERSION {
-        return Err(unreadable(&format!(
-            "transcript version {}, this zkinfer reads version {}",
+        return Err(CliError::unreadable(format!(
+            "{}: transcript version {}, this zkinfer reads version {}",
+            path.display(),
             transcript.version,
             transcript::VERSION
         )));
@@ -34,11 +32,11 @@ pub fn read_transcript(path: &Path) -> Result<Transcript, CliError> {
 pub fn run(
     args: &VerifyArgs,
     path: &Path,
+    transcript: &Transcript,
     bundle: &Bundle,
     report: &Report,
     elapsed: Duration,
 ) -> Result<ExitCode, CliError> {
-    let transcript = read_transcript(path)?;
     let mut problems = Vec::new();
     if let Some(expected) = &args.model_id {
         if !expected.eq_ignore_ascii_case(&transcript.model_id) {
@@ -53,11 +51,15 @@ pub fn run(
         .expected_steps(dir, bundle.shape.fixed_point, bundle.shape.vocab)
         .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
     problems.extend(expected.problems);
-    let receipts = check_receipts(&transcript);
-    if let Err(problem) = &receipts {
-        problems.push(problem.clone());
-    }
-    let required = transcript.required_positions();
+    let checks = binding::check(transcript, dir);
+    problems.extend(
+        checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}: {}", c.name, c.detail)),
+    );
+    let receipts = receipt_summary(transcript);
+    let required = transcript.required_positions(args.require.0);
     let mut answer = check_answer(bundle, report, &expected.steps, &required);
     answer.problems.extend(problems);
     let valid = answer.valid();
@@ -97,6 +99,7 @@ pub fn run(
                     "unsigned_hops": r.unsigned,
                     "nodes": r.nodes,
                 })),
+                "checks": checks,
                 "tokens": tokens,
             })
         );
@@ -128,8 +131,16 @@ pub fn run(
         }
         if let Ok(r) = &receipts {
             println!(
-                "receipts: {} hops signed by {} nodes (aggregate signature valid), {} unsigned",
+                "receipts: {} hops signed by {} nodes, {} unsigned",
                 r.signed, r.nodes, r.unsigned
+            );
+        }
+        for c in &checks {
+            println!(
+                "check {}: {} ({})",
+                c.name,
+                if c.passed { "passed" } else { "FAILED" },
+                c.detail
             );
         }
         println!(
@@ -148,43 +159,22 @@ pub fn run(
     })
 }
 
-/// What the transcript's hop receipts showed.
+/// How many hops were signed, and by how many nodes (the signatures
+/// themselves are [`binding::check`]'s).
 struct Receipts {
     signed: usize,
     unsigned: usize,
     nodes: usize,
 }
 
-/// Checks the aggregate signature over every signed hop receipt (one
-/// multi-pairing); an invalid or missing aggregate is a problem.
-fn check_receipts(transcript: &Transcript) -> Result<Receipts, String> {
-    let signed = transcript
-        .receipts()
-        .map_err(|e| format!("hop receipts: {e}"))?;
-    let unsigned = transcript.unsigned_hops();
+fn receipt_summary(transcript: &Transcript) -> Result<Receipts, String> {
+    let signed = transcript.receipts()?;
     let mut nodes: Vec<_> = signed.iter().map(|(k, _)| k.to_hex()).collect();
     nodes.sort();
     nodes.dedup();
-    let summary = Receipts {
+    Ok(Receipts {
         signed: signed.len(),
-        unsigned,
+        unsigned: transcript.unsigned_hops(),
         nodes: nodes.len(),
-    };
-    match (&transcript.receipts_signature, signed.is_empty()) {
-        (None, true) => Ok(summary),
-        (None, false) => {
-            Err("hops carry receipts but the transcript has no aggregate signature".into())
-        }
-        (Some(hex), _) => {
-            let aggregate = Signature::from_hex(hex).map_err(|e| format!("receipts: {e}"))?;
-            if verify_aggregate(&signed, &aggregate) {
-                Ok(summary)
-            } else {
-                Err(format!(
-                    "the aggregate signature does not sign the {} hop receipts",
-                    signed.len()
-                ))
-            }
-        }
-    }
+    })
 }

@@ -16,6 +16,13 @@ pub const FORMAT_VERSION: u16 = 1;
 pub const MAX_PROOF_BYTES: usize = 1 << 24;
 /// Most proofs in one bundle.
 pub const MAX_PROOFS: usize = 1 << 20;
+/// Largest bundle file read at all (about 50,000 proofs at the packaged model's
+/// vocabulary).
+pub const MAX_BUNDLE_BYTES: u64 = 1 << 30;
+/// Bytes before the first proof: magic, version, shape, k, digest, count.
+const HEADER_BYTES: usize = 8 + 2 + 4 + 1 + 1 + 2 + 2 + 1 + 32 + 4;
+/// Bytes of one statement.
+const STATEMENT_BYTES: usize = 8 + 32 + 4 + 8 + 1 + 4 + 8;
 /// Smallest logprob accepted, in fixed-point units.
 pub const MIN_LOGPROB: i64 = -(1 << 40);
 
@@ -61,6 +68,10 @@ pub enum BundleError {
     Checksum,
     #[error("{0} trailing bytes after the bundle")]
     Trailing(usize),
+    #[error("the file is larger than its header allows ({limit} bytes for its proofs)")]
+    TooLarge { limit: u64 },
+    #[error("reading the bundle: {0}")]
+    Io(String),
 }
 
 struct Reader<'a> {
@@ -140,6 +151,59 @@ impl Bundle {
         let checksum = blake3::hash(&out);
         out.extend_from_slice(checksum.as_bytes());
         out
+    }
+
+    /// Reads a bundle from `input` without holding more than its header
+    /// allows: the magic and version are checked on the first bytes, the
+    /// header's proof count bounds the rest (and [`MAX_BUNDLE_BYTES`] bounds
+    /// everything), then [`Bundle::from_bytes`] parses it.
+    pub fn read(input: impl std::io::Read) -> Result<Bundle, BundleError> {
+        use std::io::Read as _;
+        let io = |e: std::io::Error| BundleError::Io(e.to_string());
+        let mut input = input.take(MAX_BUNDLE_BYTES + 1);
+        let mut bytes = Vec::with_capacity(HEADER_BYTES);
+        (&mut input)
+            .take(HEADER_BYTES as u64)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        let magic = bytes.len().min(MAGIC.len());
+        if bytes[..magic] != MAGIC[..magic] {
+            return Err(BundleError::Magic);
+        }
+        if bytes.len() < MAGIC.len() + 2 {
+            return Err(BundleError::Truncated {
+                offset: bytes.len(),
+                needed: HEADER_BYTES - bytes.len(),
+            });
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != FORMAT_VERSION {
+            return Err(BundleError::Version(version));
+        }
+        if bytes.len() < HEADER_BYTES {
+            return Err(BundleError::Truncated {
+                offset: bytes.len(),
+                needed: HEADER_BYTES - bytes.len(),
+            });
+        }
+        let at = |offset: usize, n: usize| &bytes[offset..offset + n];
+        let steps = u16::from_le_bytes(at(16, 2).try_into().expect("2 bytes")) as u64;
+        let proofs = u32::from_le_bytes(at(HEADER_BYTES - 4, 4).try_into().expect("4 bytes"));
+        if proofs == 0 || proofs as usize > MAX_PROOFS {
+            return Err(invalid(format!(
+                "{proofs} proofs (expected 1..={MAX_PROOFS})"
+            )));
+        }
+        let per_proof = 2 + steps * STATEMENT_BYTES as u64 + 4 + MAX_PROOF_BYTES as u64;
+        let limit = (HEADER_BYTES as u64 + proofs as u64 * per_proof + 32).min(MAX_BUNDLE_BYTES);
+        (&mut input)
+            .take(limit + 1 - bytes.len() as u64)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > limit {
+            return Err(BundleError::TooLarge { limit });
+        }
+        Bundle::from_bytes(&bytes)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Bundle, BundleError> {
@@ -266,4 +330,64 @@ fn read_step(r: &mut Reader<'_>, vocab: usize) -> Result<StepStatement, BundleEr
         sampler,
         position,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    fn bundle() -> Bundle {
+        let shape = CircuitShape::new(64, FixedPoint::default(), 2, 1).unwrap();
+        let step = |position| StepStatement {
+            commitment: Fp::from(position + 7),
+            token: 3,
+            logprob: -5,
+            sampler: Sampler::Sample { beta: 600, r: 9 },
+            position,
+        };
+        Bundle {
+            shape,
+            vk_digest: [4; 32],
+            proofs: vec![Proof {
+                steps: vec![step(10), step(11)],
+                bytes: vec![1, 2, 3],
+            }],
+        }
+    }
+
+    #[test]
+    fn read_is_from_bytes_with_limits() {
+        let b = bundle();
+        let bytes = b.to_bytes();
+        assert_eq!(Bundle::read(&bytes[..]).unwrap(), b);
+        assert_eq!(
+            HEADER_BYTES + 2 + 2 * STATEMENT_BYTES + 4 + 3 + 32,
+            bytes.len()
+        );
+        for len in 0..bytes.len() {
+            assert!(Bundle::read(&bytes[..len]).is_err(), "length {len}");
+        }
+    }
+
+    #[test]
+    fn endless_input_is_refused_after_its_header() {
+        // Zeros: refused on the magic, after reading the header's bytes only.
+        let mut zeros = std::io::repeat(0).take(u64::MAX);
+        assert_eq!(Bundle::read(&mut zeros), Err(BundleError::Magic));
+        // A valid header of one proof, then endless bytes: refused at the
+        // most one proof can take, never read further.
+        let header = &bundle().to_bytes()[..HEADER_BYTES];
+        let endless = header.chain(std::io::repeat(0xab));
+        let limit = (HEADER_BYTES + 2 + 2 * STATEMENT_BYTES + 4 + MAX_PROOF_BYTES + 32) as u64;
+        assert_eq!(Bundle::read(endless), Err(BundleError::TooLarge { limit }));
+        // Another version is named with this build's.
+        let mut other = bundle().to_bytes();
+        other[8] = 9;
+        let err = Bundle::read(&other[..]).unwrap_err();
+        assert_eq!(err, BundleError::Version(9));
+        assert!(err
+            .to_string()
+            .contains(&format!("version {FORMAT_VERSION}")));
+    }
 }
