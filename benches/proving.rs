@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| prover.prove(witnesses.clone()).unwrap())
             });
             let statements: Vec<_> = witnesses.iter().map(|w| w.statement).collect();
-            let proof = prover.prove(witnesses).unwrap();
+            let proof = prover.prove(witnesses).unwrap().bytes;
             verify_cases.push((id, prover, DecodeStepCircuit::instance(&statements), proof));
         }
     }

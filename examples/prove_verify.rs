@@ -58,10 +58,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let shape = CircuitShape::new(vocab, fixed_point, 2, 2)?;
     println!(
-        "circuit: {} (k = {}, {} Poseidon lanes)",
+        "circuit: {} (k = {}, {} advice columns)",
         shape.describe(),
         shape.k(),
-        shape.poseidon_lanes()
+        shape.advice_columns()
     );
     let prepared = prepare(&records, fixed_point)?;
     let cache = ParamsCache::new(ParamsCache::default_dir());
@@ -72,7 +72,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prover.timings.keygen.as_secs_f64()
     );
     let start = Instant::now();
-    let bundle = prover.prove_all(&prepared, 1, true)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bundle = prover.prove_all(&prepared, 1, threads, true)?;
     let prove_time = start.elapsed();
     let bytes = bundle.to_bytes();
 

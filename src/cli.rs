@@ -538,22 +538,15 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct CostArgs {
-    /// Vocabulary sizes to measure [default: 512,4096,32000,262144; with --head 512,1024,4096].
+    /// Vocabulary sizes to measure [default: 512,4096,32000,262144].
     #[arg(long, value_delimiter = ',')]
     pub vocab: Vec<usize>,
     /// Steps per proof to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize])]
     pub batch: Vec<usize>,
-    /// Lane counts to measure [default: 4; with --head 1].
+    /// Lane counts to measure [default: 4].
     #[arg(long, value_delimiter = ',')]
     pub lanes: Vec<usize>,
-    /// Measure the head variant for small models instead: the head matmul z = W h in the circuit
-    /// (random weights as fixed columns), a commitment to the hidden state as the public input.
-    #[arg(long)]
-    pub head: bool,
-    /// Hidden sizes d of the head variant [default: 32,64,128].
-    #[arg(long, value_delimiter = ',', requires = "head")]
-    pub hidden: Vec<usize>,
     /// Only lay out the circuits (rows, k, columns): no keygen or proving.
     #[arg(long)]
     pub layout_only: bool,

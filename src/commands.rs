@@ -168,7 +168,12 @@ fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::failed(e.to_string()))?;
     let start = Instant::now();
     let bundle = prover
-        .prove_all(&steps, args.jobs, progress)
+        .prove_all(
+            &steps,
+            args.jobs,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            progress,
+        )
         .map_err(|e| CliError::failed(e.to_string()))?;
     let elapsed = start.elapsed();
     let bytes = bundle.to_bytes();
@@ -264,10 +269,10 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
         .transpose()?;
     let bundle = input::read_bundle(path)?;
     let start = Instant::now();
-    let report = verify_proofs(&bundle, &args.cache)?;
+    let (params, report) = verify_proofs(&bundle, &args.cache)?;
     let elapsed = start.elapsed();
     if let Some((path, transcript)) = &transcript {
-        return answer::run(&args, path, transcript, &bundle, &report, elapsed);
+        return answer::run(&args, path, transcript, &bundle, &report, &params, elapsed);
     }
     let frac_bits = bundle.shape.fixed_point.frac_bits;
     let valid = report.all_valid();
@@ -330,11 +335,39 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
 
 /// Verifies every proof of `bundle`; a key that does not match the bundle's
 /// circuit is a failed verification, anything unreadable an unreadable input.
-fn verify_proofs(bundle: &Bundle, cache_args: &CacheArgs) -> Result<verifier::Report, CliError> {
-    verifier::verify_bundle(bundle, &cache(cache_args)).map_err(|e| match e {
+/// Returns the parameters too: checking an answer opens the proofs with them.
+fn verify_proofs(
+    bundle: &Bundle,
+    cache_args: &CacheArgs,
+) -> Result<
+    (
+        halo2_proofs::poly::commitment::Params<halo2_proofs::pasta::EqAffine>,
+        verifier::Report,
+    ),
+    CliError,
+> {
+    let failed = |e: verifier::VerifyError| match e {
         verifier::VerifyError::KeyMismatch { .. } => CliError::failed(e.to_string()),
         other => CliError::unreadable(other.to_string()),
-    })
+    };
+    let cache = cache(cache_args);
+    let params = cache
+        .load_or_generate(bundle.shape.k(), |_| {})
+        .map_err(|e| failed(e.into()))?;
+    let key = verifier::key_for(bundle, cache.dir(), &params).map_err(failed)?;
+    let report = verifier::verify_with_key(bundle, &params, &key).map_err(failed)?;
+    Ok((params, report))
+}
+
+/// A proof's commitments to its logit columns (one per lane), as hex; empty
+/// when the proof bytes do not start with curve points.
+fn logit_commitments_hex(shape: circuits::CircuitShape, proof: &verifier::Proof) -> Vec<String> {
+    use halo2_proofs::pasta::group::GroupEncoding as _;
+    circuits::opening::proof_logit_commitments(shape, &proof.bytes)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| verifier::hex(c.to_bytes().as_ref()))
+        .collect()
 }
 
 fn inspect(args: InspectArgs) -> Result<ExitCode, CliError> {
@@ -360,7 +393,6 @@ fn inspect(args: InspectArgs) -> Result<ExitCode, CliError> {
                     "proof": proof,
                     "position": s.position,
                     "padding": padding,
-                    "commitment": verifier::hex(ff::PrimeField::to_repr(&s.commitment).as_ref()),
                     "token": s.token,
                     "logprob": s.logprob_nats(frac_bits),
                     "logprob_fixed": s.logprob,
@@ -381,6 +413,7 @@ fn inspect(args: InspectArgs) -> Result<ExitCode, CliError> {
             },
             "vk_digest": verifier::hex(&bundle.vk_digest),
             "proofs": bundle.proofs.iter().map(|p| p.bytes.len()).collect::<Vec<_>>(),
+            "logit_commitments": bundle.proofs.iter().map(|p| logit_commitments_hex(shape, p)).collect::<Vec<_>>(),
             "steps": steps,
         });
         println!("{out}");

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 
 const VOCAB: usize = 600;
-/// `vk digest` of decode-step v1 V=600 F=11 Q=30 T=4 L=2.
-const PINNED_VK_DIGEST: &str = "ccebfc8183f73b245d8fba97634a8a48f0ad833e0f45dc2a426ab39ec2a8fcde";
+/// `vk digest` of decode-step v2 V=600 F=11 Q=30 T=4 L=2.
+const PINNED_VK_DIGEST: &str = "1ff734287fedfe0e8cb49684aaaa11f2a7032eb4b6059b22d83360ab931f8933";
 
 fn zkinfer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zkinfer"))
@@ -131,6 +131,10 @@ fn inspect_prints_statements_without_verifying() {
     assert_eq!(v["steps"].as_array().unwrap().len(), 4);
     assert_eq!(v["steps"][3]["padding"], true);
     assert_eq!(v["steps"][1]["sampler"]["sample"]["r"], "0");
+    // One commitment per lane to the logit columns: 32-byte points.
+    let commitments = v["logit_commitments"][0].as_array().unwrap();
+    assert_eq!(commitments.len(), 2);
+    assert!(commitments.iter().all(|c| c.as_str().unwrap().len() == 64));
     // The verifying key of this shape is pinned: a change of circuit layout must be deliberate
     // (and bump the bundle format or the circuit description).
     assert_eq!(v["vk_digest"], PINNED_VK_DIGEST);
@@ -330,9 +334,16 @@ fn mutated_bundles_are_rejected_without_panicking() {
     let params = cache.load_or_generate(parsed.shape.k(), |_| {}).unwrap();
     let key = verifier::verifying_key(parsed.shape, &params).unwrap();
     let body_len = original.len() - 32;
+    // The seed is no public input: a bundle with another seed still verifies,
+    // and only opening its commitments with the logits tells
+    // (prover/tests/opening.rs).
+    let seed_start = 57 + 2 + parsed.shape.steps * 33;
     let mut deep = 0;
     for i in 0..40usize {
         let pos = 10 + i * (body_len - 10) / 40;
+        if (seed_start..seed_start + 32).contains(&pos) {
+            continue;
+        }
         let mut body = original[..body_len].to_vec();
         body[pos] ^= 0x5a;
         body.extend_from_slice(blake3::hash(&body).as_bytes());

@@ -26,7 +26,7 @@ use runtime::testing::{tiny_gemma3_config, write_random_gemma3};
 use runtime::transcript::{Nonce, ProvingPolicy, Transcript};
 use runtime::wire::{Encoding, Limits};
 use serde_json::Value;
-use verifier::answer::{check_answer, Verdict};
+use verifier::answer::{check_answer, open_proofs, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
 
@@ -295,16 +295,21 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     assert_eq!(code, 1, "{report}");
 
     // The rest is checked in this process, with the same library calls the
-    // CLI makes (each `zkinfer verify` rebuilds the verifying key).
+    // CLI makes.
     let proofs = verifier::verify_bundle(&bundle, &ParamsCache::new(ParamsCache::default_dir()))
         .expect("verifies");
+    let params = ParamsCache::new(ParamsCache::default_dir())
+        .load_or_generate(shape.k(), |_| {})
+        .expect("params");
     let check = |t: &Transcript| {
         let expected = t
             .expected_steps(&dir, shape.fixed_point, shape.vocab)
             .expect("expected steps");
+        let openings = open_proofs(&bundle, &params, &expected.logits);
         let mut answer = check_answer(
             &bundle,
             &proofs,
+            &openings,
             &expected.steps,
             &t.required_positions(t.proving),
         );

@@ -1,5 +1,7 @@
 //! The decode-step circuit: `T` token steps over a vocabulary of `V`, composed of
-//! the logit lanes, the step check, the range checks and the commitment.
+//! the logit lanes, the step check and the range checks. The logits are
+//! committed by the proof's own commitments to the lanes' `z` columns
+//! ([`crate::opening`]), so no hash runs inside the circuit.
 //!
 //! The statement it proves for each step is in `docs/statement.md`; the chips'
 //! module docs say which constraint enforces which part.
@@ -17,9 +19,8 @@ use crate::chips::lane::{LaneChip, LaneConfig};
 use crate::chips::range_check::{RangeCheckChip, RangeCheckConfig};
 use crate::chips::step_check::{StepCheckChip, StepCheckConfig};
 use crate::chips::table::TableConfig;
-use crate::commitment::{self, CommitmentChip, CommitmentConfig, LIMBS_PER_ELEMENT};
 use crate::fixed_point::{FixedPoint, TABLE_BITS};
-use crate::statement::{StepStatement, INSTANCE_PER_STEP};
+use crate::statement::StepStatement;
 use crate::tables::Tables;
 use crate::witness::StepWitness;
 
@@ -58,7 +59,6 @@ pub enum ShapeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ConfigureShape {
     lanes: usize,
-    poseidon_lanes: usize,
     fixed_point: FixedPoint,
 }
 
@@ -96,14 +96,31 @@ impl CircuitShape {
         Ok(shape)
     }
 
-    /// `R`: rows of each lane per step, a multiple of 9.
+    /// `R`: rows of each lane per step.
     pub fn rows_per_lane(&self) -> usize {
-        self.vocab.div_ceil(self.lanes).div_ceil(LIMBS_PER_ELEMENT) * LIMBS_PER_ELEMENT
+        self.vocab.div_ceil(self.lanes)
+    }
+
+    /// Rows of one step's lane region: a carry row, then `R` logit rows.
+    fn lane_region_rows(&self) -> usize {
+        self.rows_per_lane() + 1
     }
 
     /// Rows used by the lane columns.
     pub fn lane_rows(&self) -> usize {
-        self.steps * (self.rows_per_lane().min(self.vocab) + 1)
+        self.steps * self.lane_region_rows()
+    }
+
+    /// Where logit `index` of step `step` sits: its lane and row. The step
+    /// regions are laid out one after another from row 0 (nothing else uses the
+    /// lane columns), each a carry row followed by the logit rows.
+    pub fn logit_cell(&self, step: usize, index: usize) -> (usize, usize) {
+        let per_lane = self.rows_per_lane();
+        let lane = index / per_lane;
+        (
+            lane,
+            step * self.lane_region_rows() + 1 + index - lane * per_lane,
+        )
     }
 
     /// Rows used by the step check and range columns.
@@ -122,29 +139,15 @@ impl CircuitShape {
         (1 << self.k()) - RESERVED_ROWS
     }
 
-    /// Poseidon lanes needed so that the commitments fit in `usable_rows`.
-    pub fn poseidon_lanes(&self) -> usize {
-        let chunk = commitment::ROWS_PER_CHUNK;
-        let chunks = self.steps * commitment::chunks(self.vocab);
-        let folds = self.steps * commitment::chunks(self.vocab) * commitment::ROWS_PER_FOLD;
-        // Chunks are placed whole; folds fill the gaps.
-        let per_lane = self.usable_rows() / chunk;
-        let mut lanes = chunks.div_ceil(per_lane.max(1)).max(1);
-        while lanes * self.usable_rows() < chunks * chunk + folds + lanes * chunk {
-            lanes += 1;
-        }
-        lanes
-    }
-
     /// Advice columns of the circuit.
     pub fn advice_columns(&self) -> usize {
-        3 + 11 * self.lanes + 4 + 1 + 4 * self.poseidon_lanes()
+        3 + 11 * self.lanes + 4 + 1
     }
 
     /// A short stable description, used as a cache key and in bundles.
     pub fn describe(&self) -> String {
         format!(
-            "decode-step v1 V={} F={} Q={} T={} L={}",
+            "decode-step v2 V={} F={} Q={} T={} L={}",
             self.vocab,
             self.fixed_point.frac_bits,
             self.fixed_point.exp_bits,
@@ -156,7 +159,6 @@ impl CircuitShape {
     fn configure_shape(&self) -> ConfigureShape {
         ConfigureShape {
             lanes: self.lanes,
-            poseidon_lanes: self.poseidon_lanes(),
             fixed_point: self.fixed_point,
         }
     }
@@ -178,7 +180,13 @@ pub struct DecodeStepConfig {
     lanes: LaneConfig,
     step_check: StepCheckConfig,
     range: RangeCheckConfig,
-    commitment: CommitmentConfig,
+}
+
+impl DecodeStepConfig {
+    /// The logit column of each lane.
+    pub fn logit_columns(&self) -> Vec<halo2_proofs::plonk::Column<halo2_proofs::plonk::Advice>> {
+        self.lanes.logit_columns()
+    }
 }
 
 /// `T` decode steps of one shape. Without witnesses it is what keygen sees.
@@ -199,7 +207,6 @@ impl DecodeStepCircuit {
     pub fn placeholder(shape: CircuitShape) -> Self {
         let tables = Tables::new(shape.fixed_point);
         let step = StepWitness::build(
-            shape.fixed_point,
             &tables,
             vec![0; shape.vocab],
             0,
@@ -251,14 +258,12 @@ impl Circuit<Fp> for DecodeStepCircuit {
         );
         let running = meta.advice_column();
         let range = RangeCheckChip::configure(meta, running, table);
-        let commitment = CommitmentChip::configure(meta, shape.poseidon_lanes);
         DecodeStepConfig {
             instance,
             table,
             lanes,
             step_check,
             range,
-            commitment,
         }
     }
 
@@ -277,7 +282,6 @@ impl Circuit<Fp> for DecodeStepCircuit {
         let lanes = LaneChip::construct(config.lanes.clone());
         let range = RangeCheckChip::construct(config.range);
         let check = StepCheckChip::construct(config.step_check, range);
-        let mut commit = CommitmentChip::construct(config.commitment.clone());
         for (index, step) in self.steps.iter().enumerate() {
             let cells = lanes.assign_step(
                 layouter.namespace(|| format!("step {index} lanes")),
@@ -291,17 +295,6 @@ impl Circuit<Fp> for DecodeStepCircuit {
                 step,
                 &tables,
                 &cells,
-            )?;
-            let c_z = commit.commit(
-                layouter.namespace(|| format!("step {index} commitment")),
-                shape.vocab,
-                shape.fixed_point,
-                &cells.elements,
-            )?;
-            layouter.constrain_instance(
-                c_z.cell(),
-                config.instance,
-                INSTANCE_PER_STEP * index + crate::chips::step_check::instance_row::COMMITMENT,
             )?;
         }
         Ok(())

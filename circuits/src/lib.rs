@@ -4,17 +4,18 @@
 //! - [`statement`]: the public inputs of a step;
 //! - [`fixed_point`] and [`tables`]: the arithmetic every party recomputes;
 //! - [`witness`]: the native computation of a step, which the prover fills in;
-//! - [`commitment`]: the Poseidon commitment to packed logits;
 //! - [`chips`]: one chip per constraint family;
 //! - [`decode_step`]: the circuit composing them over `T` steps;
-//! - [`head_step`]: its variant for small models, with the head matmul in the
-//!   circuit and a commitment to the hidden state as the public input.
+//! - [`floor`]: the least a circuit of this design costs (one exp lookup and a
+//!   running sum per logit), which `zkinfer cost` measures beside it;
+//! - [`opening`]: the commitment to the logits (the proof's own commitments to
+//!   their columns) and how whoever holds the logits recomputes it.
 
 pub mod chips;
-pub mod commitment;
 pub mod decode_step;
 pub mod fixed_point;
-pub mod head_step;
+pub mod floor;
+pub mod opening;
 pub mod statement;
 pub mod tables;
 pub mod witness;
@@ -22,9 +23,6 @@ pub mod witness;
 pub use decode_step::{CircuitShape, DecodeStepCircuit, ShapeError};
 pub use fixed_point::FixedPoint;
 pub use halo2_proofs::pasta::Fp;
-pub use head_step::{
-    HeadDecodeStepCircuit, HeadError, HeadFormat, HeadShape, HeadStepWitness, HeadWeights,
-};
 pub use statement::{Sampler, StepStatement};
 pub use tables::Tables;
 pub use witness::{sample_token, StepError, StepWitness};

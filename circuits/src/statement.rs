@@ -32,11 +32,10 @@ impl fmt::Display for Sampler {
     }
 }
 
-/// The public inputs of one token step.
+/// The public inputs of one token step. The logits they follow from are
+/// committed by the proof itself (see [`crate::opening`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepStatement {
-    /// Poseidon commitment to the packed logits (see [`crate::commitment`]).
-    pub commitment: Fp,
     /// The emitted token id.
     pub token: u32,
     /// The log-probability of the token, in units of `2^-F` nats (never positive).
@@ -48,18 +47,17 @@ pub struct StepStatement {
 }
 
 /// Instance cells per step, in this order.
-pub const INSTANCE_PER_STEP: usize = 7;
+pub const INSTANCE_PER_STEP: usize = 6;
 
 impl StepStatement {
-    /// `[C_z, y, lp, greedy, beta, r, position]` as field elements (`lp` negated
-    /// into the field).
+    /// `[y, lp, greedy, beta, r, position]` as field elements (`lp` negated into
+    /// the field).
     pub fn instance(&self) -> [Fp; INSTANCE_PER_STEP] {
         let (greedy, beta, r) = match self.sampler {
             Sampler::Greedy => (1, BETA_ONE, 0),
             Sampler::Sample { beta, r } => (0, beta, r),
         };
         [
-            self.commitment,
             Fp::from(self.token as u64),
             signed(self.logprob as i128),
             Fp::from(greedy),

@@ -6,6 +6,7 @@ use halo2_proofs::{
     pasta::Fp,
 };
 
+use crate::chips::step_check::instance_row::{LOGPROB, R};
 use crate::fixed_point::FixedPoint;
 use crate::statement::Sampler;
 use crate::tables::Tables;
@@ -31,7 +32,7 @@ fn step(seed: u64, vocab: usize, sampler: Sampler) -> StepWitness {
     let tables = Tables::new(fp);
     let z = logits(seed, vocab, 20.0);
     let token = sample_token(&tables, &z, sampler).unwrap();
-    StepWitness::new(fp, &tables, z, token, sampler).unwrap()
+    StepWitness::new(&tables, z, token, sampler).unwrap()
 }
 
 fn run(
@@ -148,15 +149,8 @@ fn cheat_token(
         None => honest.max_logit,
         Some(_) => honest.logits[token as usize],
     };
-    let cheat = StepWitness::build(
-        fp,
-        &Tables::new(fp),
-        honest.logits.clone(),
-        token,
-        sampler,
-        max,
-    )
-    .unwrap();
+    let cheat =
+        StepWitness::build(&Tables::new(fp), honest.logits.clone(), token, sampler, max).unwrap();
     steps[0] = cheat;
     let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
     (
@@ -189,12 +183,12 @@ fn greedy_tie_goes_to_the_lowest_index() {
     z[10] = max + 5;
     z[400] = max + 5;
     assert_eq!(sample_token(&tables, &z, Sampler::Greedy).unwrap(), 10);
-    let first = StepWitness::new(fp, &tables, z.clone(), 10, Sampler::Greedy).unwrap();
+    let first = StepWitness::new(&tables, z.clone(), 10, Sampler::Greedy).unwrap();
     let (shape, steps, instance) = honest(vec![first], LANES);
     assert_eq!(run(shape, steps, instance), Ok(()));
     // The later maximum is refused by the prover and by the circuit.
-    assert!(StepWitness::new(fp, &tables, z.clone(), 400, Sampler::Greedy).is_err());
-    let later = StepWitness::build(fp, &tables, z, 400, Sampler::Greedy, max + 5).unwrap();
+    assert!(StepWitness::new(&tables, z.clone(), 400, Sampler::Greedy).is_err());
+    let later = StepWitness::build(&tables, z, 400, Sampler::Greedy, max + 5).unwrap();
     let statements = [later.statement];
     let failures = run(shape, vec![later], DecodeStepCircuit::instance(&statements)).unwrap_err();
     // Index 10 needs a distance of at least 1 before the token: its high limb wraps.
@@ -210,7 +204,7 @@ fn logprob_off_by_one_unit_is_rejected() {
     for sampler in [Sampler::Greedy, SAMPLE] {
         for delta in [-1i64, 1] {
             let (shape, steps, mut instance) = fixture(sampler);
-            instance[2] += crate::statement::signed(delta as i128);
+            instance[LOGPROB] += crate::statement::signed(delta as i128);
             rejected_with(shape, steps, instance, "log-probability");
         }
     }
@@ -223,7 +217,7 @@ fn wrong_log_sum_exp_is_rejected() {
         steps[0].delta = (steps[0].delta as i64 + delta_shift) as u64;
         // A consistent claim: lp moves with delta, so only the bracket can catch it.
         let mut instance = instance;
-        instance[2] -= crate::statement::signed(delta_shift as i128);
+        instance[LOGPROB] -= crate::statement::signed(delta_shift as i128);
         rejected_with(shape, steps, instance, RANGE_REJECTED);
     }
 }
@@ -251,7 +245,7 @@ fn sampled_token_outside_its_interval_is_rejected() {
 #[test]
 fn changed_r_is_rejected() {
     let (shape, steps, mut instance) = fixture(SAMPLE);
-    instance[5] += Fp::from(1u64 << 40);
+    instance[R] += Fp::from(1u64 << 40);
     let failures = run(shape, steps, instance).unwrap_err();
     assert!(
         names(&failures).contains(&"scaled r".to_string()),
@@ -261,35 +255,23 @@ fn changed_r_is_rejected() {
 }
 
 #[test]
-fn logits_not_matching_the_commitment_are_rejected() {
-    // The statement claims another vector's commitment.
-    let (shape, steps, mut instance) = fixture(SAMPLE);
-    instance[0] += Fp::one();
-    rejected_with(shape, steps, instance, "permutation in permute state");
-    // The witness uses other logits than the committed ones (same token).
+fn logits_that_are_not_the_lanes_distances_are_rejected() {
+    // The committed column says another logit than the one the lanes used:
+    // exactly the "logit value" constraint at that row rejects it.
     let (shape, mut steps, instance) = fixture(Sampler::Greedy);
-    let fp = FixedPoint::default();
-    let mut z = steps[0].logits.clone();
-    let victim = (steps[0].statement.token as usize + 1) % z.len();
-    z[victim] -= 3;
-    let mut forged = StepWitness::new(
-        fp,
-        &Tables::new(fp),
-        z,
-        steps[0].statement.token,
-        Sampler::Greedy,
-    )
-    .unwrap();
-    forged.statement.commitment = steps[0].statement.commitment;
-    steps[0] = forged;
-    let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
-    assert_eq!(DecodeStepCircuit::instance(&statements)[0], instance[0]);
-    rejected_with(
-        shape,
-        steps,
-        DecodeStepCircuit::instance(&statements),
-        "permutation in permute state",
+    let victim = (steps[0].statement.token as usize + 1) % shape.vocab;
+    steps[0].logits[victim] -= 3;
+    let failures = run(shape, steps, instance).unwrap_err();
+    let (lane, row) = shape.logit_cell(0, victim);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let located = matches!(
+        &failures[0],
+        VerifyFailure::ConstraintNotSatisfied { constraint, location: FailureLocation::InRegion { region, offset }, .. }
+            if constraint.to_string().contains("logit value")
+                && region.to_string().contains("logit lanes")
+                && *offset == row
     );
+    assert!(located, "lane {lane} row {row}: {failures:?}");
 }
 
 #[test]
@@ -299,11 +281,7 @@ fn swapped_step_statements_are_rejected() {
     let mut swapped = instance[per..2 * per].to_vec();
     swapped.extend_from_slice(&instance[..per]);
     let names = names(&run(shape, steps, swapped).unwrap_err());
-    for expected in [
-        "permutation in permute state",
-        "split token row",
-        "log-probability",
-    ] {
+    for expected in ["split token row", "log-probability"] {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected:?} not in {names:?}"
@@ -314,7 +292,7 @@ fn swapped_step_statements_are_rejected() {
 #[test]
 fn failure_location_is_inside_the_step_check() {
     let (shape, steps, mut instance) = fixture(Sampler::Greedy);
-    instance[2] += Fp::one();
+    instance[LOGPROB] += Fp::one();
     let failures = run(shape, steps, instance).unwrap_err();
     let located = failures.iter().any(|f| matches!(
         f,
@@ -345,7 +323,7 @@ mod error_bound {
         let tables = Tables::new(fp);
         let vocab = z.len();
         let token = sample_token(&tables, &z, sampler).unwrap();
-        let w = StepWitness::new(fp, &tables, z, token, sampler).unwrap();
+        let w = StepWitness::new(&tables, z, token, sampler).unwrap();
         let distances: Vec<i64> = w.rows.iter().map(|r| r.distance()).collect();
         let exact = exact_logprob(&distances, token as usize, fp.unit());
         let proven = w.statement.logprob_nats(fp.frac_bits);

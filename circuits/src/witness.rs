@@ -2,7 +2,7 @@
 //! circuit checks, computed the same way, so the prover can fill the witness and
 //! anyone can recompute the expected public statement.
 
-use crate::fixed_point::{FixedPoint, BETA_ONE, LOGIT_BITS, R_BITS, TABLE_BITS, TEMP_SHIFT};
+use crate::fixed_point::{BETA_ONE, LOGIT_BITS, R_BITS, TABLE_BITS, TEMP_SHIFT};
 use crate::statement::{Sampler, StepStatement};
 use crate::tables::Tables;
 
@@ -132,7 +132,6 @@ impl StepWitness {
     /// Computes the witness for emitting `token` from `logits` under `sampler`,
     /// refusing a token that does not follow from them.
     pub fn new(
-        fixed_point: FixedPoint,
         tables: &Tables,
         logits: Vec<i64>,
         token: u32,
@@ -151,13 +150,12 @@ impl StepWitness {
             });
         }
         let max_logit = *logits.iter().max().expect("vocab > token >= 0");
-        Self::build(fixed_point, tables, logits, token, sampler, max_logit)
+        Self::build(tables, logits, token, sampler, max_logit)
     }
 
     /// The witness for any token and claimed maximum, without checking that the
     /// token follows from the logits: what a cheating prover would fill in.
     pub fn build(
-        fixed_point: FixedPoint,
         tables: &Tables,
         logits: Vec<i64>,
         token: u32,
@@ -210,10 +208,8 @@ impl StepWitness {
                 rows[token as usize].distance()
             };
         let scaled_r = (r as u128 * sum) >> R_BITS;
-        let commitment = crate::commitment::commit_logits(fixed_point, &logits);
         Ok(StepWitness {
             statement: StepStatement {
-                commitment,
                 token,
                 logprob,
                 sampler,

@@ -6,7 +6,6 @@
 //! - [`Prover`]: keys for one circuit shape, and proofs of batches of steps;
 //! - [`head`]: the same for the head variant (small models, head in the circuit).
 
-pub mod head;
 mod progress;
 pub mod records;
 
@@ -19,9 +18,10 @@ use halo2_proofs::{
     transcript::{Blake2bWrite, Challenge255},
 };
 use rand::rngs::SysRng;
-use rand_core::UnwrapErr;
+use rand_core::{Rng as _, UnwrapErr};
 use rayon::prelude::*;
 
+use circuits::opening::SeedRng;
 use circuits::{
     fixed_point::temperature_to_beta, CircuitShape, DecodeStepCircuit, FixedPoint, Sampler,
     StepWitness, Tables,
@@ -29,7 +29,6 @@ use circuits::{
 use verifier::bundle::{Bundle, Proof};
 use verifier::ParamsCache;
 
-pub use head::{head_verifying_key, synthetic_head_steps, HeadProver};
 pub use progress::Progress;
 pub use records::{Record, RecordSampler, Records};
 
@@ -60,8 +59,6 @@ pub enum ProveError {
     Keys(String),
     #[error("proving failed: {0}")]
     Proof(String),
-    #[error("{0}")]
-    Head(#[from] circuits::HeadError),
 }
 
 /// A step ready to prove.
@@ -108,7 +105,7 @@ pub fn prepare(
             let sampler = record
                 .sampler()
                 .map_err(|message| ProveError::Record { position, message })?;
-            let mut witness = StepWitness::new(fixed_point, &tables, logits, record.token, sampler)
+            let mut witness = StepWitness::new(&tables, logits, record.token, sampler)
                 .map_err(|source| ProveError::Step { position, source })?;
             witness.statement.position = position;
             Ok(PreparedStep { position, witness })
@@ -169,11 +166,15 @@ impl Prover {
         })
     }
 
-    /// Proves exactly `shape.steps` steps.
-    pub fn prove(&self, steps: Vec<StepWitness>) -> Result<Vec<u8>, ProveError> {
+    /// Proves exactly `shape.steps` steps. The proof's randomness comes from a
+    /// fresh seed, returned with it: the seed and the steps' logits open the
+    /// proof's commitments to those logits (`circuits::opening`).
+    pub fn prove(&self, steps: Vec<StepWitness>) -> Result<Proof, ProveError> {
         let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
         let instance = DecodeStepCircuit::instance(&statements);
         let circuit = DecodeStepCircuit::new(self.shape, steps);
+        let mut seed = [0u8; 32];
+        UnwrapErr(SysRng).fill_bytes(&mut seed);
         let mut transcript = Blake2bWrite::<_, EqAffine, Challenge255<_>>::init(vec![]);
         self.shape
             .scope(|| {
@@ -182,20 +183,27 @@ impl Prover {
                     &self.pk,
                     &[circuit],
                     &[&[&instance]],
-                    UnwrapErr(SysRng),
+                    SeedRng::new(&seed),
                     &mut transcript,
                 )
             })
             .map_err(|e| ProveError::Proof(format!("{e:?}")))?;
-        Ok(transcript.finalize())
+        Ok(Proof {
+            steps: statements,
+            seed,
+            bytes: transcript.finalize(),
+        })
     }
 
     /// Proves all steps in batches of `shape.steps` (the last batch padded by
-    /// repeating its last step, which readers skip), `jobs` proofs at a time.
+    /// repeating its last step, which readers skip), `jobs` proofs at a time on
+    /// a pool of `threads` threads (halo2 parallelizes inside each proof, so one
+    /// job already uses every thread).
     pub fn prove_all(
         &self,
         steps: &[PreparedStep],
         jobs: usize,
+        threads: usize,
         progress: bool,
     ) -> Result<Bundle, ProveError> {
         if steps.is_empty() {
@@ -205,26 +213,27 @@ impl Prover {
         let batches = steps.len().div_ceil(batch);
         let bar = Progress::counter(progress, batches as u64, "proofs");
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(jobs.max(1))
+            .num_threads(threads.max(1))
             .build()
             .map_err(|e| ProveError::Proof(e.to_string()))?;
-        let proofs = pool.install(|| {
-            steps
-                .par_chunks(batch)
-                .map(|chunk| {
-                    let mut witnesses: Vec<StepWitness> =
-                        chunk.iter().map(|s| s.witness.clone()).collect();
-                    witnesses.resize(batch, witnesses.last().expect("non-empty").clone());
-                    let statements = witnesses.iter().map(|w| w.statement).collect();
-                    let bytes = self.prove(witnesses)?;
-                    bar.inc();
-                    Ok(Proof {
-                        steps: statements,
-                        bytes,
+        let chunks: Vec<&[PreparedStep]> = steps.chunks(batch).collect();
+        let mut proofs = Vec::with_capacity(batches);
+        for group in chunks.chunks(jobs.max(1)) {
+            let mut done = pool.install(|| {
+                group
+                    .par_iter()
+                    .map(|chunk| {
+                        let mut witnesses: Vec<StepWitness> =
+                            chunk.iter().map(|s| s.witness.clone()).collect();
+                        witnesses.resize(batch, witnesses.last().expect("non-empty").clone());
+                        let proof = self.prove(witnesses)?;
+                        bar.inc();
+                        Ok(proof)
                     })
-                })
-                .collect::<Result<Vec<_>, ProveError>>()
-        })?;
+                    .collect::<Result<Vec<_>, ProveError>>()
+            })?;
+            proofs.append(&mut done);
+        }
         bar.finish();
         Ok(Bundle {
             shape: self.shape,
@@ -259,8 +268,7 @@ pub fn synthetic_steps(shape: CircuitShape, seed: u64) -> Vec<StepWitness> {
                 }
             };
             let token = circuits::sample_token(&tables, &z, sampler).expect("logits in range");
-            let mut step = StepWitness::new(shape.fixed_point, &tables, z, token, sampler)
-                .expect("a valid step");
+            let mut step = StepWitness::new(&tables, z, token, sampler).expect("a valid step");
             step.statement.position = position as u64;
             step
         })

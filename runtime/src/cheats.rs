@@ -439,9 +439,11 @@ impl ProofChecker {
         let expected = transcript
             .expected_steps(dir, shape.fixed_point, shape.vocab)
             .map_err(|e| e.to_string())?;
+        let openings = verifier::answer::open_proofs(bundle, &self.params, &expected.logits);
         let answer = verifier::answer::check_answer(
             bundle,
             &report,
+            &openings,
             &expected.steps,
             &transcript.required_positions(transcript.proving),
         );

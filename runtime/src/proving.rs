@@ -294,7 +294,7 @@ fn prove_batch(
     if prepared.is_empty() {
         return (None, failures);
     }
-    match prover.prove_all(&prepared, threads, false) {
+    match prover.prove_all(&prepared, 1, threads, false) {
         Ok(bundle) => (Some(bundle.to_bytes()), failures),
         Err(e) => {
             failures.extend(prepared.iter().map(|s| ProofFailure {

@@ -110,6 +110,7 @@
 //! | 4 | `count` N, u32 |
 //! | N × (12 + 4V) | per step: `position` u64, `token` u32, `logits` V × f32 |
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -397,20 +398,21 @@ fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> 
 /// A transcript's generated tokens as proofs should state them.
 pub struct Expected {
     pub steps: Vec<ExpectedStep>,
+    /// The recorded logits in fixed point, by position (`verifier::answer::open_proofs`).
+    pub logits: BTreeMap<u64, Vec<i64>>,
     /// Where the transcript disagrees with itself.
     pub problems: Vec<String>,
 }
 
-/// The commitment the circuit makes to these logits, `None` when one is
-/// out of the fixed-point range (no proof can be about them).
-fn commitment_of(logits: &[f32], fixed_point: FixedPoint) -> Option<circuits::Fp> {
-    let z: Vec<i64> = logits
+/// The logits in the circuit's fixed point, `None` when one is out of its
+/// range (no proof can be about them).
+fn quantized(logits: &[f32], fixed_point: FixedPoint) -> Option<Vec<i64>> {
+    logits
         .iter()
         .enumerate()
         .map(|(i, &l)| fixed_point.quantize(i, l as f64))
         .collect::<Result<_, _>>()
-        .ok()?;
-    Some(circuits::commitment::commit_logits(fixed_point, &z))
+        .ok()
 }
 
 /// Errors reading a transcript's records.
@@ -583,9 +585,9 @@ impl Transcript {
 
     /// What the transcript says about each generated token, for checking
     /// proofs against it (`verifier::answer`): the token, the sampler with
-    /// `r` recomputed from nonce and request id, and the commitment the
-    /// circuit makes to the recorded logits (when they fit a circuit of
-    /// `vocab` at `fixed_point`). Disagreements inside the transcript (the
+    /// `r` recomputed from nonce and request id, and the recorded logits in
+    /// the circuit's fixed point (when they fit a circuit of `vocab` at
+    /// `fixed_point`), which the proofs' commitments must open to. Disagreements inside the transcript (the
     /// records' token or r against the rest) are returned as problems.
     pub fn expected_steps(
         &self,
@@ -603,6 +605,7 @@ impl Transcript {
             ));
         }
         let mut steps = Vec::new();
+        let mut logits = BTreeMap::new();
         for (position, &token) in self.token_positions().zip(&self.tokens) {
             let sampler = match self.sampler {
                 TranscriptSampler::Greedy {} => Sampler::Greedy,
@@ -625,17 +628,23 @@ impl Transcript {
                     ));
                 }
             }
-            let commitment = step
+            if let Some(z) = step
                 .filter(|s| s.logits.len() == vocab)
-                .and_then(|s| commitment_of(&s.logits, fixed_point));
+                .and_then(|s| quantized(&s.logits, fixed_point))
+            {
+                logits.insert(position, z);
+            }
             steps.push(ExpectedStep {
                 position,
                 token,
                 sampler,
-                commitment,
             });
         }
-        Ok(Expected { steps, problems })
+        Ok(Expected {
+            steps,
+            logits,
+            problems,
+        })
     }
 
     /// Positions of the generated tokens, in order.

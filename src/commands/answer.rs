@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use halo2_proofs::{pasta::EqAffine, poly::commitment::Params};
 use runtime::binding;
 use runtime::transcript::{self, Transcript};
-use verifier::answer::{check_answer, Verdict};
+use verifier::answer::{check_answer, open_proofs, Verdict};
 use verifier::{Bundle, Report};
 
 use super::CliError;
@@ -35,6 +36,7 @@ pub fn run(
     transcript: &Transcript,
     bundle: &Bundle,
     report: &Report,
+    params: &Params<EqAffine>,
     elapsed: Duration,
 ) -> Result<ExitCode, CliError> {
     let mut problems = Vec::new();
@@ -60,7 +62,8 @@ pub fn run(
     );
     let receipts = receipt_summary(transcript);
     let required = transcript.required_positions(args.require.0);
-    let mut answer = check_answer(bundle, report, &expected.steps, &required);
+    let openings = open_proofs(bundle, params, &expected.logits);
+    let mut answer = check_answer(bundle, report, &openings, &expected.steps, &required);
     answer.problems.extend(problems);
     let valid = answer.valid();
     let (proved, not_proved, invalid) = answer.counts();

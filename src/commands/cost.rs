@@ -1,12 +1,10 @@
-//! `zkinfer cost`: what the decode-step circuit costs, per (vocabulary, batch, lanes),
-//! and with `--head` what the head variant costs per (vocabulary, hidden size).
+//! `zkinfer cost`: what the decode-step circuit costs, per (vocabulary, batch, lanes).
 //!
 //! Each configuration is measured in a child process (`cost --in-process`), so that
 //! its peak memory is its own.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
 use std::time::Instant;
 
 use halo2_proofs::{
@@ -14,10 +12,10 @@ use halo2_proofs::{
     plonk::{BatchVerifier, VerifyingKey},
     poly::commitment::Params,
 };
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
-use circuits::{CircuitShape, FixedPoint, HeadShape, HeadWeights};
-use prover::{HeadProver, Prover};
+use circuits::{CircuitShape, FixedPoint};
+use prover::Prover;
 
 use super::{cache, CliError};
 use crate::cli::CostArgs;
@@ -29,7 +27,6 @@ struct Row {
     lanes: usize,
     k: u32,
     lane_rows: usize,
-    poseidon_lanes: usize,
     advice_columns: usize,
     keygen_s: Option<f64>,
     prove_s: Option<f64>,
@@ -40,49 +37,13 @@ struct Row {
     proof_bytes: Option<usize>,
     proof_bytes_per_token: Option<f64>,
     peak_memory_mib: Option<f64>,
-}
-
-/// One configuration of a sweep: laid out, measured here, or measured in a child.
-trait Config {
-    type Row: Serialize + DeserializeOwned;
-    /// Rows, k and columns only.
-    fn layout(&self) -> Self::Row;
-    /// Keygen, prove and verify in this process.
-    fn measure(&self, args: &CostArgs) -> Result<Self::Row, CliError>;
-    /// The `cost` arguments that select this configuration in a child.
-    fn child_args(&self) -> Vec<String>;
-    fn describe(&self) -> String;
-    fn print(row: &Self::Row, header: bool);
+    /// Proving the floor circuit (`circuits::floor`) at the same V, T, L and k.
+    floor_prove_s: Option<f64>,
 }
 
 pub fn run(args: CostArgs) -> Result<ExitCode, CliError> {
     let fixed_point = FixedPoint::default();
     let batches = &args.batch;
-    if args.head {
-        let vocabs = or_default(&args.vocab, &[512, 1024, 4096]);
-        let hidden = or_default(&args.hidden, &[32, 64, 128]);
-        let lanes = or_default(&args.lanes, &[1]);
-        let mut configs = Vec::new();
-        for &vocab in &vocabs {
-            for &d in &hidden {
-                for &batch in batches {
-                    for &lanes in &lanes {
-                        match HeadShape::new(vocab, d, fixed_point, batch, lanes) {
-                            Ok(shape) => configs.push(shape),
-                            Err(e) => {
-                                eprintln!("skipping V={vocab} d={d} T={batch} L={lanes}: {e}")
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let rows = sweep(&configs, &args)?;
-        if !args.json && !args.in_process {
-            print_head_limits(&rows);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
     let vocabs = or_default(&args.vocab, &[512, 4096, 32000, 262144]);
     let lanes = or_default(&args.lanes, &[4]);
     let mut configs = Vec::new();
@@ -109,18 +70,18 @@ fn or_default(values: &[usize], default: &[usize]) -> Vec<usize> {
 }
 
 /// Lays out or measures every configuration, printing a table (or JSON).
-fn sweep<C: Config>(configs: &[C], args: &CostArgs) -> Result<Vec<C::Row>, CliError> {
+fn sweep(configs: &[CircuitShape], args: &CostArgs) -> Result<Vec<Row>, CliError> {
     let mut rows = Vec::new();
-    for config in configs {
+    for &config in configs {
         let row = if args.layout_only {
-            config.layout()
+            layout(config)
         } else if args.in_process {
-            config.measure(args)?
+            measure(config, args)?
         } else {
             measure_in_child(config, args)?
         };
         if !args.json && !args.in_process {
-            C::print(&row, rows.is_empty());
+            print_row(&row, rows.is_empty());
         }
         rows.push(row);
     }
@@ -130,11 +91,11 @@ fn sweep<C: Config>(configs: &[C], args: &CostArgs) -> Result<Vec<C::Row>, CliEr
     Ok(rows)
 }
 
-fn measure_in_child<C: Config>(config: &C, args: &CostArgs) -> Result<C::Row, CliError> {
+fn measure_in_child(config: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
     let mut cmd = Command::new(exe);
     cmd.args(["cost", "--in-process"])
-        .args(config.child_args())
+        .args(child_args(config))
         .args(["--verify-batch", &args.verify_batch.to_string()]);
     if let Some(dir) = &args.cache.cache_dir {
         cmd.arg("--cache-dir").arg(dir);
@@ -147,7 +108,7 @@ fn measure_in_child<C: Config>(config: &C, args: &CostArgs) -> Result<C::Row, Cl
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    let rows: Vec<C::Row> = serde_json::from_slice(&out.stdout)
+    let rows: Vec<Row> = serde_json::from_slice(&out.stdout)
         .map_err(|e| CliError::failed(format!("child output: {e}")))?;
     rows.into_iter()
         .next()
@@ -186,35 +147,16 @@ fn verify_times(
     Ok((single, many / n as f64))
 }
 
-impl Config for CircuitShape {
-    type Row = Row;
-
-    fn layout(&self) -> Row {
-        layout(*self)
-    }
-
-    fn measure(&self, args: &CostArgs) -> Result<Row, CliError> {
-        measure(*self, args)
-    }
-
-    fn child_args(&self) -> Vec<String> {
-        [
-            ("--vocab", self.vocab),
-            ("--batch", self.steps),
-            ("--lanes", self.lanes),
-        ]
-        .iter()
-        .flat_map(|(flag, v)| [flag.to_string(), v.to_string()])
-        .collect()
-    }
-
-    fn describe(&self) -> String {
-        CircuitShape::describe(self)
-    }
-
-    fn print(row: &Row, header: bool) {
-        print_row(row, header)
-    }
+/// The `cost` arguments that select `shape` in a child.
+fn child_args(shape: CircuitShape) -> Vec<String> {
+    [
+        ("--vocab", shape.vocab),
+        ("--batch", shape.steps),
+        ("--lanes", shape.lanes),
+    ]
+    .iter()
+    .flat_map(|(flag, v)| [flag.to_string(), v.to_string()])
+    .collect()
 }
 
 fn layout(shape: CircuitShape) -> Row {
@@ -224,7 +166,6 @@ fn layout(shape: CircuitShape) -> Row {
         lanes: shape.lanes,
         k: shape.k(),
         lane_rows: shape.lane_rows(),
-        poseidon_lanes: shape.poseidon_lanes(),
         advice_columns: shape.advice_columns(),
         ..Row::default()
     }
@@ -241,7 +182,8 @@ fn measure(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
     let start = Instant::now();
     let proof = prover
         .prove(steps)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+        .map_err(|e| CliError::failed(e.to_string()))?
+        .bytes;
     let prove = start.elapsed().as_secs_f64();
     row.prove_s = Some(prove);
     row.prove_per_token_s = Some(prove / shape.steps as f64);
@@ -260,7 +202,35 @@ fn measure(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
     row.batch_verify_per_proof_s = Some(per_proof);
     row.verify_per_token_s = Some(per_proof / shape.steps as f64);
     row.peak_memory_mib = peak_memory_mib();
+    // The floor after the peak is read: it needs less memory than the statement.
+    let Prover { params, pk, .. } = prover;
+    drop(pk);
+    row.floor_prove_s = Some(floor_prove_s(shape, &params)?);
     Ok(row)
+}
+
+/// Seconds to prove the floor circuit of `shape` (keys built first, not counted).
+fn floor_prove_s(shape: CircuitShape, params: &Params<EqAffine>) -> Result<f64, CliError> {
+    use halo2_proofs::plonk::{create_proof, keygen_pk, keygen_vk};
+    use halo2_proofs::transcript::{Blake2bWrite, Challenge255};
+    let circuit = circuits::floor::FloorCircuit::new(shape);
+    let failed = |e: halo2_proofs::plonk::Error| CliError::failed(format!("floor circuit: {e:?}"));
+    circuit.scope(|| {
+        let vk = keygen_vk(params, &circuit).map_err(failed)?;
+        let pk = keygen_pk(params, vk, &circuit).map_err(failed)?;
+        let mut transcript = Blake2bWrite::<_, EqAffine, Challenge255<_>>::init(vec![]);
+        let start = Instant::now();
+        create_proof(
+            params,
+            &pk,
+            std::slice::from_ref(&circuit),
+            &[&[]],
+            rand_core::UnwrapErr(rand::rngs::SysRng),
+            &mut transcript,
+        )
+        .map_err(failed)?;
+        Ok(start.elapsed().as_secs_f64())
+    })
 }
 
 /// The process's peak resident memory (VmHWM), where /proc tells it.
@@ -279,16 +249,17 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 fn print_row(row: &Row, header: bool) {
     if header {
         println!(
-            "{:>8} {:>3} {:>3} {:>3} {:>8} {:>4} {:>6} {:>8} {:>8} {:>9} {:>8} {:>10} {:>8} {:>9}",
+            "{:>8} {:>3} {:>3} {:>3} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7} {:>9} {:>8} {:>10} {:>8} {:>9}",
             "V",
             "T",
             "L",
             "k",
             "rows",
-            "P",
             "advice",
             "keygen",
             "prove",
+            "floor",
+            "x floor",
             "prove/tok",
             "verify",
             "verify/tok",
@@ -297,16 +268,17 @@ fn print_row(row: &Row, header: bool) {
         );
     }
     println!(
-        "{:>8} {:>3} {:>3} {:>3} {:>8} {:>4} {:>6} {:>8} {:>8} {:>9} {:>8} {:>10} {:>8} {:>9}",
+        "{:>8} {:>3} {:>3} {:>3} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7} {:>9} {:>8} {:>10} {:>8} {:>9}",
         row.vocab,
         row.batch,
         row.lanes,
         row.k,
         row.lane_rows,
-        row.poseidon_lanes,
         row.advice_columns,
         fmt(row.keygen_s, 1),
         fmt(row.prove_s, 1),
+        fmt(row.floor_prove_s, 1),
+        fmt(row.prove_s.zip(row.floor_prove_s).map(|(p, f)| p / f), 2),
         fmt(row.prove_per_token_s, 2),
         fmt(row.verify_s, 3),
         fmt(row.verify_per_token_s, 4),
@@ -385,190 +357,4 @@ fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .draw()?;
     root.present()?;
     Ok(())
-}
-
-/// One measured configuration of the head variant.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct HeadRow {
-    vocab: usize,
-    hidden: usize,
-    batch: usize,
-    lanes: usize,
-    /// `c`: products per row.
-    columns: usize,
-    /// `P`: rows per logit.
-    rows_per_logit: usize,
-    k: u32,
-    head_rows: usize,
-    range_rows: usize,
-    advice_columns: usize,
-    fixed_columns: usize,
-    keygen_s: Option<f64>,
-    prove_s: Option<f64>,
-    verify_s: Option<f64>,
-    batch_verify_per_proof_s: Option<f64>,
-    proof_bytes: Option<usize>,
-    peak_memory_mib: Option<f64>,
-}
-
-/// The seed of the random head measured.
-const HEAD_SEED: u64 = 7;
-
-impl Config for HeadShape {
-    type Row = HeadRow;
-
-    fn layout(&self) -> HeadRow {
-        HeadRow {
-            vocab: self.vocab(),
-            hidden: self.hidden,
-            batch: self.steps(),
-            lanes: self.step.lanes,
-            columns: self.columns,
-            rows_per_logit: self.rows_per_logit(),
-            k: self.k(),
-            head_rows: self.head_rows(),
-            range_rows: self.range_rows(),
-            advice_columns: self.advice_columns(),
-            fixed_columns: self.fixed_columns(),
-            ..HeadRow::default()
-        }
-    }
-
-    fn measure(&self, args: &CostArgs) -> Result<HeadRow, CliError> {
-        let failed = |e: prover::ProveError| CliError::failed(e.to_string());
-        let mut row = self.layout();
-        let weights = Arc::new(HeadWeights::random(
-            self.vocab(),
-            self.hidden,
-            self.format,
-            HEAD_SEED,
-        ));
-        let prover = HeadProver::setup(*self, weights.clone(), &cache(&args.cache), false)
-            .map_err(failed)?;
-        row.keygen_s = Some(prover.timings.keygen.as_secs_f64());
-        let steps = prover::synthetic_head_steps(*self, &weights, HEAD_SEED).map_err(failed)?;
-        let statements: Vec<_> = steps.iter().map(|s| s.statement()).collect();
-        let instance = circuits::HeadDecodeStepCircuit::instance(&statements);
-        let start = Instant::now();
-        let proof = prover.prove(steps).map_err(failed)?;
-        row.prove_s = Some(start.elapsed().as_secs_f64());
-        row.proof_bytes = Some(proof.len());
-        let (single, per_proof) = verify_times(
-            &prover.params,
-            prover.pk.get_vk(),
-            &instance,
-            &proof,
-            args.verify_batch,
-            &self.describe(),
-        )?;
-        row.verify_s = Some(single);
-        row.batch_verify_per_proof_s = Some(per_proof);
-        row.peak_memory_mib = peak_memory_mib();
-        Ok(row)
-    }
-
-    fn child_args(&self) -> Vec<String> {
-        let mut args = vec!["--head".to_string()];
-        args.extend(
-            [
-                ("--vocab", self.vocab()),
-                ("--hidden", self.hidden),
-                ("--batch", self.steps()),
-                ("--lanes", self.step.lanes),
-            ]
-            .iter()
-            .flat_map(|(flag, v)| [flag.to_string(), v.to_string()]),
-        );
-        args
-    }
-
-    fn describe(&self) -> String {
-        HeadShape::describe(self)
-    }
-
-    fn print(row: &HeadRow, header: bool) {
-        if header {
-            println!(
-                "{:>6} {:>4} {:>3} {:>3} {:>3} {:>3} {:>8} {:>6} {:>5} {:>8} {:>8} {:>8} {:>10} {:>7} {:>9}",
-                "V",
-                "d",
-                "T",
-                "c",
-                "P",
-                "k",
-                "rows",
-                "advice",
-                "fixed",
-                "keygen",
-                "prove",
-                "verify",
-                "verify/bat",
-                "bytes",
-                "peak MiB"
-            );
-        }
-        println!(
-            "{:>6} {:>4} {:>3} {:>3} {:>3} {:>3} {:>8} {:>6} {:>5} {:>8} {:>8} {:>8} {:>10} {:>7} {:>9}",
-            row.vocab,
-            row.hidden,
-            row.batch,
-            row.columns,
-            row.rows_per_logit,
-            row.k,
-            row.head_rows,
-            row.advice_columns,
-            row.fixed_columns,
-            fmt(row.keygen_s, 1),
-            fmt(row.prove_s, 1),
-            fmt(row.verify_s, 3),
-            fmt(row.batch_verify_per_proof_s, 4),
-            row.proof_bytes
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "-".into()),
-            fmt(row.peak_memory_mib, 0),
-        );
-    }
-}
-
-/// Peak memory the design targets for a proving node (DESIGN.md).
-const PRACTICAL_PEAK_MIB: f64 = 8.0 * 1024.0;
-
-/// Says where the head variant stops being practical: the largest vocabulary that
-/// keeps the exp table's floor k = 17 for each hidden size, and which measured
-/// configurations exceed the peak memory target.
-fn print_head_limits(rows: &[HeadRow]) {
-    let mut hidden: Vec<usize> = rows.iter().map(|r| r.hidden).collect();
-    hidden.sort_unstable();
-    hidden.dedup();
-    let fixed_point = FixedPoint::default();
-    println!();
-    for d in hidden {
-        // The largest V (in steps of 256) laid out at k = 17 with one step per proof.
-        let fits = |v: usize| {
-            HeadShape::new(v, d, fixed_point, 1, 1)
-                .map(|s| s.k() <= 17)
-                .unwrap_or(false)
-        };
-        let mut v = 256;
-        while fits(v + 256) {
-            v += 256;
-        }
-        let columns = HeadShape::new(v, d, fixed_point, 1, 1)
-            .map(|s| s.columns)
-            .unwrap_or(0);
-        println!(
-            "d = {d}: V up to {v} stays at k = 17 (then {columns} products per row); beyond, k = 18 doubles every column"
-        );
-    }
-    let over: Vec<String> = rows
-        .iter()
-        .filter(|r| r.peak_memory_mib.is_some_and(|m| m > PRACTICAL_PEAK_MIB))
-        .map(|r| format!("V={} d={}", r.vocab, r.hidden))
-        .collect();
-    if !over.is_empty() {
-        println!(
-            "over the 8 GiB peak-memory target: {} (each product column adds an advice and a fixed column at k = 17)",
-            over.join(", ")
-        );
-    }
 }

@@ -2,13 +2,17 @@
 //!
 //! A client that kept the generated tokens (and how each was sampled) checks a
 //! bundle against them: every proof must verify, every proven statement must
-//! be about a token of the answer with the token, sampler and (when the
-//! logits are at hand) the commitment the answer has, and the positions that
-//! had to be proven must be. Plain types in, verdicts out: the caller reads
-//! its transcript however it stores it.
+//! be about a token of the answer with the token and sampler the answer has,
+//! each proof's commitments must open to the answer's logits (when they are at
+//! hand, [`open_proofs`]), and the positions that had to be proven must be.
+//! Plain types in, verdicts out: the caller reads its transcript however it
+//! stores it.
 
-use halo2_proofs::pasta::Fp;
+use std::collections::BTreeMap;
 
+use halo2_proofs::{pasta::EqAffine, poly::commitment::Params};
+
+use circuits::opening::{logit_commitments, proof_logit_commitments};
 use circuits::Sampler;
 
 use crate::{Bundle, Report};
@@ -19,8 +23,46 @@ pub struct ExpectedStep {
     pub position: u64,
     pub token: u32,
     pub sampler: Sampler,
-    /// The commitment to the answer's logits at this position, when known.
-    pub commitment: Option<Fp>,
+}
+
+/// Whether a proof's commitments to its logits open to the answer's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitOpening {
+    Opens,
+    /// The proof is about other logits (or its commitments are unreadable).
+    Differs,
+    /// The answer lacks the logits of one of the proof's steps.
+    Unknown,
+}
+
+/// Opens every proof of `bundle` with its seed against the answer's quantized
+/// logits by position (one commitment per lane, each a multi-scalar
+/// multiplication over the `2^k` rows).
+pub fn open_proofs(
+    bundle: &Bundle,
+    params: &Params<EqAffine>,
+    logits: &BTreeMap<u64, Vec<i64>>,
+) -> Vec<LogitOpening> {
+    bundle
+        .proofs
+        .iter()
+        .map(|proof| {
+            let steps: Option<Vec<&[i64]>> = proof
+                .steps
+                .iter()
+                .map(|s| logits.get(&s.position).map(Vec::as_slice))
+                .collect();
+            let Some(steps) = steps else {
+                return LogitOpening::Unknown;
+            };
+            let expected = logit_commitments(params, bundle.shape, &steps, &proof.seed);
+            let found = proof_logit_commitments(bundle.shape, &proof.bytes);
+            match (expected, found) {
+                (Some(e), Some(f)) if e == f => LogitOpening::Opens,
+                _ => LogitOpening::Differs,
+            }
+        })
+        .collect()
 }
 
 /// The verdict on one token.
@@ -80,11 +122,13 @@ impl AnswerReport {
     }
 }
 
-/// Checks `bundle` (already verified into `report`) against the answer's
-/// tokens; `required` are the positions its policy needs proven.
+/// Checks `bundle` (already verified into `report`, its proofs opened into
+/// `openings`) against the answer's tokens; `required` are the positions that
+/// must be proven.
 pub fn check_answer(
     bundle: &Bundle,
     report: &Report,
+    openings: &[LogitOpening],
     expected: &[ExpectedStep],
     required: &[u64],
 ) -> AnswerReport {
@@ -109,10 +153,9 @@ pub fn check_answer(
             let logprob = covering.first().map(|(_, s)| s.logprob_nats(frac_bits));
             let verdict = if covering.is_empty() {
                 Verdict::NotProved
-            } else if let Some(reason) = covering
-                .iter()
-                .find_map(|(proof, s)| mismatch(e, s, report.proofs[*proof]))
-            {
+            } else if let Some(reason) = covering.iter().find_map(|(proof, s)| {
+                mismatch(e, s, report.proofs[*proof], openings.get(*proof).copied())
+            }) {
                 Verdict::Invalid(reason)
             } else {
                 Verdict::Proved
@@ -134,6 +177,7 @@ fn mismatch(
     expected: &ExpectedStep,
     statement: &circuits::StepStatement,
     proof_valid: bool,
+    opening: Option<LogitOpening>,
 ) -> Option<String> {
     if !proof_valid {
         return Some("its proof does not verify".into());
@@ -150,10 +194,7 @@ fn mismatch(
             statement.sampler, expected.sampler
         ));
     }
-    if expected
-        .commitment
-        .is_some_and(|c| c != statement.commitment)
-    {
+    if opening == Some(LogitOpening::Differs) {
         return Some("the proof commits to other logits than the answer's".into());
     }
     None
@@ -167,7 +208,6 @@ mod tests {
 
     fn statement(position: u64, token: u32, sampler: Sampler) -> StepStatement {
         StepStatement {
-            commitment: Fp::from(position + 1000),
             token,
             logprob: -2048,
             sampler,
@@ -180,7 +220,6 @@ mod tests {
             position,
             token,
             sampler,
-            commitment: Some(Fp::from(position + 1000)),
         }
     }
 
@@ -190,6 +229,7 @@ mod tests {
         let shape = CircuitShape::new(64, FixedPoint::default(), 1, 1).expect("shape");
         let proof = |s: StepStatement| Proof {
             steps: vec![s],
+            seed: [0; 32],
             bytes: vec![1, 2, 3],
         };
         let bundle = Bundle {
@@ -208,6 +248,8 @@ mod tests {
         (bundle, expected)
     }
 
+    const OPEN: [LogitOpening; 2] = [LogitOpening::Opens; 2];
+
     fn verdicts(report: &AnswerReport) -> Vec<&Verdict> {
         report.tokens.iter().map(|t| &t.verdict).collect()
     }
@@ -218,7 +260,7 @@ mod tests {
         let valid = Report {
             proofs: vec![true, true],
         };
-        let report = check_answer(&bundle, &valid, &expected, &[5, 6]);
+        let report = check_answer(&bundle, &valid, &OPEN, &expected, &[5, 6]);
         assert_eq!(
             verdicts(&report),
             [&Verdict::Proved, &Verdict::Proved, &Verdict::NotProved]
@@ -227,7 +269,7 @@ mod tests {
         assert_eq!(report.counts(), (2, 1, 0));
         assert_eq!(report.tokens[0].logprob, Some(-1.0));
         // Position 7 required but unproven.
-        assert!(!check_answer(&bundle, &valid, &expected, &[5, 6, 7]).valid());
+        assert!(!check_answer(&bundle, &valid, &OPEN, &expected, &[5, 6, 7]).valid());
     }
 
     #[test]
@@ -237,7 +279,7 @@ mod tests {
             proofs: vec![true, true],
         };
         let invalid_at = |expected: &[ExpectedStep], report: &Report| {
-            let r = check_answer(&bundle, report, expected, &[]);
+            let r = check_answer(&bundle, report, &OPEN, expected, &[]);
             assert!(!r.valid());
             r.tokens
                 .iter()
@@ -250,7 +292,7 @@ mod tests {
             proofs: vec![true, false],
         };
         assert_eq!(invalid_at(&expected, &broken), [6]);
-        // Another token, sampler, r or commitment in the answer.
+        // Another token, sampler or r in the answer.
         let mut e = expected.clone();
         e[0].token = 9;
         assert_eq!(invalid_at(&e, &valid), [5]);
@@ -260,15 +302,18 @@ mod tests {
         let mut e = expected.clone();
         e[1].sampler = Sampler::Sample { beta: 640, r: 98 };
         assert_eq!(invalid_at(&e, &valid), [6]);
-        let mut e = expected.clone();
-        e[1].commitment = Some(Fp::from(1));
-        assert_eq!(invalid_at(&e, &valid), [6]);
-        // Unknown logits: the commitment is not checked.
-        let mut e = expected.clone();
-        e[1].commitment = None;
-        assert!(check_answer(&bundle, &valid, &e, &[]).valid());
+        // A proof about other logits than the answer's.
+        let differs = [LogitOpening::Opens, LogitOpening::Differs];
+        let r = check_answer(&bundle, &valid, &differs, &expected, &[]);
+        assert_eq!(
+            r.tokens[1].verdict,
+            Verdict::Invalid("the proof commits to other logits than the answer's".into())
+        );
+        // Unknown logits: the opening is not checked.
+        let unknown = [LogitOpening::Opens, LogitOpening::Unknown];
+        assert!(check_answer(&bundle, &valid, &unknown, &expected, &[]).valid());
         // A proof of a position the answer does not have.
-        let report = check_answer(&bundle, &valid, &expected[1..], &[]);
+        let report = check_answer(&bundle, &valid, &OPEN, &expected[1..], &[]);
         assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
         assert!(!report.valid());
     }

@@ -4,14 +4,13 @@
 //! below before allocating, every field against its domain, and the trailing
 //! blake3 checksum, so a malformed file is an error, never a panic.
 
-use ff::PrimeField;
 use halo2_proofs::pasta::Fp;
 
 use circuits::fixed_point::{FixedPoint, BETA_ONE};
 use circuits::{CircuitShape, Sampler, StepStatement};
 
 pub const MAGIC: &[u8; 8] = b"ZKINFERB";
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Largest accepted proof, in bytes.
 pub const MAX_PROOF_BYTES: usize = 1 << 24;
 /// Most proofs in one bundle.
@@ -22,7 +21,9 @@ pub const MAX_BUNDLE_BYTES: u64 = 1 << 30;
 /// Bytes before the first proof: magic, version, shape, k, digest, count.
 const HEADER_BYTES: usize = 8 + 2 + 4 + 1 + 1 + 2 + 2 + 1 + 32 + 4;
 /// Bytes of one statement.
-const STATEMENT_BYTES: usize = 8 + 32 + 4 + 8 + 1 + 4 + 8;
+const STATEMENT_BYTES: usize = 8 + 4 + 8 + 1 + 4 + 8;
+/// Bytes of a proof's randomness seed.
+const SEED_BYTES: usize = 32;
 /// Smallest logprob accepted, in fixed-point units.
 pub const MIN_LOGPROB: i64 = -(1 << 40);
 
@@ -32,6 +33,9 @@ pub const MIN_LOGPROB: i64 = -(1 << 40);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proof {
     pub steps: Vec<StepStatement>,
+    /// The seed of the proof's randomness: with the steps' logits it opens the
+    /// proof's commitments to them (`circuits::opening`).
+    pub seed: [u8; 32],
     pub bytes: Vec<u8>,
 }
 
@@ -58,7 +62,7 @@ pub struct Bundle {
 pub enum BundleError {
     #[error("not a zkinfer proof bundle (bad magic bytes)")]
     Magic,
-    #[error("bundle format version {0} is not supported (this build reads version {FORMAT_VERSION}): upgrade zkinfer")]
+    #[error("bundle format version {0} is not supported: this zkinfer reads version {FORMAT_VERSION} (prove a version-1 bundle again with this zkinfer; a newer version needs a newer zkinfer)")]
     Version(u16),
     #[error("the bundle is truncated (needed {needed} more bytes at offset {offset})")]
     Truncated { offset: usize, needed: usize },
@@ -134,7 +138,6 @@ impl Bundle {
             out.extend_from_slice(&(proof.steps.len() as u16).to_le_bytes());
             for st in &proof.steps {
                 out.extend_from_slice(&st.position.to_le_bytes());
-                out.extend_from_slice(st.commitment.to_repr().as_ref());
                 out.extend_from_slice(&st.token.to_le_bytes());
                 out.extend_from_slice(&st.logprob.to_le_bytes());
                 let (tag, beta, r) = match st.sampler {
@@ -145,6 +148,7 @@ impl Bundle {
                 out.extend_from_slice(&beta.to_le_bytes());
                 out.extend_from_slice(&r.to_le_bytes());
             }
+            out.extend_from_slice(&proof.seed);
             out.extend_from_slice(&(proof.bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(&proof.bytes);
         }
@@ -194,7 +198,8 @@ impl Bundle {
                 "{proofs} proofs (expected 1..={MAX_PROOFS})"
             )));
         }
-        let per_proof = 2 + steps * STATEMENT_BYTES as u64 + 4 + MAX_PROOF_BYTES as u64;
+        let per_proof =
+            2 + steps * STATEMENT_BYTES as u64 + SEED_BYTES as u64 + 4 + MAX_PROOF_BYTES as u64;
         let limit = (HEADER_BYTES as u64 + proofs as u64 * per_proof + 32).min(MAX_BUNDLE_BYTES);
         (&mut input)
             .take(limit + 1 - bytes.len() as u64)
@@ -267,6 +272,7 @@ impl Bundle {
             let steps = (0..n_steps)
                 .map(|_| read_step(&mut r, vocab))
                 .collect::<Result<Vec<_>, _>>()?;
+            let seed = r.array::<SEED_BYTES>()?;
             let len = r.u32()? as usize;
             if len > MAX_PROOF_BYTES {
                 return Err(invalid(format!(
@@ -274,7 +280,7 @@ impl Bundle {
                 )));
             }
             let bytes = r.take(len)?.to_vec();
-            proofs.push(Proof { steps, bytes });
+            proofs.push(Proof { steps, seed, bytes });
         }
         if r.offset != body.len() {
             return Err(BundleError::Trailing(body.len() - r.offset));
@@ -300,9 +306,6 @@ impl Bundle {
 
 fn read_step(r: &mut Reader<'_>, vocab: usize) -> Result<StepStatement, BundleError> {
     let position = r.u64()?;
-    let repr = r.array::<32>()?;
-    let commitment = Option::<Fp>::from(Fp::from_repr(repr))
-        .ok_or_else(|| invalid("commitment is not a canonical field element"))?;
     let token = r.u32()?;
     if token as usize >= vocab {
         return Err(invalid(format!(
@@ -324,7 +327,6 @@ fn read_step(r: &mut Reader<'_>, vocab: usize) -> Result<StepStatement, BundleEr
         other => return Err(invalid(format!("sampler tag {other}"))),
     };
     Ok(StepStatement {
-        commitment,
         token,
         logprob,
         sampler,
@@ -340,7 +342,6 @@ mod tests {
     fn bundle() -> Bundle {
         let shape = CircuitShape::new(64, FixedPoint::default(), 2, 1).unwrap();
         let step = |position| StepStatement {
-            commitment: Fp::from(position + 7),
             token: 3,
             logprob: -5,
             sampler: Sampler::Sample { beta: 600, r: 9 },
@@ -351,6 +352,7 @@ mod tests {
             vk_digest: [4; 32],
             proofs: vec![Proof {
                 steps: vec![step(10), step(11)],
+                seed: [5; 32],
                 bytes: vec![1, 2, 3],
             }],
         }
@@ -362,7 +364,7 @@ mod tests {
         let bytes = b.to_bytes();
         assert_eq!(Bundle::read(&bytes[..]).unwrap(), b);
         assert_eq!(
-            HEADER_BYTES + 2 + 2 * STATEMENT_BYTES + 4 + 3 + 32,
+            HEADER_BYTES + 2 + 2 * STATEMENT_BYTES + SEED_BYTES + 4 + 3 + 32,
             bytes.len()
         );
         for len in 0..bytes.len() {
@@ -379,7 +381,8 @@ mod tests {
         // most one proof can take, never read further.
         let header = &bundle().to_bytes()[..HEADER_BYTES];
         let endless = header.chain(std::io::repeat(0xab));
-        let limit = (HEADER_BYTES + 2 + 2 * STATEMENT_BYTES + 4 + MAX_PROOF_BYTES + 32) as u64;
+        let limit =
+            (HEADER_BYTES + 2 + 2 * STATEMENT_BYTES + SEED_BYTES + 4 + MAX_PROOF_BYTES + 32) as u64;
         assert_eq!(Bundle::read(endless), Err(BundleError::TooLarge { limit }));
         // Another version is named with this build's.
         let mut other = bundle().to_bytes();

@@ -1,8 +1,7 @@
 //! The logit lanes: one row per vocabulary entry, `L` lanes side by side.
 //!
 //! A step occupies one region: a carry row, then `R` rows in which lane `j` holds
-//! vocabulary indices `j R .. (j + 1) R` (`R` a multiple of 9, so packed elements
-//! never straddle lanes). Running columns (`sum`, `before`, `acc`) continue from the
+//! vocabulary indices `j R .. (j + 1) R`. Running columns (`sum`, `before`, `acc`) continue from the
 //! last row of lane `j` into the carry row of lane `j + 1`, so they run over the
 //! whole vocabulary in order. The step constants `m` (maximum logit), `beta` and
 //! `g` (greedy flag) sit in shared columns, equal on every row.
@@ -22,8 +21,9 @@
 //! - `acc = acc_prev + h (sum + 2^70 e + 2^140 w) + 2^210 A`: at the end of the
 //!   vocabulary `acc = P_{y+1} + 2^70 e_y + 2^140 w_y + 2^210 y`, which the step check
 //!   splits (its parts are range-checked there).
-//! - `pack = (1 - q_group_start) 2^27 pack_prev + (m - u + 2^26)`: the packed logits
-//!   that the commitment hashes, read at the last row of each group of nine.
+//! - `z = m - u`: the logit itself. The `z` columns hold nothing else (0 on every
+//!   row a logit does not use), so the proof's own commitments to them are the
+//!   commitment to the logits (`crate::opening`).
 
 use ff::{Field as _, PrimeField as _};
 use halo2_proofs::{
@@ -35,7 +35,6 @@ use halo2_proofs::{
 
 use super::table::TableConfig;
 use super::{known, known_signed};
-use crate::commitment::{LIMBS_PER_ELEMENT, LIMB_BITS, LIMB_OFFSET};
 use crate::fixed_point::{TABLE_BITS, TEMP_SHIFT};
 use crate::witness::StepWitness;
 
@@ -52,9 +51,8 @@ pub struct LaneColumns {
     sum: Column<Advice>,
     before: Column<Advice>,
     acc: Column<Advice>,
-    pack: Column<Advice>,
+    z: Column<Advice>,
     q_row: Selector,
-    q_group_start: Selector,
 }
 
 #[derive(Clone, Debug)]
@@ -77,8 +75,13 @@ pub struct StepCells {
     /// `before` after the last index: must be 0.
     pub before_end: AssignedCell<Fp, Fp>,
     pub acc: AssignedCell<Fp, Fp>,
-    /// Packed logits in vocabulary order.
-    pub elements: Vec<AssignedCell<Fp, Fp>>,
+}
+
+impl LaneConfig {
+    /// The logit column of each lane, in lane order.
+    pub fn logit_columns(&self) -> Vec<Column<Advice>> {
+        self.lanes.iter().map(|l| l.z).collect()
+    }
 }
 
 pub fn pow2(bits: u32) -> Expression<Fp> {
@@ -137,11 +140,10 @@ impl LaneChip {
                     sum: meta.advice_column(),
                     before: meta.advice_column(),
                     acc: meta.advice_column(),
-                    pack: meta.advice_column(),
+                    z: meta.advice_column(),
                     q_row: meta.complex_selector(),
-                    q_group_start: meta.complex_selector(),
                 };
-                for c in [lane.sum, lane.before, lane.acc, lane.pack] {
+                for c in [lane.sum, lane.before, lane.acc] {
                     meta.enable_equality(c);
                 }
                 Self::configure_lane(meta, lane, max, beta, greedy, table, exp_at_zero);
@@ -173,7 +175,6 @@ impl LaneChip {
 
         meta.create_gate("logit row", |meta| {
             let q = meta.query_selector(lane.q_row);
-            let q_start = meta.query_selector(lane.q_group_start);
             let (m, beta, g) = (cur(meta, max), cur(meta, beta), cur(meta, greedy));
             let d = cur(meta, lane.d_lo) + pow2(TABLE_BITS) * cur(meta, lane.d_hi);
             let w = cur(meta, lane.w_lo) + pow2(TABLE_BITS) * cur(meta, lane.w_hi);
@@ -183,7 +184,7 @@ impl LaneChip {
             let e = cur(meta, lane.t) * (one() - w_hi.clone() * inv.clone());
             let h = a_prev - a.clone();
             let sum = cur(meta, lane.sum);
-            let z_limb = m - u.clone() + Expression::Constant(Fp::from(LIMB_OFFSET as u64));
+            let z = cur(meta, lane.z);
             vec![
                 (
                     "tempered distance",
@@ -199,7 +200,7 @@ impl LaneChip {
                 ),
                 ("before is boolean", a.clone() * (one() - a.clone())),
                 ("one token", h.clone() * (one() - h.clone())),
-                ("greedy token is the maximum", g * h.clone() * u),
+                ("greedy token is the maximum", g * h.clone() * u.clone()),
                 (
                     "extract token row",
                     cur(meta, lane.acc)
@@ -207,12 +208,7 @@ impl LaneChip {
                         - h * (sum + acc_shift(ACC_SHIFT_E) * e + acc_shift(ACC_SHIFT_W) * w)
                         - acc_shift(ACC_SHIFT_Y) * a,
                 ),
-                (
-                    "pack logits",
-                    cur(meta, lane.pack)
-                        - (one() - q_start) * pow2(LIMB_BITS) * prev(meta, lane.pack)
-                        - z_limb,
-                ),
+                ("logit value", z - (m - u)),
             ]
             .into_iter()
             .map(move |(name, poly)| (name, q.clone() * poly))
@@ -285,11 +281,9 @@ impl LaneChip {
                 }
                 let (max, beta_cell, greedy_cell) = constants.expect("row 0 assigned");
 
-                let mut elements = Vec::with_capacity(crate::commitment::elements(vocab));
                 let mut carry: Option<[AssignedCell<Fp, Fp>; 3]> = None;
                 let mut sum = 0u128;
                 let mut acc = Fp::zero();
-                let mut pack = Fp::zero();
                 let shift_e = Fp::from(2).pow_vartime([ACC_SHIFT_E as u64]);
                 let shift_w = Fp::from(2).pow_vartime([ACC_SHIFT_W as u64]);
                 let shift_y = Fp::from(2).pow_vartime([ACC_SHIFT_Y as u64]);
@@ -327,21 +321,11 @@ impl LaneChip {
                             x.copy_advice(|| "acc carry", &mut region, lane.acc, 0)?,
                         ],
                     };
-                    region.assign_advice(
-                        || "pack carry",
-                        lane.pack,
-                        0,
-                        || Value::known(Fp::zero()),
-                    )?;
                     let mut last = carried;
                     for index in start..end {
                         let row = index - start + 1;
                         let r = &step.rows[index];
                         lane.q_row.enable(&mut region, row)?;
-                        let group_start = index % LIMBS_PER_ELEMENT == 0;
-                        if group_start {
-                            lane.q_group_start.enable(&mut region, row)?;
-                        }
                         let w = super::signed(r.distance() as i128);
                         let token_row = index == step.statement.token as usize;
                         sum += r.e as u128;
@@ -351,14 +335,14 @@ impl LaneChip {
                         if r.before {
                             acc += shift_y;
                         }
-                        let limb = super::signed((step.logits[index] + LIMB_OFFSET) as i128);
-                        pack = if group_start {
-                            limb
-                        } else {
-                            pack * Fp::from(1u64 << LIMB_BITS) + limb
-                        };
                         let w_hi = super::signed(r.w_hi as i128);
-                        let inv = w_hi.invert().unwrap_or(Fp::zero());
+                        // Most rows are inside the table (w_hi = 0), and an
+                        // inversion costs microseconds: V of them add up.
+                        let inv = if r.w_hi == 0 {
+                            Fp::zero()
+                        } else {
+                            w_hi.invert().unwrap_or(Fp::zero())
+                        };
                         for (name, column, value) in [
                             ("d_lo", lane.d_lo, Fp::from(r.d_lo)),
                             ("d_hi", lane.d_hi, super::signed(r.d_hi as i128)),
@@ -380,15 +364,12 @@ impl LaneChip {
                             )?,
                             region.assign_advice(|| "acc", lane.acc, row, || Value::known(acc))?,
                         ];
-                        let pack_cell = region.assign_advice(
-                            || "pack",
-                            lane.pack,
+                        region.assign_advice(
+                            || "z",
+                            lane.z,
                             row,
-                            || Value::known(pack),
+                            || known_signed(step.logits[index] as i128),
                         )?;
-                        if (index + 1) % LIMBS_PER_ELEMENT == 0 || index + 1 == vocab {
-                            elements.push(pack_cell);
-                        }
                     }
                     carry = Some(last);
                 }
@@ -400,7 +381,6 @@ impl LaneChip {
                     sum,
                     before_end,
                     acc,
-                    elements,
                 })
             },
         )

@@ -1,6 +1,5 @@
 //! The chips of the decode-step circuit, one constraint family each.
 
-pub mod head;
 pub mod lane;
 pub mod range_check;
 pub mod step_check;

@@ -23,7 +23,8 @@
 //! - sampling: `r S = 2^64 r' + rho`, `rho < 2^64`: `r' = floor(r S / 2^64)`, and
 //!   `c1 = (1 - g)(r' - (S_y - e_y))`, `c2 = (1 - g)(S_y - 1 - r')` in 64 bits:
 //!   `P_y <= r' < P_{y+1}`;
-//! - `c5 = m + 2^23` in 25 bits: bounds `m`, which keeps the packed limbs in range.
+//! - `c5 = m + 2^23` in 25 bits: bounds `m`, so with `u < 2^25` every logit
+//!   `z = m - u` is in `(-2^25, 2^24)`, far from wrapping around the field.
 
 use ff::Field as _;
 use halo2_proofs::{
@@ -55,13 +56,12 @@ pub struct StepCheckChip {
 
 /// Instance rows of a step, relative to `INSTANCE_PER_STEP * step`.
 pub mod instance_row {
-    pub const COMMITMENT: usize = 0;
-    pub const TOKEN: usize = 1;
-    pub const LOGPROB: usize = 2;
-    pub const GREEDY: usize = 3;
-    pub const BETA: usize = 4;
-    pub const R: usize = 5;
-    pub const POSITION: usize = 6;
+    pub const TOKEN: usize = 0;
+    pub const LOGPROB: usize = 1;
+    pub const GREEDY: usize = 2;
+    pub const BETA: usize = 3;
+    pub const R: usize = 4;
+    pub const POSITION: usize = 5;
 }
 
 fn shift(bits: u32) -> Fp {

@@ -38,7 +38,9 @@ impl<C: ColumnType> Column<C> {
         Column { index, column_type }
     }
 
-    pub(crate) fn index(&self) -> usize {
+    /// The index of this column among the columns of its type (zkinfer patch:
+    /// public, so that a column's commitment can be found in a proof).
+    pub fn index(&self) -> usize {
         self.index
     }
 
@@ -1428,6 +1430,12 @@ impl<F: Field> ConstraintSystem<F> {
         );
 
         std::cmp::max(degree, self.minimum_degree.unwrap_or(1))
+    }
+
+    /// The number of advice columns (zkinfer patch: the prover commits to them
+    /// in this order, first in the proof).
+    pub fn num_advice_columns(&self) -> usize {
+        self.num_advice_columns
     }
 
     /// Compute the number of blinding factors necessary to perfectly blind
