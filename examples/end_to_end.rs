@@ -198,7 +198,7 @@ fn main() -> Result<(), Error> {
     }
     let keys = Instant::now();
     eprintln!(
-        "[head node: public parameters (k = {}) and proving keys for {}: first run generates and caches the parameters (about 1.5 min), keys take 1-2 min]",
+        "[head node: public parameters (k = {}) and proving keys for {}: first run generates and caches the parameters (about 1.5 min) and the verifying key; keys then take 10-30 s]",
         circuit.k(),
         circuit.describe()
     );

@@ -197,14 +197,14 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     PendingFile::create(path)?.commit(bytes)
 }
 
-/// An output written through a temporary file beside it: created (so checked
-/// writable) before the work, renamed into place by [`PendingFile::commit`],
-/// removed on every other way out, so a failed run leaves neither a partial
-/// file nor a temporary one.
+/// An output written through a temporary file beside it. [`PendingFile::create`]
+/// checks before the work that the file can be written there (it creates the
+/// temporary and removes it at once, so a run killed during the work leaves
+/// nothing); [`PendingFile::commit`] writes the temporary and renames it into
+/// place, removing it if that fails.
 struct PendingFile {
     tmp: std::path::PathBuf,
     path: std::path::PathBuf,
-    file: Option<fs::File>,
 }
 
 impl PendingFile {
@@ -216,27 +216,26 @@ impl PendingFile {
         tmp_name.push(name);
         tmp_name.push(format!(".{}.tmp", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
-        let file = fs::File::create(&tmp)?;
+        fs::File::create(&tmp)?;
+        fs::remove_file(&tmp)?;
         Ok(PendingFile {
             tmp,
             path: path.to_path_buf(),
-            file: Some(file),
         })
     }
 
-    fn commit(mut self, bytes: &[u8]) -> std::io::Result<()> {
+    fn commit(self, bytes: &[u8]) -> std::io::Result<()> {
         use std::io::Write as _;
-        let mut file = self.file.take().expect("committed once");
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&self.tmp, &self.path)
-    }
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        // After a successful rename the temporary name is gone already.
-        let _ = fs::remove_file(&self.tmp);
+        let result = (|| {
+            let mut file = fs::File::create(&self.tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            fs::rename(&self.tmp, &self.path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        result
     }
 }
 

@@ -236,6 +236,37 @@ fn endless_inputs_are_refused_on_their_first_bytes() {
 }
 
 #[test]
+fn prove_killed_while_proving_leaves_no_file() {
+    use std::io::BufRead;
+    let dir = scratch().join("killed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("records.json");
+    write_json(&path, &records());
+    let out = dir.join("killed.zkp");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zkinfer"))
+        .args(["prove", "--records", path.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let proving = stderr
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("proofs: 0 of"));
+    assert!(proving, "prove never started proving");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "records.json")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn prove_checks_its_output_before_proving() {
     let dir = scratch();
     let path = dir.join("unwritable.json");
