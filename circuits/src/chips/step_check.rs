@@ -24,7 +24,7 @@
 //!   `c1 = (1 - g)(r' - (S_y - e_y))`, `c2 = (1 - g)(S_y - 1 - r')` in 64 bits:
 //!   `P_y <= r' < P_{y+1}`;
 //! - `c5 = m + 2^23` in 25 bits: bounds `m`, so with `u < 2^25` every logit
-//!   `z = m - u` is in `(-2^25, 2^24)`, far from wrapping around the field.
+//!   `z = m - u` is in `(-2^26, 2^24)`, far from wrapping around the field.
 
 use ff::Field as _;
 use halo2_proofs::{
