@@ -53,7 +53,8 @@ struct Options {
     tokens: usize,
     prompt: String,
     temperature: Option<f64>,
-    lanes: usize,
+    /// `None`: the fewest lanes that keep k = 17.
+    lanes: Option<usize>,
     prove_threads: usize,
     out: PathBuf,
 }
@@ -64,7 +65,7 @@ fn options() -> Result<Options, Error> {
         tokens: 32,
         prompt: "The capital of France is".into(),
         temperature: None,
-        lanes: 4,
+        lanes: None,
         prove_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         out: std::env::temp_dir().join("zkinfer-end-to-end"),
     };
@@ -83,7 +84,7 @@ fn options() -> Result<Options, Error> {
             "--tokens" => o.tokens = value()?.parse()?,
             "--prompt" => o.prompt = value()?,
             "--temperature" => o.temperature = Some(value()?.parse()?),
-            "--lanes" => o.lanes = value()?.parse()?,
+            "--lanes" => o.lanes = Some(value()?.parse()?),
             "--prove-threads" => o.prove_threads = value()?.parse()?,
             "--out" => o.out = value()?.into(),
             "-h" | "--help" => {
@@ -143,7 +144,10 @@ fn main() -> Result<(), Error> {
     let shape = Model::shape_of(&content)?;
     let id = runtime::model_id::model_id(&content, &mut reader)?;
     let split = shape.layers / 2;
-    let circuit = CircuitShape::new(shape.vocab, FixedPoint::default(), 1, options.lanes)?;
+    let circuit = match options.lanes {
+        Some(lanes) => CircuitShape::new(shape.vocab, FixedPoint::default(), 1, lanes)?,
+        None => CircuitShape::fitted(shape.vocab, FixedPoint::default(), 1)?,
+    };
     println!(
         "model {} ({} layers, vocabulary {}), id {id}",
         path.display(),

@@ -442,9 +442,10 @@ pub struct CircuitArgs {
     /// Token steps per proof (T).
     #[arg(long, default_value_t = 1, value_name = "T")]
     pub batch: usize,
-    /// Logit lanes side by side (L): more lanes, fewer rows.
-    #[arg(long, default_value_t = 4, value_name = "L")]
-    pub lanes: usize,
+    /// Logit lanes side by side (L): more lanes, fewer rows [default: the fewest that keep k = 17,
+    /// e.g. 1 at V = 4,096, 4 at V = 262,144].
+    #[arg(long, value_name = "L")]
+    pub lanes: Option<usize>,
     /// Fractional bits F of the logits.
     #[arg(long, default_value_t = 11, value_name = "F")]
     pub frac_bits: u32,
@@ -460,7 +461,10 @@ impl CircuitArgs {
             frac_bits: self.frac_bits,
             exp_bits: self.exp_bits,
         };
-        circuits::CircuitShape::new(vocab, fixed_point, self.batch, self.lanes)
+        match self.lanes {
+            Some(lanes) => circuits::CircuitShape::new(vocab, fixed_point, self.batch, lanes),
+            None => circuits::CircuitShape::fitted(vocab, fixed_point, self.batch),
+        }
     }
 }
 
@@ -544,7 +548,7 @@ pub struct CostArgs {
     /// Steps per proof to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize])]
     pub batch: Vec<usize>,
-    /// Lane counts to measure [default: 4].
+    /// Lane counts to measure [default: the fewest that keep k = 17 for each V and T].
     #[arg(long, value_delimiter = ',')]
     pub lanes: Vec<usize>,
     /// Only lay out the circuits (rows, k, columns): no keygen or proving.

@@ -96,6 +96,24 @@ impl CircuitShape {
         Ok(shape)
     }
 
+    /// The shape with the fewest lanes that keeps `k` at its floor (the exp
+    /// table's 2^16 rows): at a given `k` every lane costs about the same
+    /// whether its rows are full or not, so extra lanes only cost.
+    pub fn fitted(vocab: usize, fixed_point: FixedPoint, steps: usize) -> Result<Self, ShapeError> {
+        let floor = TABLE_BITS + 1;
+        let mut last = None;
+        for lanes in 1..=64 {
+            match CircuitShape::new(vocab, fixed_point, steps, lanes) {
+                Ok(shape) if shape.k() <= floor => return Ok(shape),
+                Ok(shape) => last = Some(shape),
+                Err(ShapeError::TooLarge(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Even 64 lanes need more rows: the smallest k reachable.
+        last.ok_or(ShapeError::TooLarge(floor + 6))
+    }
+
     /// `R`: rows of each lane per step.
     pub fn rows_per_lane(&self) -> usize {
         self.vocab.div_ceil(self.lanes)

@@ -378,3 +378,21 @@ mod error_bound {
         }
     }
 }
+
+#[test]
+fn fitted_shapes_take_the_fewest_lanes_at_the_floor_k() {
+    let fp = FixedPoint::default();
+    for (vocab, steps, lanes) in [
+        (4096, 1, 1),
+        (32_000, 1, 1),
+        (262_144, 1, 3),
+        (32_000, 16, 4),
+    ] {
+        let shape = CircuitShape::fitted(vocab, fp, steps).unwrap();
+        assert_eq!((shape.lanes, shape.k()), (lanes, 17), "V={vocab} T={steps}");
+        // One lane fewer would need more rows.
+        if lanes > 1 {
+            assert!(CircuitShape::new(vocab, fp, steps, lanes - 1).unwrap().k() > 17);
+        }
+    }
+}

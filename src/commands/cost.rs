@@ -45,11 +45,16 @@ pub fn run(args: CostArgs) -> Result<ExitCode, CliError> {
     let fixed_point = FixedPoint::default();
     let batches = &args.batch;
     let vocabs = or_default(&args.vocab, &[512, 4096, 32000, 262144]);
-    let lanes = or_default(&args.lanes, &[4]);
     let mut configs = Vec::new();
     for &vocab in &vocabs {
         for &batch in batches {
-            for &lanes in &lanes {
+            if args.lanes.is_empty() {
+                match CircuitShape::fitted(vocab, fixed_point, batch) {
+                    Ok(shape) => configs.push(shape),
+                    Err(e) => eprintln!("skipping V={vocab} T={batch}: {e}"),
+                }
+            }
+            for &lanes in &args.lanes {
                 match CircuitShape::new(vocab, fixed_point, batch, lanes) {
                     Ok(shape) => configs.push(shape),
                     Err(e) => eprintln!("skipping V={vocab} T={batch} L={lanes}: {e}"),
