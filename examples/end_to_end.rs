@@ -264,9 +264,7 @@ fn main() -> Result<(), Error> {
     std::fs::write(&bundle_path, &bundle_bytes)?;
     let verify_start = Instant::now();
     let cache = ParamsCache::new(ParamsCache::default_dir());
-    let params = cache.load_or_generate(circuit.k(), |_| {})?;
-    let key = verifier::key_for(bundle, cache.dir(), &params)?;
-    let report = verifier::verify_with_key(bundle, &params, &key)?;
+    let (params, report) = verifier::verify_bundle_keeping_params(bundle, &cache)?;
     let expected =
         proven
             .transcript

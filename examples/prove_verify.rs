@@ -40,11 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             };
             let sampler = prover::sampler_of(&record_sampler)?;
-            let z: Vec<i64> = logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| fixed_point.quantize(i, l as f64))
-                .collect::<Result<_, _>>()?;
+            let z = fixed_point.quantize_all(&logits)?;
             let token = sample_token(&tables, &z, sampler)?;
             Ok(Record {
                 position,

@@ -345,17 +345,10 @@ fn verify_proofs(
     ),
     CliError,
 > {
-    let failed = |e: verifier::VerifyError| match e {
+    verifier::verify_bundle_keeping_params(bundle, &cache(cache_args)).map_err(|e| match e {
         verifier::VerifyError::KeyMismatch { .. } => CliError::failed(e.to_string()),
         other => CliError::unreadable(other.to_string()),
-    };
-    let cache = cache(cache_args);
-    let params = cache
-        .load_or_generate(bundle.shape.k(), |_| {})
-        .map_err(|e| failed(e.into()))?;
-    let key = verifier::key_for(bundle, cache.dir(), &params).map_err(failed)?;
-    let report = verifier::verify_with_key(bundle, &params, &key).map_err(failed)?;
-    Ok((params, report))
+    })
 }
 
 /// A proof's commitments to its logit columns (one per lane), as hex; empty

@@ -296,11 +296,11 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
 
     // The rest is checked in this process, with the same library calls the
     // CLI makes.
-    let proofs = verifier::verify_bundle(&bundle, &ParamsCache::new(ParamsCache::default_dir()))
-        .expect("verifies");
-    let params = ParamsCache::new(ParamsCache::default_dir())
-        .load_or_generate(shape.k(), |_| {})
-        .expect("params");
+    let (params, proofs) = verifier::verify_bundle_keeping_params(
+        &bundle,
+        &ParamsCache::new(ParamsCache::default_dir()),
+    )
+    .expect("verifies");
     let check = |t: &Transcript| {
         let expected = t
             .expected_steps(&dir, shape.fixed_point, shape.vocab)

@@ -66,6 +66,12 @@ thread_local! {
     static CONFIGURE_SHAPE: Cell<Option<ConfigureShape>> = const { Cell::new(None) };
 }
 
+/// The lane count of the shape [`CircuitShape::scope`] runs under, for another
+/// circuit laid out like it (`crate::floor`).
+pub(crate) fn scoped_lanes() -> Option<usize> {
+    CONFIGURE_SHAPE.with(|s| s.get()).map(|s| s.lanes)
+}
+
 impl CircuitShape {
     pub fn new(
         vocab: usize,

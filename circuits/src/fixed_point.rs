@@ -81,6 +81,15 @@ impl FixedPoint {
         Ok(scaled as i64)
     }
 
+    /// [`FixedPoint::quantize`] of every logit of a row, or the first out of range.
+    pub fn quantize_all(&self, logits: &[f32]) -> Result<Vec<i64>, OutOfRange> {
+        logits
+            .iter()
+            .enumerate()
+            .map(|(index, &l)| self.quantize(index, l as f64))
+            .collect()
+    }
+
     /// `T[u] = round(2^Q * exp(-u / 2^F))` for `u` in `0..TABLE_ROWS`.
     pub fn exp_table(&self) -> Vec<u64> {
         let step = exp_fixed(self.frac_bits + 1, false); // exp(-1/2^(F+1)) in 2^-64 units

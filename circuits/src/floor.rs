@@ -2,9 +2,8 @@
 //! steps in `L` lanes, only one `(u, T[u])` exp-table lookup and a running sum,
 //! at the decode step's `k`. Nothing is proven with it; `zkinfer cost` proves it
 //! beside the decode step so every report states the statement's cost as a
-//! ratio to this floor, measured in the same run.
-
-use std::cell::Cell;
+//! ratio to this floor, measured in the same run. It is configured inside the
+//! decode step's [`CircuitShape::scope`], whose lane count it takes.
 
 use ff::Field as _;
 use halo2_proofs::{
@@ -17,10 +16,6 @@ use halo2_proofs::{
 use crate::decode_step::CircuitShape;
 use crate::fixed_point::TABLE_ROWS;
 use crate::tables::Tables;
-
-thread_local! {
-    static FLOOR_LANES: Cell<usize> = const { Cell::new(0) };
-}
 
 #[derive(Clone, Debug)]
 pub struct FloorConfig {
@@ -45,19 +40,6 @@ impl FloorCircuit {
             corrupt: None,
         }
     }
-
-    pub fn shape(&self) -> CircuitShape {
-        self.shape
-    }
-
-    /// Runs `f` with the lane count visible to `configure` (see
-    /// [`CircuitShape::scope`]).
-    pub fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
-        let previous = FLOOR_LANES.with(|l| l.replace(self.shape.lanes));
-        let result = f();
-        FLOOR_LANES.with(|l| l.set(previous));
-        result
-    }
 }
 
 impl Circuit<Fp> for FloorCircuit {
@@ -69,11 +51,8 @@ impl Circuit<Fp> for FloorCircuit {
     }
 
     fn configure(meta: &mut ConstraintSystem<Fp>) -> FloorConfig {
-        let lanes = FLOOR_LANES.with(|l| l.get());
-        assert!(
-            lanes > 0,
-            "FloorCircuit::configure must run inside FloorCircuit::scope"
-        );
+        let lanes = crate::decode_step::scoped_lanes()
+            .expect("FloorCircuit::configure must run inside CircuitShape::scope");
         let q = meta.complex_selector();
         let idx = meta.lookup_table_column();
         let exp = meta.lookup_table_column();
@@ -177,7 +156,7 @@ mod tests {
     fn the_floor_holds_and_its_lookup_catches_a_wrong_exponential() {
         let shape = CircuitShape::new(300, FixedPoint::default(), 2, 2).unwrap();
         let run = |circuit: FloorCircuit| {
-            circuit.scope(|| {
+            shape.scope(|| {
                 MockProver::run(shape.k(), &circuit, vec![])
                     .unwrap()
                     .verify()

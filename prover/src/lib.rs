@@ -90,18 +90,15 @@ pub fn prepare(
                     ),
                 });
             }
-            let logits = record
-                .logits
-                .iter()
-                .enumerate()
-                .map(|(index, &l)| fixed_point.quantize(index, l as f64))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ProveError::OutOfRange {
-                    position,
-                    index: e.index,
-                    value: e.value,
-                    frac_bits: e.frac_bits,
-                })?;
+            let logits =
+                fixed_point
+                    .quantize_all(&record.logits)
+                    .map_err(|e| ProveError::OutOfRange {
+                        position,
+                        index: e.index,
+                        value: e.value,
+                        frac_bits: e.frac_bits,
+                    })?;
             let sampler = record
                 .sampler()
                 .map_err(|message| ProveError::Record { position, message })?;

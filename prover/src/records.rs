@@ -41,9 +41,3 @@ impl Record {
         crate::sampler_of(&self.sampler)
     }
 }
-
-impl Records {
-    pub fn from_json(text: &str) -> Result<Records, String> {
-        serde_json::from_str(text).map_err(|e| format!("invalid records JSON: {e}"))
-    }
-}

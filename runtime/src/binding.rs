@@ -24,7 +24,7 @@ use circuits::fixed_point::temperature_to_beta;
 use circuits::{sample_token, FixedPoint, Sampler, Tables};
 use verifier::receipt::{self, Signature};
 
-use crate::transcript::{f32_bytes, sampling_r, u32_bytes, Transcript, TranscriptSampler};
+use crate::transcript::{f32_bytes, sampling_r, u32_bytes, Records, Transcript, TranscriptSampler};
 
 /// One check of the transcript itself.
 #[derive(Clone, Debug, Serialize)]
@@ -69,6 +69,9 @@ fn summarize(failures: &[String]) -> String {
 /// Every check, in order; `dir` is where the transcript's side files are.
 pub fn check(transcript: &Transcript, dir: &Path) -> Vec<BindingCheck> {
     let hops = transcript.hops.len();
+    // Read (and, from a side file, hashed) once for both checks that need them.
+    let records = transcript.records(dir).map_err(|e| e.to_string());
+    let records = records.as_ref().map_err(Clone::clone);
     vec![
         BindingCheck::new(
             "every hop signed",
@@ -102,12 +105,12 @@ pub fn check(transcript: &Transcript, dir: &Path) -> Vec<BindingCheck> {
         ),
         BindingCheck::new(
             "records open the head's signed logits",
-            records_open_head(transcript, dir),
+            records.clone().map(|r| records_open_head(transcript, r)),
             "every record's logits".into(),
         ),
         BindingCheck::new(
             "tokens follow from the recorded logits",
-            tokens_follow(transcript, dir),
+            records.and_then(|r| tokens_follow(transcript, r)),
             "every recorded token is the sampler's pick".into(),
         ),
     ]
@@ -192,8 +195,7 @@ fn fed_tokens(transcript: &Transcript) -> Vec<String> {
 }
 
 /// The head's signed output of the last forward before each record.
-fn records_open_head(transcript: &Transcript, dir: &Path) -> Result<Vec<String>, String> {
-    let records = transcript.records(dir).map_err(|e| e.to_string())?;
+fn records_open_head(transcript: &Transcript, records: &Records) -> Vec<String> {
     let last = transcript
         .hops
         .iter()
@@ -225,11 +227,10 @@ fn records_open_head(transcript: &Transcript, dir: &Path) -> Result<Vec<String>,
             ));
         }
     }
-    Ok(failures)
+    failures
 }
 
-fn tokens_follow(transcript: &Transcript, dir: &Path) -> Result<Vec<String>, String> {
-    let records = transcript.records(dir).map_err(|e| e.to_string())?;
+fn tokens_follow(transcript: &Transcript, records: &Records) -> Result<Vec<String>, String> {
     let nonce = transcript.nonce()?;
     let fixed_point = FixedPoint::default();
     let tables = Tables::new(fixed_point);
@@ -250,12 +251,7 @@ fn tokens_follow(transcript: &Transcript, dir: &Path) -> Result<Vec<String>, Str
                 r: sampling_r(&nonce, transcript.request_id, step.position),
             },
         };
-        let z: Result<Vec<i64>, _> = step
-            .logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| fixed_point.quantize(i, l as f64))
-            .collect();
+        let z = fixed_point.quantize_all(&step.logits);
         let picked = z
             .map_err(|e| e.to_string())
             .and_then(|z| sample_token(&tables, &z, sampler).map_err(|e| e.to_string()));

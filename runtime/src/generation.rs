@@ -272,11 +272,8 @@ pub fn generate(
     let start = Instant::now();
     for _ in 0..options.max_tokens {
         let position = backend.position();
-        let z: Vec<i64> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| fixed_point.quantize(i, l as f64))
-            .collect::<Result<_, _>>()
+        let z = fixed_point
+            .quantize_all(&logits)
             .map_err(|e| GenerationError::Sampling {
                 position,
                 message: e.to_string(),

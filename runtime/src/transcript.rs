@@ -404,17 +404,6 @@ pub struct Expected {
     pub problems: Vec<String>,
 }
 
-/// The logits in the circuit's fixed point, `None` when one is out of its
-/// range (no proof can be about them).
-fn quantized(logits: &[f32], fixed_point: FixedPoint) -> Option<Vec<i64>> {
-    logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| fixed_point.quantize(i, l as f64))
-        .collect::<Result<_, _>>()
-        .ok()
-}
-
 /// Errors reading a transcript's records.
 #[derive(Debug, thiserror::Error)]
 pub enum TranscriptError {
@@ -630,7 +619,7 @@ impl Transcript {
             }
             if let Some(z) = step
                 .filter(|s| s.logits.len() == vocab)
-                .and_then(|s| quantized(&s.logits, fixed_point))
+                .and_then(|s| fixed_point.quantize_all(&s.logits).ok())
             {
                 logits.insert(position, z);
             }

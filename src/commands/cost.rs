@@ -220,7 +220,7 @@ fn floor_prove_s(shape: CircuitShape, params: &Params<EqAffine>) -> Result<f64, 
     use halo2_proofs::transcript::{Blake2bWrite, Challenge255};
     let circuit = circuits::floor::FloorCircuit::new(shape);
     let failed = |e: halo2_proofs::plonk::Error| CliError::failed(format!("floor circuit: {e:?}"));
-    circuit.scope(|| {
+    shape.scope(|| {
         let vk = keygen_vk(params, &circuit).map_err(failed)?;
         let pk = keygen_pk(params, vk, &circuit).map_err(failed)?;
         let mut transcript = Blake2bWrite::<_, EqAffine, Challenge255<_>>::init(vec![]);

@@ -88,9 +88,19 @@ pub enum VerifyError {
 /// Verifies every proof of `bundle`. All proofs are checked in one batch; if the
 /// batch fails, each proof is checked alone to say which ones are invalid.
 pub fn verify_bundle(bundle: &Bundle, cache: &ParamsCache) -> Result<Report, VerifyError> {
+    verify_bundle_keeping_params(bundle, cache).map(|(_, report)| report)
+}
+
+/// [`verify_bundle`], returning the public parameters too: opening the
+/// proofs' logit commitments (`answer::open_proofs`) needs them.
+pub fn verify_bundle_keeping_params(
+    bundle: &Bundle,
+    cache: &ParamsCache,
+) -> Result<(Params<EqAffine>, Report), VerifyError> {
     let params = cache.load_or_generate(bundle.shape.k(), |_| {})?;
     let key = key_for(bundle, cache.dir(), &params)?;
-    verify_with_key(bundle, &params, &key)
+    let report = verify_with_key(bundle, &params, &key)?;
+    Ok((params, report))
 }
 
 /// The verifying key `bundle` must be checked against: the cached key of its
