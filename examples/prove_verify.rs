@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use circuits::{sample_token, CircuitShape, FixedPoint, Tables};
+use circuits::{fixed_point::Temperature, sample_token, CircuitShape, FixedPoint, Tables};
 use prover::{prepare, Prover, Record, RecordSampler, Records};
 use verifier::ParamsCache;
 
@@ -16,9 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vocab: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(4096);
     let count: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(4);
     let fixed_point = FixedPoint::default();
-    let tables = Tables::new(fixed_point);
+    let temperature = Temperature::new(0.8)?;
+    let tables = Tables::new(fixed_point, temperature);
 
-    // Synthetic logits; every other step samples at temperature 0.8.
+    // Synthetic logits, sampled at temperature 0.8.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -31,13 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let logits: Vec<f32> = (0..vocab)
                 .map(|_| (next() % 20_000) as f32 / 1000.0 - 10.0)
                 .collect();
-            let record_sampler = if position % 2 == 0 {
-                RecordSampler::Greedy {}
-            } else {
-                RecordSampler::Sample {
-                    temperature: 0.8,
-                    r: next().to_string(),
-                }
+            let record_sampler = RecordSampler::Sample {
+                temperature: temperature.value(),
+                r: next().to_string(),
             };
             let sampler = prover::sampler_of(&record_sampler)?;
             let z = fixed_point.quantize_all(&logits)?;
@@ -52,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
     let records = Records { vocab, steps };
 
-    let shape = CircuitShape::new(vocab, fixed_point, 2, 2)?;
+    let shape = CircuitShape::new(vocab, fixed_point, 2, 2)?.with_temperature(temperature);
     println!(
         "circuit: {} (k = {}, {} advice columns)",
         shape.describe(),

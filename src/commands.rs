@@ -148,10 +148,12 @@ fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
             args.records.display()
         )));
     }
+    let temperature = records.temperature().map_err(CliError::failed)?;
     let shape = args
         .circuit
         .shape(records.vocab)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+        .map_err(|e| CliError::failed(e.to_string()))?
+        .with_temperature(temperature);
     let progress = !args.quiet;
     let checking = prover::Progress::spinner(
         progress,
@@ -242,9 +244,8 @@ impl PendingFile {
 fn sampler_json(sampler: Sampler) -> serde_json::Value {
     match sampler {
         Sampler::Greedy => json!({"greedy": {}}),
-        Sampler::Sample { beta, r } => json!({"sample": {
-            "temperature": circuits::fixed_point::beta_to_temperature(beta),
-            "beta": beta,
+        Sampler::Sample { temperature, r } => json!({"sample": {
+            "temperature": temperature.value(),
             "r": r.to_string(),
         }}),
     }

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 
 const VOCAB: usize = 600;
-/// `vk digest` of decode-step v2 V=600 F=11 Q=30 T=4 L=2.
-const PINNED_VK_DIGEST: &str = "1ff734287fedfe0e8cb49684aaaa11f2a7032eb4b6059b22d83360ab931f8933";
+/// `vk digest` of decode-step v3 V=600 F=11 Q=30 T=4 L=2 tau=1.000.
+const PINNED_VK_DIGEST: &str = "974015f94154608abb271ab8011720124aae55cb8a598cc9df4ad63bda08f712";
 
 fn zkinfer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zkinfer"))
@@ -46,7 +46,7 @@ fn records() -> Value {
     json!({"vocab": VOCAB, "steps": [
         {"position": 5, "logits": logits(1, 17), "token": 17, "sampler": {"greedy": {}}},
         // r = 0 picks the first token with non-zero weight: index 0.
-        {"position": 6, "logits": logits(2, 40), "token": 0, "sampler": {"sample": {"temperature": 1.5, "r": "0"}}},
+        {"position": 6, "logits": logits(2, 40), "token": 0, "sampler": {"sample": {"temperature": 1.0, "r": "0"}}},
         {"position": 7, "logits": logits(3, 599), "token": 599, "sampler": {"greedy": {}}},
     ]})
 }
@@ -297,6 +297,31 @@ fn prove_refuses_a_token_that_does_not_follow() {
         "{err}"
     );
     assert!(!written, "nothing written on failure");
+}
+
+#[test]
+fn prove_refuses_mixed_or_inexact_temperatures() {
+    // Greedy steps count as temperature 1: a step at 1.5 beside them is refused.
+    let mut mixed = records();
+    mixed["steps"][1]["sampler"]["sample"]["temperature"] = json!(1.5);
+    let (code, err, written) = prove_records("mixed-temperature", &mixed);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("position 6")
+            && err.contains("temperature 1.500")
+            && err.contains("one temperature"),
+        "{err}"
+    );
+    assert!(!written, "nothing written on failure");
+    // A temperature the statement cannot hold exactly is refused, not rounded.
+    let mut inexact = records();
+    inexact["steps"][1]["sampler"]["sample"]["temperature"] = json!(0.7355);
+    let (code, err, _) = prove_records("inexact-temperature", &inexact);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("0.7355") && err.contains("multiple of 0.001"),
+        "{err}"
+    );
 }
 
 #[test]

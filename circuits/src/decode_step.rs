@@ -15,11 +15,15 @@ use halo2_proofs::{
     plonk::{Circuit, Column, ConstraintSystem, Error, Instance},
 };
 
-use crate::chips::lane::{LaneChip, LaneConfig};
+use crate::chips::lane::{
+    LaneChip, LaneConfig, LaneInstructions, LaneValues, LANE_COLUMNS, SHARED_COLUMNS,
+};
 use crate::chips::range_check::{RangeCheckChip, RangeCheckConfig};
-use crate::chips::step_check::{StepCheckChip, StepCheckConfig};
+use crate::chips::step_check::{
+    StepCheckChip, StepCheckConfig, StepCheckInstructions, StepCheckValues,
+};
 use crate::chips::table::TableConfig;
-use crate::fixed_point::{FixedPoint, TABLE_BITS};
+use crate::fixed_point::{FixedPoint, Temperature, TABLE_BITS, TABLE_ROWS};
 use crate::statement::StepStatement;
 use crate::tables::Tables;
 use crate::witness::StepWitness;
@@ -38,6 +42,9 @@ pub struct CircuitShape {
     pub steps: usize,
     /// `L`: logit lanes side by side.
     pub lanes: usize,
+    /// The temperature of every step's softmax (1 for greedy steps): the exp
+    /// table is computed for it.
+    pub temperature: Temperature,
 }
 
 /// Why a shape cannot be built.
@@ -49,6 +56,8 @@ pub enum ShapeError {
     Steps(usize),
     #[error("lanes must be in 1..=64, got {0}")]
     Lanes(usize),
+    #[error("{lanes} lanes would leave the last one without logits at a vocabulary of {vocab}: use fewer lanes")]
+    EmptyLane { vocab: usize, lanes: usize },
     #[error("{0}")]
     FixedPoint(String),
     #[error("the circuit would need k = {0} (at most 22 supported): use more lanes or fewer steps per proof")]
@@ -59,7 +68,9 @@ pub enum ShapeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ConfigureShape {
     lanes: usize,
+    rows_per_lane: usize,
     fixed_point: FixedPoint,
+    temperature: Temperature,
 }
 
 thread_local! {
@@ -88,12 +99,18 @@ impl CircuitShape {
         if !(1..=64).contains(&lanes) {
             return Err(ShapeError::Lanes(lanes));
         }
+        // Every lane holds logits: the running sums pass from one lane's last
+        // row to the next lane's first (`chips::lane`).
+        if (lanes - 1) * vocab.div_ceil(lanes) >= vocab {
+            return Err(ShapeError::EmptyLane { vocab, lanes });
+        }
         fixed_point.validate().map_err(ShapeError::FixedPoint)?;
         let shape = CircuitShape {
             vocab,
             fixed_point,
             steps,
             lanes,
+            temperature: Temperature::ONE,
         };
         let k = shape.k();
         if k > 22 {
@@ -118,6 +135,19 @@ impl CircuitShape {
         }
         // Even 64 lanes need more rows: the smallest k reachable.
         last.ok_or(ShapeError::TooLarge(floor + 6))
+    }
+
+    /// The same shape at another temperature (the constructors give 1).
+    pub fn with_temperature(self, temperature: Temperature) -> Self {
+        CircuitShape {
+            temperature,
+            ..self
+        }
+    }
+
+    /// The tables this shape's circuit loads.
+    pub fn tables(&self) -> Tables {
+        Tables::new(self.fixed_point, self.temperature)
     }
 
     /// `R`: rows of each lane per step.
@@ -165,25 +195,28 @@ impl CircuitShape {
 
     /// Advice columns of the circuit.
     pub fn advice_columns(&self) -> usize {
-        3 + 11 * self.lanes + 4 + 1
+        SHARED_COLUMNS + LANE_COLUMNS * self.lanes + 4 + 1
     }
 
     /// A short stable description, used as a cache key and in bundles.
     pub fn describe(&self) -> String {
         format!(
-            "decode-step v2 V={} F={} Q={} T={} L={}",
+            "decode-step v3 V={} F={} Q={} T={} L={} tau={}",
             self.vocab,
             self.fixed_point.frac_bits,
             self.fixed_point.exp_bits,
             self.steps,
-            self.lanes
+            self.lanes,
+            self.temperature
         )
     }
 
     fn configure_shape(&self) -> ConfigureShape {
         ConfigureShape {
             lanes: self.lanes,
+            rows_per_lane: self.rows_per_lane(),
             fixed_point: self.fixed_point,
+            temperature: self.temperature,
         }
     }
 
@@ -229,15 +262,14 @@ impl DecodeStepCircuit {
     /// A circuit with the layout of `shape` and meaningless values: what key
     /// generation needs (it reads fixed columns and selectors only).
     pub fn placeholder(shape: CircuitShape) -> Self {
-        let tables = Tables::new(shape.fixed_point);
-        let step = StepWitness::build(
-            &tables,
-            vec![0; shape.vocab],
-            0,
-            crate::statement::Sampler::Greedy,
-            0,
-        )
-        .expect("zero logits are a valid greedy step");
+        let tables = shape.tables();
+        // Any valid step of the shape's temperature: keygen ignores the values.
+        let sampler = match shape.temperature {
+            Temperature::ONE => crate::statement::Sampler::Greedy,
+            temperature => crate::statement::Sampler::Sample { temperature, r: 0 },
+        };
+        let step = StepWitness::build(&tables, vec![0; shape.vocab], 0, sampler, 0)
+            .expect("zero logits are a valid step");
         DecodeStepCircuit {
             shape,
             steps: vec![step; shape.steps],
@@ -270,15 +302,22 @@ impl Circuit<Fp> for DecodeStepCircuit {
         let instance = meta.instance_column();
         meta.enable_equality(instance);
 
-        let tables = Tables::new(shape.fixed_point);
+        let tables = Tables::new(shape.fixed_point, shape.temperature);
         let table = TableConfig::configure(meta);
-        let lanes = LaneChip::configure(meta, shape.lanes, table, Fp::from(tables.exp[0]));
+        let lanes = LaneChip::configure(
+            meta,
+            shape.lanes,
+            shape.rows_per_lane,
+            table,
+            (Fp::from(tables.exp[0]), Fp::from(tables.exp[TABLE_ROWS])),
+        );
         let check_cols = std::array::from_fn(|_| meta.advice_column());
         let step_check = StepCheckChip::configure(
             meta,
             check_cols,
             table,
             (Fp::from_u128(tables.lse[0]), Fp::from_u128(tables.lse[1])),
+            shape.temperature,
         );
         let running = meta.advice_column();
         let range = RangeCheckChip::configure(meta, running, table);
@@ -301,7 +340,7 @@ impl Circuit<Fp> for DecodeStepCircuit {
         {
             return Err(Error::Synthesis);
         }
-        let tables = Tables::new(shape.fixed_point);
+        let tables = shape.tables();
         config.table.load(&mut layouter, &tables)?;
         let lanes = LaneChip::construct(config.lanes.clone());
         let range = RangeCheckChip::construct(config.range);
@@ -309,15 +348,19 @@ impl Circuit<Fp> for DecodeStepCircuit {
         for (index, step) in self.steps.iter().enumerate() {
             let cells = lanes.assign_step(
                 layouter.namespace(|| format!("step {index} lanes")),
-                step,
-                shape.rows_per_lane(),
+                LaneValues {
+                    max: step.max_logit,
+                    greedy: step.statement.sampler == crate::statement::Sampler::Greedy,
+                    logits: &step.logits,
+                    rows: &step.rows,
+                    rows_per_lane: shape.rows_per_lane(),
+                },
             )?;
-            check.assign(
+            check.check_step(
                 layouter.namespace(|| format!("step {index} check")),
                 config.instance,
                 index,
-                step,
-                &tables,
+                StepCheckValues::of(step, &tables),
                 &cells,
             )?;
         }

@@ -9,14 +9,23 @@
 pub const TABLE_BITS: u32 = 16;
 /// Rows of every lookup table.
 pub const TABLE_ROWS: usize = 1 << TABLE_BITS;
-/// Width of the "small" table column (values `0..2^SMALL_BITS`).
+/// Width of the top limb of some range checks.
 pub const SMALL_BITS: u32 = 9;
+/// Width of the high limb of a distance from the maximum: distances are below
+/// `2^(TABLE_BITS + HIGH_LIMB_BITS) = 2^24`, which every pair of logits with
+/// `|z| < 2^LOGIT_BITS` satisfies.
+pub const HIGH_LIMB_BITS: u32 = 8;
 /// Logits must satisfy `|z| < 2^LOGIT_BITS`.
 pub const LOGIT_BITS: u32 = 23;
-/// Temperature is `tau = 2^TEMP_SHIFT / beta` for an integer `beta`.
-pub const TEMP_SHIFT: u32 = 9;
-/// `beta` for temperature 1 (and for greedy decoding).
-pub const BETA_ONE: u32 = 1 << TEMP_SHIFT;
+/// Temperatures are exact multiples of `1 / TEMPERATURE_SCALE`.
+pub const TEMPERATURE_SCALE: u32 = 1000;
+/// The highest temperature: above it the exponentials of distances past
+/// `2^(TABLE_BITS + 1)` would no longer round to 0 (see [`FixedPoint::exp_table`]).
+pub const MAX_TEMPERATURE: u32 = 2 * TEMPERATURE_SCALE;
+/// Log-probabilities are in units of `2^-(F + LOGPROB_EXTRA_BITS)` nats: finer
+/// than the logits, so that the tempered token term `u_y / tau` rounds by at
+/// most `2^-(F + 4)`.
+pub const LOGPROB_EXTRA_BITS: u32 = 4;
 /// The sampling randomness `r` is uniform in `[0, 2^R_BITS)`.
 pub const R_BITS: u32 = 64;
 
@@ -68,6 +77,11 @@ impl FixedPoint {
         (-(self.frac_bits as f64)).exp2()
     }
 
+    /// The unit of log-probabilities in nats, `2^-(F + LOGPROB_EXTRA_BITS)`.
+    pub fn logprob_unit(&self) -> f64 {
+        (-((self.frac_bits + LOGPROB_EXTRA_BITS) as f64)).exp2()
+    }
+
     /// `round(logit * 2^F)`, or an error naming the index and value.
     pub fn quantize(&self, index: usize, logit: f64) -> Result<i64, OutOfRange> {
         let scaled = (logit * (self.frac_bits as f64).exp2()).round();
@@ -90,12 +104,18 @@ impl FixedPoint {
             .collect()
     }
 
-    /// `T[u] = round(2^Q * exp(-u / 2^F))` for `u` in `0..TABLE_ROWS`.
-    pub fn exp_table(&self) -> Vec<u64> {
-        let step = exp_fixed(self.frac_bits + 1, false); // exp(-1/2^(F+1)) in 2^-64 units
-        let step = mul_q64(step, step); // exp(-1/2^F)
+    /// `T[u] = round(2^Q * exp(-u / (2^F tau)))` for `u` in `0..2 TABLE_ROWS`:
+    /// the low half is the table row `u`, the high half the row `u - 2^16`
+    /// (distances with high limb 1). Past `2^(TABLE_BITS + 1)` every value is
+    /// below `2^Q e^-32 < 1/2` for `tau <= 2`, so it rounds to 0.
+    pub fn exp_table(&self, temperature: Temperature) -> Vec<u64> {
+        // exp(-1 / (2^F tau)) = exp(-SCALE / (milli 2^F)), in 2^-64 units.
+        let step = exp_neg_ratio_q64(
+            TEMPERATURE_SCALE as u128,
+            (temperature.milli() as u128) << self.frac_bits,
+        );
         let mut acc: u128 = 1 << 64;
-        (0..TABLE_ROWS)
+        (0..2 * TABLE_ROWS)
             .map(|_| {
                 let value = round_q64(acc << self.exp_bits);
                 acc = mul_q64(acc, step);
@@ -131,20 +151,41 @@ impl FixedPoint {
     /// `G[delta] <= S < G[delta + 1]`, hence `|delta / 2^F - ln(S / 2^Q)| <= 2^-(F+1)`
     /// (plus the table's own rounding, below `2^-Q`), and `S >= G[0] ~ 2^Q`, hence
     /// `|ln S - ln S*| <= V (1/2 + 2^-17) / (G[0] - V)`. The token's own term
-    /// `w_y` is exact. So
-    /// `|lp - exact| <= 2^-(F+1) + 2^-Q + V (1/2 + 2^-17) / (G[0] - V)`.
+    /// `u_y / tau` is rounded down to the log-probability unit, by less than
+    /// `2^-(F+4)` (exact at temperature 1). So
+    /// `|lp - exact| <= 2^-(F+1) + 2^-Q + V (1/2 + 2^-17) / (G[0] - V) + 2^-(F+4)`,
+    /// whatever the temperature: the exp table is computed for it exactly.
     pub fn logprob_error_bound(&self, vocab: usize) -> f64 {
         let q = (self.exp_bits as f64).exp2();
         let g0 = q * (-(self.unit() / 2.0)).exp();
         let v = vocab as f64;
-        0.5 * self.unit() + 1.0 / q + v * (0.5 + 2f64.powi(-17)) / (g0 - v)
+        0.5 * self.unit() + 1.0 / q + v * (0.5 + 2f64.powi(-17)) / (g0 - v) + self.logprob_unit()
     }
 }
 
-/// exp(+-2^-bits) in 2^-64 units by its Taylor series, with integer arithmetic.
+/// exp(+-2^-bits) in 2^-64 units.
 fn exp_fixed(bits: u32, positive: bool) -> u128 {
+    exp_q64((1u128 << 64) >> bits, positive)
+}
+
+/// exp(-num / den) in 2^-64 units: the series at `num / (den 2^s) <= 1/2`, then
+/// squared `s` times.
+fn exp_neg_ratio_q64(num: u128, den: u128) -> u128 {
+    let mut halvings = 0;
+    while 2 * num > den << halvings {
+        halvings += 1;
+    }
+    let mut value = exp_q64((num << 64) / (den << halvings), false);
+    for _ in 0..halvings {
+        value = mul_q64(value, value);
+    }
+    value
+}
+
+/// exp(+-x) for `x <= 1/2` in 2^-64 units, by its Taylor series with integer
+/// arithmetic.
+fn exp_q64(x: u128, positive: bool) -> u128 {
     let one: u128 = 1 << 64;
-    let x: u128 = one >> bits;
     let mut term = one;
     let mut sum = one;
     let mut n = 1u128;
@@ -181,27 +222,67 @@ fn ceil_q64_scaled(x: u128, shift: u32) -> u128 {
     int + u128::from(x & frac_mask != 0)
 }
 
-/// `beta = round(2^TEMP_SHIFT / temperature)`: the integer temperature the circuit uses.
-pub fn temperature_to_beta(temperature: f64) -> Result<u32, String> {
-    if !temperature.is_finite() || temperature <= 0.0 {
-        return Err(format!(
-            "temperature {temperature} must be a positive number"
-        ));
+/// A sampling temperature, an exact multiple of `1 / TEMPERATURE_SCALE` in
+/// `(0, MAX_TEMPERATURE / TEMPERATURE_SCALE]`. The exp table is computed for it,
+/// so the statement holds at exactly this temperature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Temperature(u32);
+
+impl Temperature {
+    /// Temperature 1, which greedy decoding uses for its log-probability.
+    pub const ONE: Temperature = Temperature(TEMPERATURE_SCALE);
+
+    /// The temperature `milli / 1000`.
+    pub fn from_milli(milli: u32) -> Result<Temperature, String> {
+        if (1..=MAX_TEMPERATURE).contains(&milli) {
+            Ok(Temperature(milli))
+        } else {
+            Err(format!(
+                "temperature {milli}/{TEMPERATURE_SCALE} is outside 0.001..={}",
+                MAX_TEMPERATURE / TEMPERATURE_SCALE
+            ))
+        }
     }
-    let beta = (BETA_ONE as f64 / temperature).round();
-    if !(1.0..=65_535.0).contains(&beta) {
-        return Err(format!(
-            "temperature {temperature} is outside the supported range [{:.4}, {}]",
-            BETA_ONE as f64 / 65_535.0,
-            BETA_ONE
-        ));
+
+    /// The temperature `value`, which must be a multiple of 0.001 in
+    /// `0.001..=2` (up to floating-point noise).
+    pub fn new(value: f64) -> Result<Temperature, String> {
+        let scaled = value * TEMPERATURE_SCALE as f64;
+        let milli = scaled.round();
+        if !value.is_finite() || value <= 0.0 || milli > MAX_TEMPERATURE as f64 || milli < 1.0 {
+            return Err(format!(
+                "temperature {value} is outside the supported range 0.001..={}",
+                MAX_TEMPERATURE / TEMPERATURE_SCALE
+            ));
+        }
+        if (scaled - milli).abs() > 1e-6 {
+            return Err(format!(
+                "temperature {value} is not a multiple of 0.001: the statement holds at exactly the temperature it names, in thousandths (try {:.3})",
+                milli / TEMPERATURE_SCALE as f64
+            ));
+        }
+        Ok(Temperature(milli as u32))
     }
-    Ok(beta as u32)
+
+    /// The temperature in thousandths.
+    pub fn milli(self) -> u32 {
+        self.0
+    }
+
+    pub fn value(self) -> f64 {
+        self.0 as f64 / TEMPERATURE_SCALE as f64
+    }
 }
 
-/// The temperature a `beta` stands for.
-pub fn beta_to_temperature(beta: u32) -> f64 {
-    BETA_ONE as f64 / beta as f64
+impl std::fmt::Display for Temperature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}.{:03}",
+            self.0 / TEMPERATURE_SCALE,
+            self.0 % TEMPERATURE_SCALE
+        )
+    }
 }
 
 #[cfg(test)]
@@ -209,15 +290,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exp_table_matches_float_exp() {
+    fn exp_table_matches_float_exp_at_every_temperature() {
         let fp = FixedPoint::default();
-        let table = fp.exp_table();
-        assert_eq!(table[0], 1 << fp.exp_bits);
-        for u in [1usize, 7, 2048, 10_000, 40_000, 65_535] {
-            let exact = (fp.exp_bits as f64).exp2() * (-(u as f64) * fp.unit()).exp();
-            assert!((table[u] as f64 - exact).abs() <= 0.5 + 1e-3, "u={u}");
+        for milli in [1, 100, 700, 1000, 1333, 2000] {
+            let tau = Temperature::from_milli(milli).unwrap();
+            let table = fp.exp_table(tau);
+            assert_eq!(table.len(), 2 * TABLE_ROWS);
+            assert_eq!(table[0], 1 << fp.exp_bits);
+            for u in [
+                1usize, 7, 2048, 10_000, 40_000, 65_535, 65_536, 100_000, 131_071,
+            ] {
+                let exact =
+                    (fp.exp_bits as f64).exp2() * (-(u as f64) * fp.unit() / tau.value()).exp();
+                assert!(
+                    (table[u] as f64 - exact).abs() <= 0.5 + 1e-3,
+                    "tau={tau} u={u}: {} vs {exact}",
+                    table[u]
+                );
+            }
+            assert!(table.windows(2).all(|w| w[0] >= w[1]));
+            // Past the table every value rounds to 0.
+            let past = (fp.exp_bits as f64).exp2()
+                * (-((2 * TABLE_ROWS) as f64) * fp.unit() / tau.value()).exp();
+            assert!(past < 0.5, "tau={tau}: {past}");
         }
-        assert!(table.windows(2).all(|w| w[0] >= w[1]));
+        // Above temperature 1 the high half is needed; at or below it, it is 0.
+        assert!(fp.exp_table(Temperature::from_milli(2000).unwrap())[TABLE_ROWS] > 0);
+        assert!(fp.exp_table(Temperature::ONE)[TABLE_ROWS..]
+            .iter()
+            .all(|&t| t == 0));
     }
 
     #[test]
@@ -241,10 +342,18 @@ mod tests {
     }
 
     #[test]
-    fn temperatures() {
-        assert_eq!(temperature_to_beta(1.0).unwrap(), 512);
-        assert_eq!(temperature_to_beta(0.7).unwrap(), 731);
-        assert!(temperature_to_beta(0.0).is_err());
-        assert!(temperature_to_beta(1e-4).is_err());
+    fn temperatures_are_exact_thousandths() {
+        assert_eq!(Temperature::new(1.0).unwrap(), Temperature::ONE);
+        assert_eq!(Temperature::new(0.7).unwrap().milli(), 700);
+        assert_eq!(Temperature::new(0.1 + 0.2).unwrap().milli(), 300);
+        assert_eq!(Temperature::new(2.0).unwrap().to_string(), "2.000");
+        assert_eq!(Temperature::new(0.05).unwrap().to_string(), "0.050");
+        for bad in [0.0, -1.0, 1e-4, 2.001, f64::NAN, f64::INFINITY] {
+            assert!(Temperature::new(bad).is_err(), "{bad}");
+        }
+        let err = Temperature::new(0.7355).unwrap_err();
+        assert!(err.contains("multiple of 0.001"), "{err}");
+        assert!(Temperature::from_milli(0).is_err());
+        assert!(Temperature::from_milli(2001).is_err());
     }
 }

@@ -87,7 +87,7 @@ impl Circuit<Fp> for FloorCircuit {
         config: FloorConfig,
         mut layouter: impl Layouter<Fp>,
     ) -> Result<(), Error> {
-        let tables = Tables::new(self.shape.fixed_point);
+        let tables = Tables::new(self.shape.fixed_point, crate::fixed_point::Temperature::ONE);
         layouter.assign_table(
             || "exp table",
             |mut table| {

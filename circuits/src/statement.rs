@@ -7,38 +7,49 @@ use std::fmt;
 
 use halo2_proofs::pasta::Fp;
 
-use crate::fixed_point::{beta_to_temperature, BETA_ONE};
+use crate::fixed_point::{Temperature, LOGPROB_EXTRA_BITS};
 
 /// How the token was chosen from the logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Sampler {
     /// The first index of the largest logit.
     Greedy,
-    /// Inverse-CDF sampling from softmax(z / tau), `tau = 2^9 / beta`, with the
-    /// uniform integer `r` in `[0, 2^64)`.
-    Sample { beta: u32, r: u64 },
+    /// Inverse-CDF sampling from softmax(z / tau) with the uniform integer `r`
+    /// in `[0, 2^64)`.
+    Sample { temperature: Temperature, r: u64 },
+}
+
+impl Sampler {
+    /// The temperature of the softmax the log-probability is taken from: 1 for
+    /// greedy decoding.
+    pub fn temperature(&self) -> Temperature {
+        match self {
+            Sampler::Greedy => Temperature::ONE,
+            Sampler::Sample { temperature, .. } => *temperature,
+        }
+    }
 }
 
 impl fmt::Display for Sampler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Sampler::Greedy => write!(f, "greedy"),
-            Sampler::Sample { beta, r } => write!(
-                f,
-                "sampling (temperature {:.4}, beta {beta}, r {r})",
-                beta_to_temperature(*beta)
-            ),
+            Sampler::Sample { temperature, r } => {
+                write!(f, "sampling (temperature {temperature}, r {r})")
+            }
         }
     }
 }
 
 /// The public inputs of one token step. The logits they follow from are
-/// committed by the proof itself (see [`crate::opening`]).
+/// committed by the proof itself (see [`crate::opening`]); the temperature is
+/// the circuit's, fixed in its verifying key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepStatement {
     /// The emitted token id.
     pub token: u32,
-    /// The log-probability of the token, in units of `2^-F` nats (never positive).
+    /// The log-probability of the token, in units of `2^-(F + 4)` nats (never
+    /// positive).
     pub logprob: i64,
     pub sampler: Sampler,
     /// The token's position in the generation. The circuit does not constrain it,
@@ -47,29 +58,28 @@ pub struct StepStatement {
 }
 
 /// Instance cells per step, in this order.
-pub const INSTANCE_PER_STEP: usize = 6;
+pub const INSTANCE_PER_STEP: usize = 5;
 
 impl StepStatement {
-    /// `[y, lp, greedy, beta, r, position]` as field elements (`lp` negated into
-    /// the field).
+    /// `[y, lp, greedy, r, position]` as field elements (`lp` negated into the
+    /// field).
     pub fn instance(&self) -> [Fp; INSTANCE_PER_STEP] {
-        let (greedy, beta, r) = match self.sampler {
-            Sampler::Greedy => (1, BETA_ONE, 0),
-            Sampler::Sample { beta, r } => (0, beta, r),
+        let (greedy, r) = match self.sampler {
+            Sampler::Greedy => (1, 0),
+            Sampler::Sample { r, .. } => (0, r),
         };
         [
             Fp::from(self.token as u64),
             signed(self.logprob as i128),
             Fp::from(greedy),
-            Fp::from(beta as u64),
             Fp::from(r),
             Fp::from(self.position),
         ]
     }
 
-    /// The log-probability in nats.
+    /// The log-probability in nats, for logits scaled by `2^frac_bits`.
     pub fn logprob_nats(&self, frac_bits: u32) -> f64 {
-        self.logprob as f64 * (-(frac_bits as f64)).exp2()
+        self.logprob as f64 * (-((frac_bits + LOGPROB_EXTRA_BITS) as f64)).exp2()
     }
 }
 

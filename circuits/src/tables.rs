@@ -1,29 +1,29 @@
 //! The lookup tables every decode-step circuit loads, computed natively.
 
-use crate::fixed_point::{FixedPoint, TABLE_BITS, TABLE_ROWS};
+use crate::fixed_point::{FixedPoint, Temperature, TABLE_BITS, TABLE_ROWS};
 
-/// `exp[u] = T[u]` and `lse[d] = G[d]` (see [`FixedPoint`]).
+/// `exp[u] = T[u]` at one temperature and `lse[d] = G[d]` (see [`FixedPoint`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tables {
+    pub temperature: Temperature,
+    /// `T[u]` for `u` in `0..2^17`: row `i` of the circuit's table holds
+    /// `exp[i]` and `exp[i + 2^16]`.
     pub exp: Vec<u64>,
     pub lse: Vec<u128>,
 }
 
 impl Tables {
-    pub fn new(fixed_point: FixedPoint) -> Tables {
+    pub fn new(fixed_point: FixedPoint, temperature: Temperature) -> Tables {
         Tables {
-            exp: fixed_point.exp_table(),
+            temperature,
+            exp: fixed_point.exp_table(temperature),
             lse: fixed_point.lse_table(),
         }
     }
 
-    /// `T[w]`, which is 0 for `w` past the table.
-    pub fn exp(&self, w: u64) -> u64 {
-        if w < TABLE_ROWS as u64 {
-            self.exp[w as usize]
-        } else {
-            0
-        }
+    /// `T[u]`, which is 0 for `u` past the table.
+    pub fn exp(&self, u: u64) -> u64 {
+        self.exp.get(u as usize).copied().unwrap_or(0)
     }
 
     /// The `delta` with `G[delta] <= sum < G[delta + 1]`, if it is in the table.

@@ -7,7 +7,7 @@ use halo2_proofs::{
 };
 
 use crate::chips::step_check::instance_row::{LOGPROB, R};
-use crate::fixed_point::FixedPoint;
+use crate::fixed_point::{FixedPoint, Temperature, LOGPROB_EXTRA_BITS};
 use crate::statement::Sampler;
 use crate::tables::Tables;
 use crate::witness::{sample_token, StepWitness};
@@ -27,9 +27,12 @@ pub(crate) fn logits(seed: u64, vocab: usize, spread: f64) -> Vec<i64> {
         .collect()
 }
 
+fn tables(temperature: Temperature) -> Tables {
+    Tables::new(FixedPoint::default(), temperature)
+}
+
 fn step(seed: u64, vocab: usize, sampler: Sampler) -> StepWitness {
-    let fp = FixedPoint::default();
-    let tables = Tables::new(fp);
+    let tables = tables(sampler.temperature());
     let z = logits(seed, vocab, 20.0);
     let token = sample_token(&tables, &z, sampler).unwrap();
     StepWitness::new(&tables, z, token, sampler).unwrap()
@@ -55,26 +58,77 @@ fn honest(steps: Vec<StepWitness>, lanes: usize) -> (CircuitShape, Vec<StepWitne
         steps.len(),
         lanes,
     )
-    .unwrap();
+    .unwrap()
+    .with_temperature(steps[0].statement.sampler.temperature());
     let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
     (shape, steps, DecodeStepCircuit::instance(&statements))
+}
+
+fn sample(milli: u32, r: u64) -> Sampler {
+    Sampler::Sample {
+        temperature: Temperature::from_milli(milli).unwrap(),
+        r,
+    }
 }
 
 #[test]
 fn honest_greedy_and_sampled_steps_pass() {
     let steps = vec![
         step(1, 1000, Sampler::Greedy),
-        step(
-            2,
-            1000,
-            Sampler::Sample {
-                beta: 731,
-                r: 0x1234_5678_9abc_def0,
-            },
-        ),
+        step(2, 1000, sample(1000, 0x1234_5678_9abc_def0)),
     ];
     let (shape, steps, instance) = honest(steps, 3);
     assert_eq!(run(shape, steps, instance), Ok(()));
+}
+
+#[test]
+fn honest_steps_pass_at_other_temperatures() {
+    // 0.1 and 0.731 use only the low half of the exp table; 1.5 and 2 the high
+    // half too.
+    for milli in [100, 731, 1500, 2000] {
+        let steps = vec![
+            step(3, 700, sample(milli, 0x9876_5432_1fed_cba9)),
+            step(4, 700, sample(milli, 42)),
+        ];
+        let (shape, steps, instance) = honest(steps, 2);
+        assert_eq!(
+            run(shape, steps, instance),
+            Ok(()),
+            "temperature {milli}/1000"
+        );
+    }
+}
+
+#[test]
+fn a_step_at_another_temperature_is_refused() {
+    let err = StepWitness::new(
+        &tables(Temperature::ONE),
+        logits(1, 50, 20.0),
+        0,
+        sample(700, 0),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, crate::StepError::TemperatureMismatch { .. }),
+        "{err}"
+    );
+    let err = sample_token(
+        &tables(Temperature::from_milli(700).unwrap()),
+        &[0, 1],
+        Sampler::Greedy,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, crate::StepError::TemperatureMismatch { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn greedy_is_rejected_in_a_circuit_at_another_temperature() {
+    let (shape, steps, instance) = honest(vec![step(5, 300, Sampler::Greedy)], LANES);
+    let shape = shape.with_temperature(Temperature::from_milli(700).unwrap());
+    rejected_with(shape, steps, instance, "greedy has temperature 1");
 }
 
 /// Short names of the failures: constraint names, `lookup N`, or
@@ -107,9 +161,17 @@ pub(crate) fn names(failures: &[VerifyFailure]) -> Vec<String> {
 }
 
 const LANES: usize = 2;
-/// Lookup indices follow `configure` order: five per lane (d_lo, d_hi, exp, w_hi,
-/// rem), then the step check's log-sum-exp bracket, then the range limbs.
-const LOOKUP_D_HI: usize = 1;
+/// Lookup indices follow `configure` order: the exp row of each lane's low
+/// limb, the high limbs of each pair of lanes, then the step check's
+/// log-sum-exp bracket, then the range limbs.
+fn exp_lookup(lane: usize) -> usize {
+    lane
+}
+fn high_limb_lookup(lane: usize) -> usize {
+    LANES + lane / 2
+}
+/// The region of step 0's lanes: region 0 is the table.
+const STEP_0_LANES: usize = 1;
 /// A negative value's running sum does not end at zero.
 const RANGE_REJECTED: &str = "permutation in range check";
 
@@ -130,7 +192,7 @@ fn fixture(sampler: Sampler) -> (CircuitShape, Vec<StepWitness>, Vec<Fp>) {
 }
 
 const SAMPLE: Sampler = Sampler::Sample {
-    beta: 512,
+    temperature: Temperature::ONE,
     r: 0x8000_0000_0000_0000,
 };
 
@@ -142,15 +204,20 @@ fn cheat_token(
     max_shift: Option<i64>,
 ) -> (CircuitShape, Vec<StepWitness>, Vec<Fp>) {
     let (shape, mut steps, _) = fixture(sampler);
-    let fp = FixedPoint::default();
     let honest = &steps[0];
     let token = (honest.statement.token as i64 + token_shift).rem_euclid(600) as u32;
     let max = match max_shift {
         None => honest.max_logit,
         Some(_) => honest.logits[token as usize],
     };
-    let cheat =
-        StepWitness::build(&Tables::new(fp), honest.logits.clone(), token, sampler, max).unwrap();
+    let cheat = StepWitness::build(
+        &tables(sampler.temperature()),
+        honest.logits.clone(),
+        token,
+        sampler,
+        max,
+    )
+    .unwrap();
     steps[0] = cheat;
     let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
     (
@@ -169,15 +236,27 @@ fn greedy_rejects_a_token_below_the_maximum() {
 #[test]
 fn greedy_rejects_a_maximum_that_is_not_one() {
     // Claiming the token's own logit as the maximum makes larger logits negative
-    // distances, which the 9-bit high-limb lookup rejects.
+    // distances, whose high limb the 9-bit lookup rejects, at the exact row.
     let (shape, steps, instance) = cheat_token(Sampler::Greedy, 1, Some(0));
-    rejected_with(shape, steps, instance, &format!("lookup {LOOKUP_D_HI}"));
+    let claimed = steps[0].max_logit;
+    let larger = steps[0].logits.iter().position(|&z| z > claimed).unwrap();
+    let (lane, row) = shape.logit_cell(0, larger);
+    let failures = run(shape, steps, instance).unwrap_err();
+    assert!(
+        failures.contains(&VerifyFailure::Lookup {
+            lookup_index: high_limb_lookup(lane),
+            location: FailureLocation::InRegion {
+                region: (STEP_0_LANES, "logit lanes").into(),
+                offset: row,
+            },
+        }),
+        "{failures:?}"
+    );
 }
 
 #[test]
 fn greedy_tie_goes_to_the_lowest_index() {
-    let fp = FixedPoint::default();
-    let tables = Tables::new(fp);
+    let tables = tables(Temperature::ONE);
     let mut z = logits(3, 600, 20.0);
     let max = *z.iter().max().unwrap();
     z[10] = max + 5;
@@ -191,12 +270,18 @@ fn greedy_tie_goes_to_the_lowest_index() {
     let later = StepWitness::build(&tables, z, 400, Sampler::Greedy, max + 5).unwrap();
     let statements = [later.statement];
     let failures = run(shape, vec![later], DecodeStepCircuit::instance(&statements)).unwrap_err();
-    // Index 10 needs a distance of at least 1 before the token: its high limb wraps.
-    assert!(
-        names(&failures).contains(&format!("lookup {LOOKUP_D_HI}")),
-        "{:?}",
-        names(&failures)
+    // Index 10 is a maximum before the token: exactly its row fails.
+    let (lane, row) = shape.logit_cell(0, 10);
+    assert_eq!(lane, 0);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let located = matches!(
+        &failures[0],
+        VerifyFailure::ConstraintNotSatisfied { constraint, location: FailureLocation::InRegion { region, offset }, .. }
+            if constraint.to_string().contains("greedy token is the first maximum")
+                && *region == (STEP_0_LANES, "logit lanes").into()
+                && *offset == row
     );
+    assert!(located, "{failures:?}");
 }
 
 #[test]
@@ -217,21 +302,44 @@ fn wrong_log_sum_exp_is_rejected() {
         steps[0].delta = (steps[0].delta as i64 + delta_shift) as u64;
         // A consistent claim: lp moves with delta, so only the bracket can catch it.
         let mut instance = instance;
-        instance[LOGPROB] -= crate::statement::signed(delta_shift as i128);
+        instance[LOGPROB] -= crate::statement::signed((delta_shift << LOGPROB_EXTRA_BITS) as i128);
         rejected_with(shape, steps, instance, RANGE_REJECTED);
     }
 }
 
 #[test]
 fn wrong_exponential_is_rejected() {
-    let (shape, mut steps, instance) = fixture(SAMPLE);
-    steps[0].rows[5].t += 1;
-    let failures = run(shape, steps, instance).unwrap_err();
-    assert!(
-        names(&failures).contains(&"lookup 2".to_string()),
-        "{:?}",
-        names(&failures)
-    );
+    for (index, high) in [(5, false), (5, true), (450, false)] {
+        let (shape, mut steps, instance) = fixture(SAMPLE);
+        let row = &mut steps[0].rows[index];
+        if high {
+            row.t_hi += 1;
+        } else {
+            row.t_lo += 1;
+        }
+        let (lane, offset) = shape.logit_cell(0, index);
+        let failures = run(shape, steps, instance).unwrap_err();
+        assert!(
+            failures.contains(&VerifyFailure::Lookup {
+                lookup_index: exp_lookup(lane),
+                location: FailureLocation::InRegion {
+                    region: (STEP_0_LANES, "logit lanes").into(),
+                    offset,
+                },
+            }),
+            "{failures:?}"
+        );
+    }
+}
+
+#[test]
+fn wrong_tempered_token_distance_is_rejected() {
+    // A consistent claim with another quotient: lp moves with it.
+    let steps = vec![step(6, 300, sample(700, 77))];
+    let (shape, mut steps, mut instance) = honest(steps, LANES);
+    steps[0].token_quotient += 1;
+    instance[LOGPROB] -= Fp::one();
+    rejected_with(shape, steps, instance, "tempered token distance");
 }
 
 #[test]
@@ -256,22 +364,23 @@ fn changed_r_is_rejected() {
 
 #[test]
 fn logits_that_are_not_the_lanes_distances_are_rejected() {
-    // The committed column says another logit than the one the lanes used:
-    // exactly the "logit value" constraint at that row rejects it.
+    // The committed column says another logit than the one the lanes' limbs
+    // decompose: the high limb is no longer a small integer at exactly that row.
     let (shape, mut steps, instance) = fixture(Sampler::Greedy);
     let victim = (steps[0].statement.token as usize + 1) % shape.vocab;
     steps[0].logits[victim] -= 3;
     let failures = run(shape, steps, instance).unwrap_err();
     let (lane, row) = shape.logit_cell(0, victim);
-    assert_eq!(failures.len(), 1, "{failures:?}");
-    let located = matches!(
-        &failures[0],
-        VerifyFailure::ConstraintNotSatisfied { constraint, location: FailureLocation::InRegion { region, offset }, .. }
-            if constraint.to_string().contains("logit value")
-                && region.to_string().contains("logit lanes")
-                && *offset == row
+    assert_eq!(
+        failures,
+        vec![VerifyFailure::Lookup {
+            lookup_index: high_limb_lookup(lane),
+            location: FailureLocation::InRegion {
+                region: (STEP_0_LANES, "logit lanes").into(),
+                offset: row,
+            },
+        }]
     );
-    assert!(located, "lane {lane} row {row}: {failures:?}");
 }
 
 #[test]
@@ -308,24 +417,23 @@ mod error_bound {
     use super::*;
     use proptest::prelude::*;
 
-    fn exact_logprob(distances: &[i64], token: usize, unit: f64) -> f64 {
-        // log p_y = -w_y u - ln sum exp(-w_i u), all w_i >= 0 so no overflow.
-        let lse: f64 = distances
-            .iter()
-            .map(|&w| (-(w as f64) * unit).exp())
-            .sum::<f64>()
-            .ln();
-        -(distances[token] as f64) * unit - lse
+    /// float64 log-softmax of `z 2^-F / tau` at the token.
+    fn exact_logprob(z: &[i64], token: usize, unit: f64, temperature: f64) -> f64 {
+        let max = *z.iter().max().unwrap();
+        // Distances from the maximum are >= 0, so nothing overflows.
+        let scaled = |z: i64| (max - z) as f64 * unit / temperature;
+        let lse: f64 = z.iter().map(|&z| (-scaled(z)).exp()).sum::<f64>().ln();
+        -scaled(z[token]) - lse
     }
 
     fn check(z: Vec<i64>, sampler: Sampler) -> f64 {
         let fp = FixedPoint::default();
-        let tables = Tables::new(fp);
+        let temperature = sampler.temperature();
+        let tables = Tables::new(fp, temperature);
         let vocab = z.len();
         let token = sample_token(&tables, &z, sampler).unwrap();
+        let exact = exact_logprob(&z, token as usize, fp.unit(), temperature.value());
         let w = StepWitness::new(&tables, z, token, sampler).unwrap();
-        let distances: Vec<i64> = w.rows.iter().map(|r| r.distance()).collect();
-        let exact = exact_logprob(&distances, token as usize, fp.unit());
         let proven = w.statement.logprob_nats(fp.frac_bits);
         let error = (proven - exact).abs();
         assert!(
@@ -337,13 +445,20 @@ mod error_bound {
     }
 
     #[test]
-    fn bound_meets_the_target_at_32000() {
+    fn bound_meets_the_targets() {
         let fp = FixedPoint::default();
-        assert!(
-            fp.logprob_error_bound(32_000) <= 3e-4,
-            "{}",
-            fp.logprob_error_bound(32_000)
-        );
+        for (vocab, target) in [(32_000, 3e-4), (262_144, 5e-4)] {
+            let bound = fp.logprob_error_bound(vocab);
+            assert!(bound <= target, "V = {vocab}: {bound}");
+        }
+    }
+
+    #[test]
+    fn sampled_at_the_real_vocabulary_within_bound() {
+        for (seed, milli) in [(1u64, 100u32), (2, 700), (3, 1000), (4, 2000)] {
+            let z = logits(seed, 262_144, 30.0);
+            check(z, sample(milli, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        }
     }
 
     fn adversarial(kind: u8, seed: u64, vocab: usize) -> Vec<i64> {
@@ -373,8 +488,8 @@ mod error_bound {
         }
 
         #[test]
-        fn sampled_within_bound(seed in any::<u64>(), kind in 0u8..4, r in any::<u64>(), beta in 300u32..1000) {
-            check(adversarial(kind, seed, 32_000), Sampler::Sample { beta, r });
+        fn sampled_within_bound(seed in any::<u64>(), kind in 0u8..4, r in any::<u64>(), milli in prop_oneof![Just(100u32), Just(700), Just(1300), Just(2000), 100u32..=2000]) {
+            check(adversarial(kind, seed, 32_000), sample(milli, r));
         }
     }
 }

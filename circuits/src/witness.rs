@@ -2,7 +2,9 @@
 //! circuit checks, computed the same way, so the prover can fill the witness and
 //! anyone can recompute the expected public statement.
 
-use crate::fixed_point::{BETA_ONE, LOGIT_BITS, R_BITS, TABLE_BITS, TEMP_SHIFT};
+use crate::fixed_point::{
+    Temperature, LOGIT_BITS, LOGPROB_EXTRA_BITS, R_BITS, TABLE_BITS, TEMPERATURE_SCALE,
+};
 use crate::statement::{Sampler, StepStatement};
 use crate::tables::Tables;
 
@@ -21,10 +23,11 @@ pub enum StepError {
         expected: u32,
         sampler: String,
     },
-    #[error("greedy decoding uses beta = {BETA_ONE} and r = 0, got beta = {beta}, r = {r}")]
-    BadGreedy { beta: u32, r: u64 },
-    #[error("beta = {0} is outside 1..=65535")]
-    BadBeta(u32),
+    #[error("the step is {sampler}, but these tables (and circuit) are for temperature {tables}")]
+    TemperatureMismatch {
+        sampler: String,
+        tables: Temperature,
+    },
     #[error(
         "sum of exponentials {0} is outside the log-sum-exp table (vocabulary too large for F)"
     )]
@@ -34,26 +37,22 @@ pub enum StepError {
 /// One logit row of the witness (see `chips::lane` for the constraints).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogitRow {
-    /// `d = m - z - before * greedy`, split as `d_lo + 2^16 d_hi`.
-    pub d_lo: u64,
-    pub d_hi: i64,
-    /// `w = floor((m - z) * beta / 2^9)`, split as `w_lo + 2^16 w_hi`.
-    pub w_lo: u64,
-    pub w_hi: i64,
-    /// `(m - z) * beta - 2^9 * w`.
-    pub rem: u64,
-    /// `T[w_lo]`.
-    pub t: u64,
-    /// `e = T[w]` (0 past the table).
+    /// `u = m - z`, split as `u_lo + 2^16 u_hi`.
+    pub u_lo: u64,
+    pub u_hi: i64,
+    /// `T[u_lo]` and `T[u_lo + 2^16]`.
+    pub t_lo: u64,
+    pub t_hi: u64,
+    /// `e = T[u]` (0 past the table).
     pub e: u64,
     /// 1 for every index before the emitted token, 0 from it on.
     pub before: bool,
 }
 
 impl LogitRow {
-    /// `w = w_lo + 2^16 w_hi`.
+    /// `u = u_lo + 2^16 u_hi`.
     pub fn distance(&self) -> i64 {
-        self.w_lo as i64 + (self.w_hi << TABLE_BITS)
+        self.u_lo as i64 + (self.u_hi << TABLE_BITS)
     }
 }
 
@@ -73,22 +72,26 @@ pub struct StepWitness {
     pub prefix_at_token: u128,
     /// `floor(r * S / 2^64)` (0 for greedy).
     pub scaled_r: u128,
+    /// The token's tempered distance in log-probability units,
+    /// `q = floor(2^4 1000 u_y / milli)`, and the remainder of that division.
+    pub token_quotient: i64,
+    pub token_remainder: i64,
 }
 
 /// The token a sampler picks from quantized logits, by the circuit's own arithmetic.
 pub fn sample_token(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<u32, StepError> {
     check_logits(logits)?;
+    check_temperature(tables, sampler)?;
     let max = *logits.iter().max().ok_or(StepError::VocabMismatch {
         expected: 1,
         got: 0,
     })?;
     match sampler {
         Sampler::Greedy => Ok(logits.iter().position(|&z| z == max).unwrap_or(0) as u32),
-        Sampler::Sample { beta, r } => {
-            check_beta(beta)?;
+        Sampler::Sample { r, .. } => {
             let weights: Vec<u64> = logits
                 .iter()
-                .map(|&z| tables.exp(tempered(max - z, beta)))
+                .map(|&z| tables.exp((max - z) as u64))
                 .collect();
             let total: u128 = weights.iter().map(|&e| e as u128).sum();
             let target = (r as u128 * total) >> R_BITS;
@@ -104,11 +107,6 @@ pub fn sample_token(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result
     }
 }
 
-/// `floor(u * beta / 2^9)`.
-fn tempered(u: i64, beta: u32) -> u64 {
-    ((u as u64) * beta as u64) >> crate::fixed_point::TEMP_SHIFT
-}
-
 fn check_logits(logits: &[i64]) -> Result<(), StepError> {
     let limit = 1i64 << LOGIT_BITS;
     match logits.iter().position(|z| z.abs() >= limit) {
@@ -120,12 +118,26 @@ fn check_logits(logits: &[i64]) -> Result<(), StepError> {
     }
 }
 
-fn check_beta(beta: u32) -> Result<(), StepError> {
-    if (1..=65_535).contains(&beta) {
+/// The tables must be those of the sampler's temperature (1 for greedy).
+fn check_temperature(tables: &Tables, sampler: Sampler) -> Result<(), StepError> {
+    if sampler.temperature() == tables.temperature {
         Ok(())
     } else {
-        Err(StepError::BadBeta(beta))
+        Err(StepError::TemperatureMismatch {
+            sampler: sampler.to_string(),
+            tables: tables.temperature,
+        })
     }
+}
+
+/// `(q, rem)` with `2^4 1000 u = milli q + rem`, `0 <= rem < milli`.
+fn tempered_token_term(u: i64, temperature: Temperature) -> (i64, i64) {
+    let scaled = ((u as i128) << LOGPROB_EXTRA_BITS) * TEMPERATURE_SCALE as i128;
+    let milli = temperature.milli() as i128;
+    (
+        scaled.div_euclid(milli) as i64,
+        scaled.rem_euclid(milli) as i64,
+    )
 }
 
 impl StepWitness {
@@ -162,9 +174,10 @@ impl StepWitness {
         sampler: Sampler,
         max_logit: i64,
     ) -> Result<StepWitness, StepError> {
-        let (greedy, beta, r) = match sampler {
-            Sampler::Greedy => (true, BETA_ONE, 0),
-            Sampler::Sample { beta, r } => (false, beta, r),
+        check_temperature(tables, sampler)?;
+        let r = match sampler {
+            Sampler::Greedy => 0,
+            Sampler::Sample { r, .. } => r,
         };
         let lo_mask = (1i64 << TABLE_BITS) - 1;
         let mut sum = 0u128;
@@ -173,40 +186,35 @@ impl StepWitness {
             .iter()
             .enumerate()
             .map(|(i, &z)| {
-                let before = i < token as usize;
-                // With a cheating maximum these can be negative; the high parts then
-                // carry the sign and the circuit's range lookups reject them.
+                // With a cheating maximum `u` can be negative; the high limb then
+                // carries the sign and the circuit's range lookup rejects it.
                 let u = max_logit - z;
-                let d = u - i64::from(greedy && before);
-                let scaled = u * beta as i64;
-                let w = scaled.div_euclid(1 << TEMP_SHIFT);
-                let rem = scaled.rem_euclid(1 << TEMP_SHIFT) as u64;
-                let (w_lo, w_hi) = ((w & lo_mask) as u64, w >> TABLE_BITS);
-                let t = tables.exp[w_lo as usize];
-                let e = if w_hi == 0 { t } else { 0 };
+                let (u_lo, u_hi) = ((u & lo_mask) as u64, u >> TABLE_BITS);
+                let t_lo = tables.exp[u_lo as usize];
+                let t_hi = tables.exp[u_lo as usize + (1 << TABLE_BITS)];
+                let e = match u_hi {
+                    0 => t_lo,
+                    1 => t_hi,
+                    _ => 0,
+                };
                 sum += e as u128;
                 if i == token as usize {
                     prefix_at_token = sum;
                 }
                 LogitRow {
-                    d_lo: (d & lo_mask) as u64,
-                    d_hi: d >> TABLE_BITS,
-                    w_lo,
-                    w_hi,
-                    rem,
-                    t,
+                    u_lo,
+                    u_hi,
+                    t_lo,
+                    t_hi,
                     e,
-                    before,
+                    before: i < token as usize,
                 }
             })
             .collect();
         let delta = tables.lse_index(sum).ok_or(StepError::SumOutOfTable(sum))?;
-        let logprob = -(delta as i64)
-            - if greedy {
-                0
-            } else {
-                rows[token as usize].distance()
-            };
+        let (token_quotient, token_remainder) =
+            tempered_token_term(rows[token as usize].distance(), tables.temperature);
+        let logprob = -((delta as i64) << LOGPROB_EXTRA_BITS) - token_quotient;
         let scaled_r = (r as u128 * sum) >> R_BITS;
         Ok(StepWitness {
             statement: StepStatement {
@@ -222,10 +230,12 @@ impl StepWitness {
             delta,
             prefix_at_token,
             scaled_r,
+            token_quotient,
+            token_remainder,
         })
     }
 
-    /// `w_y`, the token's tempered distance from the maximum.
+    /// `u_y`, the token's distance from the maximum.
     pub fn token_distance(&self) -> i64 {
         self.rows[self.statement.token as usize].distance()
     }

@@ -4,7 +4,6 @@
 //! - [`records`]: the `zkinfer prove --records` JSON format;
 //! - [`prepare`]: quantization and witnesses, refusing tokens that do not follow;
 //! - [`Prover`]: keys for one circuit shape, and proofs of batches of steps;
-//! - [`head`]: the same for the head variant (small models, head in the circuit).
 
 mod progress;
 pub mod records;
@@ -23,8 +22,8 @@ use rayon::prelude::*;
 
 use circuits::opening::SeedRng;
 use circuits::{
-    fixed_point::temperature_to_beta, CircuitShape, DecodeStepCircuit, FixedPoint, Sampler,
-    StepWitness, Tables,
+    fixed_point::Temperature, CircuitShape, DecodeStepCircuit, FixedPoint, Sampler, StepWitness,
+    Tables,
 };
 use verifier::bundle::{Bundle, Proof};
 use verifier::ParamsCache;
@@ -53,6 +52,8 @@ pub enum ProveError {
     Shape(#[from] circuits::ShapeError),
     #[error("no steps to prove")]
     Empty,
+    #[error("{0}")]
+    Temperature(String),
     #[error("public parameters: {0}")]
     Params(#[from] std::io::Error),
     #[error("{0}")]
@@ -69,12 +70,14 @@ pub struct PreparedStep {
 }
 
 /// Quantizes the records and builds each step's witness, refusing a record whose
-/// token does not follow from its logits under its sampler.
+/// token does not follow from its logits under its sampler, or records of more
+/// than one temperature ([`Records::temperature`]).
 pub fn prepare(
     records: &Records,
     fixed_point: FixedPoint,
 ) -> Result<Vec<PreparedStep>, ProveError> {
-    let tables = Tables::new(fixed_point);
+    let temperature = records.temperature().map_err(ProveError::Temperature)?;
+    let tables = Tables::new(fixed_point, temperature);
     records
         .steps
         .par_iter()
@@ -206,6 +209,15 @@ impl Prover {
         if steps.is_empty() {
             return Err(ProveError::Empty);
         }
+        if let Some(step) = steps
+            .iter()
+            .find(|s| s.witness.statement.sampler.temperature() != self.shape.temperature)
+        {
+            return Err(ProveError::Temperature(format!(
+                "step at position {} is {}, but these keys prove temperature {}",
+                step.position, step.witness.statement.sampler, self.shape.temperature
+            )));
+        }
         let batch = self.shape.steps;
         let batches = steps.len().div_ceil(batch);
         let bar = Progress::counter(progress, batches as u64, "proofs");
@@ -241,9 +253,10 @@ impl Prover {
 }
 
 /// Random steps of `shape` for benchmarks and cost measurements: logits uniform in
-/// ±9.8 nats, even positions greedy, odd positions sampled at temperature 0.8.
+/// ±9.8 nats, sampled at the shape's temperature; at temperature 1 even
+/// positions are greedy.
 pub fn synthetic_steps(shape: CircuitShape, seed: u64) -> Vec<StepWitness> {
-    let tables = Tables::new(shape.fixed_point);
+    let tables = shape.tables();
     let mut x = seed | 1;
     let mut next = move || {
         x ^= x << 13;
@@ -256,11 +269,11 @@ pub fn synthetic_steps(shape: CircuitShape, seed: u64) -> Vec<StepWitness> {
             let z: Vec<i64> = (0..shape.vocab)
                 .map(|_| (next() % 40_000) as i64 - 20_000)
                 .collect();
-            let sampler = if position % 2 == 0 {
+            let sampler = if position % 2 == 0 && shape.temperature == Temperature::ONE {
                 Sampler::Greedy
             } else {
                 Sampler::Sample {
-                    beta: 640,
+                    temperature: shape.temperature,
                     r: next(),
                 }
             };
@@ -272,17 +285,17 @@ pub fn synthetic_steps(shape: CircuitShape, seed: u64) -> Vec<StepWitness> {
         .collect()
 }
 
-/// The sampler of a record, with its temperature turned into the circuit's `beta`.
+/// The sampler of a record: its temperature must be a multiple of 0.001.
 pub fn sampler_of(sampler: &RecordSampler) -> Result<Sampler, String> {
     match sampler {
         RecordSampler::Greedy {} => Ok(Sampler::Greedy),
         RecordSampler::Sample { temperature, r } => {
-            let beta = temperature_to_beta(*temperature)?;
+            let temperature = Temperature::new(*temperature)?;
             let r = r
                 .trim()
                 .parse::<u64>()
                 .map_err(|_| format!("r = {r:?} is not a decimal u64"))?;
-            Ok(Sampler::Sample { beta, r })
+            Ok(Sampler::Sample { temperature, r })
         }
     }
 }

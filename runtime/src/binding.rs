@@ -20,7 +20,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use circuits::fixed_point::temperature_to_beta;
+use circuits::fixed_point::Temperature;
 use circuits::{sample_token, FixedPoint, Sampler, Tables};
 use verifier::receipt::{self, Signature};
 
@@ -233,7 +233,11 @@ fn records_open_head(transcript: &Transcript, records: &Records) -> Vec<String> 
 fn tokens_follow(transcript: &Transcript, records: &Records) -> Result<Vec<String>, String> {
     let nonce = transcript.nonce()?;
     let fixed_point = FixedPoint::default();
-    let tables = Tables::new(fixed_point);
+    let temperature = match transcript.sampler {
+        TranscriptSampler::Greedy {} => Temperature::ONE,
+        TranscriptSampler::Sample { temperature } => Temperature::new(temperature)?,
+    };
+    let tables = Tables::new(fixed_point, temperature);
     let tokens: BTreeMap<u64, u32> = transcript
         .token_positions()
         .zip(transcript.tokens.iter().copied())
@@ -246,8 +250,8 @@ fn tokens_follow(transcript: &Transcript, records: &Records) -> Result<Vec<Strin
     for step in &records.steps {
         let sampler = match transcript.sampler {
             TranscriptSampler::Greedy {} => Sampler::Greedy,
-            TranscriptSampler::Sample { temperature } => Sampler::Sample {
-                beta: temperature_to_beta(temperature)?,
+            TranscriptSampler::Sample { .. } => Sampler::Sample {
+                temperature,
                 r: sampling_r(&nonce, transcript.request_id, step.position),
             },
         };

@@ -416,10 +416,11 @@ fn spoof(mut bundle: Bundle, cheat: Cheat) -> Bundle {
     bundle
 }
 
-/// Checks proof bundles against transcripts with one verifying key.
+/// Checks proof bundles against transcripts, with the verifying key of each
+/// bundle's circuit (one per temperature) from the key cache.
 struct ProofChecker {
     params: halo2_proofs::poly::commitment::Params<pasta_curves::EqAffine>,
-    key: verifier::Key,
+    params_dir: PathBuf,
 }
 
 impl ProofChecker {
@@ -427,14 +428,18 @@ impl ProofChecker {
         let params = ParamsCache::new(params_dir)
             .load_or_generate(shape.k(), |_| {})
             .map_err(|e| e.to_string())?;
-        let key = verifier::verifying_key(shape, &params)?;
-        Ok(ProofChecker { params, key })
+        Ok(ProofChecker {
+            params,
+            params_dir: params_dir.to_path_buf(),
+        })
     }
 
     /// Whether `bundle` verifies and proves what `transcript` says.
     fn holds(&self, transcript: &Transcript, dir: &Path, bundle: &Bundle) -> Result<bool, String> {
-        let report = verifier::verify_with_key(bundle, &self.params, &self.key)
-            .map_err(|e| e.to_string())?;
+        let key =
+            verifier::key_for(bundle, &self.params_dir, &self.params).map_err(|e| e.to_string())?;
+        let report =
+            verifier::verify_with_key(bundle, &self.params, &key).map_err(|e| e.to_string())?;
         let shape = bundle.shape;
         let expected = transcript
             .expected_steps(dir, shape.fixed_point, shape.vocab)

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use circuits::{fixed_point::temperature_to_beta, sample_token, FixedPoint, Sampler, Tables};
+use circuits::{fixed_point::Temperature, sample_token, FixedPoint, Sampler, Tables};
 use verifier::bundle::Bundle;
 
 use crate::client::{ClientError, Hop};
@@ -254,12 +254,12 @@ pub fn generate(
 ) -> Result<Generation, GenerationError> {
     let layers = model.layers;
     let fixed_point = FixedPoint::default();
-    let tables = Tables::new(fixed_point);
-    let beta = options
+    let exact_temperature = options
         .temperature
-        .map(temperature_to_beta)
+        .map(Temperature::new)
         .transpose()
         .map_err(GenerationError::Usage)?;
+    let tables = Tables::new(fixed_point, exact_temperature.unwrap_or(Temperature::ONE));
     let mut collector = options.proving.map(|_| ProofCollector::default());
 
     let prompt_tokens = prompt.tokens;
@@ -278,11 +278,15 @@ pub fn generate(
                 position,
                 message: e.to_string(),
             })?;
-        let (sampler, step_sampler, prove_sampler) = match (beta, options.temperature) {
-            (Some(beta), Some(temperature)) => {
+        let (sampler, step_sampler, prove_sampler) = match (exact_temperature, options.temperature)
+        {
+            (Some(exact), Some(temperature)) => {
                 let r = transcript::sampling_r(&options.nonce, options.request_id, position);
                 (
-                    Sampler::Sample { beta, r },
+                    Sampler::Sample {
+                        temperature: exact,
+                        r,
+                    },
                     StepSampler::Sample {
                         temperature,
                         r: r.to_string(),

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use circuits::fixed_point::Temperature;
 use circuits::CircuitShape;
 use prover::{Prover, Record, RecordSampler, Records};
 use verifier::bundle::Bundle;
@@ -194,12 +195,15 @@ impl ProofService {
 }
 
 /// The worker: keys first, then proofs, one batch of up to `shape.steps`
-/// steps of one request at a time.
+/// steps of one request at a time. It holds the keys of one temperature and
+/// rebuilds them when a request samples at another, so a node holds one
+/// proving key whatever its clients ask.
 fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
     lower_priority();
     let config = inner.config.clone();
+    let cache = ParamsCache::new(&config.params_dir);
     let start = Instant::now();
-    let prover = match Prover::setup(config.shape, &ParamsCache::new(&config.params_dir), false) {
+    let mut prover = match Prover::setup(config.shape, &cache, false) {
         Ok(prover) => {
             on_ready(Ok(start.elapsed()));
             prover
@@ -230,7 +234,19 @@ fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
         };
         let request = batch[0].request;
         let positions: Vec<u64> = batch.iter().map(|j| j.step.position).collect();
-        let (bundle, failures) = prove_batch(&prover, &batch, config.threads);
+        let (bundle, failures) = match keys_for(&mut prover, &batch, &cache) {
+            Ok(()) => prove_batch(&prover, &batch, config.threads),
+            Err(message) => (
+                None,
+                batch
+                    .iter()
+                    .map(|j| ProofFailure {
+                        position: j.step.position,
+                        message: message.clone(),
+                    })
+                    .collect(),
+            ),
+        };
         let mut state = inner.lock();
         let entry = state.requests.entry(request).or_default();
         entry.pending = entry.pending.saturating_sub(positions.len() as u32);
@@ -238,6 +254,20 @@ fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
         entry.bundles.extend(bundle);
         entry.last_used = Some(Instant::now());
     }
+}
+
+/// Makes `prover` hold the keys of the batch's temperature (one request's
+/// steps share one).
+fn keys_for(prover: &mut Prover, batch: &[Job], cache: &ParamsCache) -> Result<(), String> {
+    let temperature = match batch[0].step.sampler {
+        ProveSampler::Greedy => Temperature::ONE,
+        ProveSampler::Sample { temperature, .. } => Temperature::new(temperature)?,
+    };
+    if temperature != prover.shape.temperature {
+        *prover = Prover::setup(prover.shape.with_temperature(temperature), cache, false)
+            .map_err(|e| format!("the keys for temperature {temperature}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The first queued job and up to `max - 1` more of the same request.

@@ -117,7 +117,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use circuits::fixed_point::temperature_to_beta;
+use circuits::fixed_point::Temperature;
 use circuits::{FixedPoint, Sampler};
 use verifier::answer::ExpectedStep;
 use verifier::hex;
@@ -599,7 +599,7 @@ impl Transcript {
             let sampler = match self.sampler {
                 TranscriptSampler::Greedy {} => Sampler::Greedy,
                 TranscriptSampler::Sample { temperature } => Sampler::Sample {
-                    beta: temperature_to_beta(temperature).map_err(TranscriptError::Format)?,
+                    temperature: Temperature::new(temperature).map_err(TranscriptError::Format)?,
                     r: sampling_r(&nonce, self.request_id, position),
                 },
             };

@@ -204,12 +204,14 @@ fn mismatch(
 mod tests {
     use super::*;
     use crate::bundle::Proof;
+    use circuits::fixed_point::Temperature;
     use circuits::{CircuitShape, FixedPoint, StepStatement};
 
     fn statement(position: u64, token: u32, sampler: Sampler) -> StepStatement {
         StepStatement {
             token,
-            logprob: -2048,
+            // One nat: 2^(F + 4) log-probability units.
+            logprob: -(1 << 15),
             sampler,
             position,
         }
@@ -225,7 +227,10 @@ mod tests {
 
     /// Two proofs: positions 5 and 6 (sampled at 6), position 7 unproven.
     fn fixture() -> (Bundle, Vec<ExpectedStep>) {
-        let sampled = Sampler::Sample { beta: 640, r: 99 };
+        let sampled = Sampler::Sample {
+            temperature: Temperature::ONE,
+            r: 99,
+        };
         let shape = CircuitShape::new(64, FixedPoint::default(), 1, 1).expect("shape");
         let proof = |s: StepStatement| Proof {
             steps: vec![s],
@@ -297,10 +302,22 @@ mod tests {
         e[0].token = 9;
         assert_eq!(invalid_at(&e, &valid), [5]);
         let mut e = expected.clone();
-        e[0].sampler = Sampler::Sample { beta: 512, r: 0 };
+        e[0].sampler = Sampler::Sample {
+            temperature: Temperature::ONE,
+            r: 0,
+        };
         assert_eq!(invalid_at(&e, &valid), [5]);
         let mut e = expected.clone();
-        e[1].sampler = Sampler::Sample { beta: 640, r: 98 };
+        e[1].sampler = Sampler::Sample {
+            temperature: Temperature::ONE,
+            r: 98,
+        };
+        assert_eq!(invalid_at(&e, &valid), [6]);
+        let mut e = expected.clone();
+        e[1].sampler = Sampler::Sample {
+            temperature: Temperature::from_milli(800).unwrap(),
+            r: 99,
+        };
         assert_eq!(invalid_at(&e, &valid), [6]);
         // A proof about other logits than the answer's.
         let differs = [LogitOpening::Opens, LogitOpening::Differs];

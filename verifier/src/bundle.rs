@@ -6,11 +6,11 @@
 
 use halo2_proofs::pasta::Fp;
 
-use circuits::fixed_point::{FixedPoint, BETA_ONE};
+use circuits::fixed_point::{FixedPoint, Temperature};
 use circuits::{CircuitShape, Sampler, StepStatement};
 
 pub const MAGIC: &[u8; 8] = b"ZKINFERB";
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Largest accepted proof, in bytes.
 pub const MAX_PROOF_BYTES: usize = 1 << 24;
 /// Most proofs in one bundle.
@@ -19,12 +19,12 @@ pub const MAX_PROOFS: usize = 1 << 20;
 /// vocabulary).
 pub const MAX_BUNDLE_BYTES: u64 = 1 << 30;
 /// Bytes before the first proof: magic, version, shape, k, digest, count.
-const HEADER_BYTES: usize = 8 + 2 + 4 + 1 + 1 + 2 + 2 + 1 + 32 + 4;
+const HEADER_BYTES: usize = 8 + 2 + 4 + 1 + 1 + 2 + 2 + 2 + 1 + 32 + 4;
 /// Bytes of one statement.
 const STATEMENT_BYTES: usize = 8 + 4 + 8 + 1 + 4 + 8;
 /// Bytes of a proof's randomness seed.
 const SEED_BYTES: usize = 32;
-/// Smallest logprob accepted, in fixed-point units.
+/// Smallest logprob accepted, in log-probability units.
 pub const MIN_LOGPROB: i64 = -(1 << 40);
 
 /// One proof of `shape.steps` steps. A batch that is not full repeats its last
@@ -131,6 +131,7 @@ impl Bundle {
         out.push(s.fixed_point.exp_bits as u8);
         out.extend_from_slice(&(s.steps as u16).to_le_bytes());
         out.extend_from_slice(&(s.lanes as u16).to_le_bytes());
+        out.extend_from_slice(&(s.temperature.milli() as u16).to_le_bytes());
         out.push(s.k() as u8);
         out.extend_from_slice(&self.vk_digest);
         out.extend_from_slice(&(self.proofs.len() as u32).to_le_bytes());
@@ -140,12 +141,12 @@ impl Bundle {
                 out.extend_from_slice(&st.position.to_le_bytes());
                 out.extend_from_slice(&st.token.to_le_bytes());
                 out.extend_from_slice(&st.logprob.to_le_bytes());
-                let (tag, beta, r) = match st.sampler {
-                    Sampler::Greedy => (0u8, BETA_ONE, 0u64),
-                    Sampler::Sample { beta, r } => (1, beta, r),
+                let (tag, r) = match st.sampler {
+                    Sampler::Greedy => (0u8, 0u64),
+                    Sampler::Sample { r, .. } => (1, r),
                 };
                 out.push(tag);
-                out.extend_from_slice(&beta.to_le_bytes());
+                out.extend_from_slice(&st.sampler.temperature().milli().to_le_bytes());
                 out.extend_from_slice(&r.to_le_bytes());
             }
             out.extend_from_slice(&proof.seed);
@@ -244,8 +245,11 @@ impl Bundle {
         };
         let steps = r.u16()? as usize;
         let lanes = r.u16()? as usize;
-        let shape = CircuitShape::new(vocab, fixed_point, steps, lanes)
+        let temperature = Temperature::from_milli(r.u16()? as u32)
             .map_err(|e| invalid(format!("circuit shape: {e}")))?;
+        let shape = CircuitShape::new(vocab, fixed_point, steps, lanes)
+            .map_err(|e| invalid(format!("circuit shape: {e}")))?
+            .with_temperature(temperature);
         let k = r.u8()?;
         if k as u32 != shape.k() {
             return Err(invalid(format!(
@@ -270,7 +274,7 @@ impl Bundle {
                 )));
             }
             let steps = (0..n_steps)
-                .map(|_| read_step(&mut r, vocab))
+                .map(|_| read_step(&mut r, &shape))
                 .collect::<Result<Vec<_>, _>>()?;
             let seed = r.array::<SEED_BYTES>()?;
             let len = r.u32()? as usize;
@@ -304,7 +308,8 @@ impl Bundle {
     }
 }
 
-fn read_step(r: &mut Reader<'_>, vocab: usize) -> Result<StepStatement, BundleError> {
+fn read_step(r: &mut Reader<'_>, shape: &CircuitShape) -> Result<StepStatement, BundleError> {
+    let vocab = shape.vocab;
     let position = r.u64()?;
     let token = r.u32()?;
     if token as usize >= vocab {
@@ -317,15 +322,25 @@ fn read_step(r: &mut Reader<'_>, vocab: usize) -> Result<StepStatement, BundleEr
         return Err(invalid(format!("log-probability {logprob} out of range")));
     }
     let tag = r.u8()?;
-    let beta = r.u32()?;
+    let milli = r.u32()?;
     let rand = r.u64()?;
     let sampler = match tag {
-        0 if beta == BETA_ONE && rand == 0 => Sampler::Greedy,
+        0 if milli == Temperature::ONE.milli() && rand == 0 => Sampler::Greedy,
         0 => return Err(invalid("greedy step with a temperature or randomness")),
-        1 if (1..=65_535).contains(&beta) => Sampler::Sample { beta, r: rand },
-        1 => return Err(invalid(format!("beta {beta} out of range"))),
+        1 => Sampler::Sample {
+            temperature: Temperature::from_milli(milli).map_err(invalid)?,
+            r: rand,
+        },
         other => return Err(invalid(format!("sampler tag {other}"))),
     };
+    // The circuit holds one temperature, in its exp table: a step claiming
+    // another would be checked against the wrong softmax.
+    if sampler.temperature() != shape.temperature {
+        return Err(invalid(format!(
+            "a step of {sampler} in a proof at temperature {}",
+            shape.temperature
+        )));
+    }
     Ok(StepStatement {
         token,
         logprob,
@@ -339,12 +354,21 @@ mod tests {
     use super::*;
     use std::io::Read as _;
 
+    fn temperature() -> Temperature {
+        Temperature::from_milli(600).unwrap()
+    }
+
     fn bundle() -> Bundle {
-        let shape = CircuitShape::new(64, FixedPoint::default(), 2, 1).unwrap();
+        let shape = CircuitShape::new(64, FixedPoint::default(), 2, 1)
+            .unwrap()
+            .with_temperature(temperature());
         let step = |position| StepStatement {
             token: 3,
             logprob: -5,
-            sampler: Sampler::Sample { beta: 600, r: 9 },
+            sampler: Sampler::Sample {
+                temperature: temperature(),
+                r: 9,
+            },
             position,
         };
         Bundle {
@@ -392,5 +416,23 @@ mod tests {
         assert!(err
             .to_string()
             .contains(&format!("version {FORMAT_VERSION}")));
+    }
+
+    #[test]
+    fn a_step_at_another_temperature_than_its_proof_is_refused() {
+        let mut other = bundle();
+        other.proofs[0].steps[1].sampler = Sampler::Sample {
+            temperature: Temperature::ONE,
+            r: 9,
+        };
+        let err = Bundle::read(&other.to_bytes()[..]).unwrap_err();
+        assert!(err.to_string().contains("at temperature 0.600"), "{err}");
+        // Greedy steps need a proof at temperature 1.
+        let mut greedy = bundle();
+        greedy.proofs[0].steps[0].sampler = Sampler::Greedy;
+        assert!(Bundle::read(&greedy.to_bytes()[..]).is_err());
+        greedy.shape = greedy.shape.with_temperature(Temperature::ONE);
+        greedy.proofs[0].steps[1].sampler = Sampler::Greedy;
+        assert!(Bundle::read(&greedy.to_bytes()[..]).is_ok());
     }
 }

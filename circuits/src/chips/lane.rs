@@ -1,33 +1,39 @@
 //! The logit lanes: one row per vocabulary entry, `L` lanes side by side.
 //!
 //! A step occupies one region: a carry row, then `R` rows in which lane `j` holds
-//! vocabulary indices `j R .. (j + 1) R`. Running columns (`sum`, `before`, `acc`) continue from the
-//! last row of lane `j` into the carry row of lane `j + 1`, so they run over the
-//! whole vocabulary in order. The step constants `m` (maximum logit), `beta` and
-//! `g` (greedy flag) sit in shared columns, equal on every row.
+//! vocabulary indices `j R .. (j + 1) R`. Running columns (`sum`, `before`, `acc`)
+//! start at `(0, 1, 0)` in lane 0's carry row and continue from the last row of
+//! lane `j` into the carry row of lane `j + 1` (a gate at rotation `R`, not a copy:
+//! only the last lane's running columns take part in the permutation argument),
+//! so they run over the whole vocabulary in order. Every lane but the last is
+//! full. The step constants `m` (maximum logit) and `g` (greedy flag) sit in
+//! shared columns, equal on every row.
 //!
-//! Per row, with `A` = `before` (1 for indices before the token, then 0) and
-//! `h = A_prev - A` (1 exactly at the token):
-//! - `d = d_lo + 2^16 d_hi`, `d_lo` in 16 bits, `d_hi` in 9 bits: `u = d + g A >= 0`
-//!   is the distance `m - z` of the logit from the maximum. Under greedy decoding
-//!   indices before the token have `u >= 1`: the token is the *first* maximum.
-//! - `w = w_lo + 2^16 w_hi` (16 + 16 bits) and `rem` (9 bits) with
-//!   `u beta = 2^9 w + rem`: `w = floor(u beta / 2^9)`, the tempered distance.
-//! - `(w_lo, t)` is a row of the exp table, `w_hi (1 - w_hi inv) = 0` and
-//!   `e = t (1 - w_hi inv)`: `e = T[w]` when `w < 2^16`, else 0.
-//! - `sum = sum_prev + e`: the inclusive prefix sum of the exponentials.
-//! - `A` boolean, `h` boolean: the token index is unique; under greedy `g h u = 0`:
-//!   the token's logit is `m`.
-//! - `acc = acc_prev + h (sum + 2^70 e + 2^140 w) + 2^210 A`: at the end of the
-//!   vocabulary `acc = P_{y+1} + 2^70 e_y + 2^140 w_y + 2^210 y`, which the step check
-//!   splits (its parts are range-checked there).
-//! - `z = m - u`: the logit itself. The `z` columns hold nothing else (0 on every
-//!   row a logit does not use), so the proof's own commitments to them are the
-//!   commitment to the logits (`crate::opening`).
+//! Per row, with `A` = `before` (1 for indices before the token, then 0),
+//! `h = A_prev - A` (1 exactly at the token) and `u = m - z` the distance of the
+//! logit `z` from the maximum:
+//! - `(u_lo, t_lo, t_hi, nonzero)` is a row of the exp table: `u_lo` is in 16 bits,
+//!   `t_lo = T[u_lo]`, `t_hi = T[u_lo + 2^16]`, `nonzero = [u_lo != 0]`;
+//! - `u_hi = (u - u_lo) / 2^16` is in 8 bits, so `0 <= u < 2^24`, and `is_zero`,
+//!   `is_one` say whether it is 0 or 1: one lookup of the pair table checks the
+//!   high limbs and flags of two lanes (lanes `2j` and `2j + 1`; an odd last lane
+//!   pairs with a constant 0);
+//! - `e = is_zero t_lo + is_one t_hi`: `e = T[u]`, which is 0 for `u >= 2^17`;
+//! - `sum = sum_prev + e`: the inclusive prefix sum of the exponentials;
+//! - `A` boolean, `h` boolean: the token index is unique; under greedy `g h u = 0`
+//!   (the token's logit is `m`) and `g A is_zero (1 - nonzero) = 0` (indices
+//!   before it have `u >= 1`: the token is the *first* maximum);
+//! - `acc = acc_prev + h (sum + 2^70 e + 2^140 u) + 2^210 A`: at the end of the
+//!   vocabulary `acc = P_{y+1} + 2^70 e_y + 2^140 u_y + 2^210 y`, which the step
+//!   check splits (its parts are range-checked there).
+//!
+//! The `z` columns hold the logits and nothing else (0 on every row a logit
+//! does not use), so the proof's own commitments to them are the commitment to
+//! the logits (`crate::opening`).
 
 use ff::{Field as _, PrimeField as _};
 use halo2_proofs::{
-    circuit::{AssignedCell, Layouter, Value},
+    circuit::{AssignedCell, Chip, Layouter, Value},
     pasta::Fp,
     plonk::{Advice, Column, ConstraintSystem, Error, Expression, Selector, VirtualCells},
     poly::Rotation,
@@ -35,19 +41,18 @@ use halo2_proofs::{
 
 use super::table::TableConfig;
 use super::{known, known_signed};
-use crate::fixed_point::{TABLE_BITS, TEMP_SHIFT};
-use crate::witness::StepWitness;
+use crate::fixed_point::TABLE_BITS;
+use crate::witness::LogitRow;
 
 /// The advice columns of one lane.
 #[derive(Clone, Copy, Debug)]
 pub struct LaneColumns {
-    d_lo: Column<Advice>,
-    d_hi: Column<Advice>,
-    w_lo: Column<Advice>,
-    w_hi: Column<Advice>,
-    rem: Column<Advice>,
-    t: Column<Advice>,
-    inv: Column<Advice>,
+    u_lo: Column<Advice>,
+    t_lo: Column<Advice>,
+    t_hi: Column<Advice>,
+    nonzero: Column<Advice>,
+    is_zero: Column<Advice>,
+    is_one: Column<Advice>,
     sum: Column<Advice>,
     before: Column<Advice>,
     acc: Column<Advice>,
@@ -55,26 +60,19 @@ pub struct LaneColumns {
     q_row: Selector,
 }
 
+/// Advice columns per lane.
+pub const LANE_COLUMNS: usize = 10;
+/// Advice columns shared by the lanes (`m`, `g`).
+pub const SHARED_COLUMNS: usize = 2;
+
 #[derive(Clone, Debug)]
 pub struct LaneConfig {
     lanes: Vec<LaneColumns>,
     max: Column<Advice>,
-    beta: Column<Advice>,
     greedy: Column<Advice>,
     q_body: Selector,
-}
-
-/// Cells of an assigned step that other chips need.
-#[derive(Clone, Debug)]
-pub struct StepCells {
-    pub max: AssignedCell<Fp, Fp>,
-    pub beta: AssignedCell<Fp, Fp>,
-    pub greedy: AssignedCell<Fp, Fp>,
-    /// `S`, the sum over the whole vocabulary.
-    pub sum: AssignedCell<Fp, Fp>,
-    /// `before` after the last index: must be 0.
-    pub before_end: AssignedCell<Fp, Fp>,
-    pub acc: AssignedCell<Fp, Fp>,
+    /// On each step's carry row.
+    q_carry: Selector,
 }
 
 impl LaneConfig {
@@ -84,43 +82,93 @@ impl LaneConfig {
     }
 }
 
+/// What one step's lanes hold.
+#[derive(Clone, Copy, Debug)]
+pub struct LaneValues<'a> {
+    /// `m`, the claimed maximum logit.
+    pub max: i64,
+    pub greedy: bool,
+    pub logits: &'a [i64],
+    /// One row per logit, `before` marking the indices before the token.
+    pub rows: &'a [LogitRow],
+    pub rows_per_lane: usize,
+}
+
+/// Cells of an assigned step that other chips need.
+#[derive(Clone, Debug)]
+pub struct StepCells {
+    pub max: AssignedCell<Fp, Fp>,
+    pub greedy: AssignedCell<Fp, Fp>,
+    /// `S`, the sum over the whole vocabulary.
+    pub sum: AssignedCell<Fp, Fp>,
+    /// `before` after the last index: must be 0.
+    pub before_end: AssignedCell<Fp, Fp>,
+    pub acc: AssignedCell<Fp, Fp>,
+}
+
+/// Lays out the logit rows of one step.
+pub trait LaneInstructions: Chip<Fp> {
+    fn assign_step(
+        &self,
+        layouter: impl Layouter<Fp>,
+        values: LaneValues<'_>,
+    ) -> Result<StepCells, Error>;
+}
+
 pub fn pow2(bits: u32) -> Expression<Fp> {
     Expression::Constant(Fp::from_u128(1u128 << bits))
 }
 
 /// Shifts of the parts of `acc`.
 pub const ACC_SHIFT_E: u32 = 70;
-pub const ACC_SHIFT_W: u32 = 140;
+pub const ACC_SHIFT_U: u32 = 140;
 pub const ACC_SHIFT_Y: u32 = 210;
 
-fn acc_shift(bits: u32) -> Expression<Fp> {
-    let two = Fp::from(2);
-    Expression::Constant(two.pow_vartime([bits as u64]))
+fn acc_shift(bits: u32) -> Fp {
+    Fp::from(2).pow_vartime([bits as u64])
 }
 
 pub struct LaneChip {
     config: LaneConfig,
 }
 
+impl Chip<Fp> for LaneChip {
+    type Config = LaneConfig;
+    type Loaded = ();
+
+    fn config(&self) -> &LaneConfig {
+        &self.config
+    }
+
+    fn loaded(&self) -> &() {
+        &()
+    }
+}
+
 impl LaneChip {
-    /// `exp_at_zero` is `T[0] = 2^Q`, the table row that disabled exp lookups hit.
+    pub fn construct(config: LaneConfig) -> Self {
+        LaneChip { config }
+    }
+
+    /// `exp_at_zero` is `(T[0], T[2^16])`, the table row that disabled exp
+    /// lookups hit.
     pub fn configure(
         meta: &mut ConstraintSystem<Fp>,
         lanes: usize,
+        rows_per_lane: usize,
         table: TableConfig,
-        exp_at_zero: Fp,
+        exp_at_zero: (Fp, Fp),
     ) -> LaneConfig {
         let max = meta.advice_column();
-        let beta = meta.advice_column();
         let greedy = meta.advice_column();
-        for c in [max, beta, greedy] {
+        for c in [max, greedy] {
             meta.enable_equality(c);
         }
         let q_body = meta.selector();
 
         meta.create_gate("step constants", |meta| {
             let q = meta.query_selector(q_body);
-            [max, beta, greedy].map(|c| {
+            [max, greedy].map(|c| {
                 q.clone()
                     * (meta.query_advice(c, Rotation::cur())
                         - meta.query_advice(c, Rotation::prev()))
@@ -130,134 +178,205 @@ impl LaneChip {
         let lanes = (0..lanes)
             .map(|_| {
                 let lane = LaneColumns {
-                    d_lo: meta.advice_column(),
-                    d_hi: meta.advice_column(),
-                    w_lo: meta.advice_column(),
-                    w_hi: meta.advice_column(),
-                    rem: meta.advice_column(),
-                    t: meta.advice_column(),
-                    inv: meta.advice_column(),
+                    u_lo: meta.advice_column(),
+                    t_lo: meta.advice_column(),
+                    t_hi: meta.advice_column(),
+                    nonzero: meta.advice_column(),
+                    is_zero: meta.advice_column(),
+                    is_one: meta.advice_column(),
                     sum: meta.advice_column(),
                     before: meta.advice_column(),
                     acc: meta.advice_column(),
                     z: meta.advice_column(),
                     q_row: meta.complex_selector(),
                 };
-                for c in [lane.sum, lane.before, lane.acc] {
-                    meta.enable_equality(c);
-                }
-                Self::configure_lane(meta, lane, max, beta, greedy, table, exp_at_zero);
+                Self::configure_lane(meta, lane, max, greedy, table, exp_at_zero);
                 lane
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let last = lanes.last().expect("at least one lane");
+        for c in [last.sum, last.before, last.acc] {
+            meta.enable_equality(c);
+        }
+        let q_carry = meta.selector();
+        Self::configure_carry(meta, &lanes, rows_per_lane, q_carry);
+        for pair in lanes.chunks(2) {
+            Self::configure_high_limbs(meta, pair, max, table);
+        }
 
         LaneConfig {
             lanes,
             max,
-            beta,
             greedy,
             q_body,
+            q_carry,
         }
+    }
+
+    /// The running columns start at `(0, 1, 0)` in lane 0 and continue from
+    /// the last row of each lane (`R` rows below the carry row) into the next.
+    fn configure_carry(
+        meta: &mut ConstraintSystem<Fp>,
+        lanes: &[LaneColumns],
+        rows_per_lane: usize,
+        q_carry: Selector,
+    ) {
+        let last_row = Rotation(i32::try_from(rows_per_lane).expect("rows per lane fit in i32"));
+        meta.create_gate("lane carry", |meta| {
+            let q = meta.query_selector(q_carry);
+            let running = |lane: &LaneColumns| [lane.sum, lane.before, lane.acc];
+            let first = running(&lanes[0]).map(|c| meta.query_advice(c, Rotation::cur()));
+            let [sum, before, acc] = first;
+            let mut polys = vec![
+                q.clone() * sum,
+                q.clone() * (before - Expression::Constant(Fp::one())),
+                q.clone() * acc,
+            ];
+            for pair in lanes.windows(2) {
+                for (from, to) in running(&pair[0]).into_iter().zip(running(&pair[1])) {
+                    polys.push(
+                        q.clone()
+                            * (meta.query_advice(to, Rotation::cur())
+                                - meta.query_advice(from, last_row)),
+                    );
+                }
+            }
+            polys
+        });
     }
 
     fn configure_lane(
         meta: &mut ConstraintSystem<Fp>,
         lane: LaneColumns,
         max: Column<Advice>,
-        beta: Column<Advice>,
         greedy: Column<Advice>,
         table: TableConfig,
-        exp_at_zero: Fp,
+        exp_at_zero: (Fp, Fp),
     ) {
         let cur = |meta: &mut VirtualCells<'_, Fp>, c| meta.query_advice(c, Rotation::cur());
         let prev = |meta: &mut VirtualCells<'_, Fp>, c| meta.query_advice(c, Rotation::prev());
         let one = || Expression::Constant(Fp::one());
+        let distance = |meta: &mut VirtualCells<'_, Fp>| cur(meta, max) - cur(meta, lane.z);
 
         meta.create_gate("logit row", |meta| {
             let q = meta.query_selector(lane.q_row);
-            let (m, beta, g) = (cur(meta, max), cur(meta, beta), cur(meta, greedy));
-            let d = cur(meta, lane.d_lo) + pow2(TABLE_BITS) * cur(meta, lane.d_hi);
-            let w = cur(meta, lane.w_lo) + pow2(TABLE_BITS) * cur(meta, lane.w_hi);
+            let g = cur(meta, greedy);
+            let u = distance(meta);
             let (a, a_prev) = (cur(meta, lane.before), prev(meta, lane.before));
-            let u = d + g.clone() * a.clone();
-            let (w_hi, inv) = (cur(meta, lane.w_hi), cur(meta, lane.inv));
-            let e = cur(meta, lane.t) * (one() - w_hi.clone() * inv.clone());
+            let is_zero = cur(meta, lane.is_zero);
+            let e = is_zero.clone() * cur(meta, lane.t_lo)
+                + cur(meta, lane.is_one) * cur(meta, lane.t_hi);
             let h = a_prev - a.clone();
             let sum = cur(meta, lane.sum);
-            let z = cur(meta, lane.z);
             vec![
-                (
-                    "tempered distance",
-                    u.clone() * beta - pow2(TEMP_SHIFT) * w.clone() - cur(meta, lane.rem),
-                ),
-                (
-                    "exp is zero past the table",
-                    w_hi.clone() * (one() - w_hi * inv),
-                ),
                 (
                     "running sum",
                     sum.clone() - prev(meta, lane.sum) - e.clone(),
                 ),
                 ("before is boolean", a.clone() * (one() - a.clone())),
                 ("one token", h.clone() * (one() - h.clone())),
-                ("greedy token is the maximum", g * h.clone() * u.clone()),
+                (
+                    "greedy token is the maximum",
+                    g.clone() * h.clone() * u.clone(),
+                ),
+                (
+                    "greedy token is the first maximum",
+                    g * a.clone() * is_zero * (one() - cur(meta, lane.nonzero)),
+                ),
                 (
                     "extract token row",
                     cur(meta, lane.acc)
                         - prev(meta, lane.acc)
-                        - h * (sum + acc_shift(ACC_SHIFT_E) * e + acc_shift(ACC_SHIFT_W) * w)
-                        - acc_shift(ACC_SHIFT_Y) * a,
+                        - h * (sum
+                            + Expression::Constant(acc_shift(ACC_SHIFT_E)) * e
+                            + Expression::Constant(acc_shift(ACC_SHIFT_U)) * u)
+                        - Expression::Constant(acc_shift(ACC_SHIFT_Y)) * a,
                 ),
-                ("logit value", z - (m - u)),
             ]
             .into_iter()
             .map(move |(name, poly)| (name, q.clone() * poly))
             .collect::<Vec<_>>()
         });
 
-        // Lookups: the input is 0 on rows where the lane is off; row 0 of the table
-        // is (0, T[0]), so the exp lookup defaults to that.
-        let gated =
-            |meta: &mut VirtualCells<'_, Fp>, c| meta.query_selector(lane.q_row) * cur(meta, c);
-        meta.lookup(|meta| vec![(gated(meta, lane.d_lo), table.idx)]);
-        meta.lookup(|meta| vec![(gated(meta, lane.d_hi), table.small)]);
+        // Disabled rows look up row 0 of the table, (0, T[0], T[2^16], 0) and
+        // (0, 1, 0).
+        let or_default = |meta: &mut VirtualCells<'_, Fp>, value: Expression<Fp>, default: Fp| {
+            let q = meta.query_selector(lane.q_row);
+            q.clone() * value + (one() - q) * Expression::Constant(default)
+        };
         meta.lookup(|meta| {
             let q = meta.query_selector(lane.q_row);
+            let (u_lo, t_lo, t_hi) = (
+                cur(meta, lane.u_lo),
+                cur(meta, lane.t_lo),
+                cur(meta, lane.t_hi),
+            );
             vec![
-                (gated(meta, lane.w_lo), table.idx),
-                (
-                    q.clone() * cur(meta, lane.t) + (one() - q) * Expression::Constant(exp_at_zero),
-                    table.exp,
-                ),
+                (q.clone() * u_lo, table.idx),
+                (or_default(meta, t_lo, exp_at_zero.0), table.exp_lo),
+                (or_default(meta, t_hi, exp_at_zero.1), table.exp_hi),
+                (q * cur(meta, lane.nonzero), table.nonzero),
             ]
         });
-        meta.lookup(|meta| vec![(gated(meta, lane.w_hi), table.idx)]);
-        meta.lookup(|meta| vec![(gated(meta, lane.rem), table.small)]);
+    }
+
+    /// One lookup for the high limbs of one or two lanes. Disabled rows look up
+    /// row 0 of the table, `(0, 0, 1, 0, 1, 0)`.
+    fn configure_high_limbs(
+        meta: &mut ConstraintSystem<Fp>,
+        pair: &[LaneColumns],
+        max: Column<Advice>,
+        table: TableConfig,
+    ) {
+        let inv_limb = Fp::from(1u64 << TABLE_BITS)
+            .invert()
+            .expect("2^16 is invertible");
+        meta.lookup(|meta| {
+            let one = Expression::Constant(Fp::one());
+            let mut limb = |lane: &LaneColumns| {
+                let q = meta.query_selector(lane.q_row);
+                let u = meta.query_advice(max, Rotation::cur())
+                    - meta.query_advice(lane.z, Rotation::cur());
+                let u_hi = (u - meta.query_advice(lane.u_lo, Rotation::cur()))
+                    * Expression::Constant(inv_limb);
+                let is_zero = meta.query_advice(lane.is_zero, Rotation::cur());
+                let is_one = meta.query_advice(lane.is_one, Rotation::cur());
+                [
+                    q.clone() * u_hi,
+                    q.clone() * is_zero + (one.clone() - q.clone()),
+                    q * is_one,
+                ]
+            };
+            let [hi_a, zero_a, one_a] = limb(&pair[0]);
+            let [hi_b, zero_b, one_b] = match pair.get(1) {
+                Some(lane) => limb(lane),
+                None => [
+                    Expression::Constant(Fp::zero()),
+                    Expression::Constant(Fp::one()),
+                    Expression::Constant(Fp::zero()),
+                ],
+            };
+            vec![
+                (hi_a, table.pair_a),
+                (hi_b, table.pair_b),
+                (zero_a, table.a_is_zero),
+                (one_a, table.a_is_one),
+                (zero_b, table.b_is_zero),
+                (one_b, table.b_is_one),
+            ]
+        });
     }
 }
 
-impl LaneChip {
-    pub fn construct(config: LaneConfig) -> Self {
-        LaneChip { config }
-    }
-
-    pub fn lanes(&self) -> usize {
-        self.config.lanes.len()
-    }
-
-    /// Assigns one step: `rows_per_lane` rows per lane (a multiple of 9).
-    pub fn assign_step(
+impl LaneInstructions for LaneChip {
+    fn assign_step(
         &self,
         mut layouter: impl Layouter<Fp>,
-        step: &StepWitness,
-        rows_per_lane: usize,
+        values: LaneValues<'_>,
     ) -> Result<StepCells, Error> {
         let config = &self.config;
-        let vocab = step.rows.len();
-        let (greedy, beta) = match step.statement.sampler {
-            crate::statement::Sampler::Greedy => (1u128, crate::fixed_point::BETA_ONE as u128),
-            crate::statement::Sampler::Sample { beta, .. } => (0, beta as u128),
-        };
+        let vocab = values.rows.len();
+        let rows_per_lane = values.rows_per_lane;
         layouter.assign_region(
             || "logit lanes",
             |mut region| {
@@ -271,90 +390,69 @@ impl LaneChip {
                         || "m",
                         config.max,
                         row,
-                        || known_signed(step.max_logit as i128),
+                        || known_signed(values.max as i128),
                     )?;
-                    let b = region.assign_advice(|| "beta", config.beta, row, || known(beta))?;
-                    let g = region.assign_advice(|| "g", config.greedy, row, || known(greedy))?;
+                    let g = region.assign_advice(
+                        || "g",
+                        config.greedy,
+                        row,
+                        || known(u128::from(values.greedy)),
+                    )?;
                     if row == 0 {
-                        constants = Some((max, b, g));
+                        constants = Some((max, g));
                     }
                 }
-                let (max, beta_cell, greedy_cell) = constants.expect("row 0 assigned");
+                let (max, greedy) = constants.expect("row 0 assigned");
 
-                let mut carry: Option<[AssignedCell<Fp, Fp>; 3]> = None;
+                config.q_carry.enable(&mut region, 0)?;
+                let mut last = None;
                 let mut sum = 0u128;
                 let mut acc = Fp::zero();
-                let shift_e = Fp::from(2).pow_vartime([ACC_SHIFT_E as u64]);
-                let shift_w = Fp::from(2).pow_vartime([ACC_SHIFT_W as u64]);
-                let shift_y = Fp::from(2).pow_vartime([ACC_SHIFT_Y as u64]);
+                let (shift_e, shift_u, shift_y) = (
+                    acc_shift(ACC_SHIFT_E),
+                    acc_shift(ACC_SHIFT_U),
+                    acc_shift(ACC_SHIFT_Y),
+                );
+                let mut before_prev = true;
                 for (lane_index, lane) in config.lanes.iter().enumerate() {
                     let start = lane_index * rows_per_lane;
                     let end = ((lane_index + 1) * rows_per_lane).min(vocab);
-                    if start >= end {
-                        break;
-                    }
-                    // Carry row: continue the running columns.
-                    let carried = match &carry {
-                        None => [
-                            region.assign_advice_from_constant(
-                                || "sum_0",
-                                lane.sum,
-                                0,
-                                Fp::zero(),
-                            )?,
-                            region.assign_advice_from_constant(
-                                || "before_0",
-                                lane.before,
-                                0,
-                                Fp::one(),
-                            )?,
-                            region.assign_advice_from_constant(
-                                || "acc_0",
-                                lane.acc,
-                                0,
-                                Fp::zero(),
-                            )?,
-                        ],
-                        Some([s, a, x]) => [
-                            s.copy_advice(|| "sum carry", &mut region, lane.sum, 0)?,
-                            a.copy_advice(|| "before carry", &mut region, lane.before, 0)?,
-                            x.copy_advice(|| "acc carry", &mut region, lane.acc, 0)?,
-                        ],
-                    };
-                    let mut last = carried;
+                    // Carry row: the running values so far.
+                    region.assign_advice(|| "sum carry", lane.sum, 0, || known(sum))?;
+                    region.assign_advice(
+                        || "before carry",
+                        lane.before,
+                        0,
+                        || known(u128::from(before_prev)),
+                    )?;
+                    region.assign_advice(|| "acc carry", lane.acc, 0, || Value::known(acc))?;
                     for index in start..end {
                         let row = index - start + 1;
-                        let r = &step.rows[index];
+                        let r = &values.rows[index];
                         lane.q_row.enable(&mut region, row)?;
-                        let w = super::signed(r.distance() as i128);
-                        let token_row = index == step.statement.token as usize;
                         sum += r.e as u128;
-                        if token_row {
-                            acc += Fp::from_u128(sum) + shift_e * Fp::from(r.e) + shift_w * w;
+                        // `h = 1` where `before` drops.
+                        if before_prev && !r.before {
+                            acc += Fp::from_u128(sum)
+                                + shift_e * Fp::from(r.e)
+                                + shift_u * super::signed(r.distance() as i128);
                         }
+                        before_prev = r.before;
                         if r.before {
                             acc += shift_y;
                         }
-                        let w_hi = super::signed(r.w_hi as i128);
-                        // Most rows are inside the table (w_hi = 0), and an
-                        // inversion costs microseconds: V of them add up.
-                        let inv = if r.w_hi == 0 {
-                            Fp::zero()
-                        } else {
-                            w_hi.invert().unwrap_or(Fp::zero())
-                        };
                         for (name, column, value) in [
-                            ("d_lo", lane.d_lo, Fp::from(r.d_lo)),
-                            ("d_hi", lane.d_hi, super::signed(r.d_hi as i128)),
-                            ("w_lo", lane.w_lo, Fp::from(r.w_lo)),
-                            ("w_hi", lane.w_hi, w_hi),
-                            ("rem", lane.rem, Fp::from(r.rem)),
-                            ("t", lane.t, Fp::from(r.t)),
-                            ("inv", lane.inv, inv),
+                            ("u_lo", lane.u_lo, Fp::from(r.u_lo)),
+                            ("t_lo", lane.t_lo, Fp::from(r.t_lo)),
+                            ("t_hi", lane.t_hi, Fp::from(r.t_hi)),
+                            ("nonzero", lane.nonzero, Fp::from(u64::from(r.u_lo != 0))),
+                            ("is_zero", lane.is_zero, Fp::from(u64::from(r.u_hi == 0))),
+                            ("is_one", lane.is_one, Fp::from(u64::from(r.u_hi == 1))),
+                            ("z", lane.z, super::signed(values.logits[index] as i128)),
                         ] {
                             region.assign_advice(|| name, column, row, || Value::known(value))?;
                         }
-                        last = [
+                        last = Some([
                             region.assign_advice(|| "sum", lane.sum, row, || known(sum))?,
                             region.assign_advice(
                                 || "before",
@@ -363,21 +461,14 @@ impl LaneChip {
                                 || known(r.before as u128),
                             )?,
                             region.assign_advice(|| "acc", lane.acc, row, || Value::known(acc))?,
-                        ];
-                        region.assign_advice(
-                            || "z",
-                            lane.z,
-                            row,
-                            || known_signed(step.logits[index] as i128),
-                        )?;
+                        ]);
                     }
-                    carry = Some(last);
                 }
-                let [sum, before_end, acc] = carry.expect("vocab >= 1");
+                // The shape keeps every lane non-empty, so these are the last lane's.
+                let [sum, before_end, acc] = last.expect("vocab >= 1");
                 Ok(StepCells {
                     max: max.clone(),
-                    beta: beta_cell.clone(),
-                    greedy: greedy_cell.clone(),
+                    greedy: greedy.clone(),
                     sum,
                     before_end,
                     acc,

@@ -1,15 +1,17 @@
 //! Range checks by running-sum decomposition into 16-bit limbs (and one optional
-//! 9-bit top limb), each limb looked up in the table.
+//! 9-bit top limb), each limb looked up in the table's 16-bit column: one lookup
+//! argument for every width.
 //!
 //! For `v` and `n` limbs the chip assigns `z_0 = v`, `z_{i+1} = (z_i - limb_i) / 2^16`
-//! and constrains `z_i - 2^16 z_{i+1}` to the 16-bit column (or `z_i - 2^9 z_{i+1}` to
-//! the 9-bit column for the top limb) and the last `z` to zero. Hence
-//! `v < 2^(16 n + 9 top)`.
+//! and constrains `z_i - 2^16 z_{i+1}` to 16 bits and the last `z` to zero. A 9-bit
+//! top limb `z_n` is a 16-bit limb (`z_{n+1} = 0`) whose multiple `2^7 z_n`, looked
+//! up on the next row, is in 16 bits too: with `z_n < 2^16` nothing wraps, so
+//! `z_n < 2^9`. Hence `v < 2^(16 n + 9 top)`.
 
 use ff::{Field as _, PrimeField};
 
 use halo2_proofs::{
-    circuit::{AssignedCell, Layouter, Value},
+    circuit::{AssignedCell, Chip, Layouter, Value},
     pasta::Fp,
     plonk::{Advice, Column, ConstraintSystem, Error, Expression, Selector},
     poly::Rotation,
@@ -41,6 +43,10 @@ impl Width {
         limbs: 3,
         small_top: false,
     };
+    pub const BITS_16: Width = Width {
+        limbs: 1,
+        small_top: false,
+    };
     pub const BITS_25: Width = Width {
         limbs: 1,
         small_top: true,
@@ -52,7 +58,7 @@ impl Width {
 }
 
 /// Checks that assigned values lie in `[0, 2^bits)`.
-pub trait RangeCheckInstructions {
+pub trait RangeCheckInstructions: Chip<Fp> {
     fn range_check(
         &self,
         layouter: impl Layouter<Fp>,
@@ -66,6 +72,19 @@ pub struct RangeCheckChip {
     config: RangeCheckConfig,
 }
 
+impl Chip<Fp> for RangeCheckChip {
+    type Config = RangeCheckConfig;
+    type Loaded = ();
+
+    fn config(&self) -> &RangeCheckConfig {
+        &self.config
+    }
+
+    fn loaded(&self) -> &() {
+        &()
+    }
+}
+
 impl RangeCheckChip {
     pub fn configure(
         meta: &mut ConstraintSystem<Fp>,
@@ -75,18 +94,14 @@ impl RangeCheckChip {
         meta.enable_equality(running);
         let q_limb = meta.complex_selector();
         let q_small = meta.complex_selector();
-        let limb = |meta: &mut halo2_proofs::plonk::VirtualCells<'_, Fp>, bits: u32| {
+        meta.lookup(|meta| {
+            let (q_limb, q_small) = (meta.query_selector(q_limb), meta.query_selector(q_small));
+            let prev = meta.query_advice(running, Rotation::prev());
             let cur = meta.query_advice(running, Rotation::cur());
             let next = meta.query_advice(running, Rotation::next());
-            cur - next * Expression::Constant(Fp::from(1u64 << bits))
-        };
-        meta.lookup(|meta| {
-            let q = meta.query_selector(q_limb);
-            vec![(q * limb(meta, TABLE_BITS), table.idx)]
-        });
-        meta.lookup(|meta| {
-            let q = meta.query_selector(q_small);
-            vec![(q * limb(meta, SMALL_BITS), table.small)]
+            let limb = cur - next * Expression::Constant(Fp::from(1u64 << TABLE_BITS));
+            let shifted = prev * Expression::Constant(Fp::from(1u64 << (TABLE_BITS - SMALL_BITS)));
+            vec![(q_limb * limb + q_small * shifted, table.idx)]
         });
         RangeCheckConfig {
             running,
@@ -123,12 +138,11 @@ impl RangeCheckInstructions for RangeCheckChip {
                     .map(|_| TABLE_BITS)
                     .chain(width.small_top.then_some(SMALL_BITS));
                 for (row, bits) in limbs.enumerate() {
-                    let selector = if bits == TABLE_BITS {
-                        config.q_limb
-                    } else {
-                        config.q_small
-                    };
-                    selector.enable(&mut region, row)?;
+                    config.q_limb.enable(&mut region, row)?;
+                    if bits == SMALL_BITS {
+                        // The top limb is all of `z`: the next row checks `2^7 z`.
+                        config.q_small.enable(&mut region, row + 1)?;
+                    }
                     let next: Value<Fp> = z.value().map(|&v| {
                         let limb = Fp::from(low_bits(v, bits));
                         (v - limb)
