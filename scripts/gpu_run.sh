@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU host (no Rust, no network): runs issue 9's GPU checklist with the binary and model staged
+# On the GPU host (no Rust, no network): runs the GPU checklist of docs/gpu.md with the binary and model staged
 # by scripts/gpu_stage.sh, writing every output under $OUT (default ./gpu-out):
 #   1. a CUDA shard: `serve --device cuda`, mixed chains (cpu | cuda, cuda | cpu) and an all-CUDA
 #      chain generate the single-process CPU text;

@@ -17,5 +17,5 @@ bash scripts/install_model.sh
 cargo build --release --bin zkinfer --examples
 # The main job: two shard nodes of the real model on loopback, 32 generated tokens, 4 challenged tokens
 # proven by the head node, the answer verified (first run: ~1.5 min to generate public parameters,
-# cached in ~/.cache/zkinfer; each proof over the 262,144-token vocabulary takes about 1.5 minutes on 2 cores).
+# cached in ~/.cache/zkinfer; each proof over the 262,144-token vocabulary takes about a minute on 2 cores).
 cargo run --release --example end_to_end

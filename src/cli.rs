@@ -330,8 +330,8 @@ pub enum BenchCommand {
     /// of a single process on 1 and 2 threads, of 2- and 3-shard loopback chains of
     /// `zkinfer serve --threads 1` children, and of llama.cpp on 2 threads and on 1; per activation encoding
     /// on the 2-shard chain, bytes per token per hop and log-prob drift against the single process;
-    /// the latency of the token during which a node is killed. Each figure is held to the
-    /// issue's target. Progress goes to stderr, the report to stdout.
+    /// the latency of the token during which a node is killed. Each figure is held to its
+    /// target (docs/runtime-bench.md). Progress goes to stderr, the report to stdout.
     #[command(
         after_help = "Examples:\n  zkinfer bench runtime\n  zkinfer bench runtime --tokens 32 --json > bench.json\n  zkinfer bench runtime --python /tmp/llvenv/bin/python"
     )]

@@ -36,7 +36,7 @@ fn greedy_generation_follows_the_reference_start() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
-    // llama.cpp (MODEL.md): ", the dog was a little bit lazy. ..."
+    // llama.cpp (docs/model.md): ", the dog was a little bit lazy. ..."
     assert!(text.starts_with(", the dog was a"), "{text}");
 }
 

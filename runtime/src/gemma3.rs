@@ -1,7 +1,7 @@
 //! Gemma 3 from a GGUF file, served by layer range.
 //!
 //! Mirrors the structure of candle-transformers' `quantized_gemma3.rs`, with the
-//! numbers fixed for the packaged model (see `../shared/MODEL.md`): GeGLU with the
+//! numbers fixed for the packaged model (see `docs/model.md`): GeGLU with the
 //! tanh GELU, per-head RMSNorm on q and k, NeoX (half-split) RoPE with base 10,000
 //! on sliding layers and the file's base on global ones, a key visible iff
 //! `0 <= pos_q - pos_k < window` on sliding layers, and the tied output head.

@@ -1,5 +1,5 @@
 //! The Gemma 3 model by layer range: splits agree with the whole model, and the
-//! packaged model agrees with llama.cpp's figures in MODEL.md.
+//! packaged model agrees with llama.cpp's figures in docs/model.md.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -118,7 +118,7 @@ fn packaged_model_matches_llama_cpp_figures() {
     let Some(path) = runtime::installed_packaged_model() else {
         return;
     };
-    // MODEL.md: llama.cpp's ids for "The quick brown fox jumps over the lazy dog. In the beginning".
+    // docs/model.md: llama.cpp's ids for "The quick brown fox jumps over the lazy dog. In the beginning".
     let prompt = [
         2u32, 818, 3823, 8864, 37423, 38167, 1024, 506, 31770, 4799, 236761, 799, 506, 6534,
     ];

@@ -1,7 +1,7 @@
 //! The runtime against llama.cpp, the outside oracle: `fixtures/llama_cpp.json`, written by
 //! `scripts/llama_cpp_fixture.py`. Skipped when the packaged model is not installed.
 //!
-//! Tolerances: llama.cpp quantizes activations and its logits move with the batch shape (MODEL.md),
+//! Tolerances: llama.cpp quantizes activations and its logits move with the batch shape (docs/model.md),
 //! so the comparison is: identical token ids (tokenizer: all 237 strings exactly); the same top-1
 //! where either side's top-1/top-2 margin is above 0.3; top-5 overlap of at least 4; |Δ log-sum-exp|
 //! ≤ 0.75 and |Δ log-prob of the chosen token| ≤ 0.4 (the measured honest spread is 0.59 and 0.27);
@@ -18,7 +18,7 @@ use runtime::tokenizer::Tokenizer;
 use serde_json::Value;
 
 /// Measured honest spread (whole model and splits, 4 prompts × up to 32 steps, 2 threads):
-/// max |Δ log-sum-exp| 0.59, max |Δ log-prob| 0.27; early positions differ most, as MODEL.md says.
+/// max |Δ log-sum-exp| 0.59, max |Δ log-prob| 0.27; early positions differ most, as docs/model.md says.
 const LSE_TOLERANCE: f64 = 0.75;
 const LOGPROB_TOLERANCE: f64 = 0.4;
 const NEAR_TIE: f64 = 0.3;

@@ -1,5 +1,5 @@
 //! Every 2-way and every 3-way layer split of a model gives the unsplit model's
-//! greedy tokens and its logits to within float rounding (issue 5, item 3):
+//! greedy tokens and its logits to within float rounding:
 //! all 17 + 136 splits of the packaged model's 18 layers (skipped when it is not
 //! installed), and all 6 + 15 splits of the tiny random-weight model (always).
 //!

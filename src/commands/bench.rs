@@ -46,7 +46,7 @@ use super::serve::{set_threads, tokio_runtime};
 use super::CliError;
 use crate::cli::{BenchCommand, BenchRuntimeArgs};
 
-/// The prompt of MODEL.md and of the llama.cpp fixture.
+/// The prompt of docs/model.md and of the llama.cpp fixture.
 pub const PROMPT: &str = "The quick brown fox jumps over the lazy dog. In the beginning";
 /// The llama.cpp driver, run with `--python` (on 2 threads, then on 1).
 const LLAMA_CPP_BENCH: &str = include_str!("../../scripts/llama_cpp_bench.py");
@@ -57,7 +57,7 @@ const COMPARE_THREADS: usize = 2;
 /// How long a node may take to answer one frame.
 const NODE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The targets.
+/// The targets each figure is held to (docs/runtime-bench.md).
 const TARGET_VS_LLAMA_CPP: f64 = 0.5;
 const TARGET_CHAIN_VS_SINGLE: f64 = 0.85;
 const TARGET_Q8_BYTES: f64 = 0.27;

@@ -134,26 +134,145 @@ impl RangeCheckInstructions for RangeCheckChip {
             || "range check",
             |mut region| {
                 let mut z = value.copy_advice(|| "z_0", &mut region, config.running, 0)?;
-                let limbs = (0..width.limbs)
-                    .map(|_| TABLE_BITS)
-                    .chain(width.small_top.then_some(SMALL_BITS));
-                for (row, bits) in limbs.enumerate() {
+                let shift_inv = Fp::from(1u64 << TABLE_BITS)
+                    .invert()
+                    .expect("2^16 is invertible");
+                let rows = width.limbs + usize::from(width.small_top);
+                for row in 0..rows {
                     config.q_limb.enable(&mut region, row)?;
-                    if bits == SMALL_BITS {
+                    if width.small_top && row + 1 == rows {
                         // The top limb is all of `z`: the next row checks `2^7 z`.
                         config.q_small.enable(&mut region, row + 1)?;
                     }
-                    let next: Value<Fp> = z.value().map(|&v| {
-                        let limb = Fp::from(low_bits(v, bits));
-                        (v - limb)
-                            * Fp::from(1u64 << bits)
-                                .invert()
-                                .expect("2^bits is invertible")
-                    });
+                    let next: Value<Fp> = z
+                        .value()
+                        .map(|&v| (v - Fp::from(low_bits(v, TABLE_BITS))) * shift_inv);
                     z = region.assign_advice(|| "z", config.running, row + 1, || next)?;
                 }
                 region.constrain_constant(z.cell(), Fp::zero())
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed_point::{FixedPoint, Temperature};
+    use crate::tables::Tables;
+    use halo2_proofs::{
+        circuit::SimpleFloorPlanner,
+        dev::{FailureLocation, MockProver, VerifyFailure},
+        plonk::Circuit,
+    };
+
+    /// One value range-checked at one width, the table loaded beside it.
+    #[derive(Clone)]
+    struct OneCheck {
+        value: u128,
+        width: Width,
+    }
+
+    impl Circuit<Fp> for OneCheck {
+        type Config = (RangeCheckConfig, TableConfig, Column<Advice>);
+        type FloorPlanner = SimpleFloorPlanner;
+
+        fn without_witnesses(&self) -> Self {
+            self.clone()
+        }
+
+        fn configure(meta: &mut ConstraintSystem<Fp>) -> Self::Config {
+            let constants = meta.fixed_column();
+            meta.enable_constant(constants);
+            let table = TableConfig::configure(meta);
+            let input = meta.advice_column();
+            meta.enable_equality(input);
+            let running = meta.advice_column();
+            (
+                RangeCheckChip::configure(meta, running, table),
+                table,
+                input,
+            )
+        }
+
+        fn synthesize(
+            &self,
+            (config, table, input): Self::Config,
+            mut layouter: impl Layouter<Fp>,
+        ) -> Result<(), Error> {
+            table.load(
+                &mut layouter,
+                &Tables::new(FixedPoint::default(), Temperature::ONE),
+            )?;
+            let cell = layouter.assign_region(
+                || "input",
+                |mut region| {
+                    region.assign_advice(
+                        || "v",
+                        input,
+                        0,
+                        || Value::known(Fp::from_u128(self.value)),
+                    )
+                },
+            )?;
+            RangeCheckChip::construct(config).range_check(
+                layouter.namespace(|| "check"),
+                &cell,
+                self.width,
+            )
+        }
+    }
+
+    fn run(value: u128, width: Width) -> Result<(), Vec<VerifyFailure>> {
+        MockProver::run(17, &OneCheck { value, width }, vec![])
+            .expect("synthesis")
+            .verify()
+    }
+
+    /// Region 0 is the table, 1 the input, 2 the check.
+    fn in_check(offset: usize) -> FailureLocation {
+        FailureLocation::InRegion {
+            region: (2, "range check").into(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn values_at_the_top_of_each_width_pass() {
+        for (value, width) in [
+            (0, Width::BITS_16),
+            ((1 << 16) - 1, Width::BITS_16),
+            ((1 << 25) - 1, Width::BITS_25),
+            ((1 << 48) - 1, Width::BITS_48),
+            (u64::MAX as u128, Width::BITS_64),
+        ] {
+            assert_eq!(run(value, width), Ok(()), "{value} in {width:?}");
+        }
+    }
+
+    #[test]
+    fn a_nine_bit_top_limb_of_512_fails_its_shifted_lookup() {
+        // 2^25 = 0 + 2^16 * 512: the top limb 512 is in 16 bits, its 2^7 multiple
+        // (65,536) is not, on the row after it.
+        assert_eq!(
+            run(1 << 25, Width::BITS_25),
+            Err(vec![VerifyFailure::Lookup {
+                lookup_index: 0,
+                location: in_check(2),
+            }])
+        );
+    }
+
+    #[test]
+    fn a_value_past_its_limbs_leaves_a_nonzero_running_sum() {
+        // 2^16 in one limb: the limb is 0 and the running sum ends at 1, not 0.
+        let failures = run(1 << 16, Width::BITS_16).unwrap_err();
+        assert!(
+            failures.iter().any(|f| matches!(
+                f,
+                VerifyFailure::Permutation { location, .. } if *location == in_check(1)
+            )),
+            "{failures:?}"
+        );
     }
 }
