@@ -129,7 +129,7 @@ impl CircuitShape {
             match CircuitShape::new(vocab, fixed_point, steps, lanes) {
                 Ok(shape) if shape.k() <= floor => return Ok(shape),
                 Ok(shape) => last = Some(shape),
-                Err(ShapeError::TooLarge(_)) => {}
+                Err(ShapeError::TooLarge(_) | ShapeError::EmptyLane { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -495,6 +495,16 @@ mod error_bound {
 }
 
 #[test]
+fn a_shape_that_leaves_a_lane_empty_is_refused() {
+    // V = 5 in 4 lanes: 2 rows each would leave the fourth without logits.
+    assert_eq!(
+        CircuitShape::new(5, FixedPoint::default(), 1, 4),
+        Err(crate::ShapeError::EmptyLane { vocab: 5, lanes: 4 })
+    );
+    assert!(CircuitShape::new(5, FixedPoint::default(), 1, 3).is_ok());
+}
+
+#[test]
 fn fitted_shapes_take_the_fewest_lanes_at_the_floor_k() {
     let fp = FixedPoint::default();
     for (vocab, steps, lanes) in [
