@@ -172,6 +172,17 @@ fn high_limb_lookup(lane: usize) -> usize {
 }
 /// The region of step 0's lanes: region 0 is the table.
 const STEP_0_LANES: usize = 1;
+
+/// Lookup `lookup_index` failing at `offset` of step 0's lanes.
+fn lane_lookup_failure(lookup_index: usize, offset: usize) -> VerifyFailure {
+    VerifyFailure::Lookup {
+        lookup_index,
+        location: FailureLocation::InRegion {
+            region: (STEP_0_LANES, "logit lanes").into(),
+            offset,
+        },
+    }
+}
 /// A negative value's running sum does not end at zero.
 const RANGE_REJECTED: &str = "permutation in range check";
 
@@ -236,20 +247,14 @@ fn greedy_rejects_a_token_below_the_maximum() {
 #[test]
 fn greedy_rejects_a_maximum_that_is_not_one() {
     // Claiming the token's own logit as the maximum makes larger logits negative
-    // distances, whose high limb the 9-bit lookup rejects, at the exact row.
+    // distances, whose high limb the 8-bit pair lookup rejects, at the exact row.
     let (shape, steps, instance) = cheat_token(Sampler::Greedy, 1, Some(0));
     let claimed = steps[0].max_logit;
     let larger = steps[0].logits.iter().position(|&z| z > claimed).unwrap();
     let (lane, row) = shape.logit_cell(0, larger);
     let failures = run(shape, steps, instance).unwrap_err();
     assert!(
-        failures.contains(&VerifyFailure::Lookup {
-            lookup_index: high_limb_lookup(lane),
-            location: FailureLocation::InRegion {
-                region: (STEP_0_LANES, "logit lanes").into(),
-                offset: row,
-            },
-        }),
+        failures.contains(&lane_lookup_failure(high_limb_lookup(lane), row)),
         "{failures:?}"
     );
 }
@@ -320,13 +325,7 @@ fn wrong_exponential_is_rejected() {
         let (lane, offset) = shape.logit_cell(0, index);
         let failures = run(shape, steps, instance).unwrap_err();
         assert!(
-            failures.contains(&VerifyFailure::Lookup {
-                lookup_index: exp_lookup(lane),
-                location: FailureLocation::InRegion {
-                    region: (STEP_0_LANES, "logit lanes").into(),
-                    offset,
-                },
-            }),
+            failures.contains(&lane_lookup_failure(exp_lookup(lane), offset)),
             "{failures:?}"
         );
     }
@@ -373,13 +372,7 @@ fn logits_that_are_not_the_lanes_distances_are_rejected() {
     let (lane, row) = shape.logit_cell(0, victim);
     assert_eq!(
         failures,
-        vec![VerifyFailure::Lookup {
-            lookup_index: high_limb_lookup(lane),
-            location: FailureLocation::InRegion {
-                region: (STEP_0_LANES, "logit lanes").into(),
-                offset: row,
-            },
-        }]
+        vec![lane_lookup_failure(high_limb_lookup(lane), row)]
     );
 }
 

@@ -192,11 +192,8 @@ impl StepWitness {
                 let (u_lo, u_hi) = ((u & lo_mask) as u64, u >> TABLE_BITS);
                 let t_lo = tables.exp[u_lo as usize];
                 let t_hi = tables.exp[u_lo as usize + (1 << TABLE_BITS)];
-                let e = match u_hi {
-                    0 => t_lo,
-                    1 => t_hi,
-                    _ => 0,
-                };
+                // The sampler's weight, so an honest token is always provable.
+                let e = u64::try_from(u).map_or(0, |u| tables.exp(u));
                 sum += e as u128;
                 if i == token as usize {
                     prefix_at_token = sum;
