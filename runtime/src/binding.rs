@@ -20,11 +20,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use circuits::fixed_point::Temperature;
-use circuits::{sample_token, FixedPoint, Sampler, Tables};
+use circuits::{sample_token, FixedPoint, Tables};
 use verifier::receipt::{self, Signature};
 
-use crate::transcript::{f32_bytes, sampling_r, u32_bytes, Records, Transcript, TranscriptSampler};
+use crate::transcript::{f32_bytes, u32_bytes, Records, Transcript};
 
 /// One check of the transcript itself.
 #[derive(Clone, Debug, Serialize)]
@@ -233,11 +232,7 @@ fn records_open_head(transcript: &Transcript, records: &Records) -> Vec<String> 
 fn tokens_follow(transcript: &Transcript, records: &Records) -> Result<Vec<String>, String> {
     let nonce = transcript.nonce()?;
     let fixed_point = FixedPoint::default();
-    let temperature = match transcript.sampler {
-        TranscriptSampler::Greedy {} => Temperature::ONE,
-        TranscriptSampler::Sample { temperature } => Temperature::new(temperature)?,
-    };
-    let tables = Tables::new(fixed_point, temperature);
+    let tables = Tables::new(fixed_point, transcript.temperature()?);
     let tokens: BTreeMap<u64, u32> = transcript
         .token_positions()
         .zip(transcript.tokens.iter().copied())
@@ -248,13 +243,7 @@ fn tokens_follow(transcript: &Transcript, records: &Records) -> Result<Vec<Strin
         .map(|p| format!("no record of the logits at position {p}"))
         .collect();
     for step in &records.steps {
-        let sampler = match transcript.sampler {
-            TranscriptSampler::Greedy {} => Sampler::Greedy,
-            TranscriptSampler::Sample { .. } => Sampler::Sample {
-                temperature,
-                r: sampling_r(&nonce, transcript.request_id, step.position),
-            },
-        };
+        let sampler = transcript.sampler_at(&nonce, step.position)?;
         let z = fixed_point.quantize_all(&step.logits);
         let picked = z
             .map_err(|e| e.to_string())

@@ -484,6 +484,26 @@ impl Transcript {
         Nonce::from_hex(&self.client_nonce)
     }
 
+    /// The temperature every token's softmax is at (1 for greedy decoding).
+    pub fn temperature(&self) -> Result<Temperature, String> {
+        match self.sampler {
+            TranscriptSampler::Greedy {} => Ok(Temperature::ONE),
+            TranscriptSampler::Sample { temperature } => Temperature::new(temperature),
+        }
+    }
+
+    /// The circuit's sampler of the token at `position`, with its `r` derived
+    /// from `nonce` (this transcript's, parsed once by the caller).
+    pub fn sampler_at(&self, nonce: &Nonce, position: u64) -> Result<Sampler, String> {
+        Ok(match self.sampler {
+            TranscriptSampler::Greedy {} => Sampler::Greedy,
+            TranscriptSampler::Sample { .. } => Sampler::Sample {
+                temperature: self.temperature()?,
+                r: sampling_r(nonce, self.request_id, position),
+            },
+        })
+    }
+
     /// The Fiat–Shamir digest that challenged positions are drawn from:
     /// blake3 over everything fixed by the end of generation except the
     /// records (whose logits the hops' output digests already bind), in a
@@ -596,13 +616,9 @@ impl Transcript {
         let mut steps = Vec::new();
         let mut logits = BTreeMap::new();
         for (position, &token) in self.token_positions().zip(&self.tokens) {
-            let sampler = match self.sampler {
-                TranscriptSampler::Greedy {} => Sampler::Greedy,
-                TranscriptSampler::Sample { temperature } => Sampler::Sample {
-                    temperature: Temperature::new(temperature).map_err(TranscriptError::Format)?,
-                    r: sampling_r(&nonce, self.request_id, position),
-                },
-            };
+            let sampler = self
+                .sampler_at(&nonce, position)
+                .map_err(TranscriptError::Format)?;
             let step = records.steps.iter().find(|s| s.position == position);
             if let Some(step) = step {
                 if step.token != token {
