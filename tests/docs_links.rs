@@ -1,6 +1,7 @@
-//! Every document the README, docs/ and the sources point at exists: markdown links
-//! (relative to the file that holds them) and `docs/NAME.md` mentions (relative to the
-//! repository root).
+//! Every document the README, docs/ and the sources point at exists inside the
+//! repository: markdown links (relative to the file that holds them) and every
+//! `NAME.md` mentioned (a path relative to the repository root or to the file, or a
+//! bare name some file of the repository has).
 
 use std::path::{Path, PathBuf};
 
@@ -37,23 +38,44 @@ fn markdown_links(text: &str) -> Vec<String> {
     links
 }
 
-/// Every `docs/NAME.md` mentioned in `text`.
-fn docs_mentions(text: &str) -> Vec<String> {
+/// Every `NAME.md` mentioned in `text`, with the path before it.
+fn md_mentions(text: &str) -> Vec<String> {
+    let is_path = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.');
     let mut mentions = Vec::new();
     let mut rest = text;
-    while let Some(at) = rest.find("docs/") {
-        let tail = &rest[at..];
-        let len = tail
+    while let Some(at) = rest.find(".md") {
+        let start = rest[..at]
             .char_indices()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.')))
-            .map_or(tail.len(), |(i, _)| i);
-        let name = tail[..len].trim_end_matches('.');
-        if name.ends_with(".md") {
+            .rev()
+            .find(|&(_, c)| !is_path(c))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let end = at + 3;
+        let next_is_path = rest[end..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let name = &rest[start..end];
+        // `*.md` and `.mdx` are not names of documents.
+        if !next_is_path && name.len() > ".md".len() {
             mentions.push(name.to_string());
         }
-        rest = &rest[at + 5..];
+        rest = &rest[end..];
     }
     mentions
+}
+
+/// Whether `mention`, found in `file`, names a file inside `root`.
+fn resolves(root: &Path, file: &Path, mention: &str, names: &[String]) -> bool {
+    if !mention.contains('/') {
+        return names.iter().any(|n| n == mention);
+    }
+    [root.join(mention), file.parent().unwrap().join(mention)]
+        .iter()
+        .any(|p| {
+            p.exists()
+                && p.canonicalize()
+                    .is_ok_and(|p| p.starts_with(root.canonicalize().unwrap()))
+        })
 }
 
 #[test]
@@ -63,6 +85,10 @@ fn every_referenced_document_exists() {
     files(&root, &[".md", ".rs", ".sh", ".toml"], &mut sources);
     // This file names documents only as examples for its scanners.
     sources.retain(|f| !f.ends_with("tests/docs_links.rs"));
+    let names: Vec<String> = sources
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
     let mut missing = Vec::new();
     for file in &sources {
         let text = std::fs::read_to_string(file).unwrap();
@@ -78,16 +104,10 @@ fn every_referenced_document_exists() {
                 }
             }
         }
-        for mention in docs_mentions(&text) {
-            if !root.join(&mention).exists() {
-                missing.push(format!("{shown}: mentions {mention}"));
-            }
-        }
-        // Documents that live outside the repository are not references a reader can follow.
-        for outside in ["DESIGN.md", "MODEL.md", "STYLE.md", "../shared/"] {
-            if text.contains(outside) {
+        for mention in md_mentions(&text) {
+            if !resolves(&root, file, &mention, &names) {
                 missing.push(format!(
-                    "{shown}: refers to {outside}, which is not in the repository"
+                    "{shown}: mentions {mention}, which is not in the repository"
                 ));
             }
         }
@@ -102,7 +122,23 @@ fn the_scanners_find_what_they_must() {
         ["docs/a.md#x", "https://x.y"]
     );
     assert_eq!(
-        docs_mentions("(docs/costs.md). and `docs/wire.md`, docs/ alone"),
-        ["docs/costs.md", "docs/wire.md"]
+        md_mentions("(docs/costs.md). and `README.md`, ../other/X.md, a.mdx, docs/ alone"),
+        ["docs/costs.md", "README.md", "../other/X.md"]
     );
+    assert!(md_mentions("`*.md`, docs/*.md").is_empty());
+    // A document that exists, but outside the repository, does not count.
+    let base = std::env::temp_dir().join(format!("zkinfer-docs-links-{}", std::process::id()));
+    std::fs::create_dir_all(base.join("repo/docs")).unwrap();
+    for file in ["repo/docs/a.md", "outside.md"] {
+        std::fs::write(base.join(file), "").unwrap();
+    }
+    let (repo, here) = (base.join("repo"), base.join("repo/docs/a.md"));
+    let names = ["a.md".to_string()];
+    assert!(resolves(&repo, &here, "a.md", &names));
+    assert!(resolves(&repo, &here, "docs/a.md", &names));
+    assert!(!resolves(&repo, &here, "b.md", &names));
+    assert!(!resolves(&repo, &here, "docs/b.md", &names));
+    assert!(base.join("outside.md").exists());
+    assert!(!resolves(&repo, &here, "../../outside.md", &names));
+    std::fs::remove_dir_all(&base).unwrap();
 }
