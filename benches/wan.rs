@@ -2,7 +2,7 @@
 //! model: `cargo bench --bench wan [-- --tokens N]`.
 //!
 //! Two shard nodes (layers 0..9 and 9..18) run in this process, each behind
-//! a `runtime::netem` link; the client reaches each node through its link
+//! a `harness::netem` link; the client reaches each node through its link
 //! (a star, as in the client-driven pipeline). Prints markdown tables:
 //!
 //! 1. greedy tokens/s, plain vs speculative decoding (prompt-lookup drafts
@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
-use runtime::client::Hop;
-use runtime::model::Model;
-use runtime::netem::{LinkSettings, WanProxy};
-use runtime::node::{serve, NodeConfig};
-use runtime::session::{Session, SessionConfig};
-use runtime::speculative::{generate_greedy, SpeculativeStats};
-use runtime::tokenizer::Tokenizer;
-use runtime::wire::{Encoding, Limits};
+use client::session::{Session, SessionConfig};
+use client::speculative::{generate_greedy, SpeculativeStats};
+use client::Hop;
+use harness::netem::{LinkSettings, WanProxy};
+use models::tokenizer::Tokenizer;
+use models::Model;
+use node::{serve, NodeConfig};
+use wire::{Encoding, Limits};
 
 /// Code repeats itself, which is where prompt lookup drafts well.
 const PROMPT: &str = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef div(a, b):\n";
@@ -39,20 +39,20 @@ struct Setup {
     runtime: tokio::runtime::Runtime,
     proxies: Vec<WanProxy>,
     hops: Vec<Hop>,
-    id: runtime::model_id::ModelId,
+    id: models::model_id::ModelId,
     layers: usize,
     hidden: usize,
     prompt: Vec<u32>,
 }
 
 fn setup() -> Result<Setup, Error> {
-    let path = runtime::installed_packaged_model()
+    let path = models::installed_packaged_model()
         .ok_or("the packaged model is not installed: run `bash scripts/setup.sh`")?;
     let mut reader = std::io::BufReader::new(std::fs::File::open(&path)?);
     let content = gguf_file::Content::read(&mut reader)?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let shape = Model::shape_of(&content)?;
-    let id = runtime::model_id::model_id(&content, &mut reader)?;
+    let id = models::model_id::model_id(&content, &mut reader)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,7 +65,7 @@ fn setup() -> Result<Setup, Error> {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;
         let config = NodeConfig {
-            audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+            audit_window: node::DEFAULT_AUDIT_WINDOW,
             fault: None,
             model_id: id,
             layers: layers.clone(),

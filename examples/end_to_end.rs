@@ -20,25 +20,25 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use audit::fraud::{Replayer, Verdict as AuditVerdict};
+use audit::AuditOptions;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use circuits::{CircuitShape, FixedPoint};
-use runtime::audit::AuditOptions;
-use runtime::client::Hop;
-use runtime::fraud::{Replayer, Verdict as AuditVerdict};
-use runtime::generation::{
+use client::generation::{
     generate, Backend, Generation, GenerationOptions, ModelInfo, Observer, Prompt,
 };
-use runtime::model::Model;
-use runtime::node::{serve, NodeConfig};
-use runtime::proving::{ProofService, ProvingConfig};
-use runtime::session::SessionConfig;
-use runtime::tokenizer::Tokenizer;
-use runtime::transcript::{Nonce, ProvingPolicy};
-use runtime::wire::{Encoding, Limits};
+use client::session::SessionConfig;
+use client::Hop;
+use models::tokenizer::Tokenizer;
+use models::Model;
+use node::proving::{ProofService, ProvingConfig};
+use node::{serve, NodeConfig};
+use transcript::{Nonce, ProvingPolicy};
 use verifier::answer::{check_answer, open_proofs, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
+use wire::{Encoding, Limits};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -136,13 +136,13 @@ impl Observer for Console {
 
 fn main() -> Result<(), Error> {
     let options = options()?;
-    let path = runtime::installed_packaged_model()
+    let path = models::installed_packaged_model()
         .ok_or("the packaged model is not installed: run `bash scripts/setup.sh` first")?;
     let mut reader = std::io::BufReader::new(std::fs::File::open(&path)?);
     let content = gguf_file::Content::read(&mut reader)?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let shape = Model::shape_of(&content)?;
-    let id = runtime::model_id::model_id(&content, &mut reader)?;
+    let id = models::model_id::model_id(&content, &mut reader)?;
     let split = shape.layers / 2;
     let circuit = match options.lanes {
         Some(lanes) => CircuitShape::new(shape.vocab, FixedPoint::default(), 1, lanes)?,
@@ -275,7 +275,7 @@ fn main() -> Result<(), Error> {
     answer.problems.extend(expected.problems);
     // What the transcript binds by itself: signatures, tokens, the head's logits.
     let receipts = proven.transcript.receipts()?;
-    let checks = runtime::binding::check(&proven.transcript, &options.out);
+    let checks = transcript::binding::check(&proven.transcript, &options.out);
     answer.problems.extend(
         checks
             .iter()
@@ -289,7 +289,7 @@ fn main() -> Result<(), Error> {
     // this machine, asking the (still running) nodes what they signed.
     let audit_start = Instant::now();
     let mut replayer = Replayer::open(&path, Device::Cpu)?;
-    let audit = nodes.block_on(runtime::audit::audit(
+    let audit = nodes.block_on(audit::audit(
         &proven.transcript,
         &options.out,
         &mut replayer,

@@ -270,7 +270,7 @@ pub struct ServeArgs {
     pub key: Option<PathBuf>,
     /// Seconds a signing node keeps what it computed for a request (the hidden states at every
     /// layer) after its last use, so that `zkinfer audit` can re-execute and bisect its hops.
-    #[arg(long, default_value_t = runtime::node::DEFAULT_AUDIT_WINDOW.as_secs(), value_name = "S", requires = "key")]
+    #[arg(long, default_value_t = node::DEFAULT_AUDIT_WINDOW.as_secs(), value_name = "S", requires = "key")]
     pub audit_window: u64,
     /// Prove tokens alongside inference when clients ask (`generate --prove`): this node must
     /// serve the last layers. Keys are built at start-up (minutes for a large vocabulary, with
@@ -525,10 +525,10 @@ pub struct VerifyArgs {
 
 /// The proofs `verify --transcript` requires (`None`: none).
 #[derive(Clone, Copy, Debug)]
-pub struct RequiredProofs(pub Option<runtime::transcript::ProvingPolicy>);
+pub struct RequiredProofs(pub Option<transcript::ProvingPolicy>);
 
 fn parse_required(text: &str) -> Result<RequiredProofs, String> {
-    runtime::transcript::ProvingPolicy::parse_required(text).map(RequiredProofs)
+    transcript::ProvingPolicy::parse_required(text).map(RequiredProofs)
 }
 
 #[derive(Debug, Args)]

@@ -78,7 +78,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
 }
 
 /// Reads a fraud proof written by `zkinfer audit`.
-pub fn read_fraud_proof(path: &Path) -> Result<runtime::fraud::FraudProof, CliError> {
+pub fn read_fraud_proof(path: &Path) -> Result<::audit::fraud::FraudProof, CliError> {
     input::read_json(path, "fraud proof")
 }
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use runtime::cheats::{Cheat, LiveChain, Models, Run};
+use harness::cheats::{Cheat, LiveChain, Models, Run};
 use serde_json::Value;
 
 fn scratch() -> PathBuf {

@@ -486,8 +486,8 @@ fn generate_over_serve_nodes_prints_the_single_process_text() {
     let dir = scratch().join("nodes");
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("tiny.gguf");
-    let config = runtime::testing::tiny_gemma3_config();
-    runtime::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
+    let config = models::testing::tiny_gemma3_config();
+    models::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
     let model_arg = model.to_str().unwrap();
     let generate = |extra: &[&str]| {
         let mut args = vec![
@@ -601,8 +601,8 @@ fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
     let dir = scratch().join("bench");
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("tiny.gguf");
-    let config = runtime::testing::tiny_gemma3_config();
-    runtime::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
+    let config = models::testing::tiny_gemma3_config();
+    models::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
     let o = zkinfer(&[
         "bench",
         "runtime",

@@ -18,8 +18,8 @@ fn tiny_model(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("zkinfer-conformance-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join(name);
-    let config = runtime::testing::tiny_gemma3_config();
-    runtime::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
+    let config = models::testing::tiny_gemma3_config();
+    models::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
     model
 }
 

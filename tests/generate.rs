@@ -116,7 +116,7 @@ fn transcripts_hold_the_generation_and_provable_records_inline_or_binary() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let text = std::fs::read_to_string(path).unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let transcript: runtime::transcript::Transcript = serde_json::from_str(&text).unwrap();
+        let transcript: transcript::Transcript = serde_json::from_str(&text).unwrap();
         (value, transcript)
     };
 
@@ -126,7 +126,7 @@ fn transcripts_hold_the_generation_and_provable_records_inline_or_binary() {
     assert_eq!(value["prompt"], "Once upon a time");
     assert_eq!(value["sampler"]["sample"]["temperature"], 0.9);
     // --seed fixes the nonce and request id that r is derived from.
-    let nonce = runtime::transcript::Nonce::from_seed(7);
+    let nonce = transcript::Nonce::from_seed(7);
     assert_eq!(value["client_nonce"], nonce.to_hex());
     assert_eq!(value["request_id"], nonce.request_id());
     assert!(value["proving"].is_null());

@@ -15,20 +15,20 @@ use std::time::Duration;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use circuits::{CircuitShape, FixedPoint};
-use runtime::client::Hop;
-use runtime::generation::{generate, Backend, GenerationOptions, ModelInfo, Prompt, Quiet};
-use runtime::model::Model;
-use runtime::model_id::{model_id, ModelId};
-use runtime::node::{serve, NodeConfig};
-use runtime::proving::{ProofService, ProvingConfig};
-use runtime::session::SessionConfig;
-use runtime::testing::{tiny_gemma3_config, write_random_gemma3};
-use runtime::transcript::{Nonce, ProvingPolicy, Transcript};
-use runtime::wire::{Encoding, Limits};
+use client::generation::{generate, Backend, GenerationOptions, ModelInfo, Prompt, Quiet};
+use client::session::SessionConfig;
+use client::Hop;
+use models::model_id::{model_id, ModelId};
+use models::testing::{tiny_gemma3_config, write_random_gemma3};
+use models::Model;
+use node::proving::{ProofService, ProvingConfig};
+use node::{serve, NodeConfig};
 use serde_json::Value;
+use transcript::{Nonce, ProvingPolicy, Transcript};
 use verifier::answer::{check_answer, open_proofs, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
+use wire::{Encoding, Limits};
 
 const SPLIT: usize = 4;
 const TOKENS: usize = 6;
@@ -75,7 +75,7 @@ fn start_nodes(path: &Path, shape: CircuitShape) -> (tokio::runtime::Runtime, Ve
         // Each node signs its hops' receipts with a key of its own.
         let signer = SecretKey::from_seed(&[range.start as u8 + 1; 32]).map(Arc::new);
         let config = NodeConfig {
-            audit_window: runtime::node::DEFAULT_AUDIT_WINDOW,
+            audit_window: node::DEFAULT_AUDIT_WINDOW,
             fault: None,
             model_id,
             layers: range.clone(),
@@ -242,7 +242,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     let mut swapped = transcript.clone();
     let index = (unproven - swapped.prompt_tokens.len() as u64) as usize;
     swapped.tokens[index] = (swapped.tokens[index] + 1) % config.vocab as u32;
-    if let runtime::transcript::RecordsRef::Inline(records) = &mut swapped.records {
+    if let transcript::RecordsRef::Inline(records) = &mut swapped.records {
         for step in records.steps.iter_mut().filter(|s| s.position == unproven) {
             step.token = swapped.tokens[index];
         }
@@ -270,7 +270,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     );
     // (c) One logit of an unproven record.
     let mut relogited = transcript.clone();
-    if let runtime::transcript::RecordsRef::Inline(records) = &mut relogited.records {
+    if let transcript::RecordsRef::Inline(records) = &mut relogited.records {
         let step = records
             .steps
             .iter_mut()
@@ -344,7 +344,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
 
     // Other logits in the records: the proofs commit to the node's.
     let mut relogited = transcript.clone();
-    if let runtime::transcript::RecordsRef::Inline(records) = &mut relogited.records {
+    if let transcript::RecordsRef::Inline(records) = &mut relogited.records {
         let step = records
             .steps
             .iter_mut()

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use halo2_proofs::{pasta::EqAffine, poly::commitment::Params};
-use runtime::binding;
-use runtime::transcript::{self, Transcript};
+use transcript::binding;
+use transcript::{self, Transcript};
 use verifier::answer::{check_answer, open_proofs, Verdict};
 use verifier::{Bundle, Report};
 

@@ -1,5 +1,5 @@
 //! `zkinfer audit`: re-execute a transcript's hops against its nodes
-//! (`runtime::audit`), or run the cheat suite (`runtime::cheats`).
+//! (`audit`), or run the cheat suite (`harness::cheats`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,9 +11,9 @@ use rand::rngs::SysRng;
 use rand_core::TryRng;
 use serde_json::json;
 
-use runtime::audit::{audit, AuditOptions, AuditReport};
-use runtime::cheats::{run_suite, SuiteOptions};
-use runtime::fraud::{FraudProof, Replayer, Verdict};
+use audit::fraud::{FraudProof, Replayer, Verdict};
+use audit::{audit, AuditOptions, AuditReport};
+use harness::cheats::{run_suite, SuiteOptions};
 
 use super::answer::read_transcript;
 use super::model::packaged_model_path;

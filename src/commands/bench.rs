@@ -33,13 +33,13 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use runtime::client::Hop;
-use runtime::generate::Generator;
-use runtime::model::{Model, ModelShape};
-use runtime::model_id::ModelId;
-use runtime::session::{Session, SessionConfig};
-use runtime::tokenizer::Tokenizer;
-use runtime::wire::Encoding;
+use client::session::{Session, SessionConfig};
+use client::Hop;
+use models::generate::Generator;
+use models::model_id::ModelId;
+use models::tokenizer::Tokenizer;
+use models::{Model, ModelShape};
+use wire::Encoding;
 
 use super::model::{open_gguf, packaged_model_path};
 use super::serve::{set_threads, tokio_runtime};
@@ -803,7 +803,7 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
             shape.layers
         )));
     }
-    let id = runtime::model_id::model_id(&content, &mut reader)
+    let id = models::model_id::model_id(&content, &mut reader)
         .map_err(|e| CliError::unreadable(format!("{}: {e}", model.display())))?;
     drop(reader);
     let dir = std::env::temp_dir().join(format!("zkinfer-bench-{}", std::process::id()));

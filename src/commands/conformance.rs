@@ -15,7 +15,7 @@
 //!   re-executing a node's exit step recomputes.
 //!
 //! Each is scored with the auditor's own rule and constants
-//! ([`runtime::fraud::compare`], [`HIDDEN`], [`LOGITS`]: a score up to 1
+//! ([`audit::fraud::compare`], [`HIDDEN`], [`LOGITS`]: a score up to 1
 //! accepts), so the report says directly whether honest candidates pass.
 //!
 //! The candidate runs in a child process: candle sizes its CPU thread pool
@@ -30,10 +30,10 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use runtime::fraud::{compare, Comparison, Tolerance, HIDDEN, LOGITS};
-use runtime::model::{Cache, Model};
-use runtime::node::greedy_token;
-use runtime::tokenizer::Tokenizer;
+use audit::fraud::{compare, Comparison, Tolerance, HIDDEN, LOGITS};
+use models::tokenizer::Tokenizer;
+use models::{Cache, Model};
+use node::greedy_token;
 
 use super::bench::command;
 use super::model::{open_gguf, packaged_model_path};
@@ -229,7 +229,7 @@ pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
         }
         println!();
         println!(
-            "audit tolerances (runtime::fraud: score = max |Δ| / (atol + rtol·|x|), up to 1 accepts;"
+            "audit tolerances (audit::fraud: score = max |Δ| / (atol + rtol·|x|), up to 1 accepts;"
         );
         println!(
             "recommended: scaled so that the worst score is 1/{SAFETY_FACTOR}, atol at least {ATOL_FLOOR:.2e}):"
@@ -268,7 +268,7 @@ enum Forcing<'a> {
 
 /// Prefills `prompt`, then feeds one token per forward; returns per row the
 /// logits, the final hidden state and the greedy token.
-fn decode(model: &Model, prompt: &[u32], forcing: Forcing) -> runtime::Result<Rows> {
+fn decode(model: &Model, prompt: &[u32], forcing: Forcing) -> models::Result<Rows> {
     let rows = match forcing {
         Forcing::Greedy(n) => n,
         Forcing::Tokens(tokens) => tokens.len(),
@@ -299,7 +299,7 @@ fn decode(model: &Model, prompt: &[u32], forcing: Forcing) -> runtime::Result<Ro
 }
 
 /// The candidate's head on the reference's hidden states `rows × d`: `rows × V`.
-fn head_on(model: &Model, hidden: &[f32]) -> runtime::Result<Vec<f32>> {
+fn head_on(model: &Model, hidden: &[f32]) -> models::Result<Vec<f32>> {
     let d = model.hidden_size();
     let rows = hidden.len() / d;
     let x = Tensor::from_slice(hidden, (1, rows, d), model.device())?;
@@ -491,7 +491,7 @@ fn failed(path: &Path, e: impl std::fmt::Display) -> CliError {
     CliError::failed(format!("{}: {e}", path.display()))
 }
 
-fn model_error(e: runtime::ModelError) -> CliError {
+fn model_error(e: models::ModelError) -> CliError {
     CliError::failed(e.to_string())
 }
 

@@ -1,5 +1,5 @@
 //! `zkinfer generate`: generation in this process or on a chain of nodes
-//! (`runtime::generation`), with records, transcripts and proofs written out.
+//! (`client::generation`), with records, transcripts and proofs written out.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -7,16 +7,16 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use runtime::client::Hop;
-use runtime::generate::Generator;
-use runtime::generation::{
+use client::generation::{
     generate, Backend, GenerationOptions, ModelInfo, Observer, Prompt, ProofOutcome,
 };
-use runtime::model::Model;
-use runtime::session::SessionConfig;
-use runtime::tokenizer::Tokenizer;
-use runtime::transcript::{self, Nonce, ProvingPolicy, Records, RecordsRef, Transcript};
-use runtime::wire::Encoding;
+use client::session::SessionConfig;
+use client::Hop;
+use models::generate::Generator;
+use models::tokenizer::Tokenizer;
+use models::Model;
+use transcript::{self, Nonce, ProvingPolicy, Records, RecordsRef, Transcript};
+use wire::Encoding;
 
 use super::model::open_gguf;
 use super::serve::set_threads;
@@ -108,7 +108,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let config = Model::shape_of(&content).map_err(|e| CliError::failed(e.to_string()))?;
     let model_id = if args.transcript.is_some() || args.nodes.is_some() {
         Some(
-            runtime::model_id::model_id(&content, &mut reader)
+            models::model_id::model_id(&content, &mut reader)
                 .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?,
         )
     } else {
@@ -147,7 +147,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         let stops: Vec<u32> = tokenizer.stop_tokens();
         let mut decoder = tokenizer.stream_decoder();
         let start = std::time::Instant::now();
-        let result = runtime.block_on(runtime::speculative::generate_greedy(
+        let result = runtime.block_on(client::speculative::generate_greedy(
             session,
             &prompt,
             args.max_tokens,

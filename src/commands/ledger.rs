@@ -13,7 +13,7 @@ use ::ledger::{Ledger, LedgerError, Params, ResultId, ResultState};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use runtime::fraud::FraudProof;
+use audit::fraud::FraudProof;
 
 use super::CliError;
 

@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use candle_core::quantized::gguf_file;
 use serde_json::json;
 
-use runtime::gemma3::Config;
+use models::gemma3::Config;
 
 use super::CliError;
 use crate::cli::ModelCommand;
 
-pub use runtime::packaged_model_path;
+pub use models::packaged_model_path;
 
 pub fn run(command: ModelCommand) -> Result<ExitCode, CliError> {
     match command {
@@ -34,7 +34,7 @@ pub fn run(command: ModelCommand) -> Result<ExitCode, CliError> {
 
 fn info(path: &Path, as_json: bool) -> Result<ExitCode, CliError> {
     let (content, mut reader) = open_gguf(path)?;
-    let id = runtime::model_id::model_id(&content, &mut reader)
+    let id = models::model_id::model_id(&content, &mut reader)
         .map_err(|e| CliError::unreadable(e.to_string()))?;
     let config = Config::from_gguf(&content).map_err(|e| CliError::failed(e.to_string()))?;
     let mut types: std::collections::BTreeMap<String, usize> = Default::default();

@@ -1,4 +1,4 @@
-//! `zkinfer serve`: serve a layer range of a model over TCP (see `runtime::node`).
+//! `zkinfer serve`: serve a layer range of a model over TCP (see `node`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use candle_core::Device;
 
-use runtime::model::Model;
-use runtime::model_id::ModelId;
-use runtime::node::{serve, NodeConfig};
-use runtime::proving::{ProofService, ProvingConfig};
-use runtime::wire::Limits;
+use models::model_id::ModelId;
+use models::Model;
+use node::proving::{ProofService, ProvingConfig};
+use node::{serve, NodeConfig};
+use wire::Limits;
 
 use super::model::{open_gguf, packaged_model_path};
 use super::CliError;
@@ -127,7 +127,7 @@ fn load_shard(
     device: &Device,
 ) -> Result<(ModelId, Model), CliError> {
     let (content, mut reader) = open_gguf(path)?;
-    let id = runtime::model_id::model_id(&content, &mut reader)
+    let id = models::model_id::model_id(&content, &mut reader)
         .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
     let model = Model::from_gguf(&content, &mut reader, device, layers)
         .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;

@@ -10,10 +10,10 @@ use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::Tensor;
 use serde_json::json;
 
-use runtime::gemma3::Cache;
-use runtime::model::Model;
-use runtime::node::greedy_token;
-use runtime::testing::{llama_1b_config, llama_parameters, random_llama_gguf};
+use models::gemma3::Cache;
+use models::testing::{llama_1b_config, llama_parameters, random_llama_gguf};
+use models::Model;
+use node::greedy_token;
 
 use super::cost::peak_memory_mib;
 use super::model::{open_gguf, packaged_model_path};
@@ -118,9 +118,9 @@ fn decode(
     model: &Model,
     prompt: &[u32],
     tokens: usize,
-) -> runtime::Result<(Duration, Vec<Duration>)> {
+) -> models::Result<(Duration, Vec<Duration>)> {
     let mut cache = Cache::new();
-    let last_token = |logits: &Tensor| -> runtime::Result<u32> {
+    let last_token = |logits: &Tensor| -> models::Result<u32> {
         let seq = logits.dim(1)?;
         greedy_token(
             &logits
@@ -143,6 +143,6 @@ fn decode(
     Ok((prefill, latencies))
 }
 
-fn model_error(e: runtime::ModelError) -> CliError {
+fn model_error(e: models::ModelError) -> CliError {
     CliError::failed(format!("the model: {e}"))
 }

@@ -1,0 +1,433 @@
+//! One generation from prompt to transcript: tokens chosen with the circuit's
+//! own sampler, streamed as they come, hop digests and decode records kept,
+//! and (on a chain whose head node proves) proofs asked for and collected.
+//!
+//! Tokens are chosen by `circuits::sample_token` over the logits quantized to
+//! the proof's fixed point: the same integer arithmetic the circuit checks,
+//! so every token can be proven from the records kept here.
+
+use std::time::{Duration, Instant};
+
+use circuits::{fixed_point::Temperature, sample_token, FixedPoint, Sampler, Tables};
+use verifier::bundle::Bundle;
+
+use crate::proofs::{ProofCollector, POLL_INTERVAL};
+use crate::session::{Session, SessionConfig};
+use crate::{ClientError, Hop};
+use models::generate::Generator;
+use models::model_id::ModelId;
+use models::tokenizer::Tokenizer;
+use transcript::{
+    self, HopRecord, Nonce, ProvingPolicy, Records, RecordsRef, Step, StepSampler, Transcript,
+    TranscriptSampler,
+};
+use wire::{ProveSampler, ProveStep};
+
+/// Where the model runs: in this process, or on a chain of nodes.
+pub enum Backend<'a> {
+    Local(Generator<'a>),
+    Remote {
+        runtime: tokio::runtime::Runtime,
+        session: Box<Session>,
+    },
+}
+
+/// What a generation reports as it goes.
+pub trait Observer {
+    /// A piece of generated text.
+    fn text(&mut self, _piece: &str) {}
+    /// A routing event (failover, reroute, route), one line.
+    fn event(&mut self, _line: &str) {}
+    /// Generation is over (proofs may still be coming): `tokens` in `elapsed`.
+    fn generated(&mut self, _tokens: usize, _elapsed: Duration) {}
+    /// Proof progress: steps proven and asked for so far.
+    fn proofs(&mut self, _proven: usize, _asked: usize) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// How to generate.
+#[derive(Clone, Debug)]
+pub struct GenerationOptions {
+    pub max_tokens: usize,
+    /// `None`: greedy.
+    pub temperature: Option<f64>,
+    /// Fixes `r` of every sampled token with `request_id`
+    /// ([`transcript::sampling_r`]).
+    pub nonce: Nonce,
+    pub request_id: u64,
+    /// Tokens that end the generation (they are kept as its last token).
+    pub stops: Vec<u32>,
+    /// Ask the head node for proofs (remote only).
+    pub proving: Option<ProvingPolicy>,
+}
+
+/// A finished generation.
+pub struct Generation {
+    /// The transcript, with its decode records inline.
+    pub transcript: Transcript,
+    pub prompt_time: Duration,
+    /// From the first token's sampling to the last token's.
+    pub generation_time: Duration,
+    /// Proofs, when asked for.
+    pub proofs: Option<ProofOutcome>,
+}
+
+/// The proofs a generation collected.
+pub struct ProofOutcome {
+    /// Positions asked for.
+    pub asked: Vec<u64>,
+    /// All proofs that came back, merged.
+    pub bundle: Option<Bundle>,
+    /// Positions the node could not prove, and why.
+    pub failures: Vec<(u64, String)>,
+    /// From the end of generation until the last proof came back.
+    pub wait: Duration,
+}
+
+/// Why a generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    #[error("{0}")]
+    Model(#[from] models::ModelError),
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("position {position}: {message}")]
+    Sampling { position: u64, message: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("proofs: {0}")]
+    Proofs(String),
+    #[error("receipts: {0}")]
+    Receipts(String),
+}
+
+impl<'a> Backend<'a> {
+    /// Measures `candidates`, connects the cheapest chain over `layers`
+    /// layers; the session fails over and reroutes on its own.
+    pub fn remote(
+        candidates: Vec<Hop>,
+        layers: usize,
+        model_id: ModelId,
+        config: SessionConfig,
+    ) -> Result<Backend<'a>, GenerationError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| GenerationError::Usage(format!("starting tokio: {e}")))?;
+        // Chain request ids only need to be unique among this client's
+        // requests on a node: the time and process id will do.
+        let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+        let hash = blake3::hash(seed.as_bytes());
+        let first = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+        let session = runtime.block_on(Session::connect(
+            candidates, layers, model_id, config, first,
+        ))?;
+        Ok(Backend::Remote {
+            runtime,
+            session: Box::new(session),
+        })
+    }
+
+    /// Positions fed so far.
+    pub fn position(&self) -> u64 {
+        match self {
+            Backend::Local(g) => g.position() as u64,
+            Backend::Remote { session, .. } => session.position(),
+        }
+    }
+
+    /// Feeds tokens; returns the logits of the last one (remote logits are
+    /// final: failover happens inside) and appends the forward's hop digests.
+    fn feed(
+        &mut self,
+        tokens: &[u32],
+        layers: usize,
+        hops: &mut Vec<HopRecord>,
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<f32>, GenerationError> {
+        let position = self.position();
+        match self {
+            Backend::Local(g) => {
+                let logits = g.feed(tokens)?;
+                hops.push(HopRecord::local(position, layers, tokens, &logits));
+                Ok(logits)
+            }
+            Backend::Remote { runtime, session } => {
+                let result = runtime.block_on(session.feed(tokens));
+                report_events(session, observer);
+                let logits = result?;
+                hops.extend(
+                    session
+                        .last_hops()
+                        .iter()
+                        .map(|d| HopRecord::remote(position, d)),
+                );
+                Ok(logits)
+            }
+        }
+    }
+
+    /// Asks the head node to prove `steps` (plus any orphaned by a chain
+    /// change) and takes in what it has finished.
+    fn prove(
+        &mut self,
+        steps: &[ProveStep],
+        collector: &mut ProofCollector,
+        observer: &mut dyn Observer,
+    ) -> Result<(), GenerationError> {
+        let Backend::Remote { runtime, session } = self else {
+            return Err(GenerationError::Usage(
+                "proofs alongside inference need a chain of nodes (--nodes) whose head node proves; \
+                 for single-process generation prove the records with `zkinfer prove`"
+                    .into(),
+            ));
+        };
+        let mut ask = steps.to_vec();
+        ask.extend(collector.orphaned(session.request_id()));
+        let result = runtime.block_on(session.prove(&ask));
+        report_events(session, observer);
+        let (request, reply) = result?;
+        collector.asked(request, &ask);
+        collector.absorb(reply).map_err(GenerationError::Proofs)
+    }
+
+    /// Frees the request's caches on the nodes (best effort).
+    fn finish(&mut self) {
+        if let Backend::Remote { runtime, session } = self {
+            runtime.block_on(session.end());
+        }
+    }
+
+    /// Failover and reroute counts (zero locally).
+    pub fn stats(&self) -> crate::session::SessionStats {
+        match self {
+            Backend::Local(_) => Default::default(),
+            Backend::Remote { session, .. } => session.stats(),
+        }
+    }
+}
+
+fn report_events(session: &mut Session, observer: &mut dyn Observer) {
+    for event in session.take_events() {
+        observer.event(&event.to_string());
+    }
+}
+
+/// The prompt: its text (for the transcript) and its tokens.
+pub struct Prompt {
+    pub text: String,
+    pub tokens: Vec<u32>,
+}
+
+impl Prompt {
+    /// `text` encoded with a BOS token first.
+    pub fn encode(tokenizer: &Tokenizer, text: &str) -> Prompt {
+        Prompt {
+            text: text.to_string(),
+            tokens: tokenizer.encode(text, true),
+        }
+    }
+}
+
+/// What the model is: its id (for the transcript), layer count and vocabulary.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelInfo {
+    pub id: Option<ModelId>,
+    pub layers: usize,
+    pub vocab: usize,
+}
+
+/// Generates after `prompt` and returns the transcript; with proving, waits
+/// until every asked step is proven or failed. Text is streamed to the
+/// observer when a tokenizer is given.
+pub fn generate(
+    backend: &mut Backend<'_>,
+    model: ModelInfo,
+    tokenizer: Option<&Tokenizer>,
+    prompt: Prompt,
+    options: &GenerationOptions,
+    observer: &mut dyn Observer,
+) -> Result<Generation, GenerationError> {
+    let layers = model.layers;
+    let fixed_point = FixedPoint::default();
+    let exact_temperature = options
+        .temperature
+        .map(Temperature::new)
+        .transpose()
+        .map_err(GenerationError::Usage)?;
+    let tables = Tables::new(fixed_point, exact_temperature.unwrap_or(Temperature::ONE));
+    let mut collector = options.proving.map(|_| ProofCollector::default());
+
+    let prompt_tokens = prompt.tokens;
+    let mut hops = Vec::new();
+    let start = Instant::now();
+    let mut logits = backend.feed(&prompt_tokens, layers, &mut hops, observer)?;
+    let prompt_time = start.elapsed();
+    let mut decoder = tokenizer.map(Tokenizer::stream_decoder);
+    let mut steps = Vec::new();
+    let start = Instant::now();
+    for _ in 0..options.max_tokens {
+        let position = backend.position();
+        let z = fixed_point
+            .quantize_all(&logits)
+            .map_err(|e| GenerationError::Sampling {
+                position,
+                message: e.to_string(),
+            })?;
+        let (sampler, step_sampler, prove_sampler) = match (exact_temperature, options.temperature)
+        {
+            (Some(exact), Some(temperature)) => {
+                let r = transcript::sampling_r(&options.nonce, options.request_id, position);
+                (
+                    Sampler::Sample {
+                        temperature: exact,
+                        r,
+                    },
+                    StepSampler::Sample {
+                        temperature,
+                        r: r.to_string(),
+                    },
+                    ProveSampler::Sample { temperature, r },
+                )
+            }
+            _ => (
+                Sampler::Greedy,
+                StepSampler::Greedy {},
+                ProveSampler::Greedy,
+            ),
+        };
+        let token = sample_token(&tables, &z, sampler).map_err(|e| GenerationError::Sampling {
+            position,
+            message: e.to_string(),
+        })?;
+        if let (Some(collector), Some(ProvingPolicy::All)) = (&mut collector, options.proving) {
+            let step = ProveStep {
+                position,
+                token,
+                sampler: prove_sampler,
+            };
+            backend.prove(&[step], collector, observer)?;
+            observer.proofs(collector.proven(), steps.len() + 1);
+        }
+        steps.push(Step {
+            position,
+            logits: std::mem::take(&mut logits),
+            token,
+            sampler: step_sampler,
+        });
+        if options.stops.contains(&token) {
+            break;
+        }
+        if let Some(decoder) = &mut decoder {
+            observer.text(&decoder.push(token));
+        }
+        logits = backend.feed(&[token], layers, &mut hops, observer)?;
+    }
+    if let Some(mut decoder) = decoder {
+        observer.text(&decoder.finish());
+    }
+    let generation_time = start.elapsed();
+    observer.generated(steps.len(), generation_time);
+
+    let mut transcript = Transcript {
+        version: transcript::VERSION,
+        model_id: model.id.map(|id| id.to_string()).unwrap_or_default(),
+        prompt: prompt.text,
+        prompt_tokens,
+        sampler: match options.temperature {
+            None => TranscriptSampler::Greedy {},
+            Some(temperature) => TranscriptSampler::Sample { temperature },
+        },
+        client_nonce: options.nonce.to_hex(),
+        request_id: options.request_id,
+        tokens: steps.iter().map(|s| s.token).collect(),
+        hops,
+        records: RecordsRef::Inline(Records {
+            vocab: model.vocab,
+            steps,
+        }),
+        proving: options.proving,
+        receipts_signature: None,
+    };
+    transcript.receipts_signature = transcript
+        .aggregate_receipts()
+        .map_err(GenerationError::Receipts)?;
+    let proofs = match collector {
+        Some(mut collector) => {
+            let outcome = collect_proofs(backend, &transcript, &mut collector, observer);
+            backend.finish();
+            Some(outcome?)
+        }
+        None => {
+            backend.finish();
+            None
+        }
+    };
+    Ok(Generation {
+        transcript,
+        prompt_time,
+        generation_time,
+        proofs,
+    })
+}
+
+/// Asks for the challenged steps (policy `challenged`), then polls until
+/// nothing asked is outstanding.
+fn collect_proofs(
+    backend: &mut Backend<'_>,
+    transcript: &Transcript,
+    collector: &mut ProofCollector,
+    observer: &mut dyn Observer,
+) -> Result<ProofOutcome, GenerationError> {
+    let start = Instant::now();
+    let RecordsRef::Inline(records) = &transcript.records else {
+        return Err(GenerationError::Usage("records must be inline".into()));
+    };
+    let step_of = |position: u64| -> Option<ProveStep> {
+        let step = records.steps.iter().find(|s| s.position == position)?;
+        let sampler = match &step.sampler {
+            StepSampler::Greedy {} => ProveSampler::Greedy,
+            StepSampler::Sample { temperature, r } => ProveSampler::Sample {
+                temperature: *temperature,
+                r: r.parse().ok()?,
+            },
+        };
+        Some(ProveStep {
+            position,
+            token: step.token,
+            sampler,
+        })
+    };
+    let asked: Vec<u64> = match transcript.proving {
+        Some(ProvingPolicy::Challenged { challenges }) => {
+            transcript.challenged_positions(challenges)
+        }
+        _ => transcript.token_positions().collect(),
+    };
+    if let Some(ProvingPolicy::Challenged { .. }) = transcript.proving {
+        let steps: Vec<ProveStep> = asked.iter().filter_map(|&p| step_of(p)).collect();
+        backend.prove(&steps, collector, observer)?;
+    }
+    let total = asked.len();
+    observer.proofs(collector.proven(), total);
+    while collector.outstanding() > 0 {
+        std::thread::sleep(POLL_INTERVAL);
+        backend.prove(&[], collector, observer)?;
+        observer.proofs(collector.proven(), total);
+    }
+    let failures = collector
+        .failures()
+        .iter()
+        .map(|(p, m)| (*p, m.clone()))
+        .collect();
+    Ok(ProofOutcome {
+        asked,
+        bundle: std::mem::take(collector).into_bundle(),
+        failures,
+        wait: start.elapsed(),
+    })
+}

@@ -1,0 +1,513 @@
+//! The client: pushes a request through a chain of nodes that together serve
+//! every layer of a model.
+//!
+//! The client sits between hops (Petals-style): it sends tokens to the first
+//! node, takes its hidden states back, sends them to the next node, and so
+//! on; the last node answers the logits of the last position. Which node
+//! serves which layers is data (a list of [`Hop`]s, chosen by
+//! [`plan_route`]), so routing and failover can later replace a hop without
+//! touching the rest.
+
+pub mod generation;
+pub mod proofs;
+pub mod routing;
+pub mod session;
+pub mod speculative;
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use models::model_id::ModelId;
+use transcript::HopDigest;
+use wire::transport;
+use wire::{
+    Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, HeadReply, Hello, Limits,
+    Message, MessageType, Ping, ProofsReply, ProveStep, WireError,
+};
+
+/// One node of a chain: where it listens and the layers it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hop {
+    /// The node's address.
+    pub addr: SocketAddr,
+    /// The layers it serves, `start..end`.
+    pub layers: Range<usize>,
+}
+
+/// What can go wrong building or using a chain.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The hops do not cover the model's layers exactly and in order.
+    #[error("the nodes do not cover layers 0..{layers}: {problem}")]
+    Coverage {
+        /// The model's layer count.
+        layers: usize,
+        /// What is missing or overlapping.
+        problem: String,
+    },
+    /// A node could not be reached.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The node.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Sending to or receiving from a node failed, or it answered an Error.
+    #[error("node {addr} (layers {layers:?}): {source}")]
+    Node {
+        /// The node.
+        addr: SocketAddr,
+        /// The layers it serves.
+        layers: Range<usize>,
+        /// What failed; [`WireError::Remote`] for an Error frame.
+        source: WireError,
+    },
+    /// No chain of live, unbanned nodes covers every layer.
+    #[error("no live node serves layers {}..{} (first uncovered layer {layer}){}", range.start, range.end, banned_note(banned))]
+    NoRoute {
+        /// The first layer no chain from layer 0 reaches.
+        layer: usize,
+        /// The uncovered layers, up to where the next live node starts.
+        range: Range<usize>,
+        /// Banned nodes, as `addr (a..b)`.
+        banned: Vec<String>,
+    },
+    /// A caller mistake (e.g. no tokens).
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn banned_note(banned: &[String]) -> String {
+    if banned.is_empty() {
+        String::new()
+    } else {
+        format!("; banned after failures: {}", banned.join(", "))
+    }
+}
+
+impl ClientError {
+    /// The error code a node answered with, if this is an Error frame.
+    pub fn remote_code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Node {
+                source: WireError::Remote { code, .. },
+                ..
+            } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The node to blame when this error means the node is dead, unreachable
+    /// or lost the request (I/O error, timeout, close, a bad answer, or an
+    /// Error frame of kind Internal / UnknownRequest / WrongModel /
+    /// WrongLayers): the client should ban it and route around it. `None`
+    /// for errors another node would repeat (e.g. Malformed: our request is
+    /// wrong) and for usage or routing errors.
+    pub fn failed_node(&self) -> Option<SocketAddr> {
+        match self {
+            ClientError::Connect { addr, .. } => Some(*addr),
+            ClientError::Node {
+                addr,
+                source: WireError::Remote { code, .. },
+                ..
+            } => matches!(
+                code,
+                ErrorCode::Internal
+                    | ErrorCode::UnknownRequest
+                    | ErrorCode::WrongModel
+                    | ErrorCode::WrongLayers
+            )
+            .then_some(*addr),
+            ClientError::Node { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
+}
+
+/// Checks that `hops` cover `0..layers` exactly, in order.
+pub fn check_coverage(hops: &[Hop], layers: usize) -> Result<(), ClientError> {
+    let fail = |problem: String| ClientError::Coverage { layers, problem };
+    let mut next = 0;
+    for hop in hops {
+        if hop.layers.start >= hop.layers.end {
+            return Err(fail(format!(
+                "{} serves an empty range {:?}",
+                hop.addr, hop.layers
+            )));
+        }
+        if hop.layers.start > next {
+            return Err(fail(format!(
+                "gap: layers {next}..{} are served by no node (next is {} with {:?})",
+                hop.layers.start, hop.addr, hop.layers
+            )));
+        }
+        if hop.layers.start < next {
+            return Err(fail(format!(
+                "overlap: {} serves {:?} but layers up to {next} are already covered",
+                hop.addr, hop.layers
+            )));
+        }
+        next = hop.layers.end;
+    }
+    if next != layers {
+        let problem = if next < layers {
+            format!("gap: layers {next}..{layers} are served by no node")
+        } else {
+            format!("the nodes serve layers up to {next}, past the model's end")
+        };
+        return Err(fail(problem));
+    }
+    Ok(())
+}
+
+/// Picks the first chain of `candidates` that covers `0..layers` in order:
+/// depth first, trying candidates in the order given, so with one node per
+/// span it is simply those nodes sorted by layer. Later work replaces this
+/// with a min-cost path (measured RTT and throughput).
+pub fn plan_route(candidates: &[Hop], layers: usize) -> Result<Vec<Hop>, ClientError> {
+    fn extend(candidates: &[Hop], layers: usize, route: &mut Vec<Hop>) -> bool {
+        let at = route.last().map_or(0, |h| h.layers.end);
+        if at == layers {
+            return true;
+        }
+        for hop in candidates {
+            if hop.layers.start == at && hop.layers.end > at && hop.layers.end <= layers {
+                route.push(hop.clone());
+                if extend(candidates, layers, route) {
+                    return true;
+                }
+                route.pop();
+            }
+        }
+        false
+    }
+    let mut route = Vec::new();
+    if extend(candidates, layers, &mut route) {
+        return Ok(route);
+    }
+    // Name the first layer no node can reach, for the error.
+    let mut reach = 0;
+    loop {
+        let next = candidates
+            .iter()
+            .filter(|h| h.layers.start <= reach && h.layers.end > reach)
+            .map(|h| h.layers.end)
+            .max();
+        match next {
+            Some(end) if end < layers => reach = end,
+            _ => break,
+        }
+    }
+    Err(ClientError::Coverage {
+        layers,
+        problem: format!(
+            "no chain of nodes covers it in order: chains from layer 0 reach layer {reach} at most, and no node serves a range starting there"
+        ),
+    })
+}
+
+struct Link {
+    hop: Hop,
+    stream: TcpStream,
+    /// The node's receipt-signing key, from its HelloAck.
+    signer: Option<[u8; 64]>,
+}
+
+/// Open connections to the hops of one chain, in layer order.
+pub struct Chain {
+    links: Vec<Link>,
+    model_id: ModelId,
+    encoding: Encoding,
+    io_timeout: Duration,
+    limits: Limits,
+    /// Per-hop digests of the last successful forward.
+    last_hops: Vec<HopDigest>,
+}
+
+impl Chain {
+    /// Connects to every hop and checks with Hello that it serves the model
+    /// and layers it is listed for. `layers` is the model's layer count: the
+    /// hops must cover `0..layers` in order. Hidden states travel in
+    /// `encoding`; every network wait is bounded by `io_timeout`.
+    pub async fn connect(
+        hops: Vec<Hop>,
+        layers: usize,
+        model_id: ModelId,
+        encoding: Encoding,
+        io_timeout: Duration,
+    ) -> Result<Chain, ClientError> {
+        check_coverage(&hops, layers)?;
+        let mut links = Vec::with_capacity(hops.len());
+        for hop in hops {
+            let stream = tokio::time::timeout(io_timeout, TcpStream::connect(hop.addr))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer in {io_timeout:?}"),
+                    ))
+                })
+                .map_err(|source| ClientError::Connect {
+                    addr: hop.addr,
+                    source,
+                })?;
+            let _ = stream.set_nodelay(true);
+            links.push(Link {
+                hop,
+                stream,
+                signer: None,
+            });
+        }
+        let mut chain = Chain {
+            links,
+            model_id,
+            encoding,
+            io_timeout,
+            limits: Limits::default(),
+            last_hops: Vec::new(),
+        };
+        for i in 0..chain.links.len() {
+            let hello = Hello {
+                model_id,
+                layers: chain.wire_layers(i)?,
+            };
+            match chain
+                .call(i, Frame::new(0, 0, Message::Hello(hello)))
+                .await?
+            {
+                Message::HelloAck(ack) => chain.links[i].signer = ack.signer,
+                other => return Err(chain.unexpected(i, &other)),
+            }
+        }
+        Ok(chain)
+    }
+
+    /// The hops, in layer order.
+    pub fn hops(&self) -> impl Iterator<Item = &Hop> {
+        self.links.iter().map(|l| &l.hop)
+    }
+
+    /// Per-hop digests of the last forward that succeeded, in layer order:
+    /// blake3 of the payload bytes sent to each hop (the tokens as u32
+    /// little-endian for the first, else the `Activations.data` bytes) and of
+    /// the `Output` data bytes it answered. Empty before the first forward.
+    pub fn last_hops(&self) -> &[HopDigest] {
+        &self.last_hops
+    }
+
+    /// Feeds `tokens` at `position..position + tokens.len()` of request
+    /// `request_id` through the chain and returns the logits of the last
+    /// position. Position `0` starts the request on every node. On success,
+    /// [`Chain::last_hops`] holds the digests of this forward.
+    pub async fn forward(
+        &mut self,
+        request_id: u64,
+        position: u64,
+        tokens: &[u32],
+    ) -> Result<Vec<f32>, ClientError> {
+        self.forward_for(request_id, position, tokens, HeadReply::LastLogits)
+            .await
+    }
+
+    /// [`Chain::forward`] with the head's answer chosen: the logits of the
+    /// last position, or the greedy token of every position (as f32 values).
+    /// A `position` below what the nodes hold rewinds them first.
+    pub async fn forward_for(
+        &mut self,
+        request_id: u64,
+        position: u64,
+        tokens: &[u32],
+        head: HeadReply,
+    ) -> Result<Vec<f32>, ClientError> {
+        if tokens.is_empty() {
+            return Err(ClientError::Usage("no tokens to feed".into()));
+        }
+        let mut input = ForwardInput::Tokens(tokens.to_vec());
+        let mut hops = Vec::with_capacity(self.links.len());
+        for i in 0..self.links.len() {
+            let sent = input.digest();
+            let forward = Forward {
+                model_id: self.model_id,
+                layers: self.wire_layers(i)?,
+                reply: self.encoding,
+                head,
+                input,
+            };
+            let frame = Frame::new(request_id, position, Message::Forward(forward));
+            let start = Instant::now();
+            let (output, signature) = match self.call(i, frame).await? {
+                Message::Output(o) => (o.activations, o.signature),
+                other => return Err(self.unexpected(i, &other)),
+            };
+            let link = &self.links[i];
+            if link.signer.is_some() && signature.is_none() {
+                return Err(self.node_error(
+                    i,
+                    WireError::Malformed("a signing node sent no receipt".into()),
+                ));
+            }
+            hops.push(HopDigest {
+                addr: link.hop.addr,
+                layers: link.hop.layers.clone(),
+                input: sent,
+                output: blake3::hash(&output.data),
+                elapsed: start.elapsed(),
+                request_id,
+                position,
+                signer: link.signer,
+                signature,
+            });
+            if i + 1 == self.links.len() {
+                let logits = output.to_f32().map_err(|e| self.node_error(i, e))?;
+                self.last_hops = hops;
+                return Ok(logits);
+            }
+            input = ForwardInput::Activations(
+                self.reencode(output).map_err(|e| self.node_error(i, e))?,
+            );
+        }
+        Err(ClientError::Usage("a chain with no hops".into()))
+    }
+
+    /// Tells every node that `request_id` is over, freeing its caches.
+    ///
+    /// End has no answer: it is ordered with later frames of this chain
+    /// (one connection per hop), but not with another connection's frames,
+    /// so a request id should not be reused on another chain right away.
+    pub async fn end(&mut self, request_id: u64) -> Result<(), ClientError> {
+        for i in 0..self.links.len() {
+            let frame = Frame::new(request_id, 0, Message::End);
+            let timeout = self.io_timeout;
+            transport::write_frame(&mut self.links[i].stream, &frame, timeout)
+                .await
+                .map_err(|e| self.node_error(i, e))?;
+        }
+        Ok(())
+    }
+
+    /// Asks the last hop (the head) to prove `steps` of `request_id` and
+    /// returns what it has finished; no steps only collects.
+    pub async fn prove(
+        &mut self,
+        request_id: u64,
+        steps: Vec<ProveStep>,
+    ) -> Result<ProofsReply, ClientError> {
+        let last = self.links.len() - 1;
+        match self
+            .call(last, Frame::new(request_id, 0, Message::Prove(steps)))
+            .await?
+        {
+            Message::Proofs(reply) => Ok(reply),
+            other => Err(self.unexpected(last, &other)),
+        }
+    }
+
+    /// Round-trip time to each hop, in layer order.
+    pub async fn ping(&mut self) -> Result<Vec<Duration>, ClientError> {
+        let mut times = Vec::with_capacity(self.links.len());
+        for i in 0..self.links.len() {
+            let start = Instant::now();
+            let ping = Ping {
+                sent_at_micros: 0,
+                payload: Vec::new(),
+            };
+            match self.call(i, Frame::new(0, 0, Message::Ping(ping))).await? {
+                Message::Pong(_) => times.push(start.elapsed()),
+                other => return Err(self.unexpected(i, &other)),
+            }
+        }
+        Ok(times)
+    }
+
+    /// Hidden states for the next hop in the chain's encoding. Output already
+    /// in that encoding passes as it is: decoding and re-encoding Q8 would add
+    /// rounding for nothing.
+    fn reencode(&self, output: Activations) -> Result<Activations, WireError> {
+        if output.encoding == self.encoding {
+            return Ok(output);
+        }
+        let values = output.to_f32()?;
+        Activations::encode(&values, output.rows, output.cols, self.encoding)
+            .or_else(|_| Activations::encode(&values, output.rows, output.cols, Encoding::F32))
+    }
+
+    /// Sends a frame to hop `i` and reads its answer; an Error frame becomes
+    /// [`WireError::Remote`].
+    async fn call(&mut self, i: usize, frame: Frame) -> Result<Message, ClientError> {
+        let (timeout, limits) = (self.io_timeout, self.limits);
+        let stream = &mut self.links[i].stream;
+        let result = async {
+            transport::write_frame(stream, &frame, timeout).await?;
+            let reply = transport::read_frame(stream, &limits, timeout).await?;
+            match reply.message {
+                Message::Error(e) => Err(e.into_error()),
+                message => Ok(message),
+            }
+        }
+        .await;
+        result.map_err(|e| self.node_error(i, e))
+    }
+
+    fn wire_layers(&self, i: usize) -> Result<Range<u32>, ClientError> {
+        let layers = &self.links[i].hop.layers;
+        match (u32::try_from(layers.start), u32::try_from(layers.end)) {
+            (Ok(a), Ok(b)) => Ok(a..b),
+            _ => Err(ClientError::Usage(format!(
+                "layer range {layers:?} is too large"
+            ))),
+        }
+    }
+
+    fn node_error(&self, i: usize, source: WireError) -> ClientError {
+        let hop = &self.links[i].hop;
+        ClientError::Node {
+            addr: hop.addr,
+            layers: hop.layers.clone(),
+            source,
+        }
+    }
+
+    fn unexpected(&self, i: usize, got: &Message) -> ClientError {
+        let ty: MessageType = got.message_type();
+        self.node_error(i, WireError::Malformed(format!("unexpected {ty:?} answer")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(port: u16, layers: Range<usize>) -> Hop {
+        Hop {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            layers,
+        }
+    }
+
+    #[test]
+    fn coverage_names_gaps_and_overlaps() {
+        assert!(check_coverage(&[hop(1, 0..3), hop(2, 3..7)], 7).is_ok());
+        let gap = check_coverage(&[hop(1, 0..3), hop(2, 4..7)], 7).unwrap_err();
+        assert!(gap.to_string().contains("layers 3..4"), "{gap}");
+        let tail = check_coverage(&[hop(1, 0..3)], 7).unwrap_err();
+        assert!(tail.to_string().contains("layers 3..7"), "{tail}");
+        let overlap = check_coverage(&[hop(1, 0..4), hop(2, 3..7)], 7).unwrap_err();
+        assert!(overlap.to_string().contains("overlap"), "{overlap}");
+    }
+
+    #[test]
+    fn route_takes_the_first_chain_that_covers_everything() {
+        let nodes = [hop(1, 0..2), hop(2, 0..3), hop(3, 3..7), hop(4, 2..5)];
+        // 0..2 leads to 2..5, a dead end: backtrack to 0..3.
+        assert_eq!(
+            plan_route(&nodes, 7).expect("route"),
+            vec![hop(2, 0..3), hop(3, 3..7)]
+        );
+        let err = plan_route(&[hop(1, 0..3), hop(2, 4..7)], 7).unwrap_err();
+        assert!(err.to_string().contains("layer 3"), "{err}");
+    }
+}

@@ -1,0 +1,708 @@
+//! The node: serves one layer range of one model over TCP.
+//!
+//! One task per connection reads frames one at a time and answers each
+//! (except `End`, which has no answer). Model work runs on tokio's blocking
+//! pool so that slow forwards do not stall other connections.
+//!
+//! # Behaviour
+//!
+//! - **Hello** is answered with **HelloAck** when the model id and layer range
+//!   are exactly the node's, else with an Error (WrongModel / WrongLayers).
+//!   A node with a signing key names its public key there and signs a
+//!   receipt for every Output (`verifier::receipt`).
+//! - **Forward** must name the node's model id and layer range (else
+//!   WrongModel / WrongLayers). The shard at layer 0 takes tokens, every
+//!   other shard hidden states with `d` columns (else Malformed). The frame's
+//!   position must equal the number of positions the request's cache holds:
+//!   position `0` with no cache starts a request, a position `> 0` for a
+//!   request without a cache is UnknownRequest, a position below what the
+//!   cache holds first drops the later positions (speculative decoding
+//!   rewinds past rejected drafts), a position beyond it is Malformed. A Forward that fails inside the model ends the request (its
+//!   cache may be half-updated).
+//! - **Compute**: a Forward at position 0 (a prompt) runs its rows as one
+//!   batch; at a later position row by row, so that several rows compute
+//!   exactly what as many one-token Forwards would (the quantized matmul
+//!   kernels differ between one row and several): a speculative draft is
+//!   checked against the logits plain decoding sees, and a replay after a
+//!   failover recomputes the same values.
+//! - **Output**: hidden states `[seq, d]` in the Forward's reply encoding
+//!   (F32 where F16 would overflow or Q8 meets a non-finite value). The shard with
+//!   the head answers the logits of the **last position of the chunk only**,
+//!   `[1, vocab]` in F32: that is all a client needs to pick the next token,
+//!   and it saves `vocab * 4` bytes per prompt position.
+//! - **End** frees the request's cache; there is no answer, not even for an
+//!   unknown request, so a client never has an answer to wait for.
+//! - **Ping** is answered by a **Pong** echoing it.
+//! - **Prove** (only on a node started with a [`ProofService`], which must
+//!   hold the head; others answer Malformed): the node keeps the logits it
+//!   answered per request and position, queues the steps for its prover and
+//!   answers **Proofs** at once with whatever is finished (see
+//!   [`crate::proving`]). End drops the request's kept logits (a client
+//!   asks for its steps before it ends the request); steps already queued
+//!   are still proven, and finished proofs wait to be collected until the
+//!   request is idle for `idle_timeout` with nothing pending.
+//! - A cache unused for `idle_timeout` is freed by a sweeper task.
+//! - Errors: a frame that was read whole but does not decode (unknown type,
+//!   bad flags or payload) gets an Error and the connection goes on. A bad
+//!   header, a checksum mismatch (the length field itself may be corrupt) or
+//!   a truncated frame get an Error and the connection is closed, since the
+//!   byte stream may be out of step. A connection that stays silent for
+//!   `idle_timeout`, or stalls inside a frame for `io_timeout`, is closed.
+
+pub mod proving;
+pub mod trail;
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::proving::ProofService;
+use crate::trail::{ForwardTrail, Trails};
+use models::gemma3::Cache;
+use models::model_id::ModelId;
+use models::Model;
+use verifier::receipt::{Receipt, SecretKey};
+use wire::transport;
+use wire::{
+    Activations, Encoding, Forward, ForwardInput, Frame, HeadReply, HelloAck, Limits, Message,
+    Output, WireError,
+};
+
+/// What a node serves and how patient it is.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The model id of the GGUF file the shard was loaded from.
+    pub model_id: ModelId,
+    /// The layers the shard runs, `start..end`.
+    pub layers: Range<usize>,
+    /// Frame size limit.
+    pub limits: Limits,
+    /// How long a request's cache, or a silent connection, is kept.
+    pub idle_timeout: Duration,
+    /// How long reading the rest of a started frame, or writing one, may take.
+    pub io_timeout: Duration,
+    /// The prover of a head node that proves alongside inference.
+    pub proving: Option<Arc<ProofService>>,
+    /// The key this node signs hop receipts with (`zkinfer keygen`).
+    pub signer: Option<Arc<SecretKey>>,
+    /// How long a signing node keeps what it computed for a request after
+    /// its last forward, for auditors ([`crate::trail`]).
+    pub audit_window: Duration,
+    /// Misbehaviour, for testing auditors only (the cheat suite of
+    /// `zkinfer audit --report`); `zkinfer serve` never sets one.
+    pub fault: Option<Fault>,
+}
+
+/// How long a signing node keeps trails by default: ten minutes.
+pub const DEFAULT_AUDIT_WINDOW: Duration = Duration::from_secs(600);
+
+/// Ways a node cheats while signing receipts as if it had not.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Adds `delta` to every output value of layer `layer` in the forward
+    /// at `position` (its last row at a prompt).
+    TamperLayer {
+        layer: usize,
+        position: u64,
+        delta: f32,
+    },
+    /// Embeds `token` in place of the first prompt token it was sent.
+    SubstitutePrompt { token: u32 },
+}
+
+/// A request's cache. `cache` is `None` while a Forward is using it, so a
+/// second Forward for the same request cannot interleave with it.
+struct Slot {
+    cache: Option<Cache>,
+    last_used: Instant,
+    /// Tells this slot from a later one for the same request id (after an
+    /// End and a restart while a Forward was in flight), so that a finishing
+    /// Forward never puts its cache into a newer request.
+    epoch: u64,
+}
+
+/// Source of [`Slot::epoch`]s.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+type Caches = Arc<Mutex<HashMap<u64, Slot>>>;
+
+/// Locks the caches, shrugging off poisoning: the map stays consistent
+/// because no code panics while holding the lock.
+fn lock(caches: &Caches) -> MutexGuard<'_, HashMap<u64, Slot>> {
+    caches.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Shared by every connection of a node.
+struct Shared {
+    model: Arc<Model>,
+    config: NodeConfig,
+    /// `config.layers` as on the wire.
+    wire_layers: Range<u32>,
+    caches: Caches,
+    /// What a signing node computed, for auditors.
+    trails: Option<Trails>,
+}
+
+/// Serves `model` on `listener` until the task is dropped.
+///
+/// Accept errors (e.g. out of file descriptors) are reported on stderr and
+/// retried after a short pause; nothing a client sends makes this return.
+pub async fn serve(listener: TcpListener, model: Arc<Model>, config: NodeConfig) -> io::Result<()> {
+    serve_until(listener, model, config, std::future::pending()).await
+}
+
+/// Serves `model` on `listener` until `shutdown` completes or the task is
+/// dropped; either way the listener and every accepted connection close
+/// (connections run in a [`tokio::task::JoinSet`] owned by this future, so
+/// dropping it aborts them), which is what a client sees when a node dies.
+pub async fn serve_until(
+    listener: TcpListener,
+    model: Arc<Model>,
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    let wire_layers = to_wire(&config.layers)?;
+    let trails = config.signer.is_some().then(|| {
+        Trails::new(
+            config.model_id,
+            config.layers.clone(),
+            model.hidden_size(),
+            config.audit_window,
+        )
+    });
+    let shared = Arc::new(Shared {
+        model,
+        wire_layers,
+        caches: Arc::default(),
+        trails,
+        config,
+    });
+    if shared.config.proving.is_some() && !shared.model.has_head() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "only the shard with the head can prove: serve the last layers to prove",
+        ));
+    }
+    let sweeper = tokio::spawn(sweep(Arc::clone(&shared)));
+    // Stop the sweeper when `serve` itself is dropped or returns.
+    let _sweeper = AbortOnDrop(sweeper);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            // Reap finished connections so the set does not grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = Arc::clone(&shared);
+                    connections.spawn(async move { connection(stream, &shared).await });
+                }
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn to_wire(layers: &Range<usize>) -> io::Result<Range<u32>> {
+    let convert = |v: usize| {
+        u32::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "layer index"))
+    };
+    Ok(convert(layers.start)?..convert(layers.end)?)
+}
+
+/// Frees caches (and proof state) unused for the idle timeout, and trails
+/// past the audit window.
+async fn sweep(shared: Arc<Shared>) {
+    let idle = shared.config.idle_timeout;
+    let period = (idle / 4).max(Duration::from_millis(10));
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        // Busy slots (a Forward in flight) are left alone.
+        lock(&shared.caches)
+            .retain(|_, slot| slot.cache.is_none() || now.duration_since(slot.last_used) < idle);
+        if let Some(proving) = &shared.config.proving {
+            proving.sweep(idle);
+        }
+        if let Some(trails) = &shared.trails {
+            trails.sweep();
+        }
+    }
+}
+
+/// Serves one connection until the peer leaves, times out or breaks framing.
+async fn connection(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_nodelay(true);
+    let config = &shared.config;
+    loop {
+        let read = transport::read_raw(
+            &mut stream,
+            &config.limits,
+            config.idle_timeout,
+            config.io_timeout,
+        )
+        .await;
+        let (header, bytes) = match read {
+            Ok(raw) => raw,
+            Err(WireError::Closed | WireError::Io(_)) => return,
+            Err(e) => {
+                // Header unreadable or the frame cut short: answer and close.
+                let _ =
+                    transport::write_frame(&mut stream, &e.to_frame(0, 0), config.io_timeout).await;
+                return;
+            }
+        };
+        let (id, pos) = (header.request_id, header.position);
+        let reply = match Frame::decode(&bytes, &config.limits) {
+            Ok(frame) => handle(shared, frame).await,
+            Err(e @ WireError::Checksum) => {
+                let _ =
+                    transport::write_frame(&mut stream, &e.to_frame(id, pos), config.io_timeout)
+                        .await;
+                return;
+            }
+            Err(e) => Some(e.to_frame(id, pos)),
+        };
+        if let Some(reply) = reply {
+            if transport::write_frame(&mut stream, &reply, config.io_timeout)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// The answer to one well-formed frame, `None` for `End`.
+async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
+    let (id, pos) = (frame.request_id, frame.position);
+    let message = match frame.message {
+        Message::Hello(hello) => match check_span(shared, &hello.model_id, &hello.layers) {
+            Ok(()) => Message::HelloAck(HelloAck {
+                span: hello,
+                signer: shared
+                    .config
+                    .signer
+                    .as_ref()
+                    .map(|key| key.public().to_bytes()),
+            }),
+            Err(e) => return Some(e.to_frame(id, pos)),
+        },
+        Message::Forward(forward) => match run_forward(shared, id, pos, forward).await {
+            Ok(output) => Message::Output(output),
+            Err(e) => return Some(e.to_frame(id, pos)),
+        },
+        Message::End => {
+            lock(&shared.caches).remove(&id);
+            if let Some(proving) = &shared.config.proving {
+                // No step can be asked for any more: keep only what is queued.
+                proving.forget_from(id, 0);
+            }
+            return None;
+        }
+        Message::Ping(ping) => Message::Pong(ping),
+        Message::Prove(steps) => match &shared.config.proving {
+            Some(proving) => Message::Proofs(proving.submit(id, steps)),
+            None => {
+                let e = WireError::Malformed(
+                    "this node does not prove (start it with `zkinfer serve --prove`)".into(),
+                );
+                return Some(e.to_frame(id, pos));
+            }
+        },
+        Message::TraceRequest => match (&shared.trails, &shared.config.signer) {
+            (Some(trails), Some(key)) => match trails.trace(id, key) {
+                Ok(steps) => Message::Trace(steps),
+                Err(e) => return Some(e.to_frame(id, pos)),
+            },
+            _ => return Some(not_signing().to_frame(id, pos)),
+        },
+        Message::Reveal(boundary) => match &shared.trails {
+            Some(trails) => match trails.reveal(id, pos, boundary) {
+                Ok(input) => Message::Revealed(input),
+                Err(e) => return Some(e.to_frame(id, pos)),
+            },
+            None => return Some(not_signing().to_frame(id, pos)),
+        },
+        other => {
+            let e = WireError::Malformed(format!(
+                "a node does not take {:?} frames",
+                other.message_type()
+            ));
+            return Some(e.to_frame(id, pos));
+        }
+    };
+    Some(Frame::new(id, pos, message))
+}
+
+fn not_signing() -> WireError {
+    WireError::Malformed(
+        "this node signs no receipts, so it keeps nothing to audit (start it with `zkinfer serve --key`)"
+            .into(),
+    )
+}
+
+fn check_span(shared: &Shared, model_id: &ModelId, layers: &Range<u32>) -> Result<(), WireError> {
+    if *model_id != shared.config.model_id {
+        return Err(WireError::WrongModel {
+            served: shared.config.model_id,
+            requested: *model_id,
+        });
+    }
+    if *layers != shared.wire_layers {
+        return Err(WireError::WrongLayers {
+            served: shared.wire_layers.clone(),
+            requested: layers.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The model's input, checked against the shard before any cache is touched.
+enum Input {
+    Tokens(Vec<u32>),
+    Hidden { values: Vec<f32>, rows: usize },
+}
+
+async fn run_forward(
+    shared: &Shared,
+    id: u64,
+    position: u64,
+    forward: Forward,
+) -> Result<Output, WireError> {
+    check_span(shared, &forward.model_id, &forward.layers)?;
+    let model = &shared.model;
+    let reply_encoding = forward.reply;
+    let head_reply = forward.head;
+    let layers = (forward.layers.start, forward.layers.end);
+    let input_digest = forward.input.digest();
+    let kept_input = shared.trails.is_some().then(|| forward.input.clone());
+    let input = match (model.embeds(), forward.input) {
+        (true, ForwardInput::Tokens(tokens)) => {
+            let vocab = model.vocab();
+            if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(WireError::Malformed(format!(
+                    "token {bad} is outside the vocabulary of {vocab}"
+                )));
+            }
+            Input::Tokens(tokens)
+        }
+        (false, ForwardInput::Activations(a)) => {
+            let (rows, cols) = a.shape();
+            if cols != model.hidden_size() {
+                return Err(WireError::Malformed(format!(
+                    "hidden states have {cols} columns, this model {}",
+                    model.hidden_size()
+                )));
+            }
+            let values = a.to_f32()?;
+            Input::Hidden { values, rows }
+        }
+        (true, ForwardInput::Activations(_)) => {
+            return Err(WireError::Malformed(
+                "this shard starts at layer 0 and takes tokens, not hidden states".into(),
+            ))
+        }
+        (false, ForwardInput::Tokens(_)) => {
+            return Err(WireError::Malformed(
+                "this shard does not start at layer 0: it takes hidden states, not tokens".into(),
+            ))
+        }
+    };
+    let fed = match &input {
+        Input::Tokens(tokens) => tokens.len(),
+        Input::Hidden { rows, .. } => *rows,
+    } as u64;
+    let (cache, epoch) = take_cache(&shared.caches, id, position)?;
+    let model = Arc::clone(model);
+    let (keep, fault) = (kept_input.is_some(), shared.config.fault);
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut cache = cache;
+        let out = compute(
+            &model,
+            input,
+            position as usize,
+            head_reply,
+            &mut cache,
+            keep,
+            fault,
+        );
+        (cache, out)
+    })
+    .await;
+    let mut caches = lock(&shared.caches);
+    // The slot is gone (or replaced) if an End came while the Forward ran:
+    // then the cache is dropped here.
+    let slot = caches.get_mut(&id).filter(|slot| slot.epoch == epoch);
+    match joined {
+        Ok((
+            cache,
+            Ok(Computed {
+                values,
+                rows,
+                cols,
+                boundaries,
+            }),
+        )) => {
+            if let Some(slot) = slot {
+                slot.cache = Some(cache);
+                slot.last_used = Instant::now();
+            }
+            drop(caches);
+            if let Some(proving) = &shared.config.proving {
+                // A rewind makes the logits kept for later positions stale.
+                proving.forget_from(id, position + 1);
+                if head_reply == HeadReply::LastLogits {
+                    // These logits choose the token at the next position.
+                    proving.record_logits(id, position + fed, values.clone());
+                }
+            }
+            // Logits always travel as F32. F16 overflow or a non-finite Q8
+            // row fall back to F32 too, which carries any value.
+            let encoding = if shared.model.has_head() {
+                Encoding::F32
+            } else {
+                reply_encoding
+            };
+            let activations = Activations::encode(&values, rows, cols, encoding)
+                .or_else(|_| Activations::encode(&values, rows, cols, Encoding::F32))?;
+            if let (Some(trails), Some(input)) = (&shared.trails, kept_input) {
+                let trail = ForwardTrail {
+                    input,
+                    boundaries,
+                    rows: fed as u32,
+                    output: activations.clone(),
+                };
+                trails.record(id, position, trail);
+            }
+            let signature = shared.config.signer.as_ref().map(|key| {
+                let receipt = Receipt {
+                    model_id: shared.config.model_id.0,
+                    layers,
+                    request_id: id,
+                    position,
+                    input: *input_digest.as_bytes(),
+                    output: *blake3::hash(&activations.data).as_bytes(),
+                };
+                key.sign(&receipt).to_bytes()
+            });
+            Ok(Output {
+                activations,
+                signature,
+            })
+        }
+        Ok((_, Err(e))) => {
+            if slot.is_some() {
+                caches.remove(&id);
+            }
+            Err(WireError::Internal(format!(
+                "forward failed, request ended: {e}"
+            )))
+        }
+        Err(e) => {
+            if slot.is_some() {
+                caches.remove(&id);
+            }
+            Err(WireError::Internal(format!(
+                "forward panicked, request ended: {e}"
+            )))
+        }
+    }
+}
+
+/// Takes the request's cache out of the map (leaving its slot busy), or
+/// starts one at position 0.
+fn take_cache(caches: &Caches, id: u64, position: u64) -> Result<(Cache, u64), WireError> {
+    let mut caches = lock(caches);
+    match caches.get_mut(&id) {
+        None if position == 0 => {
+            let epoch = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
+            caches.insert(
+                id,
+                Slot {
+                    cache: None,
+                    last_used: Instant::now(),
+                    epoch,
+                },
+            );
+            Ok((Cache::new(), epoch))
+        }
+        None => Err(WireError::UnknownRequest(id)),
+        Some(slot) => match slot.cache.take() {
+            None => Err(WireError::Internal(format!(
+                "request {id} already has a Forward in flight"
+            ))),
+            Some(cache) if cache.len() as u64 == position => Ok((cache, slot.epoch)),
+            Some(mut cache) if (position as usize) < cache.len() => {
+                let rewound = cache.truncate(position as usize);
+                slot.cache = Some(cache);
+                rewound.map_err(|e| WireError::Internal(e.to_string()))?;
+                let cache = slot.cache.take().expect("just put back");
+                Ok((cache, slot.epoch))
+            }
+            Some(cache) => {
+                let held = cache.len();
+                slot.cache = Some(cache);
+                Err(WireError::Malformed(format!(
+                    "position {position}, but request {id} holds {held} positions"
+                )))
+            }
+        },
+    }
+}
+
+/// What [`compute`] produced: the row-major output and its shape, and the
+/// hidden states at every boundary of the span when asked to keep them.
+struct Computed {
+    values: Vec<f32>,
+    rows: u32,
+    cols: u32,
+    boundaries: Vec<Vec<f32>>,
+}
+
+/// Runs the shard (on the shard with the head: the last row of logits, or
+/// every row's greedy token); keeps the boundaries if `keep`.
+fn compute(
+    model: &Model,
+    input: Input,
+    position: usize,
+    head_reply: HeadReply,
+    cache: &mut Cache,
+    keep: bool,
+    fault: Option<Fault>,
+) -> models::Result<Computed> {
+    let x = match input {
+        Input::Tokens(mut tokens) => {
+            if let (Some(Fault::SubstitutePrompt { token }), 0) = (fault, position) {
+                tokens[0] = token;
+            }
+            model.embed(&tokens)?
+        }
+        Input::Hidden { values, rows } => {
+            Tensor::from_vec(values, (1, rows, model.hidden_size()), model.device())?
+        }
+    };
+    // The layers then the head, as `Model::forward`, seeing every boundary.
+    let run = |x: &Tensor, at: usize, cache: &mut Cache| -> models::Result<(Tensor, Vec<Tensor>)> {
+        let mut seen = Vec::new();
+        if keep {
+            seen.push(x.clone());
+        }
+        let hidden = model.forward_layers_with(x, at, cache, &mut |layer, out| {
+            let out = match fault {
+                Some(Fault::TamperLayer {
+                    layer: l,
+                    position: p,
+                    delta,
+                }) if l == layer && p == at as u64 => tamper_last_row(&out, delta)?,
+                _ => out,
+            };
+            if keep {
+                seen.push(out.clone());
+            }
+            Ok(out)
+        })?;
+        let out = if model.has_head() {
+            model.head_forward(&hidden)?
+        } else {
+            hidden
+        };
+        Ok((out, seen))
+    };
+    let (out, seen) = if position == 0 {
+        run(&x, position, cache)?
+    } else {
+        // Row by row: exactly what one-token Forwards compute. candle's
+        // quantized matmul takes other kernels for several rows than for
+        // one (logits then differ by up to ~0.9 on the packaged model), and
+        // a speculative draft must be checked against the logits plain
+        // decoding would have seen.
+        let rows = (0..x.dim(1)?)
+            .map(|i| run(&x.narrow(1, i, 1)?, position + i, cache))
+            .collect::<models::Result<Vec<_>>>()?;
+        let outs: Vec<&Tensor> = rows.iter().map(|(out, _)| out).collect();
+        let seen = (0..rows[0].1.len())
+            .map(|b| Tensor::cat(&rows.iter().map(|(_, s)| &s[b]).collect::<Vec<_>>(), 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        (Tensor::cat(&outs, 1)?, seen)
+    };
+    let boundaries = seen
+        .iter()
+        .map(|t| t.flatten_all()?.to_vec1::<f32>())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let (_, seq, cols) = out.dims3()?;
+    let dim = |v: usize| {
+        u32::try_from(v).map_err(|_| models::ModelError::Shape(format!("{v} does not fit a u32")))
+    };
+    if model.has_head() && head_reply == HeadReply::GreedyTokens {
+        let logits = out.flatten_all()?.to_vec1::<f32>()?;
+        let tokens = logits
+            .chunks_exact(cols)
+            .map(|row| greedy_token(row).map(|t| t as f32))
+            .collect::<models::Result<Vec<f32>>>()?;
+        return Ok(Computed {
+            values: tokens,
+            rows: dim(seq)?,
+            cols: 1,
+            boundaries,
+        });
+    }
+    let out = if model.has_head() {
+        out.narrow(1, seq - 1, 1)?
+    } else {
+        out
+    };
+    let rows = out.dim(1)?;
+    let values = out.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Computed {
+        values,
+        rows: dim(rows)?,
+        cols: dim(cols)?,
+        boundaries,
+    })
+}
+
+/// `x` `[1, seq, d]` with `delta` added to its last row.
+fn tamper_last_row(x: &Tensor, delta: f32) -> models::Result<Tensor> {
+    let (_, seq, d) = x.dims3()?;
+    let mut bump = vec![0f32; seq * d];
+    bump[(seq - 1) * d..].fill(delta);
+    Ok((x + Tensor::from_vec(bump, (1, seq, d), x.device())?)?)
+}
+
+/// The greedy token of one row of logits as the client's sampler picks it:
+/// the first index of the largest logit at the proof's fixed point.
+pub fn greedy_token(logits: &[f32]) -> models::Result<u32> {
+    let fixed_point = circuits::FixedPoint::default();
+    let mut best: Option<(usize, i64)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        let z = fixed_point
+            .quantize(i, l as f64)
+            .map_err(|e| models::ModelError::Shape(e.to_string()))?;
+        if best.is_none_or(|(_, b)| z > b) {
+            best = Some((i, z));
+        }
+    }
+    let (index, _) = best.ok_or_else(|| models::ModelError::Shape("no logits".into()))?;
+    Ok(index as u32)
+}

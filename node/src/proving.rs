@@ -1,0 +1,370 @@
+//! Proving next to inference.
+//!
+//! - [`ProofService`], on the node that holds the head: keeps the logits it
+//!   answered for each request, takes [`ProveStep`]s (a position, the token
+//!   the client chose there and how), and proves them on a worker thread of
+//!   its own at the lowest CPU priority, so that forwards never wait for it.
+//!   Finished proof bundles wait until the client collects them.
+//! - [`ProofCollector`], on the client: what was asked, what came back, one
+//!   merged bundle, and which steps to ask again after the chain changed.
+//!
+//! The statement proven for each step is the decode-step statement of the
+//! `circuits` crate (docs/statement.md) over the logits the node answered.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use circuits::fixed_point::Temperature;
+use circuits::CircuitShape;
+use prover::{Prover, Record, RecordSampler, Records};
+use verifier::ParamsCache;
+
+use wire::{ProofFailure, ProofsReply, ProveSampler, ProveStep};
+
+/// How a node proves.
+#[derive(Clone, Debug)]
+pub struct ProvingConfig {
+    /// The circuit: the model's vocabulary, steps per proof, lanes.
+    pub shape: CircuitShape,
+    /// Where public parameters are cached.
+    pub params_dir: PathBuf,
+    /// Threads of the proving pool (they run at the lowest CPU priority).
+    pub threads: usize,
+    /// Logits rows kept per request; older positions are dropped first.
+    pub max_positions: usize,
+}
+
+/// A step waiting for the worker, with the logits it is about.
+struct Job {
+    request: u64,
+    step: ProveStep,
+    logits: Arc<Vec<f32>>,
+}
+
+/// One request's proving state on the node.
+#[derive(Default)]
+struct RequestProofs {
+    /// Logits by the position of the token they choose.
+    logits: BTreeMap<u64, Arc<Vec<f32>>>,
+    pending: u32,
+    bundles: Vec<Vec<u8>>,
+    failures: Vec<ProofFailure>,
+    last_used: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    requests: HashMap<u64, RequestProofs>,
+    queue: VecDeque<Job>,
+    /// Set when the keys could not be built: every step fails with it.
+    broken: Option<String>,
+}
+
+struct Inner {
+    config: ProvingConfig,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The head node's prover (see the module docs). Dropping it lets the
+/// worker finish its current proof and stop.
+pub struct ProofService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ProofService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProofService")
+            .field("shape", &self.inner.config.shape.describe())
+            .finish()
+    }
+}
+
+impl Drop for ProofService {
+    fn drop(&mut self) {
+        self.inner.lock().broken = Some("the node is shutting down".into());
+        self.inner.wake.notify_all();
+    }
+}
+
+impl ProofService {
+    /// Starts the worker thread, which first loads (or generates) the public
+    /// parameters and builds the keys — minutes for a large vocabulary;
+    /// steps submitted meanwhile wait. `on_ready` is told how long that took,
+    /// or why it failed.
+    pub fn start(
+        config: ProvingConfig,
+        on_ready: impl FnOnce(Result<Duration, String>) + Send + 'static,
+    ) -> ProofService {
+        let inner = Arc::new(Inner {
+            config,
+            state: Mutex::default(),
+            wake: Condvar::new(),
+        });
+        let worker = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("zkinfer-prover".into())
+            .spawn(move || work(worker, on_ready))
+            .expect("spawning the prover thread");
+        ProofService { inner }
+    }
+
+    /// Keeps the logits that choose the token at `position` of `request`.
+    pub fn record_logits(&self, request: u64, position: u64, logits: Vec<f32>) {
+        let max = self.inner.config.max_positions.max(1);
+        let mut state = self.inner.lock();
+        let entry = state.requests.entry(request).or_default();
+        entry.logits.insert(position, Arc::new(logits));
+        while entry.logits.len() > max {
+            entry.logits.pop_first();
+        }
+        entry.last_used = Some(Instant::now());
+    }
+
+    /// Forgets the logits kept for positions from `position` on (the
+    /// request rewound and they are about to be recomputed, or, from 0, the
+    /// request ended).
+    pub fn forget_from(&self, request: u64, position: u64) {
+        if let Some(entry) = self.inner.lock().requests.get_mut(&request) {
+            entry.logits.retain(|&p, _| p < position);
+        }
+    }
+
+    /// Queues `steps` of `request` (a step whose logits this node does not
+    /// hold fails at once) and hands over what is finished.
+    pub fn submit(&self, request: u64, steps: Vec<ProveStep>) -> ProofsReply {
+        let mut state = self.inner.lock();
+        let broken = state.broken.clone();
+        let mut queued = Vec::new();
+        let entry = state.requests.entry(request).or_default();
+        entry.last_used = Some(Instant::now());
+        for step in steps {
+            let failure = |message: String| ProofFailure {
+                position: step.position,
+                message,
+            };
+            if let Some(reason) = &broken {
+                entry.failures.push(failure(reason.clone()));
+                continue;
+            }
+            match entry.logits.get(&step.position) {
+                Some(logits) => {
+                    entry.pending += 1;
+                    queued.push(Job {
+                        request,
+                        step,
+                        logits: Arc::clone(logits),
+                    });
+                }
+                None => entry.failures.push(failure(format!(
+                    "this node holds no logits for position {} of request {request}",
+                    step.position
+                ))),
+            }
+        }
+        let reply = ProofsReply {
+            pending: entry.pending,
+            bundles: std::mem::take(&mut entry.bundles),
+            failures: std::mem::take(&mut entry.failures),
+        };
+        let woke = !queued.is_empty();
+        state.queue.extend(queued);
+        drop(state);
+        if woke {
+            self.inner.wake.notify_all();
+        }
+        reply
+    }
+
+    /// Forgets requests unused for `idle` with nothing pending.
+    pub fn sweep(&self, idle: Duration) {
+        let now = Instant::now();
+        self.inner.lock().requests.retain(|_, r| {
+            r.pending > 0 || r.last_used.is_some_and(|t| now.duration_since(t) < idle)
+        });
+    }
+}
+
+/// The worker: keys first, then proofs, one batch of up to `shape.steps`
+/// steps of one request at a time. It holds the keys of one temperature and
+/// rebuilds them when a request samples at another, so a node holds one
+/// proving key whatever its clients ask.
+fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
+    lower_priority();
+    let config = inner.config.clone();
+    let cache = ParamsCache::new(&config.params_dir);
+    let start = Instant::now();
+    let mut prover = match Prover::setup(config.shape, &cache, false) {
+        Ok(prover) => {
+            on_ready(Ok(start.elapsed()));
+            prover
+        }
+        Err(e) => {
+            let reason = format!("the node's prover could not build its keys: {e}");
+            on_ready(Err(reason.clone()));
+            let mut state = inner.lock();
+            state.broken = Some(reason.clone());
+            fail_queued(&mut state, &reason);
+            return;
+        }
+    };
+    loop {
+        let batch = {
+            let mut state = inner.lock();
+            loop {
+                if let Some(reason) = state.broken.clone() {
+                    fail_queued(&mut state, &reason);
+                    return;
+                }
+                if !state.queue.is_empty() {
+                    break;
+                }
+                state = inner.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            take_batch(&mut state.queue, config.shape.steps)
+        };
+        let request = batch[0].request;
+        let positions: Vec<u64> = batch.iter().map(|j| j.step.position).collect();
+        let (bundle, failures) = match keys_for(&mut prover, &batch, &cache) {
+            Ok(()) => prove_batch(&prover, &batch, config.threads),
+            Err(message) => (
+                None,
+                batch
+                    .iter()
+                    .map(|j| ProofFailure {
+                        position: j.step.position,
+                        message: message.clone(),
+                    })
+                    .collect(),
+            ),
+        };
+        let mut state = inner.lock();
+        let entry = state.requests.entry(request).or_default();
+        entry.pending = entry.pending.saturating_sub(positions.len() as u32);
+        entry.failures.extend(failures);
+        entry.bundles.extend(bundle);
+        entry.last_used = Some(Instant::now());
+    }
+}
+
+/// Makes `prover` hold the keys of the batch's temperature (one request's
+/// steps share one).
+fn keys_for(prover: &mut Prover, batch: &[Job], cache: &ParamsCache) -> Result<(), String> {
+    let temperature = match batch[0].step.sampler {
+        ProveSampler::Greedy => Temperature::ONE,
+        ProveSampler::Sample { temperature, .. } => Temperature::new(temperature)?,
+    };
+    if temperature != prover.shape.temperature {
+        *prover = Prover::setup(prover.shape.with_temperature(temperature), cache, false)
+            .map_err(|e| format!("the keys for temperature {temperature}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The first queued job and up to `max - 1` more of the same request.
+fn take_batch(queue: &mut VecDeque<Job>, max: usize) -> Vec<Job> {
+    let first = queue.pop_front().expect("a queued job");
+    let request = first.request;
+    let mut batch = vec![first];
+    let mut i = 0;
+    while batch.len() < max && i < queue.len() {
+        if queue[i].request == request {
+            batch.push(queue.remove(i).expect("index in range"));
+        } else {
+            i += 1;
+        }
+    }
+    batch
+}
+
+/// Proves the steps that follow from their logits, in one bundle; the
+/// others become failures naming why.
+fn prove_batch(
+    prover: &Prover,
+    batch: &[Job],
+    threads: usize,
+) -> (Option<Vec<u8>>, Vec<ProofFailure>) {
+    let mut prepared = Vec::new();
+    let mut failures = Vec::new();
+    for job in batch {
+        let records = Records {
+            vocab: job.logits.len(),
+            steps: vec![Record {
+                position: job.step.position,
+                logits: job.logits.as_ref().clone(),
+                token: job.step.token,
+                sampler: record_sampler(job.step.sampler),
+            }],
+        };
+        let step = if records.vocab == prover.shape.vocab {
+            prover::prepare(&records, prover.shape.fixed_point).map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "{} logits, but this node proves a vocabulary of {}",
+                records.vocab, prover.shape.vocab
+            ))
+        };
+        match step {
+            Ok(mut steps) => prepared.append(&mut steps),
+            Err(message) => failures.push(ProofFailure {
+                position: job.step.position,
+                message,
+            }),
+        }
+    }
+    if prepared.is_empty() {
+        return (None, failures);
+    }
+    match prover.prove_all(&prepared, 1, threads, false) {
+        Ok(bundle) => (Some(bundle.to_bytes()), failures),
+        Err(e) => {
+            failures.extend(prepared.iter().map(|s| ProofFailure {
+                position: s.position,
+                message: e.to_string(),
+            }));
+            (None, failures)
+        }
+    }
+}
+
+fn fail_queued(state: &mut State, reason: &str) {
+    for job in std::mem::take(&mut state.queue) {
+        let entry = state.requests.entry(job.request).or_default();
+        entry.pending = entry.pending.saturating_sub(1);
+        entry.failures.push(ProofFailure {
+            position: job.step.position,
+            message: reason.to_string(),
+        });
+    }
+}
+
+/// The record sampler (the `zkinfer prove --records` form) of a wire sampler.
+pub fn record_sampler(sampler: ProveSampler) -> RecordSampler {
+    match sampler {
+        ProveSampler::Greedy => RecordSampler::Greedy {},
+        ProveSampler::Sample { temperature, r } => RecordSampler::Sample {
+            temperature,
+            r: r.to_string(),
+        },
+    }
+}
+
+/// Puts the calling thread (and the threads it starts, which inherit it) at
+/// the lowest CPU priority, so that proving takes only what inference leaves.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread; failure only leaves the
+    // priority as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}

@@ -1,0 +1,167 @@
+//! Async frame I/O over tokio streams, with timeouts.
+//!
+//! These mirror [`crate::read_frame`] and [`crate::write_frame`]:
+//! read the [`HEADER_LEN`]-byte header, [`Header::parse`] it (which enforces
+//! the size limit before anything is allocated), read the rest of the frame,
+//! then [`Frame::decode`] the whole. Timeouts surface as
+//! [`WireError::Io`] with kind [`io::ErrorKind::TimedOut`].
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::{Frame, Header, Limits, WireError, HEADER_LEN};
+
+/// Reads one frame, allowing `timeout` for the whole frame.
+///
+/// Returns [`WireError::Closed`] when the stream ends before the first byte
+/// of a frame and [`WireError::Truncated`] when it ends inside one.
+pub async fn read_frame<R>(
+    r: &mut R,
+    limits: &Limits,
+    timeout: Duration,
+) -> Result<Frame, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let (_, bytes) = read_raw(r, limits, timeout, timeout).await?;
+    Frame::decode(&bytes, limits)
+}
+
+/// Reads the bytes of one frame without decoding its payload: waits up to
+/// `idle` for the first byte, then up to `io` for the rest.
+///
+/// Returns the parsed header and all bytes of the frame (header, payload,
+/// checksum), ready for [`Frame::decode`]. Splitting the two lets a server
+/// tell errors after which the stream is still in step (a whole frame was
+/// consumed; the header says where it belongs) from errors in the header,
+/// after which it is not.
+pub async fn read_raw<R>(
+    r: &mut R,
+    limits: &Limits,
+    idle: Duration,
+    io: Duration,
+) -> Result<(Header, Vec<u8>), WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut header = [0u8; HEADER_LEN];
+    // The first byte may be long in coming on an idle connection; once a
+    // frame has started, the rest must follow within `io`.
+    let first = with_timeout(idle, r.read(&mut header[..1])).await??;
+    if first == 0 {
+        return Err(WireError::Closed);
+    }
+    let have = with_timeout(io, read_full(r, &mut header[1..])).await?? + 1;
+    if have < HEADER_LEN {
+        return Err(WireError::Truncated {
+            needed: HEADER_LEN,
+            have,
+        });
+    }
+    let parsed = Header::parse(&header, limits)?;
+    let total = parsed.frame_len();
+    // Grow the buffer as data arrives (bounded by `take`) rather than
+    // trusting the claimed length with an allocation up front.
+    let mut buf = Vec::with_capacity(total.min(64 << 10));
+    buf.extend_from_slice(&header);
+    let rest = (total - HEADER_LEN) as u64;
+    with_timeout(io, r.take(rest).read_to_end(&mut buf)).await??;
+    if buf.len() < total {
+        return Err(WireError::Truncated {
+            needed: total,
+            have: buf.len(),
+        });
+    }
+    Ok((parsed, buf))
+}
+
+/// Writes one frame and flushes it, allowing `timeout` for both.
+pub async fn write_frame<W>(w: &mut W, frame: &Frame, timeout: Duration) -> Result<(), WireError>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let bytes = frame.encode()?;
+    with_timeout(timeout, async {
+        w.write_all(&bytes).await?;
+        w.flush().await
+    })
+    .await??;
+    Ok(())
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+async fn read_full<R>(r: &mut R, buf: &mut [u8]) -> io::Result<usize>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut have = 0;
+    while have < buf.len() {
+        match r.read(&mut buf[have..]).await? {
+            0 => break,
+            n => have += n,
+        }
+    }
+    Ok(have)
+}
+
+async fn with_timeout<T>(timeout: Duration, f: impl Future<Output = T>) -> io::Result<T> {
+    tokio::time::timeout(timeout, f).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no progress in {timeout:?}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Message, Ping};
+
+    #[tokio::test]
+    async fn frames_round_trip_over_a_duplex_pipe() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let frame = Frame::new(
+            3,
+            9,
+            Message::Ping(Ping {
+                sent_at_micros: 42,
+                payload: vec![7; 1000],
+            }),
+        );
+        let t = Duration::from_secs(5);
+        write_frame(&mut a, &frame, t).await.expect("write");
+        let back = read_frame(&mut b, &Limits::default(), t)
+            .await
+            .expect("read");
+        assert_eq!(back, frame);
+        drop(a);
+        assert!(matches!(
+            read_frame(&mut b, &Limits::default(), t).await,
+            Err(WireError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_frame_times_out_and_a_cut_one_is_truncated() {
+        let frame = Frame::new(1, 0, Message::End).encode().expect("encode");
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&frame[..10]).await.expect("write");
+        let t = Duration::from_millis(50);
+        match read_frame(&mut b, &Limits::default(), t).await {
+            Err(WireError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        drop(a);
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&frame[..40]).await.expect("write");
+        drop(a);
+        assert!(matches!(
+            read_frame(&mut b, &Limits::default(), t).await,
+            Err(WireError::Truncated { .. })
+        ));
+    }
+}
