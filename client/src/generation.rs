@@ -9,19 +9,19 @@
 use std::time::{Duration, Instant};
 
 use circuits::{fixed_point::Temperature, sample_token, FixedPoint, Sampler, Tables};
+use models::generate::Generator;
+use models::model_id::ModelId;
+use models::tokenizer::Tokenizer;
+use prover::{Record, RecordSampler, Records};
+use transcript::{
+    self, HopRecord, Nonce, ProvingPolicy, RecordsRef, Transcript, TranscriptSampler,
+};
 use verifier::bundle::Bundle;
+use wire::{ProveSampler, ProveStep};
 
 use crate::proofs::{ProofCollector, POLL_INTERVAL};
 use crate::session::{Session, SessionConfig};
 use crate::{ClientError, Hop};
-use models::generate::Generator;
-use models::model_id::ModelId;
-use models::tokenizer::Tokenizer;
-use transcript::{
-    self, HopRecord, Nonce, ProvingPolicy, Records, RecordsRef, Step, StepSampler, Transcript,
-    TranscriptSampler,
-};
-use wire::{ProveSampler, ProveStep};
 
 /// Where the model runs: in this process, or on a chain of nodes.
 pub enum Backend<'a> {
@@ -287,7 +287,7 @@ pub fn generate(
                         temperature: exact,
                         r,
                     },
-                    StepSampler::Sample {
+                    RecordSampler::Sample {
                         temperature,
                         r: r.to_string(),
                     },
@@ -296,7 +296,7 @@ pub fn generate(
             }
             _ => (
                 Sampler::Greedy,
-                StepSampler::Greedy {},
+                RecordSampler::Greedy {},
                 ProveSampler::Greedy,
             ),
         };
@@ -313,7 +313,7 @@ pub fn generate(
             backend.prove(&[step], collector, observer)?;
             observer.proofs(collector.proven(), steps.len() + 1);
         }
-        steps.push(Step {
+        steps.push(Record {
             position,
             logits: std::mem::take(&mut logits),
             token,
@@ -390,8 +390,8 @@ fn collect_proofs(
     let step_of = |position: u64| -> Option<ProveStep> {
         let step = records.steps.iter().find(|s| s.position == position)?;
         let sampler = match &step.sampler {
-            StepSampler::Greedy {} => ProveSampler::Greedy,
-            StepSampler::Sample { temperature, r } => ProveSampler::Sample {
+            RecordSampler::Greedy {} => ProveSampler::Greedy,
+            RecordSampler::Sample { temperature, r } => ProveSampler::Sample {
                 temperature: *temperature,
                 r: r.parse().ok()?,
             },

@@ -15,7 +15,8 @@ use client::Hop;
 use models::generate::Generator;
 use models::tokenizer::Tokenizer;
 use models::Model;
-use transcript::{self, Nonce, ProvingPolicy, Records, RecordsRef, Transcript};
+use prover::Records;
+use transcript::{self, Nonce, ProvingPolicy, RecordsRef, Transcript};
 use wire::Encoding;
 
 use super::model::open_gguf;

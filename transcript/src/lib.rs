@@ -121,6 +121,7 @@ use serde::{Deserialize, Serialize};
 
 use circuits::fixed_point::Temperature;
 use circuits::{FixedPoint, Sampler};
+use prover::{Record, RecordSampler, Records};
 use verifier::answer::ExpectedStep;
 use verifier::hex;
 use verifier::receipt::{PublicKey, Receipt, Signature};
@@ -289,39 +290,12 @@ pub enum RecordsRef {
     },
 }
 
-/// The `zkinfer prove --records` JSON shape (`prover::Records`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Records {
-    pub vocab: usize,
-    pub steps: Vec<Step>,
-}
-
-/// One generated token (`prover::Record`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Step {
-    pub position: u64,
-    pub logits: Vec<f32>,
-    pub token: u32,
-    pub sampler: StepSampler,
-}
-
-/// `{"greedy": {}}` or `{"sample": {"temperature": t, "r": "<decimal u64>"}}`
-/// (`prover::RecordSampler`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum StepSampler {
-    Greedy {},
-    Sample { temperature: f64, r: String },
-}
-
 impl TranscriptSampler {
     /// The record sampler of the token at `position`.
-    pub fn step(&self, nonce: &Nonce, request_id: u64, position: u64) -> StepSampler {
+    pub fn step(&self, nonce: &Nonce, request_id: u64, position: u64) -> RecordSampler {
         match *self {
-            TranscriptSampler::Greedy {} => StepSampler::Greedy {},
-            TranscriptSampler::Sample { temperature } => StepSampler::Sample {
+            TranscriptSampler::Greedy {} => RecordSampler::Greedy {},
+            TranscriptSampler::Sample { temperature } => RecordSampler::Sample {
                 temperature,
                 r: sampling_r(nonce, request_id, position).to_string(),
             },
@@ -420,7 +394,7 @@ pub enum TranscriptError {
 
 /// Encodes steps as a `T.logits.bin` side file (see the module docs).
 /// Fails when a step's logits are not `vocab` long or a size overflows u32.
-pub fn encode_logits(vocab: usize, steps: &[Step]) -> Result<Vec<u8>, TranscriptError> {
+pub fn encode_logits(vocab: usize, steps: &[Record]) -> Result<Vec<u8>, TranscriptError> {
     let v = u32::try_from(vocab).map_err(|_| TranscriptError::Format("vocab too large".into()))?;
     let n =
         u32::try_from(steps.len()).map_err(|_| TranscriptError::Format("too many steps".into()))?;
@@ -719,7 +693,7 @@ impl Transcript {
                     vocab: v,
                     steps: steps
                         .into_iter()
-                        .map(|(position, token, logits)| Step {
+                        .map(|(position, token, logits)| Record {
                             position,
                             logits,
                             token,
@@ -739,8 +713,8 @@ mod tests {
     fn sample() -> Transcript {
         let sampler = TranscriptSampler::Sample { temperature: 0.8 };
         let nonce = Nonce::from_seed(7);
-        let steps: Vec<Step> = (5..8)
-            .map(|p| Step {
+        let steps: Vec<Record> = (5..8)
+            .map(|p| Record {
                 position: p,
                 logits: vec![0.5, -1.25, p as f32, f32::MIN_POSITIVE],
                 token: (p % 4) as u32,
