@@ -414,35 +414,6 @@ pub struct AtPosition {
     pub value: Value,
 }
 
-/// `{"enter": start}`, `{"layer": l}` or `{"exit": end}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum StepName {
-    Enter(u32),
-    Layer(u32),
-    Exit(u32),
-}
-
-impl From<Step> for StepName {
-    fn from(step: Step) -> StepName {
-        match step {
-            Step::Enter(l) => StepName::Enter(l),
-            Step::Layer(l) => StepName::Layer(l),
-            Step::Exit(l) => StepName::Exit(l),
-        }
-    }
-}
-
-impl From<StepName> for Step {
-    fn from(step: StepName) -> Step {
-        match step {
-            StepName::Enter(l) => Step::Enter(l),
-            StepName::Layer(l) => Step::Layer(l),
-            StepName::Exit(l) => Step::Exit(l),
-        }
-    }
-}
-
 /// The fraud proof format version this module writes.
 pub const FRAUD_PROOF_VERSION: u32 = 1;
 
@@ -460,7 +431,7 @@ pub struct FraudProof {
     pub request_id: u64,
     /// The forward the step belongs to.
     pub position: u64,
-    pub step: StepName,
+    pub step: Step,
     /// The node's signature on the step receipt, hex.
     pub signature: String,
     /// The step's input: for a layer, its input at every forward up to and
@@ -501,7 +472,7 @@ impl FraudProof {
     fn receipt(&self, replayer: &Replayer) -> std::result::Result<StepReceipt, String> {
         let model_id =
             parse_hex_array::<32>(&self.model_id).ok_or("model_id is not 64 hex digits")?;
-        let step = Step::from(self.step);
+        let step = self.step;
         let d = replayer.hidden_size();
         let (input, output) = match step {
             Step::Layer(_) => {
@@ -626,7 +597,7 @@ impl FraudProof {
 
     fn replay(&self, replayer: &mut Replayer) -> std::result::Result<Comparison, String> {
         let err = |e: ModelError| e.to_string();
-        match Step::from(self.step) {
+        match self.step {
             Step::Layer(l) => {
                 let inputs = self
                     .inputs
@@ -660,18 +631,18 @@ impl FraudProof {
 }
 
 /// A step in words.
-pub fn describe(step: StepName) -> String {
+pub fn describe(step: Step) -> String {
     match step {
-        StepName::Enter(0) => "the embedding".into(),
-        StepName::Enter(l) => format!("decoding the input of layer {l}"),
-        StepName::Layer(l) => format!("layer {l}"),
-        StepName::Exit(l) => format!("the output after layer {}", l.saturating_sub(1)),
+        Step::Enter(0) => "the embedding".into(),
+        Step::Enter(l) => format!("decoding the input of layer {l}"),
+        Step::Layer(l) => format!("layer {l}"),
+        Step::Exit(l) => format!("the output after layer {}", l.saturating_sub(1)),
     }
 }
 
-fn tolerance_of(step: StepName, replayer: &Replayer) -> Tolerance {
+fn tolerance_of(step: Step, replayer: &Replayer) -> Tolerance {
     match step {
-        StepName::Exit(end) if end as usize == replayer.layers() => LOGITS,
+        Step::Exit(end) if end as usize == replayer.layers() => LOGITS,
         _ => HIDDEN,
     }
 }

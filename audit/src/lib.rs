@@ -40,7 +40,7 @@ use verifier::parse_hex_array;
 use verifier::receipt::{self, PublicKey, Signature, Step, StepReceipt};
 
 use crate::fraud::{
-    compare, describe, AtPosition, Comparison, FraudProof, Replayer, StepName, Value, Verdict,
+    compare, describe, AtPosition, Comparison, FraudProof, Replayer, Value, Verdict,
     FRAUD_PROOF_VERSION, HIDDEN,
 };
 use node::trail::f32_digest;
@@ -76,7 +76,7 @@ pub struct HopAudit {
     pub note: Option<String>,
     /// The first step whose re-execution rejects (bisection).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_bad: Option<StepName>,
+    pub first_bad: Option<Step>,
 }
 
 /// Everything an audit found.
@@ -640,7 +640,7 @@ impl Bisector<'_> {
             signer: self.trace.signer.to_hex(),
             request_id: self.link.request_id,
             position,
-            step: step.into(),
+            step,
             signature: verifier::hex(&signature),
             inputs,
             output,

@@ -24,10 +24,10 @@ use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::Device;
 use circuits::{CircuitShape, FixedPoint, Sampler};
 use verifier::bundle::Bundle;
-use verifier::receipt::SecretKey;
+use verifier::receipt::{SecretKey, Step};
 use verifier::ParamsCache;
 
-use audit::fraud::{describe, FraudProof, Replayer, StepName, Verdict};
+use audit::fraud::{describe, FraudProof, Replayer, Verdict};
 use audit::{audit, AuditOptions, AuditReport};
 use client::generation::{generate, Backend, GenerationOptions, ModelInfo, Prompt, Quiet};
 use client::session::SessionConfig;
@@ -97,11 +97,11 @@ impl Cheat {
 
     /// The first bad step bisection should name, where one exists, for a
     /// chain split at `split`.
-    pub fn expected_first_bad(self, split: usize) -> Option<StepName> {
+    pub fn expected_first_bad(self, split: usize) -> Option<Step> {
         match self {
-            Cheat::ModelSwap | Cheat::Requantized => Some(StepName::Layer(split as u32)),
-            Cheat::TamperedActivation => Some(StepName::Layer(split as u32 + 1)),
-            Cheat::SubstitutedPrompt => Some(StepName::Enter(0)),
+            Cheat::ModelSwap | Cheat::Requantized => Some(Step::Layer(split as u32)),
+            Cheat::TamperedActivation => Some(Step::Layer(split as u32 + 1)),
+            Cheat::SubstitutedPrompt => Some(Step::Enter(0)),
             _ => None,
         }
     }
@@ -122,7 +122,7 @@ pub struct Caught {
     /// `None` when the run had no proof to check.
     pub zk: Option<bool>,
     /// The step bisection named (its fraud proof checked valid on its own).
-    pub first_bad: Option<StepName>,
+    pub first_bad: Option<Step>,
     /// Hops the audit left ambiguous.
     pub ambiguous: usize,
     /// The numbers that decided, in words.
@@ -140,7 +140,7 @@ impl Caught {
 pub struct Row {
     pub cheat: &'static str,
     pub caught: Caught,
-    pub expected_first_bad: Option<StepName>,
+    pub expected_first_bad: Option<Step>,
 }
 
 /// The honest runs: tokens generated and audited, and false rejections.
@@ -628,7 +628,7 @@ impl SuiteReport {
         );
         for row in &self.rows {
             let c = &row.caught;
-            let first = |s: Option<StepName>| s.map_or("-".to_string(), describe);
+            let first = |s: Option<Step>| s.map_or("-".to_string(), describe);
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} ({}) | {} |\n",
                 row.cheat,

@@ -73,7 +73,13 @@ pub struct StepReceipt {
 /// of the last (`Exit(end)`: encoding, or at the model's end the final norm
 /// and head). Naming the span's edge keeps what a step computes fixed by
 /// the signed statement alone.
+/// With the `serde` feature, `{"enter": start}`, `{"layer": l}` or `{"exit": end}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase", deny_unknown_fields)
+)]
 pub enum Step {
     Enter(u32),
     Layer(u32),
