@@ -5,7 +5,7 @@
 //! node, takes its hidden states back, sends them to the next node, and so
 //! on; the last node answers the logits of the last position. Which node
 //! serves which layers is data (a list of [`Hop`]s, chosen by
-//! [`plan_route`]), so routing and failover can later replace a hop without
+//! [`routing::Router`]), so routing and failover replace a hop without
 //! touching the rest.
 
 pub mod generation;
@@ -162,52 +162,6 @@ pub fn check_coverage(hops: &[Hop], layers: usize) -> Result<(), ClientError> {
         return Err(fail(problem));
     }
     Ok(())
-}
-
-/// Picks the first chain of `candidates` that covers `0..layers` in order:
-/// depth first, trying candidates in the order given, so with one node per
-/// span it is simply those nodes sorted by layer. Later work replaces this
-/// with a min-cost path (measured RTT and throughput).
-pub fn plan_route(candidates: &[Hop], layers: usize) -> Result<Vec<Hop>, ClientError> {
-    fn extend(candidates: &[Hop], layers: usize, route: &mut Vec<Hop>) -> bool {
-        let at = route.last().map_or(0, |h| h.layers.end);
-        if at == layers {
-            return true;
-        }
-        for hop in candidates {
-            if hop.layers.start == at && hop.layers.end > at && hop.layers.end <= layers {
-                route.push(hop.clone());
-                if extend(candidates, layers, route) {
-                    return true;
-                }
-                route.pop();
-            }
-        }
-        false
-    }
-    let mut route = Vec::new();
-    if extend(candidates, layers, &mut route) {
-        return Ok(route);
-    }
-    // Name the first layer no node can reach, for the error.
-    let mut reach = 0;
-    loop {
-        let next = candidates
-            .iter()
-            .filter(|h| h.layers.start <= reach && h.layers.end > reach)
-            .map(|h| h.layers.end)
-            .max();
-        match next {
-            Some(end) if end < layers => reach = end,
-            _ => break,
-        }
-    }
-    Err(ClientError::Coverage {
-        layers,
-        problem: format!(
-            "no chain of nodes covers it in order: chains from layer 0 reach layer {reach} at most, and no node serves a range starting there"
-        ),
-    })
 }
 
 struct Link {
@@ -497,17 +451,5 @@ mod tests {
         assert!(tail.to_string().contains("layers 3..7"), "{tail}");
         let overlap = check_coverage(&[hop(1, 0..4), hop(2, 3..7)], 7).unwrap_err();
         assert!(overlap.to_string().contains("overlap"), "{overlap}");
-    }
-
-    #[test]
-    fn route_takes_the_first_chain_that_covers_everything() {
-        let nodes = [hop(1, 0..2), hop(2, 0..3), hop(3, 3..7), hop(4, 2..5)];
-        // 0..2 leads to 2..5, a dead end: backtrack to 0..3.
-        assert_eq!(
-            plan_route(&nodes, 7).expect("route"),
-            vec![hop(2, 0..3), hop(3, 3..7)]
-        );
-        let err = plan_route(&[hop(1, 0..3), hop(2, 4..7)], 7).unwrap_err();
-        assert!(err.to_string().contains("layer 3"), "{err}");
     }
 }
