@@ -15,10 +15,11 @@ use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use client::session::{Session, SessionConfig};
 use client::{ClientError, Hop};
+use models::argmax;
 use models::gemma3::Gemma3;
 use models::generate::Generator;
 use models::model_id::{model_id, ModelId};
-use models::testing::{tiny_gemma3_config, write_random_gemma3};
+use models::testing::{tiny_gemma3_config, write_random_gemma3, TempDir};
 use models::Model as Shard;
 use node::{serve_until, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,15 +34,6 @@ const TOKENS: usize = 64;
 /// Bound on every test: a hang is a failure, not a stuck CI job.
 const TEST_LIMIT: Duration = Duration::from_secs(120);
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Model {
     _dir: TempDir,
     path: PathBuf,
@@ -49,15 +41,14 @@ struct Model {
 }
 
 fn write_model(name: &str) -> Model {
-    let dir = std::env::temp_dir().join(format!("zkinfer-failover-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("tiny.gguf");
+    let dir = TempDir::new(&format!("failover-{name}")).expect("temp dir");
+    let path = dir.path().join("tiny.gguf");
     write_random_gemma3(&path, &tiny_gemma3_config(), 11).expect("write model");
     let mut reader = BufReader::new(File::open(&path).expect("open"));
     let content = gguf_file::Content::read(&mut reader).expect("gguf");
     let id = model_id(&content, &mut reader).expect("model id");
     Model {
-        _dir: TempDir(dir),
+        _dir: dir,
         path,
         id,
     }
@@ -110,17 +101,6 @@ impl Node {
         }
         let _ = (&mut self.task).await;
     }
-}
-
-/// Lowest index of the largest value (the circuit's tie rule).
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Single-process greedy generation of `TOKENS` tokens.

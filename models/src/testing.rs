@@ -1,7 +1,7 @@
 //! Tiny random-weight models written as GGUF files, for tests that must not
 //! need the real model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -452,4 +452,28 @@ pub fn greedy_chain(
         input = vec![next];
     }
     Ok((tokens, all_logits))
+}
+
+/// A scratch directory under the system's temporary directory, named for this
+/// process, removed with all it holds on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `zkinfer-NAME-PID` afresh (an older one of that name is removed).
+    pub fn new(name: &str) -> std::io::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("zkinfer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
+use models::argmax;
 use models::gemma3::{Cache, Gemma3};
 use models::testing::{tiny_gemma3_config, write_random_gemma3};
 
@@ -120,17 +121,6 @@ fn digest(chunks: &[Tensor]) -> blake3::Hash {
         }
     }
     h.finalize()
-}
-
-/// Lowest index of the largest value.
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// The unsplit model's greedy run: the chunks fed (prompt, then each greedy

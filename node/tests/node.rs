@@ -12,10 +12,11 @@ use std::time::Duration;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use client::{Chain, ClientError, Hop};
+use models::argmax;
 use models::gemma3::Gemma3;
 use models::generate::Generator;
 use models::model_id::{model_id, ModelId};
-use models::testing::{tiny_gemma3_config, write_random_gemma3};
+use models::testing::{tiny_gemma3_config, write_random_gemma3, TempDir};
 use models::Model;
 use node::{serve, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,15 +40,6 @@ struct Fixture {
     path: PathBuf,
     id: ModelId,
     hops: Vec<Hop>,
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn load(path: &Path, layers: Range<usize>) -> Gemma3 {
@@ -78,9 +70,8 @@ async fn start_node(path: &Path, id: ModelId, layers: Range<usize>) -> SocketAdd
 
 /// Writes the tiny model and starts nodes for layers 0..3 and 3..7.
 async fn fixture(name: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("zkinfer-node-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("tiny.gguf");
+    let dir = TempDir::new(&format!("node-{name}")).expect("temp dir");
+    let path = dir.path().join("tiny.gguf");
     write_random_gemma3(&path, &tiny_gemma3_config(), 11).expect("write model");
     let id = {
         let mut reader = BufReader::new(File::open(&path).expect("open"));
@@ -93,22 +84,11 @@ async fn fixture(name: &str) -> Fixture {
         hops.push(Hop { addr, layers });
     }
     Fixture {
-        _dir: TempDir(dir),
+        _dir: dir,
         path,
         id,
         hops,
     }
-}
-
-/// Lowest index of the largest value (the circuit's tie rule).
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Single-process reference: the logits after the prompt and after each of
@@ -459,10 +439,8 @@ async fn end_frees_the_cache() {
 #[tokio::test]
 async fn nodes_serve_llama_shards() {
     tokio::time::timeout(TEST_LIMIT, async {
-        let dir = std::env::temp_dir().join(format!("zkinfer-node-llama-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let _cleanup = TempDir(dir.clone());
-        let path = dir.join("tiny-llama.gguf");
+        let dir = TempDir::new("node-llama").expect("temp dir");
+        let path = dir.path().join("tiny-llama.gguf");
         let config = models::testing::tiny_llama_config();
         models::testing::write_random_llama(&path, &config, 5).expect("write model");
         let open = |layers: Range<usize>| {

@@ -37,8 +37,9 @@ use client::session::{Session, SessionConfig};
 use client::Hop;
 use models::generate::Generator;
 use models::model_id::ModelId;
+use models::testing::TempDir;
 use models::tokenizer::Tokenizer;
-use models::{Model, ModelShape};
+use models::{argmax, Model, ModelShape};
 use wire::Encoding;
 
 use super::model::{open_gguf, packaged_model_path};
@@ -100,17 +101,6 @@ fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
-}
-
-/// Lowest index of the largest value (the sampler's tie rule).
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn logprob(logits: &[f32], token: u32) -> f64 {
@@ -211,15 +201,6 @@ pub(super) fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
         }
     }
     cmd
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A `zkinfer serve` child, killed and reaped on drop.
@@ -806,10 +787,8 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
     let id = models::model_id::model_id(&content, &mut reader)
         .map_err(|e| CliError::unreadable(format!("{}: {e}", model.display())))?;
     drop(reader);
-    let dir = std::env::temp_dir().join(format!("zkinfer-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
-    let dir = TempDir(dir);
+    let dir =
+        TempDir::new("bench").map_err(|e| CliError::failed(format!("a scratch directory: {e}")))?;
     let python = args.python.clone().unwrap_or_else(|| {
         let venv = PathBuf::from("/tmp/llvenv/bin/python");
         if venv.exists() {
@@ -842,7 +821,7 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
             "llama.cpp, {threads} thread(s) ({})",
             python.display()
         ));
-        let run = llama_cpp(&setup, &python, &dir.0, threads);
+        let run = llama_cpp(&setup, &python, dir.path(), threads);
         if let Err(why) = &run {
             progress(&format!("llama.cpp not measured: {why}"));
         }
@@ -853,7 +832,7 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
     let two_ranges = [0..half, half..n];
     let three_ranges = [0..n / 3, n / 3..2 * n / 3, 2 * n / 3..n];
     progress(&format!("2-shard chain {}..{} | {}..{}", 0, half, half, n));
-    let mut two = start_nodes(&setup.model, &two_ranges, &dir.0)?;
+    let mut two = start_nodes(&setup.model, &two_ranges, dir.path())?;
     let chain2 = chain_speed(&mut setup, &two)?;
     progress("activation encodings on the 2-shard chain");
     let mut encodings = Vec::new();
@@ -865,7 +844,7 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
     two.extend(start_nodes(
         &setup.model,
         std::slice::from_ref(&two_ranges[1]),
-        &dir.0,
+        dir.path(),
     )?);
     let failover = failover(&mut setup, &mut two, half)?;
     drop(two);
@@ -879,7 +858,7 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
         three_ranges[2].start,
         three_ranges[2].end
     ));
-    let three = start_nodes(&setup.model, &three_ranges, &dir.0)?;
+    let three = start_nodes(&setup.model, &three_ranges, dir.path())?;
     let chain3 = chain_speed(&mut setup, &three)?;
     drop(three);
 
