@@ -34,7 +34,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::TcpStream;
 
 use verifier::parse_hex_array;
 use verifier::receipt::{self, PublicKey, Signature, Step, StepReceipt};
@@ -46,8 +45,8 @@ use crate::fraud::{
 use node::trail::f32_digest;
 use transcript::binding::{self, BindingCheck};
 use transcript::Transcript;
-use wire::transport;
-use wire::{Boundary, ForwardInput, Frame, Limits, Message, SignedStep};
+use wire::transport::NodeLink;
+use wire::{Boundary, ForwardInput, Frame, Message, SignedStep};
 
 /// What to audit.
 #[derive(Clone, Debug, Default)]
@@ -194,26 +193,16 @@ fn digest_of(hex: &str) -> [u8; 32] {
 }
 
 /// A connection to one node, asking about one request.
-struct NodeLink {
-    stream: TcpStream,
+/// The link to one node, for the questions of one request.
+struct RequestLink {
+    node: NodeLink,
     request_id: u64,
-    timeout: Duration,
-    limits: Limits,
 }
 
-impl NodeLink {
+impl RequestLink {
     async fn ask(&mut self, position: u64, message: Message) -> Result<Message, String> {
         let frame = Frame::new(self.request_id, position, message);
-        transport::write_frame(&mut self.stream, &frame, self.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let reply = transport::read_frame(&mut self.stream, &self.limits, self.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        match reply.message {
-            Message::Error(e) => Err(e.into_error().to_string()),
-            other => Ok(other),
-        }
+        self.node.call(&frame).await.map_err(|e| e.to_string())
     }
 
     async fn reveal(&mut self, position: u64, boundary: Boundary) -> Result<ForwardInput, String> {
@@ -300,15 +289,12 @@ async fn audit_node(
             .addr
             .parse()
             .map_err(|_| format!("{:?} is not a node address", group.addr))?;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let node = NodeLink::connect(addr, timeout)
             .await
-            .map_err(|_| "connecting timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>(NodeLink {
-            stream,
+        Ok::<_, String>(RequestLink {
+            node,
             request_id: group.request_id,
-            timeout,
-            limits: Limits::default(),
         })
     }
     .await;
@@ -530,7 +516,7 @@ async fn audit_node(
 
 /// Bisection state for one node: the hidden states revealed so far.
 struct Bisector<'a> {
-    link: &'a mut NodeLink,
+    link: &'a mut RequestLink,
     trace: &'a Trace,
     replayer: &'a mut Replayer,
     layers: Range<usize>,

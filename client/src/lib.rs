@@ -18,14 +18,12 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
-
 use models::model_id::ModelId;
 use transcript::HopDigest;
-use wire::transport;
+use wire::transport::NodeLink;
 use wire::{
-    Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, HeadReply, Hello, Limits,
-    Message, MessageType, Ping, ProofsReply, ProveStep, WireError,
+    Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, HeadReply, Hello, Message,
+    MessageType, Ping, ProofsReply, ProveStep, WireError,
 };
 
 /// One node of a chain: where it listens and the layers it serves.
@@ -166,7 +164,7 @@ pub fn check_coverage(hops: &[Hop], layers: usize) -> Result<(), ClientError> {
 
 struct Link {
     hop: Hop,
-    stream: TcpStream,
+    node: NodeLink,
     /// The node's receipt-signing key, from its HelloAck.
     signer: Option<[u8; 64]>,
 }
@@ -176,8 +174,6 @@ pub struct Chain {
     links: Vec<Link>,
     model_id: ModelId,
     encoding: Encoding,
-    io_timeout: Duration,
-    limits: Limits,
     /// Per-hop digests of the last successful forward.
     last_hops: Vec<HopDigest>,
 }
@@ -197,22 +193,15 @@ impl Chain {
         check_coverage(&hops, layers)?;
         let mut links = Vec::with_capacity(hops.len());
         for hop in hops {
-            let stream = tokio::time::timeout(io_timeout, TcpStream::connect(hop.addr))
+            let node = NodeLink::connect(hop.addr, io_timeout)
                 .await
-                .unwrap_or_else(|_| {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer in {io_timeout:?}"),
-                    ))
-                })
                 .map_err(|source| ClientError::Connect {
                     addr: hop.addr,
                     source,
                 })?;
-            let _ = stream.set_nodelay(true);
             links.push(Link {
                 hop,
-                stream,
+                node,
                 signer: None,
             });
         }
@@ -220,8 +209,6 @@ impl Chain {
             links,
             model_id,
             encoding,
-            io_timeout,
-            limits: Limits::default(),
             last_hops: Vec::new(),
         };
         for i in 0..chain.links.len() {
@@ -335,10 +322,8 @@ impl Chain {
     pub async fn end(&mut self, request_id: u64) -> Result<(), ClientError> {
         for i in 0..self.links.len() {
             let frame = Frame::new(request_id, 0, Message::End);
-            let timeout = self.io_timeout;
-            transport::write_frame(&mut self.links[i].stream, &frame, timeout)
-                .await
-                .map_err(|e| self.node_error(i, e))?;
+            let sent = self.links[i].node.send(&frame).await;
+            sent.map_err(|e| self.node_error(i, e))?;
         }
         Ok(())
     }
@@ -392,18 +377,8 @@ impl Chain {
     /// Sends a frame to hop `i` and reads its answer; an Error frame becomes
     /// [`WireError::Remote`].
     async fn call(&mut self, i: usize, frame: Frame) -> Result<Message, ClientError> {
-        let (timeout, limits) = (self.io_timeout, self.limits);
-        let stream = &mut self.links[i].stream;
-        let result = async {
-            transport::write_frame(stream, &frame, timeout).await?;
-            let reply = transport::read_frame(stream, &limits, timeout).await?;
-            match reply.message {
-                Message::Error(e) => Err(e.into_error()),
-                message => Ok(message),
-            }
-        }
-        .await;
-        result.map_err(|e| self.node_error(i, e))
+        let answer = self.links[i].node.call(&frame).await;
+        answer.map_err(|e| self.node_error(i, e))
     }
 
     fn wire_layers(&self, i: usize) -> Result<Range<u32>, ClientError> {

@@ -11,11 +11,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
-
 use crate::{ClientError, Hop};
-use wire::transport;
-use wire::{Frame, Limits, Message, Ping};
+use wire::transport::NodeLink;
+use wire::{Frame, Message, Ping};
 
 /// Filler of the throughput ping: large enough that transfer time dominates
 /// the round trip on a real link, small enough to be cheap to send often.
@@ -41,23 +39,16 @@ impl NodeCost {
 /// [`THROUGHPUT_PING_BYTES`] ping (echoed, so twice that crosses the link)
 /// for throughput.
 pub async fn measure(addr: SocketAddr, timeout: Duration) -> Result<NodeCost, ClientError> {
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let mut link = NodeLink::connect(addr, timeout)
         .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer in {timeout:?}"),
-            ))
-        })
         .map_err(|source| ClientError::Connect { addr, source })?;
-    let _ = stream.set_nodelay(true);
     let node_error = |source| ClientError::Node {
         addr,
         layers: 0..0,
         source,
     };
-    let rtt = ping(&mut stream, 0, timeout).await.map_err(node_error)?;
-    let big = ping(&mut stream, THROUGHPUT_PING_BYTES, timeout)
+    let rtt = ping(&mut link, 0).await.map_err(node_error)?;
+    let big = ping(&mut link, THROUGHPUT_PING_BYTES)
         .await
         .map_err(node_error)?;
     // Loopback can make the difference ~0: floor it so throughput stays finite.
@@ -67,11 +58,7 @@ pub async fn measure(addr: SocketAddr, timeout: Duration) -> Result<NodeCost, Cl
 }
 
 /// One ping of `bytes` filler; returns its round-trip time.
-async fn ping(
-    stream: &mut TcpStream,
-    bytes: usize,
-    timeout: Duration,
-) -> Result<Duration, wire::WireError> {
+async fn ping(link: &mut NodeLink, bytes: usize) -> Result<Duration, wire::WireError> {
     let frame = Frame::new(
         0,
         0,
@@ -81,11 +68,8 @@ async fn ping(
         }),
     );
     let start = Instant::now();
-    transport::write_frame(stream, &frame, timeout).await?;
-    let reply = transport::read_frame(stream, &Limits::default(), timeout).await?;
-    match reply.message {
+    match link.call(&frame).await? {
         Message::Pong(_) => Ok(start.elapsed()),
-        Message::Error(e) => Err(e.into_error()),
         other => Err(wire::WireError::Malformed(format!(
             "unexpected {:?} answer to a ping",
             other.message_type()

@@ -5,14 +5,63 @@
 //! the size limit before anything is allocated), read the rest of the frame,
 //! then [`Frame::decode`] the whole. Timeouts surface as
 //! [`WireError::Io`] with kind [`io::ErrorKind::TimedOut`].
+//!
+//! [`NodeLink`] is the one way a client, a router or an auditor talks to a
+//! node: a connection on which each frame gets one answer.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-use crate::{Frame, Header, Limits, WireError, HEADER_LEN};
+use crate::{Frame, Header, Limits, Message, WireError, HEADER_LEN};
+
+/// A connection to a node: a frame out, its answer in, every wait bounded by
+/// one timeout.
+pub struct NodeLink {
+    addr: SocketAddr,
+    stream: TcpStream,
+    timeout: Duration,
+    limits: Limits,
+}
+
+impl NodeLink {
+    /// Connects to `addr` within `timeout`, with Nagle's algorithm off:
+    /// frames are answered one at a time, so none should wait to be sent.
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<NodeLink> {
+        let stream = with_timeout(timeout, TcpStream::connect(addr)).await??;
+        let _ = stream.set_nodelay(true);
+        Ok(NodeLink {
+            addr,
+            stream,
+            timeout,
+            limits: Limits::default(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `frame` and reads its answer; an `Error` answer is returned as
+    /// the error it names.
+    pub async fn call(&mut self, frame: &Frame) -> Result<Message, WireError> {
+        self.send(frame).await?;
+        let reply = read_frame(&mut self.stream, &self.limits, self.timeout).await?;
+        match reply.message {
+            Message::Error(e) => Err(e.into_error()),
+            message => Ok(message),
+        }
+    }
+
+    /// Sends a frame that has no answer (`End`).
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), WireError> {
+        write_frame(&mut self.stream, frame, self.timeout).await
+    }
+}
 
 /// Reads one frame, allowing `timeout` for the whole frame.
 ///
