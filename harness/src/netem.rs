@@ -16,9 +16,11 @@
 //!   segment costs a TCP stream (TCP never loses bytes).
 //!
 //! Settings can change while connections are open (raising one link's delay
-//! mid-generation is how adaptive routing is tested). A proxy is bounded: it
-//! carries at most [`TRAFFIC_BUDGET`] bytes in all, then closes its
-//! connections, and it stops when dropped.
+//! mid-generation is how adaptive routing is tested). A proxy counts the
+//! bytes it carries each way ([`WanProxy::bytes`]; with the default settings
+//! it is a plain byte counter). It is bounded: it carries at most
+//! [`TRAFFIC_BUDGET`] bytes in all, then closes its connections, and it stops
+//! when dropped.
 
 use std::io;
 use std::net::SocketAddr;
@@ -62,11 +64,25 @@ impl LinkSettings {
     }
 }
 
+/// Bytes a proxy has carried, by direction.
+#[derive(Debug, Default)]
+struct Traffic {
+    to_node: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl Traffic {
+    fn total(&self) -> u64 {
+        self.to_node.load(Ordering::Relaxed) + self.to_client.load(Ordering::Relaxed)
+    }
+}
+
 /// A running proxy; dropping it closes the listener and every connection.
 pub struct WanProxy {
     /// Where clients connect instead of the node.
     pub addr: SocketAddr,
     settings: Arc<Mutex<LinkSettings>>,
+    traffic: Arc<Traffic>,
     task: JoinHandle<()>,
 }
 
@@ -90,11 +106,12 @@ impl WanProxy {
         let addr = listener.local_addr()?;
         let settings = Arc::new(Mutex::new(settings));
         let shared = Arc::clone(&settings);
-        let carried = Arc::new(AtomicU64::new(0));
+        let traffic = Arc::new(Traffic::default());
+        let carried = Arc::clone(&traffic);
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
-                if carried.load(Ordering::Relaxed) >= TRAFFIC_BUDGET {
+                if carried.total() >= TRAFFIC_BUDGET {
                     break;
                 }
                 let settings = Arc::clone(&shared);
@@ -107,9 +124,14 @@ impl WanProxy {
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let up =
-                        tokio::spawn(pump(cr, sw, Arc::clone(&settings), Arc::clone(&carried)));
-                    let down = tokio::spawn(pump(sr, cw, settings, carried));
+                    let up = tokio::spawn(pump(
+                        cr,
+                        sw,
+                        Arc::clone(&settings),
+                        Arc::clone(&carried),
+                        Direction::ToNode,
+                    ));
+                    let down = tokio::spawn(pump(sr, cw, settings, carried, Direction::ToClient));
                     let _ = tokio::join!(up, down);
                 });
             }
@@ -117,6 +139,7 @@ impl WanProxy {
         Ok(WanProxy {
             addr,
             settings,
+            traffic,
             task,
         })
     }
@@ -126,10 +149,25 @@ impl WanProxy {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
+    /// Bytes carried so far, `(to the node, to the client)`, over all
+    /// connections.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.traffic.to_node.load(Ordering::Relaxed),
+            self.traffic.to_client.load(Ordering::Relaxed),
+        )
+    }
+
     /// The current settings.
     pub fn settings(&self) -> LinkSettings {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    ToNode,
+    ToClient,
 }
 
 /// Moves bytes from `from` to `to` through the emulated link: a reader
@@ -138,8 +176,13 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     settings: Arc<Mutex<LinkSettings>>,
-    carried: Arc<AtomicU64>,
+    traffic: Arc<Traffic>,
+    direction: Direction,
 ) {
+    let counter = match direction {
+        Direction::ToNode => &traffic.to_node,
+        Direction::ToClient => &traffic.to_client,
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let writer = tokio::spawn(async move {
         while let Some((at, bytes)) = rx.recv().await {
@@ -167,7 +210,8 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if carried.fetch_add(n as u64, Ordering::Relaxed) + n as u64 > TRAFFIC_BUDGET {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if traffic.total() > TRAFFIC_BUDGET {
             break;
         }
         let s = *settings.lock().unwrap_or_else(|e| e.into_inner());
@@ -246,6 +290,9 @@ mod tests {
         });
         let t = round_trip(proxy.addr, 50_000).await;
         assert!(t >= Duration::from_millis(95), "{t:?}");
+        // Every byte is counted once each way: three round trips of 100,
+        // 100 and 50,000 bytes.
+        assert_eq!(proxy.bytes(), (50_200, 50_200));
         assert!(WanProxy::start(
             "10.0.0.1:80".parse().expect("addr"),
             LinkSettings::default()

@@ -7,7 +7,6 @@ use std::io::BufReader;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use client::session::{Session, SessionConfig};
 use client::{ClientError, Hop};
+use harness::netem::{LinkSettings, WanProxy};
 use models::argmax;
 use models::gemma3::Gemma3;
 use models::generate::Generator;
@@ -22,8 +22,7 @@ use models::model_id::{model_id, ModelId};
 use models::testing::{tiny_gemma3_config, write_random_gemma3, TempDir};
 use models::Model as Shard;
 use node::{serve_until, NodeConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wire::{Encoding, Limits};
@@ -289,46 +288,6 @@ async fn losing_the_only_node_of_a_range_is_a_clear_error() {
     .expect("test timed out");
 }
 
-/// A TCP proxy in front of `target` that holds each chunk going to the node
-/// for `delay` milliseconds (changeable while running).
-async fn slow_proxy(target: SocketAddr, delay: Arc<AtomicU64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let delay = Arc::clone(&delay);
-            tokio::spawn(async move {
-                let Ok(outbound) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let _ = inbound.set_nodelay(true);
-                let _ = outbound.set_nodelay(true);
-                let (mut from_client, mut to_client) = inbound.into_split();
-                let (mut from_node, mut to_node) = outbound.into_split();
-                let up = async {
-                    let mut buf = vec![0u8; 1 << 16];
-                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
-                        let ms = delay.load(Ordering::Relaxed);
-                        if ms > 0 {
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                        }
-                        if to_node.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = to_node.shutdown().await;
-                };
-                let down = async {
-                    let _ = tokio::io::copy(&mut from_node, &mut to_client).await;
-                    let _ = to_client.shutdown().await;
-                };
-                tokio::join!(up, down);
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_prefers_the_faster_node_and_reroutes_when_it_slows() {
     tokio::time::timeout(TEST_LIMIT, async {
@@ -337,10 +296,11 @@ async fn the_session_prefers_the_faster_node_and_reroutes_when_it_slows() {
         let a = Node::start(&model, 0..3).await;
         let b = Node::start(&model, 0..3).await;
         let c = Node::start(&model, 3..7).await;
-        let delay_a = Arc::new(AtomicU64::new(20));
-        let delay_b = Arc::new(AtomicU64::new(0));
-        let via_a = slow_proxy(a.hop.addr, Arc::clone(&delay_a)).await;
-        let via_b = slow_proxy(b.hop.addr, Arc::clone(&delay_b)).await;
+        let slow = LinkSettings::rtt(Duration::from_millis(20));
+        let fast = LinkSettings::default();
+        let link_a = WanProxy::start(a.hop.addr, slow).await.expect("proxy");
+        let link_b = WanProxy::start(b.hop.addr, fast).await.expect("proxy");
+        let (via_a, via_b) = (link_a.addr, link_b.addr);
         // The slow one first: candidate order alone would pick it.
         let hops = vec![
             Hop {
@@ -361,22 +321,22 @@ async fn the_session_prefers_the_faster_node_and_reroutes_when_it_slows() {
         /// Makes B slow and A fast after `at` tokens.
         struct Swap {
             at: usize,
-            delay_a: Arc<AtomicU64>,
-            delay_b: Arc<AtomicU64>,
+            links: [WanProxy; 2],
+            settings: [LinkSettings; 2],
         }
         impl AsyncHook for Swap {
             async fn call(&mut self, emitted: usize, _: &Session) {
                 if emitted == self.at {
-                    self.delay_a.store(0, Ordering::Relaxed);
-                    self.delay_b.store(20, Ordering::Relaxed);
+                    self.links[0].set(self.settings[1]);
+                    self.links[1].set(self.settings[0]);
                 }
             }
         }
         let mut tokens = Vec::new();
         let hook = Swap {
             at: 20,
-            delay_a,
-            delay_b,
+            links: [link_a, link_b],
+            settings: [slow, fast],
         };
         generate(&mut session, &mut tokens, hook)
             .await

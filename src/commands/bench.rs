@@ -23,18 +23,15 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use client::session::{Session, SessionConfig};
 use client::Hop;
+use harness::netem::{LinkSettings, WanProxy};
 use models::generate::Generator;
 use models::model_id::ModelId;
 use models::testing::TempDir;
@@ -309,67 +306,6 @@ fn start_nodes(model: &Path, ranges: &[Range<usize>], dir: &Path) -> Result<Vec<
     Ok(nodes)
 }
 
-/// Bytes a proxy saw, client to node and node to client.
-#[derive(Default)]
-struct Counter {
-    sent: AtomicU64,
-    received: AtomicU64,
-}
-
-impl Counter {
-    fn get(&self) -> (u64, u64) {
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.received.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// A loopback proxy in front of `target` that counts the bytes each way.
-async fn counting_proxy(target: SocketAddr, counter: Arc<Counter>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let counter = Arc::clone(&counter);
-            tokio::spawn(async move {
-                let Ok(outbound) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let _ = inbound.set_nodelay(true);
-                let _ = outbound.set_nodelay(true);
-                let (in_read, in_write) = inbound.into_split();
-                let (out_read, out_write) = outbound.into_split();
-                tokio::join!(
-                    pump(in_read, out_write, &counter.sent),
-                    pump(out_read, in_write, &counter.received)
-                );
-            });
-        }
-    });
-    Ok(addr)
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    count: &AtomicU64,
-) {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                count.fetch_add(n as u64, Ordering::Relaxed);
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
 /// What the bench needs of the model, read once.
 struct Setup {
     model: PathBuf,
@@ -432,7 +368,8 @@ struct Remote<'a> {
     /// The generated token whose forward failed over.
     failover_at: Option<usize>,
     current: Option<usize>,
-    counters: Vec<Arc<Counter>>,
+    /// Byte-counting proxies in front of the hops.
+    proxies: Vec<WanProxy>,
     /// Counts at the first generated token.
     at_decode: Vec<(u64, u64)>,
 }
@@ -446,18 +383,18 @@ impl<'a> Remote<'a> {
             killed: None,
             failover_at: None,
             current: None,
-            counters: Vec::new(),
+            proxies: Vec::new(),
             at_decode: Vec::new(),
         }
     }
 
-    /// Per counter, bytes (sent, received) per generated token since the first.
+    /// Per proxy, bytes (sent, received) per generated token since the first.
     fn bytes_per_token(&self, tokens: usize) -> Vec<(f64, f64)> {
-        self.counters
+        self.proxies
             .iter()
             .zip(&self.at_decode)
-            .map(|(c, &(s0, r0))| {
-                let (s, r) = c.get();
+            .map(|(p, &(s0, r0))| {
+                let (s, r) = p.bytes();
                 (
                     (s - s0) as f64 / tokens as f64,
                     (r - r0) as f64 / tokens as f64,
@@ -490,7 +427,7 @@ impl Feed for Remote<'_> {
     fn before(&mut self, i: usize) -> Result<(), CliError> {
         self.current = Some(i);
         if i == 0 {
-            self.at_decode = self.counters.iter().map(|c| c.get()).collect();
+            self.at_decode = self.proxies.iter().map(WanProxy::bytes).collect();
         }
         if let Some((at, layer, nodes)) = self.kill.as_mut() {
             if *at == i {
@@ -669,22 +606,21 @@ fn encoding_run(
     reference: &Run,
 ) -> Result<EncodingRow, CliError> {
     let mut hops = Vec::new();
-    let mut counters = Vec::new();
+    let mut proxies = Vec::new();
     for node in nodes {
-        let counter = Arc::new(Counter::default());
-        let addr = setup
+        let proxy = setup
             .runtime
-            .block_on(counting_proxy(node.addr, Arc::clone(&counter)))
+            .block_on(WanProxy::start(node.addr, LinkSettings::default()))
             .map_err(|e| CliError::failed(format!("starting a byte-counting proxy: {e}")))?;
         hops.push(Hop {
-            addr,
+            addr: proxy.addr,
             layers: node.layers.clone(),
         });
-        counters.push(counter);
+        proxies.push(proxy);
     }
     let session = setup.session(hops, encoding, false)?;
     let mut remote = Remote::new(&setup.runtime, session);
-    remote.counters = counters;
+    remote.proxies = proxies;
     let run = decode(
         &mut remote,
         &setup.prompt,
