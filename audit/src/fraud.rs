@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 use verifier::receipt::{self, PublicKey, Signature, Step, StepReceipt};
 use verifier::{hex, parse_hex, parse_hex_array};
 
-use models::gemma3::Cache;
 use models::model_id::{model_id, ModelId};
+use models::Cache;
 use models::Model;
 use models::{ModelError, Result};
 use node::greedy_token;

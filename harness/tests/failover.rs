@@ -369,7 +369,7 @@ fn shard_outputs(path: &Path, spans: &[Range<usize>], tokens: &[u32]) -> Vec<Vec
     let mut outputs = Vec::new();
     for span in spans {
         let shard = load(path, span.clone());
-        let mut cache = models::gemma3::Cache::new();
+        let mut cache = models::Cache::new();
         let input = match x.take() {
             None => shard.embed(tokens).expect("embed"),
             Some(hidden) => hidden,

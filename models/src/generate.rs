@@ -1,6 +1,6 @@
 //! Single-process generation state: a whole model and one request's cache.
 
-use crate::gemma3::Cache;
+use crate::Cache;
 use crate::Model;
 use crate::{ModelError, Result};
 

@@ -5,13 +5,17 @@
 
 pub mod gemma3;
 pub mod generate;
+mod layers;
 pub mod llama;
+mod model;
 pub mod model_id;
 mod shard;
 pub mod testing;
 pub mod tokenizer;
 
-pub use shard::{Cache, Model, ModelShape, ARCHITECTURES};
+pub use layers::Cache;
+pub use model::{Model, ModelShape, ARCHITECTURES};
+pub use shard::{Architecture, Shard};
 
 /// Errors from loading or running a model.
 #[derive(Debug, thiserror::Error)]

@@ -9,9 +9,7 @@
 //! the q/k weights so that GGUF Llama rotates the pairs `(x[2i], x[2i + 1])`, which
 //! is what candle's `rope_i` does; it is written here with plain tensor ops.
 //!
-//! A [`Llama`] holds the layers `[start, end)`. The shard that starts at 0 embeds
-//! tokens; the shard that ends at the last layer applies the final norm and the
-//! head. The KV cache of a request lives in a [`Cache`] the caller owns.
+//! A [`Llama`] is a [`Shard`] of this architecture.
 
 use std::io::{Read, Seek};
 use std::ops::Range;
@@ -19,8 +17,8 @@ use std::ops::Range;
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, D};
 
-pub use crate::gemma3::Cache;
-use crate::gemma3::{cached_attention, lookup, matmul, meta, meta_f32, meta_u32};
+use crate::layers::{cached_attention, matmul, meta, meta_f32, meta_u32, rope_tables, RmsNorm};
+use crate::shard::{check_range, Architecture, Shard};
 use crate::{ModelError, Result};
 
 /// Architecture parameters, read from the GGUF metadata.
@@ -95,23 +93,9 @@ impl Config {
     }
 }
 
-/// RMSNorm over the last dimension, weight as stored.
-#[derive(Debug, Clone)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.weight)?)
-    }
-}
-
+/// One layer's weights.
 #[derive(Debug)]
-struct Layer {
+pub struct Layer {
     attn_norm: RmsNorm,
     q: QMatMul,
     k: QMatMul,
@@ -123,14 +107,56 @@ struct Layer {
     down: QMatMul,
 }
 
-#[derive(Debug)]
-pub struct Llama {
-    pub config: Config,
-    pub layers: Range<usize>,
-    embedding: Option<Tensor>,
-    blocks: Vec<Layer>,
-    head: Option<(RmsNorm, QMatMul)>,
-    device: Device,
+/// Layers `[start, end)` of a Llama-family model.
+pub type Llama = Shard<Config>;
+
+impl Architecture for Config {
+    type Layer = Layer;
+
+    fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn layers(&self) -> usize {
+        self.layers
+    }
+
+    fn embedding_scale(&self) -> Option<f64> {
+        None
+    }
+
+    fn layer(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        position: usize,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let c = self;
+        let (b, seq, _) = x.dims3()?;
+        // `[seq, rope_dim / 2, 1]`: one angle per turned pair.
+        let (cos, sin) = rope_tables(c.rope_dim, c.rope_base, position, seq, x.device())?;
+        let (cos, sin) = (cos.unsqueeze(2)?, sin.unsqueeze(2)?);
+        let h = l.attn_norm.forward(x)?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, n, c.head_dim))?.transpose(1, 2)?)
+        };
+        let q = heads(l.q.forward(&h)?, c.heads)?;
+        let k = heads(l.k.forward(&h)?, c.kv_heads)?;
+        let v = heads(l.v.forward(&h)?, c.kv_heads)?;
+        let q = rope_interleaved(&q, &cos, &sin)?;
+        let k = rope_interleaved(&k, &cos, &sin)?;
+        let attn = cached_attention(&q, k, v, cache, position, None)?;
+        let x = (x + l.o.forward(&attn)?)?;
+        let h = l.ffn_norm.forward(&x)?;
+        let silu = l.gate.forward(&h)?.silu()?;
+        let ff = l.down.forward(&(silu * l.up.forward(&h)?)?)?;
+        Ok((x + ff)?)
+    }
 }
 
 impl Llama {
@@ -143,13 +169,7 @@ impl Llama {
         layers: Range<usize>,
     ) -> Result<Llama> {
         let config = Config::from_gguf(content)?;
-        if layers.start >= layers.end || layers.end > config.layers {
-            return Err(ModelError::LayerRange {
-                start: layers.start,
-                end: layers.end,
-                layers: config.layers,
-            });
-        }
+        check_range(&layers, config.layers)?;
         let mut tensor = |name: &str| -> Result<QTensor> {
             content
                 .tensor(reader, name, device)
@@ -164,10 +184,7 @@ impl Llama {
         for i in layers.clone() {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let mut norm = |s: &str| -> Result<RmsNorm> {
-                Ok(RmsNorm {
-                    weight: tensor(&n(s))?.dequantize(device)?,
-                    eps: config.rms_eps,
-                })
+                RmsNorm::load(tensor(&n(s))?, config.rms_eps, device)
             };
             let attn_norm = norm("attn_norm")?;
             let ffn_norm = norm("ffn_norm")?;
@@ -184,10 +201,7 @@ impl Llama {
             });
         }
         let head = if layers.end == config.layers {
-            let norm = RmsNorm {
-                weight: tensor("output_norm.weight")?.dequantize(device)?,
-                eps: config.rms_eps,
-            };
+            let norm = RmsNorm::load(tensor("output_norm.weight")?, config.rms_eps, device)?;
             let name = if config.tied_head {
                 "token_embd.weight"
             } else {
@@ -197,141 +211,8 @@ impl Llama {
         } else {
             None
         };
-        Ok(Llama {
-            config,
-            layers,
-            embedding,
-            blocks,
-            head,
-            device: device.clone(),
-        })
+        Ok(Shard::new(config, layers, embedding, blocks, head, device))
     }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// Whether this shard embeds tokens (takes token ids as input).
-    pub fn embeds(&self) -> bool {
-        self.embedding.is_some()
-    }
-
-    /// Whether this shard ends with the head (returns logits).
-    pub fn has_head(&self) -> bool {
-        self.head.is_some()
-    }
-
-    /// Token ids `[seq]` to embeddings `[1, seq, d]` (not scaled).
-    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
-        lookup(self.embedding.as_ref(), tokens, self.config.vocab)
-    }
-
-    /// The shard's layers alone: hidden states after its last layer (before
-    /// the final norm, even on the head shard).
-    pub fn forward_layers(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
-        self.forward_layers_with(x, position, cache, &mut |_, x| Ok(x))
-    }
-
-    /// [`Llama::forward_layers`], handing each layer's output to
-    /// `after_layer` (see `Gemma3::forward_layers_with`).
-    pub fn forward_layers_with(
-        &self,
-        x: &Tensor,
-        position: usize,
-        cache: &mut Cache,
-        after_layer: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        let seq = cache.enter(x, self.config.hidden, position, self.blocks.len())?;
-        let (cos, sin) = rope_tables(
-            self.config.rope_dim,
-            self.config.rope_base,
-            position,
-            seq,
-            &self.device,
-        )?;
-        let mut x = x.clone();
-        for ((block, slot), index) in self
-            .blocks
-            .iter()
-            .zip(cache.layers.iter_mut())
-            .zip(self.layers.clone())
-        {
-            x = after_layer(index, self.block(block, &x, position, &cos, &sin, slot)?)?;
-        }
-        cache.advance(seq);
-        Ok(x)
-    }
-
-    /// Runs the shard's layers on hidden states `[1, seq, d]` at positions
-    /// `position..position + seq`, returning hidden states, or logits `[1, seq, V]`
-    /// if the shard holds the head.
-    pub fn forward(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
-        let x = self.forward_layers(x, position, cache)?;
-        if self.head.is_some() {
-            self.head_forward(&x)
-        } else {
-            Ok(x)
-        }
-    }
-
-    /// The final norm and the head on hidden states `[1, seq, d]` after the
-    /// last layer: logits `[1, seq, V]`. Only the shard with the head has it.
-    pub fn head_forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.head {
-            Some((norm, head)) => Ok(head.forward(&norm.forward(x)?)?),
-            None => Err(crate::ModelError::Shape(
-                "this shard does not hold the head".into(),
-            )),
-        }
-    }
-
-    fn block(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        position: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, seq, _) = x.dims3()?;
-        let h = l.attn_norm.forward(x)?;
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, seq, n, c.head_dim))?.transpose(1, 2)?)
-        };
-        let q = heads(l.q.forward(&h)?, c.heads)?;
-        let k = heads(l.k.forward(&h)?, c.kv_heads)?;
-        let v = heads(l.v.forward(&h)?, c.kv_heads)?;
-        let q = rope_interleaved(&q, cos, sin)?;
-        let k = rope_interleaved(&k, cos, sin)?;
-        let attn = cached_attention(&q, k, v, cache, position, None)?;
-        let x = (x + l.o.forward(&attn)?)?;
-        let h = l.ffn_norm.forward(&x)?;
-        let silu = l.gate.forward(&h)?.silu()?;
-        let ff = l.down.forward(&(silu * l.up.forward(&h)?)?)?;
-        Ok((x + ff)?)
-    }
-}
-
-/// `cos`, `sin` `[seq, rope_dim / 2, 1]` for positions `position..position + seq`:
-/// pair `i` turns by `p * base^(-2i / rope_dim)`.
-fn rope_tables(
-    rope_dim: usize,
-    base: f32,
-    position: usize,
-    seq: usize,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let half = rope_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / base.powf(2.0 * i as f32 / rope_dim as f32))
-        .collect();
-    let angles: Vec<f32> = (position..position + seq)
-        .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
-        .collect();
-    let angles = Tensor::from_vec(angles, (seq, half, 1), device)?;
-    Ok((angles.cos()?, angles.sin()?))
 }
 
 /// Interleaved (GPT-J) rotary embedding on `[b, h, seq, head_dim]`: the pairs
@@ -358,6 +239,12 @@ fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
 
+    /// RoPE tables `[1, dim / 2, 1]` for one position, as a layer shapes them.
+    fn tables(dim: usize, base: f32, position: usize) -> (Tensor, Tensor) {
+        let (cos, sin) = rope_tables(dim, base, position, 1, &Device::Cpu).unwrap();
+        (cos.unsqueeze(2).unwrap(), sin.unsqueeze(2).unwrap())
+    }
+
     #[test]
     fn rope_turns_adjacent_pairs() {
         // One head of dim 4 at position 1, base 1: pair 0 turns by 1 rad, pair 1 by 1 rad.
@@ -365,7 +252,7 @@ mod tests {
             .unwrap()
             .reshape((1, 1, 1, 4))
             .unwrap();
-        let (cos, sin) = rope_tables(4, 1.0, 1, 1, &Device::Cpu).unwrap();
+        let (cos, sin) = tables(4, 1.0, 1);
         let y = rope_interleaved(&x, &cos, &sin)
             .unwrap()
             .flatten_all()
@@ -385,7 +272,7 @@ mod tests {
             .unwrap()
             .reshape((1, 1, 1, 4))
             .unwrap();
-        let (cos, sin) = rope_tables(2, 10_000.0, 3, 1, &Device::Cpu).unwrap();
+        let (cos, sin) = tables(2, 10_000.0, 3);
         let y = rope_interleaved(&x, &cos, &sin)
             .unwrap()
             .flatten_all()

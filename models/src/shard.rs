@@ -1,135 +1,125 @@
-//! One type for every architecture a node can serve by layer range.
-//!
-//! [`Model::from_gguf`] reads `general.architecture` and loads a [`Gemma3`] or a
-//! [`Llama`]; the methods delegate, so code that runs shards (embed on the first
-//! shard, `forward` with a per-request [`Cache`], logits from the last) works the
-//! same whichever model the operator has.
+//! A layer range of one architecture: what every shard holds around its
+//! layers (the input embedding on the first shard, the final norm and output
+//! head on the last) and the walk through its layers, with the layers
+//! themselves left to the [`Architecture`].
 
-use std::io::{Read, Seek};
 use std::ops::Range;
 
-use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
+use candle_core::quantized::QMatMul;
+use candle_core::{Device, Module, Tensor};
 
-pub use crate::gemma3::Cache;
-use crate::gemma3::{meta, Gemma3};
-use crate::llama::Llama;
+use crate::layers::{lookup, Cache, RmsNorm};
 use crate::{ModelError, Result};
 
-/// The architectures this runtime serves, by `general.architecture`.
-pub const ARCHITECTURES: &[&str] = &["gemma3", "llama"];
+/// What one architecture adds to a [`Shard`]: its configuration and one
+/// layer's computation.
+pub trait Architecture {
+    /// One layer's weights.
+    type Layer: std::fmt::Debug;
 
-/// A shard (layer range) of a model of any supported architecture.
+    /// Width of the hidden states.
+    fn hidden(&self) -> usize;
+
+    /// Vocabulary size (width of the logits).
+    fn vocab(&self) -> usize;
+
+    /// Layer count of the whole model.
+    fn layers(&self) -> usize;
+
+    /// What the embedding rows are multiplied by (Gemma: sqrt(d)).
+    fn embedding_scale(&self) -> Option<f64>;
+
+    /// One layer on hidden states `[1, seq, d]` at positions
+    /// `position..position + seq`, extending the layer's cached keys and
+    /// values.
+    fn layer(
+        &self,
+        layer: &Self::Layer,
+        x: &Tensor,
+        position: usize,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor>;
+}
+
+/// Layers `[start, end)` of a model of architecture `A`. The shard that starts
+/// at 0 embeds tokens; the shard that ends at the last layer applies the final
+/// norm and the head. Weights are shared; the KV cache of a request lives in a
+/// [`Cache`] the caller owns, so one shard serves many requests.
 #[derive(Debug)]
-pub enum Model {
-    Gemma3(Gemma3),
-    Llama(Llama),
+pub struct Shard<A: Architecture> {
+    pub config: A,
+    pub layers: Range<usize>,
+    embedding: Option<Tensor>,
+    blocks: Vec<A::Layer>,
+    head: Option<(RmsNorm, QMatMul)>,
+    device: Device,
 }
 
-/// What a client needs to know of a model to route and sample.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ModelShape {
-    pub layers: usize,
-    pub hidden: usize,
-    pub vocab: usize,
-}
-
-impl Model {
-    /// The file's `general.architecture`.
-    pub fn architecture(content: &gguf_file::Content) -> Result<String> {
-        meta(content, "general.architecture")?
-            .to_string()
-            .cloned()
-            .map_err(|e| ModelError::Metadata(format!("general.architecture: {e}")))
+/// `layers` must be a non-empty range inside the model's `total` layers.
+pub(crate) fn check_range(layers: &Range<usize>, total: usize) -> Result<()> {
+    if layers.start >= layers.end || layers.end > total {
+        return Err(ModelError::LayerRange {
+            start: layers.start,
+            end: layers.end,
+            layers: total,
+        });
     }
+    Ok(())
+}
 
-    /// Loads layers `layers` of the model in a GGUF file, choosing the
-    /// architecture from `general.architecture`. Anything other than
-    /// [`ARCHITECTURES`] is an error naming it.
-    pub fn from_gguf<R: Read + Seek>(
-        content: &gguf_file::Content,
-        reader: &mut R,
-        device: &Device,
+impl<A: Architecture> Shard<A> {
+    /// `embedding` (dequantized, first shard only) and `head` (last shard
+    /// only) as the architecture loaded them.
+    pub(crate) fn new(
+        config: A,
         layers: Range<usize>,
-    ) -> Result<Model> {
-        match Model::architecture(content)?.as_str() {
-            "gemma3" => Ok(Model::Gemma3(Gemma3::from_gguf(
-                content, reader, device, layers,
-            )?)),
-            "llama" => Ok(Model::Llama(Llama::from_gguf(
-                content, reader, device, layers,
-            )?)),
-            other => Err(ModelError::Metadata(format!(
-                "unsupported architecture {other:?} (supported: {})",
-                ARCHITECTURES.join(", ")
-            ))),
+        embedding: Option<Tensor>,
+        blocks: Vec<A::Layer>,
+        head: Option<(RmsNorm, QMatMul)>,
+        device: &Device,
+    ) -> Shard<A> {
+        Shard {
+            config,
+            layers,
+            embedding,
+            blocks,
+            head,
+            device: device.clone(),
         }
     }
 
-    /// Layer count, hidden size and vocabulary of the model in a GGUF file,
-    /// from its metadata alone (nothing is loaded).
-    pub fn shape_of(content: &gguf_file::Content) -> Result<ModelShape> {
-        match Model::architecture(content)?.as_str() {
-            "gemma3" => {
-                let c = crate::gemma3::Config::from_gguf(content)?;
-                Ok(ModelShape {
-                    layers: c.layers,
-                    hidden: c.hidden,
-                    vocab: c.vocab,
-                })
-            }
-            "llama" => {
-                let c = crate::llama::Config::from_gguf(content)?;
-                Ok(ModelShape {
-                    layers: c.layers,
-                    hidden: c.hidden,
-                    vocab: c.vocab,
-                })
-            }
-            other => Err(ModelError::Metadata(format!(
-                "unsupported architecture {other:?} (supported: {})",
-                ARCHITECTURES.join(", ")
-            ))),
-        }
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
-    /// The `general.architecture` name of this model.
-    pub fn architecture_name(&self) -> &'static str {
-        match self {
-            Model::Gemma3(_) => "gemma3",
-            Model::Llama(_) => "llama",
-        }
+    /// Whether this shard embeds tokens (takes token ids as input).
+    pub fn embeds(&self) -> bool {
+        self.embedding.is_some()
+    }
+
+    /// Whether this shard ends with the head (returns logits).
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
     }
 
     /// Token ids `[seq]` to the input of the first layer, `[1, seq, d]`.
     pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
-        match self {
-            Model::Gemma3(m) => m.embed(tokens),
-            Model::Llama(m) => m.embed(tokens),
+        let x = lookup(self.embedding.as_ref(), tokens, self.config.vocab())?;
+        match self.config.embedding_scale() {
+            Some(scale) => Ok((x * scale)?),
+            None => Ok(x),
         }
     }
 
-    /// Runs the shard's layers on `[1, seq, d]` at positions
-    /// `position..position + seq`: hidden states, or logits if [`Model::has_head`].
-    pub fn forward(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
-        match self {
-            Model::Gemma3(m) => m.forward(x, position, cache),
-            Model::Llama(m) => m.forward(x, position, cache),
-        }
-    }
-
-    /// The shard's layers alone (no final norm or head even on the head
-    /// shard): the hidden state an audit of the head starts from.
+    /// The shard's layers alone: hidden states after its last layer (before
+    /// the final norm, even on the head shard).
     pub fn forward_layers(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
-        match self {
-            Model::Gemma3(m) => m.forward_layers(x, position, cache),
-            Model::Llama(m) => m.forward_layers(x, position, cache),
-        }
+        self.forward_layers_with(x, position, cache, &mut |_, x| Ok(x))
     }
 
-    /// [`Model::forward_layers`], handing each layer's output (and its
-    /// absolute index) to `after_layer`, which returns what the next layer
-    /// gets.
+    /// [`Shard::forward_layers`], handing each layer's output (with the
+    /// layer's absolute index) to `after_layer`, which returns what the next
+    /// layer gets: a node keeps what it computed for audits this way.
     pub fn forward_layers_with(
         &self,
         x: &Tensor,
@@ -137,85 +127,40 @@ impl Model {
         cache: &mut Cache,
         after_layer: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        match self {
-            Model::Gemma3(m) => m.forward_layers_with(x, position, cache, after_layer),
-            Model::Llama(m) => m.forward_layers_with(x, position, cache, after_layer),
+        let seq = cache.enter(x, self.config.hidden(), position, self.blocks.len())?;
+        let mut x = x.clone();
+        for ((block, slot), index) in self
+            .blocks
+            .iter()
+            .zip(cache.layers.iter_mut())
+            .zip(self.layers.clone())
+        {
+            x = after_layer(index, self.config.layer(block, &x, position, slot)?)?;
+        }
+        cache.advance(seq);
+        Ok(x)
+    }
+
+    /// Runs the shard's layers on hidden states `[1, seq, d]` at positions
+    /// `position..position + seq`, returning hidden states, or logits `[1, seq, V]`
+    /// if the shard holds the head.
+    pub fn forward(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+        let x = self.forward_layers(x, position, cache)?;
+        if self.head.is_some() {
+            self.head_forward(&x)
+        } else {
+            Ok(x)
         }
     }
 
-    /// The final norm and head on the hidden states `[1, seq, d]` after the
-    /// last layer (what [`Model::forward`] applies last on the head shard).
+    /// The final norm and the head on hidden states `[1, seq, d]` after the
+    /// last layer: logits `[1, seq, V]`. Only the shard with the head has it.
     pub fn head_forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Model::Gemma3(m) => m.head_forward(x),
-            Model::Llama(m) => m.head_forward(x),
+        match &self.head {
+            Some((norm, head)) => Ok(head.forward(&norm.forward(x)?)?),
+            None => Err(ModelError::Shape(
+                "this shard does not hold the head".into(),
+            )),
         }
-    }
-
-    /// Whether this shard starts at layer 0 (takes token ids).
-    pub fn embeds(&self) -> bool {
-        match self {
-            Model::Gemma3(m) => m.embeds(),
-            Model::Llama(m) => m.embeds(),
-        }
-    }
-
-    /// Whether this shard ends at the last layer (returns logits).
-    pub fn has_head(&self) -> bool {
-        match self {
-            Model::Gemma3(m) => m.has_head(),
-            Model::Llama(m) => m.has_head(),
-        }
-    }
-
-    /// Width of the hidden states passed between shards.
-    pub fn hidden_size(&self) -> usize {
-        match self {
-            Model::Gemma3(m) => m.config.hidden,
-            Model::Llama(m) => m.config.hidden,
-        }
-    }
-
-    /// Number of layers of the whole architecture (not of this shard).
-    pub fn layers(&self) -> usize {
-        match self {
-            Model::Gemma3(m) => m.config.layers,
-            Model::Llama(m) => m.config.layers,
-        }
-    }
-
-    /// The layers `[start, end)` this shard holds.
-    pub fn layer_range(&self) -> Range<usize> {
-        match self {
-            Model::Gemma3(m) => m.layers.clone(),
-            Model::Llama(m) => m.layers.clone(),
-        }
-    }
-
-    /// Vocabulary size (width of the logits).
-    pub fn vocab(&self) -> usize {
-        match self {
-            Model::Gemma3(m) => m.config.vocab,
-            Model::Llama(m) => m.config.vocab,
-        }
-    }
-
-    pub fn device(&self) -> &Device {
-        match self {
-            Model::Gemma3(m) => m.device(),
-            Model::Llama(m) => m.device(),
-        }
-    }
-}
-
-impl From<Gemma3> for Model {
-    fn from(m: Gemma3) -> Model {
-        Model::Gemma3(m)
-    }
-}
-
-impl From<Llama> for Model {
-    fn from(m: Llama) -> Model {
-        Model::Llama(m)
     }
 }

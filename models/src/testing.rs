@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::gemma3::{Cache, Config};
+use crate::gemma3::Config;
+use crate::Cache;
 use crate::Model;
 use crate::{ModelError, Result};
 

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor, D};
-use models::gemma3::{Cache, Gemma3};
+use models::gemma3::Gemma3;
 use models::testing::{greedy_chain, tiny_gemma3_config, write_random_gemma3};
+use models::Cache;
 use models::Model;
 
 fn load(path: &Path, layers: Range<usize>) -> Gemma3 {

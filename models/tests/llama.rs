@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{Device, Tensor, D};
-use models::llama::{Cache, Config, Llama};
+use models::llama::{Config, Llama};
 use models::testing::{
     greedy_chain, tiny_gemma3_config, tiny_llama_config, write_random_gemma3, write_random_llama,
     write_random_llama_as,
 };
+use models::Cache;
 use models::Model;
 
 fn temp_path(name: &str) -> PathBuf {

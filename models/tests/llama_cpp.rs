@@ -13,8 +13,9 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
-use models::gemma3::{Cache, Gemma3};
+use models::gemma3::Gemma3;
 use models::tokenizer::Tokenizer;
+use models::Cache;
 use serde_json::Value;
 
 /// Measured honest spread (whole model and splits, 4 prompts × up to 32 steps, 2 threads):

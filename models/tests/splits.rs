@@ -30,8 +30,9 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use models::argmax;
-use models::gemma3::{Cache, Gemma3};
+use models::gemma3::Gemma3;
 use models::testing::{tiny_gemma3_config, write_random_gemma3};
+use models::Cache;
 
 /// Splits must agree with the unsplit model to within this much per logit
 /// (float rounding; in practice the shards hand over identical bytes).

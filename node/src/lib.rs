@@ -64,8 +64,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::proving::ProofService;
 use crate::trail::{ForwardTrail, Trails};
-use models::gemma3::Cache;
 use models::model_id::ModelId;
+use models::Cache;
 use models::Model;
 use verifier::receipt::{Receipt, SecretKey};
 use wire::transport;

@@ -10,8 +10,8 @@ use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::Tensor;
 use serde_json::json;
 
-use models::gemma3::Cache;
 use models::testing::{llama_1b_config, llama_parameters, random_llama_gguf};
+use models::Cache;
 use models::Model;
 use node::greedy_token;
 
