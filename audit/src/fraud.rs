@@ -289,10 +289,10 @@ impl Replayer {
         let model = self.shard(end - 1..end)?;
         let vocab = model.vocab();
         let x = Tensor::from_slice(hidden, (1, rows, d), model.device())?;
-        let claimed = answered
-            .to_f32()
-            .map_err(|e| ModelError::Shape(e.to_string()))?;
         if answered.cols as usize == vocab && answered.rows == 1 {
+            let claimed = answered
+                .to_f32()
+                .map_err(|e| ModelError::Shape(e.to_string()))?;
             let last = model.head_forward(&x.narrow(1, rows - 1, 1)?)?;
             return Ok(compare(
                 &last.flatten_all()?.to_vec1::<f32>()?,
@@ -305,9 +305,10 @@ impl Replayer {
             let logits = model.head_forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
             let tokens = logits
                 .chunks_exact(vocab)
-                .map(|row| greedy_token(row).map(|t| t as f32))
-                .collect::<Result<Vec<f32>>>()?;
-            return Ok(Comparison::exact(tokens == claimed));
+                .map(greedy_token)
+                .collect::<Result<Vec<u32>>>()?;
+            let claimed = answered.to_token_ids().ok();
+            return Ok(Comparison::exact(claimed == Some(tokens)));
         }
         Ok(Comparison::exact(false))
     }

@@ -26,6 +26,43 @@ use wire::{
     MessageType, Ping, ProofsReply, ProveStep, WireError,
 };
 
+/// A head reply and how its answer decodes: [`HeadReply::LastLogits`] to
+/// the logits of the last position, [`HeadReply::GreedyTokens`] to one token
+/// id per position.
+pub trait HeadAnswer: Copy {
+    type Answer;
+    fn reply(self) -> HeadReply;
+    fn decode(self, output: &Activations) -> Result<Self::Answer, WireError>;
+}
+
+/// The logits of the last position.
+#[derive(Clone, Copy, Debug)]
+pub struct Logits;
+
+/// The greedy token after every position fed.
+#[derive(Clone, Copy, Debug)]
+pub struct GreedyTokens;
+
+impl HeadAnswer for Logits {
+    type Answer = Vec<f32>;
+    fn reply(self) -> HeadReply {
+        HeadReply::LastLogits
+    }
+    fn decode(self, output: &Activations) -> Result<Vec<f32>, WireError> {
+        output.to_f32()
+    }
+}
+
+impl HeadAnswer for GreedyTokens {
+    type Answer = Vec<u32>;
+    fn reply(self) -> HeadReply {
+        HeadReply::GreedyTokens
+    }
+    fn decode(self, output: &Activations) -> Result<Vec<u32>, WireError> {
+        output.to_token_ids()
+    }
+}
+
 /// One node of a chain: where it listens and the layers it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hop {
@@ -250,20 +287,19 @@ impl Chain {
         position: u64,
         tokens: &[u32],
     ) -> Result<Vec<f32>, ClientError> {
-        self.forward_for(request_id, position, tokens, HeadReply::LastLogits)
-            .await
+        self.forward_for(request_id, position, tokens, Logits).await
     }
 
     /// [`Chain::forward`] with the head's answer chosen: the logits of the
-    /// last position, or the greedy token of every position (as f32 values).
+    /// last position, or the greedy token of every position.
     /// A `position` below what the nodes hold rewinds them first.
-    pub async fn forward_for(
+    pub async fn forward_for<A: HeadAnswer>(
         &mut self,
         request_id: u64,
         position: u64,
         tokens: &[u32],
-        head: HeadReply,
-    ) -> Result<Vec<f32>, ClientError> {
+        head: A,
+    ) -> Result<A::Answer, ClientError> {
         if tokens.is_empty() {
             return Err(ClientError::Usage("no tokens to feed".into()));
         }
@@ -275,7 +311,7 @@ impl Chain {
                 model_id: self.model_id,
                 layers: self.wire_layers(i)?,
                 reply: self.encoding,
-                head,
+                head: head.reply(),
                 input,
             };
             let frame = Frame::new(request_id, position, Message::Forward(forward));
@@ -303,9 +339,9 @@ impl Chain {
                 signature,
             });
             if i + 1 == self.links.len() {
-                let logits = output.to_f32().map_err(|e| self.node_error(i, e))?;
+                let answer = head.decode(&output).map_err(|e| self.node_error(i, e))?;
                 self.last_hops = hops;
-                return Ok(logits);
+                return Ok(answer);
             }
             input = ForwardInput::Activations(
                 self.reencode(output).map_err(|e| self.node_error(i, e))?,

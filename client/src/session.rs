@@ -27,10 +27,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::routing::{measure, Router};
-use crate::{Chain, ClientError, Hop};
+use crate::{Chain, ClientError, GreedyTokens, HeadAnswer, Hop, Logits};
 use models::model_id::ModelId;
 use transcript::HopDigest;
-use wire::{Encoding, HeadReply, ProofsReply, ProveStep};
+use wire::{Encoding, ProofsReply, ProveStep};
 
 /// How a session routes and recovers.
 #[derive(Clone, Debug)]
@@ -232,14 +232,13 @@ impl Session {
     /// Feeds `tokens` after the history and returns the logits of the last
     /// one, failing over as often as there are nodes to fail over to.
     pub async fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ClientError> {
-        self.feed_for(tokens, HeadReply::LastLogits).await
+        self.feed_for(tokens, Logits).await
     }
 
     /// Feeds `tokens` and returns the greedy token after each of them
     /// (node::greedy_token): one pass checks a whole speculative draft.
     pub async fn feed_greedy(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ClientError> {
-        let ids = self.feed_for(tokens, HeadReply::GreedyTokens).await?;
-        Ok(ids.into_iter().map(|v| v as u32).collect())
+        self.feed_for(tokens, GreedyTokens).await
     }
 
     /// Forgets the history from position `len` on (rejected draft tokens);
@@ -260,7 +259,11 @@ impl Session {
         }
     }
 
-    async fn feed_for(&mut self, tokens: &[u32], head: HeadReply) -> Result<Vec<f32>, ClientError> {
+    async fn feed_for<A: HeadAnswer>(
+        &mut self,
+        tokens: &[u32],
+        head: A,
+    ) -> Result<A::Answer, ClientError> {
         if tokens.is_empty() {
             return Err(ClientError::Usage("no tokens to feed".into()));
         }
@@ -270,13 +273,13 @@ impl Session {
         }
         loop {
             match self.try_feed(tokens, head).await {
-                Ok(logits) => {
+                Ok(answer) => {
                     self.history.push(tokens.to_vec());
                     self.since_measure += tokens.len();
                     if tokens.len() == 1 {
                         self.watch_latency();
                     }
-                    return Ok(logits);
+                    return Ok(answer);
                 }
                 Err(e) => self.recover(e).await?,
             }
@@ -342,17 +345,21 @@ impl Session {
 
     /// Connects and replays as needed ([`Session::ensure_chain`]), then
     /// feeds `tokens`.
-    async fn try_feed(&mut self, tokens: &[u32], head: HeadReply) -> Result<Vec<f32>, ClientError> {
+    async fn try_feed<A: HeadAnswer>(
+        &mut self,
+        tokens: &[u32],
+        head: A,
+    ) -> Result<A::Answer, ClientError> {
         let at = self.position();
         let request_id = self.request_id;
         let chain = self.ensure_chain().await?;
-        let logits = chain.forward_for(request_id, at, tokens, head).await?;
+        let answer = chain.forward_for(request_id, at, tokens, head).await?;
         let last_hops = chain.last_hops().to_vec();
         if let Some((_, held)) = self.chain.as_mut() {
             *held = at + tokens.len() as u64;
         }
         self.last_hops = last_hops;
-        Ok(logits)
+        Ok(answer)
     }
 
     /// Compares each hop's one-token forward time with its usual time: a

@@ -455,15 +455,7 @@ async fn run_forward(
     // then the cache is dropped here.
     let slot = caches.get_mut(&id).filter(|slot| slot.epoch == epoch);
     match joined {
-        Ok((
-            cache,
-            Ok(Computed {
-                values,
-                rows,
-                cols,
-                boundaries,
-            }),
-        )) => {
+        Ok((cache, Ok(Computed { answer, boundaries }))) => {
             if let Some(slot) = slot {
                 slot.cache = Some(cache);
                 slot.last_used = Instant::now();
@@ -472,20 +464,26 @@ async fn run_forward(
             if let Some(proving) = &shared.config.proving {
                 // A rewind makes the logits kept for later positions stale.
                 proving.forget_from(id, position + 1);
-                if head_reply == HeadReply::LastLogits {
-                    // These logits choose the token at the next position.
-                    proving.record_logits(id, position + fed, values.clone());
-                }
             }
-            // Logits always travel as F32. F16 overflow or a non-finite Q8
-            // row fall back to F32 too, which carries any value.
-            let encoding = if shared.model.has_head() {
-                Encoding::F32
-            } else {
-                reply_encoding
+            let activations = match answer {
+                Answer::Tokens(ids) => Activations::of_token_ids(&ids)?,
+                Answer::Values { values, rows, cols } => {
+                    if let (Some(proving), true) = (&shared.config.proving, shared.model.has_head())
+                    {
+                        // These logits choose the token at the next position.
+                        proving.record_logits(id, position + fed, values.clone());
+                    }
+                    // Logits always travel as F32. F16 overflow or a non-finite
+                    // Q8 row fall back to F32 too, which carries any value.
+                    let encoding = if shared.model.has_head() {
+                        Encoding::F32
+                    } else {
+                        reply_encoding
+                    };
+                    Activations::encode(&values, rows, cols, encoding)
+                        .or_else(|_| Activations::encode(&values, rows, cols, Encoding::F32))?
+                }
             };
-            let activations = Activations::encode(&values, rows, cols, encoding)
-                .or_else(|_| Activations::encode(&values, rows, cols, Encoding::F32))?;
             if let (Some(trails), Some(input)) = (&shared.trails, kept_input) {
                 let trail = ForwardTrail {
                     input,
@@ -571,13 +569,23 @@ fn take_cache(caches: &Caches, id: u64, position: u64) -> Result<(Cache, u64), W
     }
 }
 
-/// What [`compute`] produced: the row-major output and its shape, and the
-/// hidden states at every boundary of the span when asked to keep them.
+/// What [`compute`] produced, and the hidden states at every boundary of the
+/// span when asked to keep them.
 struct Computed {
-    values: Vec<f32>,
-    rows: u32,
-    cols: u32,
+    answer: Answer,
     boundaries: Vec<Vec<f32>>,
+}
+
+/// A forward's result.
+enum Answer {
+    /// Hidden states, or the head's logits, row-major `[rows, cols]`.
+    Values {
+        values: Vec<f32>,
+        rows: u32,
+        cols: u32,
+    },
+    /// The head's greedy token after every row.
+    Tokens(Vec<u32>),
 }
 
 /// Runs the shard (on the shard with the head: the last row of logits, or
@@ -658,12 +666,10 @@ fn compute(
         let logits = out.flatten_all()?.to_vec1::<f32>()?;
         let tokens = logits
             .chunks_exact(cols)
-            .map(|row| greedy_token(row).map(|t| t as f32))
-            .collect::<models::Result<Vec<f32>>>()?;
+            .map(greedy_token)
+            .collect::<models::Result<Vec<u32>>>()?;
         return Ok(Computed {
-            values: tokens,
-            rows: dim(seq)?,
-            cols: 1,
+            answer: Answer::Tokens(tokens),
             boundaries,
         });
     }
@@ -675,9 +681,11 @@ fn compute(
     let rows = out.dim(1)?;
     let values = out.flatten_all()?.to_vec1::<f32>()?;
     Ok(Computed {
-        values,
-        rows: dim(rows)?,
-        cols: dim(cols)?,
+        answer: Answer::Values {
+            values,
+            rows: dim(rows)?,
+            cols: dim(cols)?,
+        },
         boundaries,
     })
 }

@@ -629,6 +629,41 @@ impl Activations {
 
     /// The values as a row-major `Vec<f32>` of `rows * cols` elements, after
     /// [`Activations::validate`] (so a bad shape never allocates).
+    /// Token ids as the head answers greedy tokens: `[rows, 1]` in F32, where
+    /// every id below 2^24 is exact.
+    pub fn of_token_ids(ids: &[u32]) -> Result<Activations, WireError> {
+        if let Some(id) = ids.iter().find(|&&id| id >= MAX_TOKEN_ID) {
+            return Err(WireError::Encode(format!(
+                "token id {id} is not exact in f32"
+            )));
+        }
+        let rows = u32::try_from(ids.len())
+            .map_err(|_| WireError::Encode(format!("{} token ids", ids.len())))?;
+        let values: Vec<f32> = ids.iter().map(|&id| id as f32).collect();
+        Activations::encode(&values, rows, 1, Encoding::F32)
+    }
+
+    /// The token ids of a greedy-tokens answer ([`Activations::of_token_ids`]):
+    /// Malformed unless it is one column of whole numbers below 2^24.
+    pub fn to_token_ids(&self) -> Result<Vec<u32>, WireError> {
+        if self.cols != 1 {
+            return Err(WireError::Malformed(format!(
+                "token ids in {} columns",
+                self.cols
+            )));
+        }
+        self.to_f32()?
+            .into_iter()
+            .map(|v| {
+                if (0.0..MAX_TOKEN_ID as f32).contains(&v) && v.fract() == 0.0 {
+                    Ok(v as u32)
+                } else {
+                    Err(WireError::Malformed(format!("{v} is not a token id")))
+                }
+            })
+            .collect()
+    }
+
     pub fn to_f32(&self) -> Result<Vec<f32>, WireError> {
         self.validate()?;
         let values = match self.encoding {
@@ -740,6 +775,9 @@ pub struct Forward {
     /// Tokens for the first shard, hidden states for the others.
     pub input: ForwardInput,
 }
+
+/// Token ids travel as f32 values (greedy answers), exact below this.
+const MAX_TOKEN_ID: u32 = 1 << 24;
 
 /// What the shard with the head answers a [`Forward`] with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1902,6 +1940,30 @@ mod tests {
             }),
         );
         assert!(matches!(lying.encode(), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn token_ids_travel_exactly_and_nothing_else_reads_as_one() {
+        let ids = [0, 1, 262_143, (1 << 24) - 1];
+        let answer = Activations::of_token_ids(&ids).expect("encode");
+        assert_eq!((answer.rows, answer.cols), (4, 1));
+        assert_eq!(answer.to_token_ids().expect("decode"), ids);
+        assert!(matches!(
+            Activations::of_token_ids(&[1 << 24]),
+            Err(WireError::Encode(_))
+        ));
+        for bad in [-1.0, 2.5, 16_777_216.0, f32::NAN] {
+            let a = Activations::encode(&[3.0, bad], 2, 1, Encoding::F32).expect("encode");
+            assert!(
+                matches!(a.to_token_ids(), Err(WireError::Malformed(_))),
+                "{bad} read as a token id"
+            );
+        }
+        let two_columns = Activations::encode(&[1.0, 2.0], 1, 2, Encoding::F32).expect("encode");
+        assert!(matches!(
+            two_columns.to_token_ids(),
+            Err(WireError::Malformed(_))
+        ));
     }
 
     #[test]
