@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ledger::Params;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,7 +68,7 @@ pub enum Command {
     )]
     Audit(AuditArgs),
     /// Stakes, pending results and their challenge windows in a ledger file (docs/ledger.md).
-    Ledger(crate::commands::ledger::LedgerArgs),
+    Ledger(LedgerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -568,4 +569,67 @@ pub struct CostArgs {
     pub in_process: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  zkinfer ledger --file stakes.json init --window-s 3600 --min-stake 100\n  zkinfer ledger --file stakes.json deposit $(zkinfer keygen --out node.key) 500\n  zkinfer ledger --file stakes.json submit $(b3sum --no-names t.json) NODE_KEY...\n  zkinfer ledger --file stakes.json finalize\n  zkinfer ledger --file stakes.json show --json"
+)]
+pub struct LedgerArgs {
+    /// The ledger file (JSON; created by `init`, or with the default rules by the first change).
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// The time of the operation in unix seconds [default: the system clock].
+    #[arg(long, global = true, value_name = "UNIX_S")]
+    pub now: Option<u64>,
+    #[command(subcommand)]
+    pub command: LedgerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Create an empty ledger with these rules (refuses an existing file).
+    Init {
+        /// How long a result can be challenged after submission, in seconds.
+        #[arg(long, default_value_t = Params::default().challenge_window_s)]
+        window_s: u64,
+        /// What a valid fraud proof takes from the accused node's stake.
+        #[arg(long, default_value_t = Params::default().slash_amount)]
+        slash: u64,
+        /// What a challenger must hold, and loses if its fraud proof is invalid.
+        #[arg(long, default_value_t = Params::default().challenge_bond)]
+        bond: u64,
+        /// The stake each node of a submitted result must hold.
+        #[arg(long, default_value_t = Params::default().min_stake)]
+        min_stake: u64,
+    },
+    /// Add to an account's stake.
+    Deposit { account: String, amount: u64 },
+    /// Take from an account's stake (refused while a pending result locks it).
+    Withdraw { account: String, amount: u64 },
+    /// Record a result and the nodes accountable for it; prints its challenge deadline.
+    Submit {
+        id: String,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Challenge a pending result with a fraud proof (`zkinfer audit`): a valid one slashes the
+    /// node it names, an invalid one costs the challenger its bond.
+    Challenge {
+        id: String,
+        challenger: String,
+        /// The fraud proof file.
+        #[arg(long, value_name = "FILE")]
+        fraud_proof: PathBuf,
+        /// The model to re-execute the step with [default: the packaged model].
+        #[arg(long, value_name = "FILE")]
+        model: Option<PathBuf>,
+    },
+    /// Make final the results whose challenge window has closed; prints their ids.
+    Finalize,
+    /// Print the rules, balances, results and (with --json) the event log.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -23,7 +23,7 @@ mod device;
 mod generate;
 mod input;
 mod keys;
-pub mod ledger;
+mod ledger;
 mod model;
 mod serve;
 mod throughput;
@@ -54,6 +54,30 @@ impl CliError {
         self.code
     }
 }
+
+/// Errors of the library crates: the request failed (exit 1), with the
+/// library's own message.
+macro_rules! failed_from {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for CliError {
+            fn from(e: $error) -> CliError {
+                CliError::failed(e.to_string())
+            }
+        }
+    )*};
+}
+
+failed_from!(
+    std::io::Error,
+    serde_json::Error,
+    circuits::ShapeError,
+    prover::ProveError,
+    models::ModelError,
+    models::tokenizer::TokenizerError,
+    client::ClientError,
+    client::generation::GenerationError,
+    ::audit::AuditError,
+);
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -151,8 +175,7 @@ fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
     let temperature = records.temperature().map_err(CliError::failed)?;
     let shape = args
         .circuit
-        .shape(records.vocab)
-        .map_err(|e| CliError::failed(e.to_string()))?
+        .shape(records.vocab)?
         .with_temperature(temperature);
     let progress = !args.quiet;
     let checking = prover::Progress::spinner(
@@ -163,20 +186,16 @@ fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
             records.vocab
         ),
     );
-    let steps =
-        prepare(&records, shape.fixed_point).map_err(|e| CliError::failed(e.to_string()))?;
+    let steps = prepare(&records, shape.fixed_point)?;
     checking.finish();
-    let prover = Prover::setup(shape, &cache(&args.cache), progress)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let prover = Prover::setup(shape, &cache(&args.cache), progress)?;
     let start = Instant::now();
-    let bundle = prover
-        .prove_all(
-            &steps,
-            args.jobs,
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-            progress,
-        )
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let bundle = prover.prove_all(
+        &steps,
+        args.jobs,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        progress,
+    )?;
     let elapsed = start.elapsed();
     let bytes = bundle.to_bytes();
     out.commit(&bytes)

@@ -49,9 +49,7 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("starting the async runtime: {e}")))?;
-    let report = runtime
-        .block_on(audit(&transcript, dir, &mut replayer, &options))
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let report = runtime.block_on(audit(&transcript, dir, &mut replayer, &options))?;
     let written = write_fraud_proofs(&report.fraud_proofs, path, args.fraud_proofs.as_deref())?;
     print_report(&report, &written, start.elapsed(), args.json);
     Ok(exit_code(report.verdict))

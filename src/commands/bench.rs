@@ -152,9 +152,7 @@ struct Local<'a>(Generator<'a>);
 
 impl Feed for Local<'_> {
     fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, CliError> {
-        self.0
-            .feed(tokens)
-            .map_err(|e| CliError::failed(e.to_string()))
+        self.0.feed(tokens).map_err(CliError::from)
     }
 }
 
@@ -163,19 +161,15 @@ fn in_process(args: &BenchRuntimeArgs, threads: usize) -> Result<ExitCode, CliEr
     set_threads(Some(threads));
     let path = args.model.clone().unwrap_or_else(packaged_model_path);
     let (content, mut reader) = open_gguf(&path)?;
-    let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| CliError::failed(e.to_string()))?;
-    let shape = Model::shape_of(&content).map_err(|e| CliError::failed(e.to_string()))?;
-    let model = Model::from_gguf(&content, &mut reader, &Device::Cpu, 0..shape.layers)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let tokenizer = Tokenizer::from_gguf(&content)?;
+    let shape = Model::shape_of(&content)?;
+    let model = Model::from_gguf(&content, &mut reader, &Device::Cpu, 0..shape.layers)?;
     let prompt = tokenizer.encode(PROMPT, true);
-    let new = || Generator::new(&model).map_err(|e| CliError::failed(e.to_string()));
+    let new = || Generator::new(&model).map_err(CliError::from);
     // Untimed warm-up of the same shapes: first-use allocations do not count.
     decode(&mut Local(new()?), &prompt, 1, None)?;
     let run = decode(&mut Local(new()?), &prompt, args.tokens, None)?;
-    println!(
-        "{}",
-        serde_json::to_string(&run).map_err(|e| CliError::failed(e.to_string()))?
-    );
+    println!("{}", serde_json::to_string(&run)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -240,7 +234,7 @@ fn kill_all(children: &mut [(Child, Range<usize>, PathBuf)]) {
 /// Starts one `zkinfer serve --threads 1` per range on ephemeral loopback
 /// ports (loading in parallel) and waits until each listens.
 fn start_nodes(model: &Path, ranges: &[Range<usize>], dir: &Path) -> Result<Vec<Node>, CliError> {
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let exe = std::env::current_exe()?;
     let mut started = Vec::new();
     for layers in ranges {
         let log = dir.join(format!(
@@ -414,7 +408,7 @@ impl Feed for Remote<'_> {
         let logits = self
             .runtime
             .block_on(self.session.feed(tokens))
-            .map_err(|e| CliError::failed(e.to_string()));
+            .map_err(CliError::from);
         for event in self.session.take_events() {
             progress(&format!("  {event}"));
         }
@@ -478,7 +472,7 @@ impl Speed {
 
 /// Runs the single process in a child on `threads` threads.
 fn single_in_child(setup: &Setup, threads: usize) -> Result<Run, CliError> {
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let exe = std::env::current_exe()?;
     let out = command(exe)
         .args(["bench", "runtime", "--model"])
         .arg(&setup.model)
@@ -711,8 +705,8 @@ fn runtime_bench(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
     }
     let model = args.model.clone().unwrap_or_else(packaged_model_path);
     let (content, mut reader) = open_gguf(&model)?;
-    let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| CliError::failed(e.to_string()))?;
-    let shape = Model::shape_of(&content).map_err(|e| CliError::failed(e.to_string()))?;
+    let tokenizer = Tokenizer::from_gguf(&content)?;
+    let shape = Model::shape_of(&content)?;
     if shape.layers < 3 {
         return Err(CliError::failed(format!(
             "{}: {} layers cannot be split three ways",

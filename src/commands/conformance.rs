@@ -369,7 +369,7 @@ fn run_candidate(
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| CliError::failed(format!("starting the candidate run: {e}")))?;
-    let plan_json = serde_json::to_vec(plan).map_err(|e| CliError::failed(e.to_string()))?;
+    let plan_json = serde_json::to_vec(plan)?;
     // The child reads the whole plan before it writes anything: no deadlock.
     let written = child
         .stdin

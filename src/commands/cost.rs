@@ -97,7 +97,7 @@ fn sweep(configs: &[CircuitShape], args: &CostArgs) -> Result<Vec<Row>, CliError
 }
 
 fn measure_in_child(config: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.args(["cost", "--in-process"])
         .args(child_args(config))
@@ -105,7 +105,7 @@ fn measure_in_child(config: CircuitShape, args: &CostArgs) -> Result<Row, CliErr
     if let Some(dir) = &args.cache.cache_dir {
         cmd.arg("--cache-dir").arg(dir);
     }
-    let out = cmd.output().map_err(|e| CliError::failed(e.to_string()))?;
+    let out = cmd.output()?;
     if !out.status.success() {
         return Err(CliError::failed(format!(
             "measuring {}: {}",
@@ -178,17 +178,13 @@ fn layout(shape: CircuitShape) -> Row {
 
 fn measure(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
     let mut row = layout(shape);
-    let prover = Prover::setup(shape, &cache(&args.cache), false)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let prover = Prover::setup(shape, &cache(&args.cache), false)?;
     row.keygen_s = Some(prover.timings.keygen.as_secs_f64());
     let steps = prover::synthetic_steps(shape, 7);
     let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
     let instance = circuits::DecodeStepCircuit::instance(&statements);
     let start = Instant::now();
-    let proof = prover
-        .prove(steps)
-        .map_err(|e| CliError::failed(e.to_string()))?
-        .bytes;
+    let proof = prover.prove(steps)?.bytes;
     let prove = start.elapsed().as_secs_f64();
     row.prove_s = Some(prove);
     row.prove_per_token_s = Some(prove / shape.steps as f64);

@@ -105,8 +105,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     set_threads(args.threads);
     let path = args.model.clone().unwrap_or_else(packaged_model_path);
     let (content, mut reader) = open_gguf(&path)?;
-    let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| CliError::failed(e.to_string()))?;
-    let config = Model::shape_of(&content).map_err(|e| CliError::failed(e.to_string()))?;
+    let tokenizer = Tokenizer::from_gguf(&content)?;
+    let config = Model::shape_of(&content)?;
     let model_id = if args.transcript.is_some() || args.nodes.is_some() {
         Some(
             models::model_id::model_id(&content, &mut reader)
@@ -136,11 +136,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         }
         _ => {
             let device = super::device::open(args.device)?;
-            local_model = Model::from_gguf(&content, &mut reader, &device, 0..config.layers)
-                .map_err(|e| CliError::failed(e.to_string()))?;
-            Backend::Local(
-                Generator::new(&local_model).map_err(|e| CliError::failed(e.to_string()))?,
-            )
+            local_model = Model::from_gguf(&content, &mut reader, &device, 0..config.layers)?;
+            Backend::Local(Generator::new(&local_model)?)
         }
     };
     if let (Some(k), Backend::Remote { runtime, session }) = (args.speculative, &mut backend) {
@@ -162,7 +159,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         ));
         console.text(&decoder.finish());
         let _ = writeln!(console.stdout);
-        let (tokens, stats) = result.map_err(|e| CliError::failed(e.to_string()))?;
+        let (tokens, stats) = result?;
         runtime.block_on(session.end());
         eprintln!(
             "[{} tokens in {:.2} s with {} forwards; {} of {} drafted tokens accepted]",
@@ -204,8 +201,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         prompt,
         &options,
         &mut console,
-    )
-    .map_err(|e| CliError::failed(e.to_string()))?;
+    )?;
     let _ = writeln!(console.stdout);
     if args.nodes.is_some() {
         let stats = backend.stats();
@@ -230,7 +226,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     };
     let records = inline.clone();
     if let Some(path) = &args.records {
-        let json = serde_json::to_vec(&records).map_err(|e| CliError::failed(e.to_string()))?;
+        let json = serde_json::to_vec(&records)?;
         super::write_atomic(path, &json)
             .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
         eprintln!(

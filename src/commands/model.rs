@@ -36,7 +36,7 @@ fn info(path: &Path, as_json: bool) -> Result<ExitCode, CliError> {
     let (content, mut reader) = open_gguf(path)?;
     let id = models::model_id::model_id(&content, &mut reader)
         .map_err(|e| CliError::unreadable(e.to_string()))?;
-    let config = Config::from_gguf(&content).map_err(|e| CliError::failed(e.to_string()))?;
+    let config = Config::from_gguf(&content)?;
     let mut types: std::collections::BTreeMap<String, usize> = Default::default();
     for info in content.tensor_infos.values() {
         *types.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;

@@ -76,10 +76,7 @@ fn start_prover(args: &ServeArgs, model: &Model) -> Result<ProofService, CliErro
             model.layers()
         )));
     }
-    let shape = args
-        .circuit
-        .shape(model.vocab())
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let shape = args.circuit.shape(model.vocab())?;
     let config = ProvingConfig {
         shape,
         params_dir: super::cache(&args.cache).dir().to_path_buf(),
