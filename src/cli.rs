@@ -135,13 +135,9 @@ pub struct GenerateArgs {
     /// both are fresh for every generation.
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
-    /// Compute threads [default: all cores].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Device of the in-process model: cpu, cuda or cuda:N (with --nodes, each node picks its own).
-    #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE",
-          conflicts_with = "nodes")]
-    pub device: DeviceKind,
+    /// The in-process model's device and threads (with --nodes, each node picks its own device).
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Write the decode records (full logits per generated token) for `zkinfer prove --records`.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
@@ -215,6 +211,17 @@ pub enum DeviceKind {
 }
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
+/// Where a model runs.
+#[derive(Debug, Args)]
+pub struct ComputeArgs {
+    /// The device: cpu, cuda or cuda:N.
+    #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceKind,
+    /// CPU threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
 pub fn parse_device(s: &str) -> Result<DeviceKind, String> {
     match s.split_once(':') {
         None if s == "cpu" => Ok(DeviceKind::Cpu),
@@ -256,12 +263,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
-    /// Device to run the layers on: cpu, cuda or cuda:N.
-    #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE")]
-    pub device: DeviceKind,
-    /// Compute threads [default: all cores].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Seconds a request's cache (or a silent connection) is kept unused.
     #[arg(long, default_value_t = 300, value_name = "S")]
     pub idle_timeout: u64,
@@ -364,12 +367,8 @@ pub struct BenchThroughputArgs {
     /// over 8 kv heads, vocabulary 32,000), matrices in bf16, generated in memory.
     #[arg(long)]
     pub random: bool,
-    /// The device: cpu, cuda or cuda:N.
-    #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE")]
-    pub device: DeviceKind,
-    /// CPU threads [default: all cores].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Greedy tokens to generate after the prompt (at least 2).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub tokens: usize,

@@ -22,7 +22,7 @@ use wire::Encoding;
 use super::model::open_gguf;
 use super::serve::set_threads;
 use super::{model::packaged_model_path, CliError};
-use crate::cli::{parse_layers, ActivationEncoding, GenerateArgs, ProvePolicyArg};
+use crate::cli::{parse_layers, ActivationEncoding, DeviceKind, GenerateArgs, ProvePolicyArg};
 
 /// How long a node may take to answer one frame.
 const NODE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,7 +102,12 @@ fn session_config(hidden: usize, encoding: ActivationEncoding) -> (SessionConfig
 }
 
 pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
-    set_threads(args.threads);
+    if args.nodes.is_some() && args.compute.device != DeviceKind::Cpu {
+        return Err(CliError::unreadable(
+            "--device is for the in-process model: with --nodes each node picks its own (zkinfer serve --device)",
+        ));
+    }
+    set_threads(args.compute.threads);
     let path = args.model.clone().unwrap_or_else(packaged_model_path);
     let (content, mut reader) = open_gguf(&path)?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
@@ -135,7 +140,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
             backend
         }
         _ => {
-            let device = super::device::open(args.device)?;
+            let device = super::device::open(args.compute.device)?;
             local_model = Model::from_gguf(&content, &mut reader, &device, 0..config.layers)?;
             Backend::Local(Generator::new(&local_model)?)
         }

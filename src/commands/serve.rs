@@ -21,8 +21,8 @@ use crate::cli::ServeArgs;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
-    let device = super::device::open(args.device)?;
-    set_threads(args.threads);
+    let device = super::device::open(args.compute.device)?;
+    set_threads(args.compute.threads);
     let path = args.model.clone().unwrap_or_else(packaged_model_path);
     let (id, model) = load_shard(&path, args.layers.clone(), &device)?;
     let proving = if args.prove {

@@ -26,8 +26,8 @@ use crate::cli::BenchThroughputArgs;
 const PROMPT: [u32; 8] = [2, 651, 4320, 8426, 25_301, 1_729, 603, 476];
 
 pub fn run(args: BenchThroughputArgs) -> Result<ExitCode, CliError> {
-    set_threads(args.threads);
-    let device = device::open(args.device)?;
+    set_threads(args.compute.threads);
+    let device = device::open(args.compute.device)?;
     let tokens = args.tokens.max(2);
     let started = Instant::now();
     let (name, parameters, model) = if args.random {
@@ -66,7 +66,7 @@ pub fn run(args: BenchThroughputArgs) -> Result<ExitCode, CliError> {
     let tokens_per_s = latencies.len() as f64 / total.as_secs_f64();
     let percentile = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
     let threads = args
-        .threads
+        .compute.threads
         .map_or_else(|| "all cores".to_string(), |t| t.to_string());
     if args.json {
         println!(
@@ -74,7 +74,7 @@ pub fn run(args: BenchThroughputArgs) -> Result<ExitCode, CliError> {
             json!({
                 "model": name,
                 "parameters": parameters,
-                "device": args.device.to_string(),
+                "device": args.compute.device.to_string(),
                 "threads": threads,
                 "load_s": load.as_secs_f64(),
                 "prompt_tokens": prompt.len(),
@@ -91,7 +91,10 @@ pub fn run(args: BenchThroughputArgs) -> Result<ExitCode, CliError> {
             "model          {name} ({:.2} B parameters)",
             parameters as f64 / 1e9
         );
-        println!("device         {} (threads: {threads})", args.device);
+        println!(
+            "device         {} (threads: {threads})",
+            args.compute.device
+        );
         println!("load           {:.1} s", load.as_secs_f64());
         println!(
             "prefill        {} tokens in {:.3} s",
