@@ -681,4 +681,27 @@ fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
         );
     }
     assert!(!String::from_utf8_lossy(&o.stdout).contains("NaN"));
+
+    // The text report holds the same rows.
+    let o = zkinfer(&[
+        "bench",
+        "runtime",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "4",
+        "--python",
+        dir.join("no-such-python").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "tokens = single process",
+        "2-shard chain 0..3 | 3..7 (serve --threads 1)",
+        "llama.cpp, 1 thread",
+        "failover: killed",
+        "failover token / median token, latency",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
 }

@@ -35,11 +35,11 @@ use models::tokenizer::Tokenizer;
 use models::{Cache, Model};
 use node::greedy_token;
 
-use super::bench::command;
 use super::model::{open_gguf, packaged_model_path};
 use super::serve::set_threads;
 use super::{device, CliError};
 use crate::cli::{BenchConformanceArgs, DeviceKind};
+use harness::children::command;
 
 /// Fixed prompts: prose, code and a fact, so different token statistics.
 const PROMPTS: [&str; 3] = [

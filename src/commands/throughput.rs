@@ -66,7 +66,8 @@ pub fn run(args: BenchThroughputArgs) -> Result<ExitCode, CliError> {
     let tokens_per_s = latencies.len() as f64 / total.as_secs_f64();
     let percentile = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
     let threads = args
-        .compute.threads
+        .compute
+        .threads
         .map_or_else(|| "all cores".to_string(), |t| t.to_string());
     if args.json {
         println!(
