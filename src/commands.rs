@@ -72,6 +72,8 @@ failed_from!(
     serde_json::Error,
     circuits::ShapeError,
     prover::ProveError,
+    prover::RecordError,
+    transcript::TranscriptError,
     models::ModelError,
     models::tokenizer::TokenizerError,
     client::ClientError,
@@ -172,7 +174,7 @@ fn prove(args: ProveArgs) -> Result<ExitCode, CliError> {
             args.records.display()
         )));
     }
-    let temperature = records.temperature().map_err(CliError::failed)?;
+    let temperature = records.temperature()?;
     let shape = args
         .circuit
         .shape(records.vocab)?

@@ -222,6 +222,15 @@ fn ceil_q64_scaled(x: u128, shift: u32) -> u128 {
     int + u128::from(x & frac_mask != 0)
 }
 
+/// Why a value cannot be the statement's temperature.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TemperatureError {
+    #[error("temperature {value} is outside the supported range 0.001..={max}", max = MAX_TEMPERATURE / TEMPERATURE_SCALE)]
+    OutOfRange { value: f64 },
+    #[error("temperature {value} is not a multiple of 0.001: the statement holds at exactly the temperature it names, in thousandths (try {nearest:.3})")]
+    NotThousandths { value: f64, nearest: f64 },
+}
+
 /// A sampling temperature, an exact multiple of `1 / TEMPERATURE_SCALE` in
 /// `(0, MAX_TEMPERATURE / TEMPERATURE_SCALE]`. The exp table is computed for it,
 /// so the statement holds at exactly this temperature.
@@ -233,33 +242,29 @@ impl Temperature {
     pub const ONE: Temperature = Temperature(TEMPERATURE_SCALE);
 
     /// The temperature `milli / 1000`.
-    pub fn from_milli(milli: u32) -> Result<Temperature, String> {
+    pub fn from_milli(milli: u32) -> Result<Temperature, TemperatureError> {
         if (1..=MAX_TEMPERATURE).contains(&milli) {
             Ok(Temperature(milli))
         } else {
-            Err(format!(
-                "temperature {milli}/{TEMPERATURE_SCALE} is outside 0.001..={}",
-                MAX_TEMPERATURE / TEMPERATURE_SCALE
-            ))
+            Err(TemperatureError::OutOfRange {
+                value: milli as f64 / TEMPERATURE_SCALE as f64,
+            })
         }
     }
 
     /// The temperature `value`, which must be a multiple of 0.001 in
     /// `0.001..=2` (up to floating-point noise).
-    pub fn new(value: f64) -> Result<Temperature, String> {
+    pub fn new(value: f64) -> Result<Temperature, TemperatureError> {
         let scaled = value * TEMPERATURE_SCALE as f64;
         let milli = scaled.round();
         if !value.is_finite() || value <= 0.0 || milli > MAX_TEMPERATURE as f64 || milli < 1.0 {
-            return Err(format!(
-                "temperature {value} is outside the supported range 0.001..={}",
-                MAX_TEMPERATURE / TEMPERATURE_SCALE
-            ));
+            return Err(TemperatureError::OutOfRange { value });
         }
         if (scaled - milli).abs() > 1e-6 {
-            return Err(format!(
-                "temperature {value} is not a multiple of 0.001: the statement holds at exactly the temperature it names, in thousandths (try {:.3})",
-                milli / TEMPERATURE_SCALE as f64
-            ));
+            return Err(TemperatureError::NotThousandths {
+                value,
+                nearest: milli / TEMPERATURE_SCALE as f64,
+            });
         }
         Ok(Temperature(milli as u32))
     }
@@ -348,12 +353,30 @@ mod tests {
         assert_eq!(Temperature::new(0.1 + 0.2).unwrap().milli(), 300);
         assert_eq!(Temperature::new(2.0).unwrap().to_string(), "2.000");
         assert_eq!(Temperature::new(0.05).unwrap().to_string(), "0.050");
-        for bad in [0.0, -1.0, 1e-4, 2.001, f64::NAN, f64::INFINITY] {
-            assert!(Temperature::new(bad).is_err(), "{bad}");
+        for bad in [0.0, -1.0, 1e-4, 2.001, f64::INFINITY] {
+            assert_eq!(
+                Temperature::new(bad),
+                Err(TemperatureError::OutOfRange { value: bad }),
+                "{bad}"
+            );
         }
+        assert!(matches!(
+            Temperature::new(f64::NAN),
+            Err(TemperatureError::OutOfRange { .. })
+        ));
         let err = Temperature::new(0.7355).unwrap_err();
-        assert!(err.contains("multiple of 0.001"), "{err}");
+        assert_eq!(
+            err,
+            TemperatureError::NotThousandths {
+                value: 0.7355,
+                nearest: 0.736
+            }
+        );
+        assert!(err.to_string().contains("multiple of 0.001"), "{err}");
         assert!(Temperature::from_milli(0).is_err());
-        assert!(Temperature::from_milli(2001).is_err());
+        assert_eq!(
+            Temperature::from_milli(2001).unwrap_err().to_string(),
+            "temperature 2.001 is outside the supported range 0.001..=2"
+        );
     }
 }

@@ -8,13 +8,15 @@
 
 use std::time::{Duration, Instant};
 
-use circuits::{fixed_point::Temperature, sample_token, FixedPoint, Sampler, Tables};
+use circuits::fixed_point::{Temperature, TemperatureError};
+use circuits::{sample_token, FixedPoint, Sampler, Tables};
 use models::generate::Generator;
 use models::model_id::ModelId;
 use models::tokenizer::Tokenizer;
 use prover::{Record, RecordSampler, Records};
 use transcript::{
-    self, HopRecord, Nonce, ProvingPolicy, RecordsRef, Transcript, TranscriptSampler,
+    self, HopRecord, Nonce, ProvingPolicy, RecordsRef, Transcript, TranscriptError,
+    TranscriptSampler,
 };
 use verifier::bundle::Bundle;
 use wire::{ProveSampler, ProveStep};
@@ -98,10 +100,12 @@ pub enum GenerationError {
     Sampling { position: u64, message: String },
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Temperature(#[from] TemperatureError),
+    #[error(transparent)]
+    Transcript(#[from] TranscriptError),
     #[error("proofs: {0}")]
     Proofs(String),
-    #[error("receipts: {0}")]
-    Receipts(String),
 }
 
 impl<'a> Backend<'a> {
@@ -254,11 +258,7 @@ pub fn generate(
 ) -> Result<Generation, GenerationError> {
     let layers = model.layers;
     let fixed_point = FixedPoint::default();
-    let exact_temperature = options
-        .temperature
-        .map(Temperature::new)
-        .transpose()
-        .map_err(GenerationError::Usage)?;
+    let exact_temperature = options.temperature.map(Temperature::new).transpose()?;
     let tables = Tables::new(fixed_point, exact_temperature.unwrap_or(Temperature::ONE));
     let mut collector = options.proving.map(|_| ProofCollector::default());
 
@@ -353,9 +353,7 @@ pub fn generate(
         proving: options.proving,
         receipts_signature: None,
     };
-    transcript.receipts_signature = transcript
-        .aggregate_receipts()
-        .map_err(GenerationError::Receipts)?;
+    transcript.receipts_signature = transcript.aggregate_receipts()?;
     let proofs = match collector {
         Some(mut collector) => {
             let outcome = collect_proofs(backend, &transcript, &mut collector, observer);

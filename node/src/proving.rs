@@ -260,7 +260,9 @@ fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
 fn keys_for(prover: &mut Prover, batch: &[Job], cache: &ParamsCache) -> Result<(), String> {
     let temperature = match batch[0].step.sampler {
         ProveSampler::Greedy => Temperature::ONE,
-        ProveSampler::Sample { temperature, .. } => Temperature::new(temperature)?,
+        ProveSampler::Sample { temperature, .. } => {
+            Temperature::new(temperature).map_err(|e| e.to_string())?
+        }
     };
     if temperature != prover.shape.temperature {
         *prover = Prover::setup(prover.shape.with_temperature(temperature), cache, false)

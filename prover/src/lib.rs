@@ -29,7 +29,7 @@ use verifier::bundle::{Bundle, Proof};
 use verifier::ParamsCache;
 
 pub use progress::Progress;
-pub use records::{Record, RecordSampler, Records};
+pub use records::{Record, RecordError, RecordSampler, Records};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProveError {
@@ -48,12 +48,18 @@ pub enum ProveError {
     },
     #[error("step at position {position}: {message}")]
     Record { position: u64, message: String },
+    #[error(transparent)]
+    Sampler(#[from] RecordError),
+    #[error("step at position {position} is {sampler}, but these keys prove temperature {keys}")]
+    OtherTemperature {
+        position: u64,
+        sampler: Sampler,
+        keys: Temperature,
+    },
     #[error("{0}")]
     Shape(#[from] circuits::ShapeError),
     #[error("no steps to prove")]
     Empty,
-    #[error("{0}")]
-    Temperature(String),
     #[error("public parameters: {0}")]
     Params(#[from] std::io::Error),
     #[error("{0}")]
@@ -76,7 +82,7 @@ pub fn prepare(
     records: &Records,
     fixed_point: FixedPoint,
 ) -> Result<Vec<PreparedStep>, ProveError> {
-    let temperature = records.temperature().map_err(ProveError::Temperature)?;
+    let temperature = records.temperature()?;
     let tables = Tables::new(fixed_point, temperature);
     records
         .steps
@@ -102,9 +108,10 @@ pub fn prepare(
                         value: e.value,
                         frac_bits: e.frac_bits,
                     })?;
-            let sampler = record
-                .sampler()
-                .map_err(|message| ProveError::Record { position, message })?;
+            let sampler = record.sampler().map_err(|e| RecordError::AtStep {
+                position,
+                source: Box::new(e),
+            })?;
             let mut witness = StepWitness::new(&tables, logits, record.token, sampler)
                 .map_err(|source| ProveError::Step { position, source })?;
             witness.statement.position = position;
@@ -213,10 +220,11 @@ impl Prover {
             .iter()
             .find(|s| s.witness.statement.sampler.temperature() != self.shape.temperature)
         {
-            return Err(ProveError::Temperature(format!(
-                "step at position {} is {}, but these keys prove temperature {}",
-                step.position, step.witness.statement.sampler, self.shape.temperature
-            )));
+            return Err(ProveError::OtherTemperature {
+                position: step.position,
+                sampler: step.witness.statement.sampler,
+                keys: self.shape.temperature,
+            });
         }
         let batch = self.shape.steps;
         let batches = steps.len().div_ceil(batch);
@@ -286,7 +294,7 @@ pub fn synthetic_steps(shape: CircuitShape, seed: u64) -> Vec<StepWitness> {
 }
 
 /// The sampler of a record: its temperature must be a multiple of 0.001.
-pub fn sampler_of(sampler: &RecordSampler) -> Result<Sampler, String> {
+pub fn sampler_of(sampler: &RecordSampler) -> Result<Sampler, RecordError> {
     match sampler {
         RecordSampler::Greedy {} => Ok(Sampler::Greedy),
         RecordSampler::Sample { temperature, r } => {
@@ -294,7 +302,7 @@ pub fn sampler_of(sampler: &RecordSampler) -> Result<Sampler, String> {
             let r = r
                 .trim()
                 .parse::<u64>()
-                .map_err(|_| format!("r = {r:?} is not a decimal u64"))?;
+                .map_err(|_| RecordError::NotDecimal(r.clone()))?;
             Ok(Sampler::Sample { temperature, r })
         }
     }

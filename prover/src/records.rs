@@ -13,8 +13,33 @@
 
 use serde::{Deserialize, Serialize};
 
-use circuits::fixed_point::Temperature;
+use circuits::fixed_point::{Temperature, TemperatureError};
 use circuits::Sampler;
+
+/// Why a decode record's sampler cannot be proven as it is.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Temperature(#[from] TemperatureError),
+    #[error("r = {0:?} is not a decimal u64")]
+    NotDecimal(String),
+    #[error("step at position {position}: {source}")]
+    AtStep {
+        position: u64,
+        source: Box<RecordError>,
+    },
+    #[error(
+        "step at position {position} is {sampler}, but the step at position {first_position} is {first}: \
+         one bundle proves one temperature (greedy steps count as 1), so prove each \
+         temperature's steps separately"
+    )]
+    MixedTemperatures {
+        position: u64,
+        sampler: Sampler,
+        first_position: u64,
+        first: Sampler,
+    },
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,21 +67,22 @@ pub enum RecordSampler {
 
 impl Records {
     /// The temperature every step shares (1 when all are greedy or there are none).
-    pub fn temperature(&self) -> Result<Temperature, String> {
+    pub fn temperature(&self) -> Result<Temperature, RecordError> {
         let mut first: Option<(u64, Sampler)> = None;
         for step in &self.steps {
-            let sampler = step
-                .sampler()
-                .map_err(|e| format!("step at position {}: {e}", step.position))?;
+            let sampler = step.sampler().map_err(|e| RecordError::AtStep {
+                position: step.position,
+                source: Box::new(e),
+            })?;
             match first {
                 None => first = Some((step.position, sampler)),
                 Some((position, seen)) if seen.temperature() != sampler.temperature() => {
-                    return Err(format!(
-                        "step at position {} is {sampler}, but the step at position {position} is {seen}: \
-                         one bundle proves one temperature (greedy steps count as 1), so prove each \
-                         temperature's steps separately",
-                        step.position
-                    ));
+                    return Err(RecordError::MixedTemperatures {
+                        position: step.position,
+                        sampler,
+                        first_position: position,
+                        first: seen,
+                    });
                 }
                 Some(_) => {}
             }
@@ -66,7 +92,7 @@ impl Records {
 }
 
 impl Record {
-    pub fn sampler(&self) -> Result<Sampler, String> {
+    pub fn sampler(&self) -> Result<Sampler, RecordError> {
         crate::sampler_of(&self.sampler)
     }
 }

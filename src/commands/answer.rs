@@ -171,7 +171,7 @@ struct Receipts {
 }
 
 fn receipt_summary(transcript: &Transcript) -> Result<Receipts, String> {
-    let signed = transcript.receipts()?;
+    let signed = transcript.receipts().map_err(|e| e.to_string())?;
     let mut nodes: Vec<_> = signed.iter().map(|(k, _)| k.to_hex()).collect();
     nodes.sort();
     nodes.dedup();

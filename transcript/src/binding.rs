@@ -116,7 +116,7 @@ pub fn check(transcript: &Transcript, dir: &Path) -> Vec<BindingCheck> {
 }
 
 fn hop_signatures(transcript: &Transcript) -> Result<Vec<String>, String> {
-    let signed = transcript.receipts()?;
+    let signed = transcript.receipts().map_err(|e| e.to_string())?;
     let signatures = transcript.hops.iter().filter_map(|h| h.receipt.as_ref());
     let mut failures = Vec::new();
     for ((signer, statement), r) in signed.iter().zip(signatures) {
@@ -133,7 +133,7 @@ fn hop_signatures(transcript: &Transcript) -> Result<Vec<String>, String> {
 }
 
 fn aggregate(transcript: &Transcript) -> Result<Vec<String>, String> {
-    let signed = transcript.receipts()?;
+    let signed = transcript.receipts().map_err(|e| e.to_string())?;
     let Some(hex) = &transcript.receipts_signature else {
         return Ok(if signed.is_empty() {
             Vec::new()
@@ -143,7 +143,12 @@ fn aggregate(transcript: &Transcript) -> Result<Vec<String>, String> {
     };
     let signature = Signature::from_hex(hex).map_err(|e| e.to_string())?;
     let mut failures = Vec::new();
-    if transcript.aggregate_receipts()?.as_deref() != Some(hex.as_str()) {
+    if transcript
+        .aggregate_receipts()
+        .map_err(|e| e.to_string())?
+        .as_deref()
+        != Some(hex.as_str())
+    {
         failures.push("it is not the sum of the hops' own signatures".into());
     }
     if !receipt::verify_aggregate(&signed, &signature) {
@@ -230,9 +235,10 @@ fn records_open_head(transcript: &Transcript, records: &Records) -> Vec<String> 
 }
 
 fn tokens_follow(transcript: &Transcript, records: &Records) -> Result<Vec<String>, String> {
-    let nonce = transcript.nonce()?;
+    let nonce = transcript.nonce().map_err(|e| e.to_string())?;
     let fixed_point = FixedPoint::default();
-    let tables = Tables::new(fixed_point, transcript.temperature()?);
+    let temperature = transcript.temperature().map_err(|e| e.to_string())?;
+    let tables = Tables::new(fixed_point, temperature);
     let tokens: BTreeMap<u64, u32> = transcript
         .token_positions()
         .zip(transcript.tokens.iter().copied())
@@ -243,7 +249,9 @@ fn tokens_follow(transcript: &Transcript, records: &Records) -> Result<Vec<Strin
         .map(|p| format!("no record of the logits at position {p}"))
         .collect();
     for step in &records.steps {
-        let sampler = transcript.sampler_at(&nonce, step.position)?;
+        let sampler = transcript
+            .sampler_at(&nonce, step.position)
+            .map_err(|e| e.to_string())?;
         let z = fixed_point.quantize_all(&step.logits);
         let picked = z
             .map_err(|e| e.to_string())

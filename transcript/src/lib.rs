@@ -119,7 +119,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use circuits::fixed_point::Temperature;
+use circuits::fixed_point::{Temperature, TemperatureError};
 use circuits::{FixedPoint, Sampler};
 use prover::{Record, RecordSampler, Records};
 use verifier::answer::ExpectedStep;
@@ -349,7 +349,7 @@ impl Nonce {
     }
 
     /// Parses 32 hex digits.
-    pub fn from_hex(text: &str) -> Result<Nonce, String> {
+    pub fn from_hex(text: &str) -> Result<Nonce, TranscriptError> {
         parse_hex::<16>(text, "client nonce").map(Nonce)
     }
 }
@@ -366,9 +366,12 @@ pub fn sampling_r(nonce: &Nonce, request_id: u64, position: u64) -> u64 {
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> {
-    verifier::parse_hex_array(text)
-        .ok_or_else(|| format!("{what} {text:?} is not {} hex digits", 2 * N))
+fn parse_hex<const N: usize>(text: &str, field: &'static str) -> Result<[u8; N], TranscriptError> {
+    verifier::parse_hex_array(text).ok_or_else(|| TranscriptError::Hex {
+        field,
+        text: text.to_string(),
+        digits: 2 * N,
+    })
 }
 
 /// A transcript's generated tokens as proofs should state them.
@@ -390,6 +393,16 @@ pub enum TranscriptError {
     },
     #[error("logits file: {0}")]
     Format(String),
+    #[error("{field} {text:?} is not {digits} hex digits")]
+    Hex {
+        field: &'static str,
+        text: String,
+        digits: usize,
+    },
+    #[error(transparent)]
+    Temperature(#[from] TemperatureError),
+    #[error("receipt: {0}")]
+    Receipt(String),
 }
 
 /// Encodes steps as a `T.logits.bin` side file (see the module docs).
@@ -456,21 +469,21 @@ pub fn decode_logits(bytes: &[u8]) -> Result<(usize, Vec<(u64, u32, Vec<f32>)>),
 
 impl Transcript {
     /// The client nonce, parsed.
-    pub fn nonce(&self) -> Result<Nonce, String> {
+    pub fn nonce(&self) -> Result<Nonce, TranscriptError> {
         Nonce::from_hex(&self.client_nonce)
     }
 
     /// The temperature every token's softmax is at (1 for greedy decoding).
-    pub fn temperature(&self) -> Result<Temperature, String> {
+    pub fn temperature(&self) -> Result<Temperature, TranscriptError> {
         match self.sampler {
             TranscriptSampler::Greedy {} => Ok(Temperature::ONE),
-            TranscriptSampler::Sample { temperature } => Temperature::new(temperature),
+            TranscriptSampler::Sample { temperature } => Ok(Temperature::new(temperature)?),
         }
     }
 
     /// The circuit's sampler of the token at `position`, with its `r` derived
     /// from `nonce` (this transcript's, parsed once by the caller).
-    pub fn sampler_at(&self, nonce: &Nonce, position: u64) -> Result<Sampler, String> {
+    pub fn sampler_at(&self, nonce: &Nonce, position: u64) -> Result<Sampler, TranscriptError> {
         Ok(match self.sampler {
             TranscriptSampler::Greedy {} => Sampler::Greedy,
             TranscriptSampler::Sample { .. } => Sampler::Sample {
@@ -515,17 +528,19 @@ impl Transcript {
     /// The hops' signed receipts as `(signer, receipt)` pairs, for
     /// `verifier::receipt::verify_aggregate`; hops without a receipt are
     /// left out (count them with [`Transcript::unsigned_hops`]).
-    pub fn receipts(&self) -> Result<Vec<(PublicKey, Receipt)>, String> {
+    pub fn receipts(&self) -> Result<Vec<(PublicKey, Receipt)>, TranscriptError> {
         let model_id = parse_hex::<32>(&self.model_id, "model id")?;
         self.hops
             .iter()
             .filter_map(|hop| hop.receipt.as_ref().map(|r| (hop, r)))
             .map(|(hop, r)| {
-                let signer = PublicKey::from_hex(&r.signer).map_err(|e| e.to_string())?;
-                let layers = (
-                    u32::try_from(hop.layers[0]).map_err(|_| "layer index".to_string())?,
-                    u32::try_from(hop.layers[1]).map_err(|_| "layer index".to_string())?,
-                );
+                let signer = PublicKey::from_hex(&r.signer)
+                    .map_err(|e| TranscriptError::Receipt(e.to_string()))?;
+                let layer = |l: usize| {
+                    u32::try_from(l)
+                        .map_err(|_| TranscriptError::Receipt(format!("layer index {l}")))
+                };
+                let layers = (layer(hop.layers[0])?, layer(hop.layers[1])?);
                 Ok((
                     signer,
                     Receipt {
@@ -548,12 +563,15 @@ impl Transcript {
 
     /// The aggregate of the hops' receipt signatures (None when no hop is
     /// signed).
-    pub fn aggregate_receipts(&self) -> Result<Option<String>, String> {
+    pub fn aggregate_receipts(&self) -> Result<Option<String>, TranscriptError> {
         let signatures = self
             .hops
             .iter()
             .filter_map(|h| h.receipt.as_ref())
-            .map(|r| Signature::from_hex(&r.signature).map_err(|e| e.to_string()))
+            .map(|r| {
+                Signature::from_hex(&r.signature)
+                    .map_err(|e| TranscriptError::Receipt(e.to_string()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((!signatures.is_empty()).then(|| Signature::aggregate(&signatures).to_hex()))
     }
@@ -580,7 +598,7 @@ impl Transcript {
         fixed_point: FixedPoint,
         vocab: usize,
     ) -> Result<Expected, TranscriptError> {
-        let nonce = self.nonce().map_err(TranscriptError::Format)?;
+        let nonce = self.nonce()?;
         let records = self.records(dir)?;
         let mut problems = Vec::new();
         if records.vocab != vocab {
@@ -592,9 +610,7 @@ impl Transcript {
         let mut steps = Vec::new();
         let mut logits = BTreeMap::new();
         for (position, &token) in self.token_positions().zip(&self.tokens) {
-            let sampler = self
-                .sampler_at(&nonce, position)
-                .map_err(TranscriptError::Format)?;
+            let sampler = self.sampler_at(&nonce, position)?;
             let step = records.steps.iter().find(|s| s.position == position);
             if let Some(step) = step {
                 if step.token != token {
@@ -660,7 +676,7 @@ impl Transcript {
     /// `dir`, the transcript's directory) is read, its blake3 and shape are
     /// checked, and each step's sampler is rebuilt from [`Transcript::sampler`].
     pub fn records(&self, dir: &Path) -> Result<Records, TranscriptError> {
-        let nonce = self.nonce().map_err(TranscriptError::Format)?;
+        let nonce = self.nonce()?;
         match &self.records {
             RecordsRef::Inline(records) => Ok(records.clone()),
             RecordsRef::File {
@@ -759,8 +775,11 @@ mod tests {
             sampling_r(&nonce, nonce.request_id(), 5).to_string()
         );
         assert_ne!(Nonce::fresh(), Nonce::fresh());
-        assert_eq!(Nonce::from_hex(&nonce.to_hex()), Ok(nonce));
-        assert!(Nonce::from_hex("zz").is_err());
+        assert_eq!(Nonce::from_hex(&nonce.to_hex()).unwrap(), nonce);
+        assert!(matches!(
+            Nonce::from_hex("zz"),
+            Err(TranscriptError::Hex { digits: 32, .. })
+        ));
     }
 
     #[test]

@@ -328,7 +328,7 @@ fn read_step(r: &mut Reader<'_>, shape: &CircuitShape) -> Result<StepStatement, 
         0 if milli == Temperature::ONE.milli() && rand == 0 => Sampler::Greedy,
         0 => return Err(invalid("greedy step with a temperature or randomness")),
         1 => Sampler::Sample {
-            temperature: Temperature::from_milli(milli).map_err(invalid)?,
+            temperature: Temperature::from_milli(milli).map_err(|e| invalid(e.to_string()))?,
             r: rand,
         },
         other => return Err(invalid(format!("sampler tag {other}"))),
