@@ -27,7 +27,7 @@ use harness::netem::{LinkSettings, WanProxy};
 use models::tokenizer::Tokenizer;
 use models::Model;
 use node::{serve, NodeConfig};
-use wire::{Encoding, Limits};
+use wire::Encoding;
 
 /// Code repeats itself, which is where prompt lookup drafts well.
 const PROMPT: &str = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef div(a, b):\n";
@@ -64,17 +64,7 @@ fn setup() -> Result<Setup, Error> {
         let model = Model::from_gguf(&content, &mut reader, &Device::Cpu, layers.clone())?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;
-        let config = NodeConfig {
-            audit_window: node::DEFAULT_AUDIT_WINDOW,
-            fault: None,
-            model_id: id,
-            layers: layers.clone(),
-            limits: Limits::default(),
-            idle_timeout: Duration::from_secs(600),
-            io_timeout: Duration::from_secs(60),
-            proving: None,
-            signer: None,
-        };
+        let config = NodeConfig::new(id, layers.clone());
         runtime.spawn(serve(listener, Arc::new(model), config));
         let proxy = runtime.block_on(WanProxy::start(addr, LinkSettings::default()))?;
         hops.push(Hop {

@@ -28,7 +28,7 @@ use transcript::{Nonce, ProvingPolicy, Transcript};
 use verifier::answer::{check_answer, open_proofs, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
-use wire::{Encoding, Limits};
+use wire::Encoding;
 
 const SPLIT: usize = 4;
 const TOKENS: usize = 6;
@@ -75,15 +75,9 @@ fn start_nodes(path: &Path, shape: CircuitShape) -> (tokio::runtime::Runtime, Ve
         // Each node signs its hops' receipts with a key of its own.
         let signer = SecretKey::from_seed(&[range.start as u8 + 1; 32]).map(Arc::new);
         let config = NodeConfig {
-            audit_window: node::DEFAULT_AUDIT_WINDOW,
-            fault: None,
-            model_id,
-            layers: range.clone(),
-            limits: Limits::default(),
-            idle_timeout: Duration::from_secs(600),
-            io_timeout: Duration::from_secs(30),
             proving,
             signer,
+            ..NodeConfig::new(model_id, range.clone())
         };
         runtime.spawn(serve(listener, Arc::new(model), config));
         hops.push(Hop {

@@ -38,9 +38,9 @@ use models::testing::{
 };
 use models::Model;
 use node::proving::{ProofService, ProvingConfig};
-use node::{serve, Fault, NodeConfig, DEFAULT_AUDIT_WINDOW};
+use node::{serve, Fault, NodeConfig};
 use transcript::{Nonce, ProvingPolicy, Transcript};
-use wire::{Encoding, Limits};
+use wire::Encoding;
 
 /// Where the tiny model's chain splits: node A serves `0..TINY_SPLIT`,
 /// node B the rest.
@@ -335,15 +335,10 @@ impl Run<'_> {
                 .map_err(|e| e.to_string())?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             let config = NodeConfig {
-                model_id: honest_id,
-                layers: range.clone(),
-                limits: Limits::default(),
-                idle_timeout: Duration::from_secs(600),
-                io_timeout: Duration::from_secs(30),
                 proving,
                 signer: SecretKey::from_seed(&[index as u8 + 1; 32]).map(Arc::new),
-                audit_window: DEFAULT_AUDIT_WINDOW,
                 fault,
+                ..NodeConfig::new(honest_id, range.clone())
             };
             nodes.spawn(serve(listener, Arc::new(model), config));
             hops.push(Hop {

@@ -25,7 +25,7 @@ use node::{serve_until, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wire::{Encoding, Limits};
+use wire::Encoding;
 
 const LAYERS: usize = 7;
 const PROMPT: [u32; 6] = [2, 17, 101, 45, 300, 7];
@@ -71,17 +71,7 @@ impl Node {
         let shard = Arc::new(Shard::from(load(&model.path, layers.clone())));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let config = NodeConfig {
-            audit_window: node::DEFAULT_AUDIT_WINDOW,
-            fault: None,
-            model_id: model.id,
-            layers: layers.clone(),
-            limits: Limits::default(),
-            idle_timeout: Duration::from_secs(30),
-            io_timeout: Duration::from_secs(5),
-            proving: None,
-            signer: None,
-        };
+        let config = NodeConfig::new(model.id, layers.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_until(listener, shard, config, async {
             let _ = stopped.await;

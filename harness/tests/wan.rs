@@ -19,7 +19,7 @@ use models::model_id::{model_id, ModelId};
 use models::testing::{tiny_gemma3_config, write_random_gemma3};
 use models::Model;
 use node::{serve, NodeConfig};
-use wire::{Encoding, Limits};
+use wire::Encoding;
 
 const PROMPT: [u32; 8] = [2, 17, 101, 45, 17, 101, 45, 17];
 const TOKENS: usize = 48;
@@ -57,17 +57,7 @@ async fn start_node(model: &TempModel, layers: Range<usize>) -> Hop {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let config = NodeConfig {
-        audit_window: node::DEFAULT_AUDIT_WINDOW,
-        fault: None,
-        model_id: model.id,
-        layers: layers.clone(),
-        limits: Limits::default(),
-        idle_timeout: Duration::from_secs(30),
-        io_timeout: Duration::from_secs(10),
-        proving: None,
-        signer: None,
-    };
+    let config = NodeConfig::new(model.id, layers.clone());
     tokio::spawn(serve(listener, Arc::new(shard), config));
     Hop { addr, layers }
 }

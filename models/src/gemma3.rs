@@ -17,7 +17,7 @@ use candle_core::{Device, Module, Tensor, D};
 
 use crate::layers::{cached_attention, matmul, meta, meta_f32, meta_u32, rope_tables, RmsNorm};
 use crate::shard::{check_range, Architecture, Shard};
-use crate::{ModelError, Result};
+use crate::{ModelError, ModelShape, Result};
 
 /// Architecture parameters, read from the GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,16 +102,12 @@ pub type Gemma3 = Shard<Config>;
 impl Architecture for Config {
     type Layer = Layer;
 
-    fn hidden(&self) -> usize {
-        self.hidden
-    }
-
-    fn vocab(&self) -> usize {
-        self.vocab
-    }
-
-    fn layers(&self) -> usize {
-        self.layers
+    fn shape(&self) -> ModelShape {
+        ModelShape {
+            layers: self.layers,
+            hidden: self.hidden,
+            vocab: self.vocab,
+        }
     }
 
     fn embedding_scale(&self) -> Option<f64> {

@@ -35,16 +35,6 @@ pub struct ModelShape {
     pub vocab: usize,
 }
 
-impl ModelShape {
-    fn of(config: &impl Architecture) -> ModelShape {
-        ModelShape {
-            layers: config.layers(),
-            hidden: config.hidden(),
-            vocab: config.vocab(),
-        }
-    }
-}
-
 /// The same call on whichever architecture's shard `model` holds.
 macro_rules! on_shard {
     ($model:expr, $shard:ident => $call:expr) => {
@@ -91,8 +81,8 @@ impl Model {
     /// from its metadata alone (nothing is loaded).
     pub fn shape_of(content: &gguf_file::Content) -> Result<ModelShape> {
         match Model::architecture(content)?.as_str() {
-            "gemma3" => Ok(ModelShape::of(&gemma3::Config::from_gguf(content)?)),
-            "llama" => Ok(ModelShape::of(&llama::Config::from_gguf(content)?)),
+            "gemma3" => Ok(gemma3::Config::from_gguf(content)?.shape()),
+            "llama" => Ok(llama::Config::from_gguf(content)?.shape()),
             other => Err(unsupported(other)),
         }
     }
@@ -153,7 +143,7 @@ impl Model {
 
     /// Layers, hidden width and vocabulary of the whole model.
     pub fn shape(&self) -> ModelShape {
-        on_shard!(self, m => ModelShape::of(&m.config))
+        on_shard!(self, m => m.config.shape())
     }
 
     /// Width of the hidden states passed between shards.

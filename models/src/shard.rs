@@ -9,7 +9,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{Device, Module, Tensor};
 
 use crate::layers::{lookup, Cache, RmsNorm};
-use crate::{ModelError, Result};
+use crate::{ModelError, ModelShape, Result};
 
 /// What one architecture adds to a [`Shard`]: its configuration and one
 /// layer's computation.
@@ -17,14 +17,8 @@ pub trait Architecture {
     /// One layer's weights.
     type Layer: std::fmt::Debug;
 
-    /// Width of the hidden states.
-    fn hidden(&self) -> usize;
-
-    /// Vocabulary size (width of the logits).
-    fn vocab(&self) -> usize;
-
-    /// Layer count of the whole model.
-    fn layers(&self) -> usize;
+    /// Layers, hidden width and vocabulary of the whole model.
+    fn shape(&self) -> ModelShape;
 
     /// What the embedding rows are multiplied by (Gemma: sqrt(d)).
     fn embedding_scale(&self) -> Option<f64>;
@@ -104,7 +98,7 @@ impl<A: Architecture> Shard<A> {
 
     /// Token ids `[seq]` to the input of the first layer, `[1, seq, d]`.
     pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
-        let x = lookup(self.embedding.as_ref(), tokens, self.config.vocab())?;
+        let x = lookup(self.embedding.as_ref(), tokens, self.config.shape().vocab)?;
         match self.config.embedding_scale() {
             Some(scale) => Ok((x * scale)?),
             None => Ok(x),
@@ -127,7 +121,7 @@ impl<A: Architecture> Shard<A> {
         cache: &mut Cache,
         after_layer: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let seq = cache.enter(x, self.config.hidden(), position, self.blocks.len())?;
+        let seq = cache.enter(x, self.config.shape().hidden, position, self.blocks.len())?;
         let mut x = x.clone();
         for ((block, slot), index) in self
             .blocks

@@ -102,6 +102,25 @@ pub struct NodeConfig {
 /// How long a signing node keeps trails by default: ten minutes.
 pub const DEFAULT_AUDIT_WINDOW: Duration = Duration::from_secs(600);
 
+impl NodeConfig {
+    /// A node serving `layers` of model `model_id` that neither signs nor
+    /// proves, with the default limits, a 5-minute idle timeout, 30 s for
+    /// frame I/O and the default audit window.
+    pub fn new(model_id: ModelId, layers: Range<usize>) -> NodeConfig {
+        NodeConfig {
+            model_id,
+            layers,
+            limits: Limits::default(),
+            idle_timeout: Duration::from_secs(300),
+            io_timeout: Duration::from_secs(30),
+            proving: None,
+            signer: None,
+            audit_window: DEFAULT_AUDIT_WINDOW,
+            fault: None,
+        }
+    }
+}
+
 /// Ways a node cheats while signing receipts as if it had not.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Fault {

@@ -53,17 +53,7 @@ async fn start_node(path: &Path, id: ModelId, layers: Range<usize>) -> SocketAdd
     let model = Arc::new(Model::from(load(path, layers.clone())));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let config = NodeConfig {
-        audit_window: node::DEFAULT_AUDIT_WINDOW,
-        fault: None,
-        model_id: id,
-        layers,
-        limits: Limits::default(),
-        idle_timeout: Duration::from_secs(30),
-        io_timeout: Duration::from_secs(5),
-        proving: None,
-        signer: None,
-    };
+    let config = NodeConfig::new(id, layers);
     tokio::spawn(serve(listener, model, config));
     addr
 }
@@ -462,17 +452,7 @@ async fn nodes_serve_llama_shards() {
         for layers in [0..2, 2..config.layers] {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
-            let node_config = NodeConfig {
-                audit_window: node::DEFAULT_AUDIT_WINDOW,
-                fault: None,
-                model_id: id,
-                layers: layers.clone(),
-                limits: Limits::default(),
-                idle_timeout: Duration::from_secs(30),
-                io_timeout: Duration::from_secs(5),
-                proving: None,
-                signer: None,
-            };
+            let node_config = NodeConfig::new(id, layers.clone());
             tokio::spawn(serve(listener, Arc::new(open(layers.clone())), node_config));
             hops.push(Hop { addr, layers });
         }
