@@ -144,8 +144,25 @@ impl<'a> Backend<'a> {
         }
     }
 
-    /// Feeds tokens; returns the logits of the last one (remote logits are
-    /// final: failover happens inside) and appends the forward's hop digests.
+    /// Feeds tokens and returns the logits of the last one (remote logits
+    /// are final: failover happens inside).
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GenerationError> {
+        match self {
+            Backend::Local(g) => Ok(g.feed(tokens)?),
+            Backend::Remote { runtime, session } => Ok(runtime.block_on(session.feed(tokens))?),
+        }
+    }
+
+    /// The session of a chain of nodes; `None` in this process.
+    pub fn session_mut(&mut self) -> Option<&mut Session> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Remote { session, .. } => Some(session),
+        }
+    }
+
+    /// [`Backend::forward`], appending the forward's hop digests and
+    /// reporting the session's routing events.
     fn feed(
         &mut self,
         tokens: &[u32],
@@ -154,25 +171,21 @@ impl<'a> Backend<'a> {
         observer: &mut dyn Observer,
     ) -> Result<Vec<f32>, GenerationError> {
         let position = self.position();
-        match self {
-            Backend::Local(g) => {
-                let logits = g.feed(tokens)?;
-                hops.push(HopRecord::local(position, layers, tokens, &logits));
-                Ok(logits)
-            }
-            Backend::Remote { runtime, session } => {
-                let result = runtime.block_on(session.feed(tokens));
-                report_events(session, observer);
-                let logits = result?;
-                hops.extend(
-                    session
-                        .last_hops()
-                        .iter()
-                        .map(|d| HopRecord::remote(position, d)),
-                );
-                Ok(logits)
-            }
+        let result = self.forward(tokens);
+        if let Backend::Remote { session, .. } = self {
+            report_events(session, observer);
         }
+        let logits = result?;
+        match self {
+            Backend::Local(_) => hops.push(HopRecord::local(position, layers, tokens, &logits)),
+            Backend::Remote { session, .. } => hops.extend(
+                session
+                    .last_hops()
+                    .iter()
+                    .map(|d| HopRecord::remote(position, d)),
+            ),
+        }
+        Ok(logits)
     }
 
     /// Asks the head node to prove `steps` (plus any orphaned by a chain
@@ -200,7 +213,7 @@ impl<'a> Backend<'a> {
     }
 
     /// Frees the request's caches on the nodes (best effort).
-    fn finish(&mut self) {
+    pub fn finish(&mut self) {
         if let Backend::Remote { runtime, session } = self {
             runtime.block_on(session.end());
         }

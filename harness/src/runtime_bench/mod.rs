@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use client::generation::{Backend, GenerationError};
 use client::session::{Session, SessionConfig};
 use client::Hop;
 use models::generate::Generator;
@@ -62,11 +63,19 @@ pub enum BenchError {
     Model(#[from] models::ModelError),
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error(transparent)]
+    Generation(Box<GenerationError>),
 }
 
 impl BenchError {
     fn failed(message: impl Into<String>) -> BenchError {
         BenchError::Failed(message.into())
+    }
+}
+
+impl From<GenerationError> for BenchError {
+    fn from(e: GenerationError) -> BenchError {
+        BenchError::Generation(Box::new(e))
     }
 }
 
@@ -112,12 +121,19 @@ fn logprob(logits: &[f32], token: u32) -> f64 {
     logits.get(token as usize).map_or(f64::NAN, |&x| x as f64) - max - sum.ln()
 }
 
-/// Something that turns tokens into next-token logits.
+/// A generation back end as the bench drives it: [`Backend`] as is, or
+/// instrumented ([`Remote`]).
 trait Feed {
     fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BenchError>;
     /// Called before generated token `i` is fed.
     fn before(&mut self, _i: usize) -> Result<(), BenchError> {
         Ok(())
+    }
+}
+
+impl Feed for Backend<'_> {
+    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BenchError> {
+        Ok(self.forward(tokens)?)
     }
 }
 
@@ -154,21 +170,13 @@ fn decode(
     Ok(run)
 }
 
-struct Local<'a>(Generator<'a>);
-
-impl Feed for Local<'_> {
-    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BenchError> {
-        self.0.feed(tokens).map_err(BenchError::from)
-    }
-}
-
 /// The single-process measurement (`zkinfer bench runtime --in-process`, in
 /// a child so that candle sizes its thread pool for it): an untimed warm-up
 /// of the same shapes, then the timed greedy run.
 pub fn single_process(model: &Model, prompt: &[u32], tokens: usize) -> Result<Run, BenchError> {
-    let new = || Generator::new(model).map_err(BenchError::from);
-    decode(&mut Local(new()?), prompt, 1, None)?;
-    decode(&mut Local(new()?), prompt, tokens, None)
+    let new = || Ok::<_, BenchError>(Backend::Local(Generator::new(model)?));
+    decode(&mut new()?, prompt, 1, None)?;
+    decode(&mut new()?, prompt, tokens, None)
 }
 
 /// What the bench measures with, and how far.
@@ -204,7 +212,7 @@ impl Setup {
         hops: Vec<Hop>,
         encoding: Encoding,
         remeasure: bool,
-    ) -> Result<Session, BenchError> {
+    ) -> Result<Backend<'static>, BenchError> {
         let bytes_per_value = match encoding {
             Encoding::F32 => 4,
             Encoding::F16 => 2,
@@ -223,7 +231,8 @@ impl Setup {
             ..defaults
         };
         self.next_request = self.next_request.wrapping_add(1 << 20);
-        self.runtime
+        let runtime = network_runtime()?;
+        let session = runtime
             .block_on(Session::connect(
                 hops,
                 self.config.shape.layers,
@@ -231,14 +240,17 @@ impl Setup {
                 config,
                 self.next_request,
             ))
-            .map_err(|e| BenchError::failed(format!("connecting the chain: {e}")))
+            .map_err(|e| BenchError::failed(format!("connecting the chain: {e}")))?;
+        Ok(Backend::Remote {
+            runtime,
+            session: Box::new(session),
+        })
     }
 }
 
-/// A chain of nodes behind a [`Session`], with an optional node to kill.
+/// A chain of nodes (a remote [`Backend`]), with an optional node to kill.
 struct Remote<'a> {
-    runtime: &'a tokio::runtime::Runtime,
-    session: Session,
+    backend: Backend<'static>,
     /// Kill the node serving `layer` before generated token `at`.
     kill: Option<(usize, usize, &'a mut [ServeChild])>,
     killed: Option<(SocketAddr, Range<usize>)>,
@@ -252,10 +264,9 @@ struct Remote<'a> {
 }
 
 impl<'a> Remote<'a> {
-    fn new(runtime: &'a tokio::runtime::Runtime, session: Session) -> Self {
+    fn new(backend: Backend<'static>) -> Self {
         Remote {
-            runtime,
-            session,
+            backend,
             kill: None,
             killed: None,
             failover_at: None,
@@ -281,24 +292,27 @@ impl<'a> Remote<'a> {
     }
 
     fn end(mut self) {
-        self.runtime.block_on(self.session.end());
+        self.backend.finish();
+    }
+
+    fn session(&mut self) -> Result<&mut Session, BenchError> {
+        self.backend
+            .session_mut()
+            .ok_or_else(|| BenchError::failed("the bench's chains run on nodes"))
     }
 }
 
 impl Feed for Remote<'_> {
     fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BenchError> {
-        let failovers = self.session.stats().failovers;
-        let logits = self
-            .runtime
-            .block_on(self.session.feed(tokens))
-            .map_err(BenchError::from);
-        for event in self.session.take_events() {
+        let failovers = self.backend.stats().failovers;
+        let logits = self.backend.forward(tokens);
+        for event in self.session()?.take_events() {
             progress(&format!("  {event}"));
         }
-        if self.session.stats().failovers > failovers && self.failover_at.is_none() {
+        if self.backend.stats().failovers > failovers && self.failover_at.is_none() {
             self.failover_at = self.current;
         }
-        logits
+        Ok(logits?)
     }
 
     fn before(&mut self, i: usize) -> Result<(), BenchError> {
@@ -309,7 +323,9 @@ impl Feed for Remote<'_> {
         if let Some((at, layer, nodes)) = self.kill.as_mut() {
             if *at == i {
                 let hop = self
-                    .session
+                    .backend
+                    .session_mut()
+                    .ok_or_else(|| BenchError::failed("the bench's chains run on nodes"))?
                     .route()
                     .iter()
                     .find(|h| h.layers.contains(layer))
@@ -424,11 +440,11 @@ fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result
 fn chain_speed(setup: &mut Setup, nodes: &[ServeChild]) -> Result<Run, BenchError> {
     let hops: Vec<Hop> = nodes.iter().map(ServeChild::hop).collect();
     let warm = setup.session(hops.clone(), Encoding::F32, true)?;
-    let mut remote = Remote::new(&setup.runtime, warm);
+    let mut remote = Remote::new(warm);
     decode(&mut remote, &setup.config.prompt, 1, None)?;
     remote.end();
     let session = setup.session(hops, Encoding::F32, true)?;
-    let mut remote = Remote::new(&setup.runtime, session);
+    let mut remote = Remote::new(session);
     let run = decode(&mut remote, &setup.config.prompt, setup.config.tokens, None)?;
     remote.end();
     Ok(run)
@@ -454,7 +470,7 @@ fn encoding_run(
         proxies.push(proxy);
     }
     let session = setup.session(hops, encoding, false)?;
-    let mut remote = Remote::new(&setup.runtime, session);
+    let mut remote = Remote::new(session);
     remote.proxies = proxies;
     let run = decode(
         &mut remote,
@@ -492,7 +508,7 @@ fn failover(
     let hops: Vec<Hop> = nodes.iter().map(ServeChild::hop).collect();
     progress("failover: no-fault run");
     let session = setup.session(hops.clone(), Encoding::F32, true)?;
-    let mut remote = Remote::new(&setup.runtime, session);
+    let mut remote = Remote::new(session);
     let clean = decode(&mut remote, &setup.config.prompt, setup.config.tokens, None)?;
     remote.end();
     let at = setup.config.tokens / 2;
@@ -500,8 +516,7 @@ fn failover(
         "failover: a node of layer {layer} dies before token {at}"
     ));
     let session = setup.session(hops, Encoding::F32, true)?;
-    let runtime = &setup.runtime;
-    let mut remote = Remote::new(runtime, session);
+    let mut remote = Remote::new(session);
     remote.kill = Some((at, layer, nodes));
     let run = decode(&mut remote, &setup.config.prompt, setup.config.tokens, None)?;
     let failover_at = remote.failover_at;
@@ -530,6 +545,13 @@ fn failover(
     })
 }
 
+fn network_runtime() -> Result<tokio::runtime::Runtime, BenchError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::failed(format!("starting the network runtime: {e}")))
+}
+
 /// Runs every measurement of the bench (see the module docs).
 pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     if config.tokens < 4 {
@@ -546,10 +568,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         .map_err(|e| BenchError::failed(format!("a scratch directory: {e}")))?;
     let python = config.python.clone();
     let shape = config.shape;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| BenchError::failed(format!("starting the network runtime: {e}")))?;
+    let runtime = network_runtime()?;
     let mut setup = Setup {
         config,
         runtime,
