@@ -232,7 +232,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let records = inline.clone();
     if let Some(path) = &args.records {
         let json = serde_json::to_vec(&records)?;
-        super::write_atomic(path, &json)
+        super::output::write_atomic(path, &json)
             .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
         eprintln!(
             "[decode records for {} tokens written to {}]",
@@ -270,7 +270,7 @@ fn write_proofs(path: &Path, outcome: &ProofOutcome) -> Result<(), CliError> {
         )));
     };
     let bytes = bundle.to_bytes();
-    super::write_atomic(path, &bytes)
+    super::output::write_atomic(path, &bytes)
         .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
     eprintln!(
         "[{} proofs of positions {:?} ({} bytes) written to {} after {:.1} s of waiting]",
@@ -301,7 +301,7 @@ fn write_transcript(
             path.file_stem().unwrap_or_default().to_string_lossy()
         );
         let side = path.with_file_name(&name);
-        super::write_atomic(&side, &bytes)
+        super::output::write_atomic(&side, &bytes)
             .map_err(|e| CliError::failed(format!("writing {}: {e}", side.display())))?;
         RecordsRef::File {
             path: name,
@@ -313,7 +313,7 @@ fn write_transcript(
         RecordsRef::Inline(inline)
     };
     let json = serde_json::to_vec(&transcript).map_err(|e| failed(&e))?;
-    super::write_atomic(path, &json)
+    super::output::write_atomic(path, &json)
         .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
     eprintln!(
         "[transcript of {} tokens, {} hop records written to {}]",

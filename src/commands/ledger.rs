@@ -67,7 +67,7 @@ pub fn run(args: LedgerArgs) -> Result<ExitCode, CliError> {
             fraud_proof,
             model,
         } => {
-            let proof = super::read_fraud_proof(&fraud_proof)?;
+            let proof = super::verify::read_fraud_proof(&fraud_proof)?;
             let model = model.unwrap_or_else(super::model::packaged_model_path);
             let mut replayer = super::audit::open_replayer(&model)?;
             let check = |proof: &FraudProof| {
