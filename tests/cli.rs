@@ -603,17 +603,14 @@ fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
     let model = dir.join("tiny.gguf");
     let config = models::testing::tiny_gemma3_config();
     models::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
-    let o = zkinfer(&[
-        "bench",
-        "runtime",
-        "--model",
-        model.to_str().unwrap(),
-        "--tokens",
-        "8",
-        "--json",
-        "--python",
-        dir.join("no-such-python").to_str().unwrap(),
-    ]);
+    let no_python = dir.join("no-such-python");
+    let bench = |tokens: &str, extra: &[&str]| {
+        let mut args = vec!["bench", "runtime", "--model", model.to_str().unwrap()];
+        args.extend(["--tokens", tokens, "--python", no_python.to_str().unwrap()]);
+        args.extend(extra);
+        zkinfer(&args)
+    };
+    let o = bench("8", &["--json"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let report: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -683,16 +680,7 @@ fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
     assert!(!String::from_utf8_lossy(&o.stdout).contains("NaN"));
 
     // The text report holds the same rows.
-    let o = zkinfer(&[
-        "bench",
-        "runtime",
-        "--model",
-        model.to_str().unwrap(),
-        "--tokens",
-        "4",
-        "--python",
-        dir.join("no-such-python").to_str().unwrap(),
-    ]);
+    let o = bench("4", &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     for line in [
