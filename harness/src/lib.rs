@@ -5,5 +5,6 @@
 
 pub mod cheats;
 pub mod children;
+pub mod conformance;
 pub mod netem;
 pub mod runtime_bench;

@@ -26,13 +26,15 @@ use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::Instant;
 
-use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use audit::fraud::{compare, Comparison, Tolerance, HIDDEN, LOGITS};
+use audit::fraud::{HIDDEN, LOGITS};
+use harness::conformance::{
+    decode, head_on, recommend, report, Forcing, Plan, PromptReport, Rows, Sequence, ATOL_FLOOR,
+    SAFETY_FACTOR,
+};
 use models::tokenizer::Tokenizer;
-use models::{Cache, Model};
+use models::Model;
 use node::greedy_token;
 
 use super::model::{open_gguf, packaged_model_path};
@@ -47,61 +49,6 @@ const PROMPTS: [&str; 3] = [
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "The capital of France is Paris. The capital of Japan is",
 ];
-
-/// A recommended tolerance scores the largest difference measured at
-/// 1/SAFETY_FACTOR: a handful of prompts cannot show the worst case, and the
-/// difference grows with context length and with unlucky rows, while a
-/// wrong model or a forged logit is off by whole nats.
-const SAFETY_FACTOR: f32 = 4.0;
-
-/// No `atol` below the resolution of the committed logits (2^-11 at the
-/// default F = 11): a smaller difference cannot move a committed value by
-/// more than one step, so a tighter tolerance only rejects honest nodes.
-const ATOL_FLOOR: f32 = 1.0 / 2048.0;
-
-/// What the candidate is asked to run: sent as JSON on its stdin.
-#[derive(Serialize, Deserialize)]
-struct Plan {
-    sequences: Vec<Sequence>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Sequence {
-    prompt: Vec<u32>,
-    /// The reference's greedy tokens, fed one per forward.
-    tokens: Vec<u32>,
-    /// The reference's final hidden state per row, `rows × d`, for the head check.
-    hidden: Vec<f32>,
-}
-
-/// One side's numbers for one sequence; rows = `tokens.len()`.
-struct Rows {
-    /// `rows × V`.
-    logits: Vec<f32>,
-    /// `rows × d`, the input of the final norm.
-    hidden: Vec<f32>,
-    /// Greedy token per row.
-    tokens: Vec<u32>,
-}
-
-/// The comparison of one prompt.
-#[derive(Serialize)]
-struct PromptReport {
-    prompt: String,
-    prompt_tokens: usize,
-    rows: usize,
-    /// Whole-model logits, scored with [`LOGITS`].
-    logits: Comparison,
-    /// Final hidden states, scored with [`HIDDEN`].
-    hidden: Comparison,
-    /// The largest |hidden value| of the reference: the scale of the hidden diff.
-    max_abs_hidden: f32,
-    /// The head alone on the reference's hidden states, scored with [`LOGITS`].
-    head: Comparison,
-    tokens_identical: bool,
-    /// The first row whose greedy token differs.
-    first_token_mismatch: Option<usize>,
-}
 
 pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
     if args.in_process {
@@ -259,53 +206,6 @@ pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-/// How a sequence is driven: the reference decodes greedily, the candidate
-/// follows the reference's tokens.
-enum Forcing<'a> {
-    Greedy(usize),
-    Tokens(&'a [u32]),
-}
-
-/// Prefills `prompt`, then feeds one token per forward; returns per row the
-/// logits, the final hidden state and the greedy token.
-fn decode(model: &Model, prompt: &[u32], forcing: Forcing) -> models::Result<Rows> {
-    let rows = match forcing {
-        Forcing::Greedy(n) => n,
-        Forcing::Tokens(tokens) => tokens.len(),
-    };
-    let mut out = Rows {
-        logits: Vec::with_capacity(rows * model.vocab()),
-        hidden: Vec::with_capacity(rows * model.hidden_size()),
-        tokens: Vec::with_capacity(rows),
-    };
-    let mut cache = Cache::new();
-    let hidden = model.forward_layers(&model.embed(prompt)?, 0, &mut cache)?;
-    let mut last = hidden.narrow(1, prompt.len() - 1, 1)?;
-    for row in 0..rows {
-        let logits = model.head_forward(&last)?.flatten_all()?.to_vec1::<f32>()?;
-        let token = greedy_token(&logits)?;
-        out.logits.extend_from_slice(&logits);
-        out.hidden.extend(last.flatten_all()?.to_vec1::<f32>()?);
-        out.tokens.push(token);
-        if row + 1 < rows {
-            let next = match forcing {
-                Forcing::Greedy(_) => token,
-                Forcing::Tokens(tokens) => tokens[row],
-            };
-            last = model.forward_layers(&model.embed(&[next])?, prompt.len() + row, &mut cache)?;
-        }
-    }
-    Ok(out)
-}
-
-/// The candidate's head on the reference's hidden states `rows × d`: `rows × V`.
-fn head_on(model: &Model, hidden: &[f32]) -> models::Result<Vec<f32>> {
-    let d = model.hidden_size();
-    let rows = hidden.len() / d;
-    let x = Tensor::from_slice(hidden, (1, rows, d), model.device())?;
-    Ok(model.head_forward(&x)?.flatten_all()?.to_vec1::<f32>()?)
-}
-
 /// `--in-process`: reads a [`Plan`] on stdin, writes per sequence the logits,
 /// hidden states and head-on-reference logits as little-endian f32 on stdout.
 fn candidate_side(args: &BenchConformanceArgs) -> Result<ExitCode, CliError> {
@@ -433,35 +333,6 @@ fn run_candidate(
         .collect())
 }
 
-/// The candidate `c` (and its `head` on the reference's hidden states)
-/// compared with the reference `r`, as the auditor would score it.
-fn report(text: &str, seq: &Sequence, r: &Rows, c: &Rows, head: &[f32]) -> PromptReport {
-    let first_token_mismatch = r.tokens.iter().zip(&c.tokens).position(|(a, b)| a != b);
-    PromptReport {
-        prompt: text.to_string(),
-        prompt_tokens: seq.prompt.len(),
-        rows: r.tokens.len(),
-        logits: compare(&c.logits, &r.logits, LOGITS),
-        hidden: compare(&c.hidden, &r.hidden, HIDDEN),
-        max_abs_hidden: r.hidden.iter().fold(0.0f32, |m, v| m.max(v.abs())),
-        head: compare(head, &r.logits, LOGITS),
-        tokens_identical: first_token_mismatch.is_none(),
-        first_token_mismatch,
-    }
-}
-
-/// `current` scaled so that the worst `score` measured under it becomes
-/// 1/[`SAFETY_FACTOR`] (scores are linear in the tolerance), `atol` kept
-/// at least [`ATOL_FLOOR`]; `reject_above` unchanged.
-fn recommend(current: Tolerance, score: f32) -> Tolerance {
-    let scale = (SAFETY_FACTOR * score).max(ATOL_FLOOR / current.atol);
-    Tolerance {
-        atol: current.atol * scale,
-        rtol: current.rtol * scale,
-        ..current
-    }
-}
-
 fn describe(kind: DeviceKind, threads: Option<usize>) -> String {
     match kind {
         DeviceKind::Cpu => {
@@ -498,16 +369,6 @@ fn model_error(e: models::ModelError) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recommendations_scale_the_tolerance_to_the_margin() {
-        // A worst score of 0.5 under LOGITS: twice the margin's room, so 2 x 0.05.
-        let r = recommend(LOGITS, 0.5);
-        assert!((r.atol - 0.1).abs() < 1e-7 && r.rtol == 0.0, "{r:?}");
-        assert_eq!(r.reject_above, LOGITS.reject_above);
-        // Exact agreement still leaves one fixed-point step.
-        assert_eq!(recommend(HIDDEN, 0.0).atol, ATOL_FLOOR);
-    }
 
     #[test]
     fn long_prompts_are_cut() {
