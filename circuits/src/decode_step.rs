@@ -23,7 +23,7 @@ use crate::chips::step_check::{
     StepCheckChip, StepCheckConfig, StepCheckInstructions, StepCheckValues,
 };
 use crate::chips::table::TableConfig;
-use crate::fixed_point::{FixedPoint, Temperature, TABLE_BITS, TABLE_ROWS};
+use crate::fixed_point::{FixedPoint, FixedPointError, Temperature, TABLE_BITS, TABLE_ROWS};
 use crate::statement::StepStatement;
 use crate::tables::Tables;
 use crate::witness::StepWitness;
@@ -58,8 +58,8 @@ pub enum ShapeError {
     Lanes(usize),
     #[error("{lanes} lanes would leave the last one without logits at a vocabulary of {vocab}: use fewer lanes")]
     EmptyLane { vocab: usize, lanes: usize },
-    #[error("{0}")]
-    FixedPoint(String),
+    #[error(transparent)]
+    FixedPoint(#[from] FixedPointError),
     #[error("the circuit would need k = {0} (at most 22 supported): use more lanes or fewer steps per proof")]
     TooLarge(u32),
 }
@@ -104,7 +104,7 @@ impl CircuitShape {
         if (lanes - 1) * vocab.div_ceil(lanes) >= vocab {
             return Err(ShapeError::EmptyLane { vocab, lanes });
         }
-        fixed_point.validate().map_err(ShapeError::FixedPoint)?;
+        fixed_point.validate()?;
         let shape = CircuitShape {
             vocab,
             fixed_point,

@@ -58,16 +58,13 @@ pub struct OutOfRange {
 
 impl FixedPoint {
     /// Checks that the format is one the circuit supports.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FixedPointError> {
         // F <= 12 keeps delta = ln(S / 2^Q) * 2^F inside the 2^16-row table up to V = 2^20.
         if !(4..=12).contains(&self.frac_bits) {
-            return Err(format!(
-                "frac_bits F = {} must be in 4..=12",
-                self.frac_bits
-            ));
+            return Err(FixedPointError::FracBits(self.frac_bits));
         }
         if !(16..=34).contains(&self.exp_bits) {
-            return Err(format!("exp_bits Q = {} must be in 16..=34", self.exp_bits));
+            return Err(FixedPointError::ExpBits(self.exp_bits));
         }
         Ok(())
     }
@@ -220,6 +217,15 @@ fn ceil_q64_scaled(x: u128, shift: u32) -> u128 {
     let int = x >> (64 - shift);
     let frac_mask = (1u128 << (64 - shift)) - 1;
     int + u128::from(x & frac_mask != 0)
+}
+
+/// A fixed-point format the circuit does not support.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FixedPointError {
+    #[error("frac_bits F = {0} must be in 4..=12")]
+    FracBits(u32),
+    #[error("exp_bits Q = {0} must be in 16..=34")]
+    ExpBits(u32),
 }
 
 /// Why a value cannot be the statement's temperature.

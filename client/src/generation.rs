@@ -21,7 +21,7 @@ use transcript::{
 use verifier::bundle::Bundle;
 use wire::{ProveSampler, ProveStep};
 
-use crate::proofs::{ProofCollector, POLL_INTERVAL};
+use crate::proofs::{ProofCollector, ProofsError, POLL_INTERVAL};
 use crate::session::{Session, SessionConfig};
 use crate::{ClientError, Hop};
 
@@ -105,7 +105,7 @@ pub enum GenerationError {
     #[error(transparent)]
     Transcript(#[from] TranscriptError),
     #[error("proofs: {0}")]
-    Proofs(String),
+    Proofs(#[from] ProofsError),
 }
 
 impl<'a> Backend<'a> {
@@ -209,7 +209,7 @@ impl<'a> Backend<'a> {
         report_events(session, observer);
         let (request, reply) = result?;
         collector.asked(request, &ask);
-        collector.absorb(reply).map_err(GenerationError::Proofs)
+        Ok(collector.absorb(reply)?)
     }
 
     /// Frees the request's caches on the nodes (best effort).

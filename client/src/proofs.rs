@@ -4,8 +4,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use verifier::bundle::Bundle;
+use verifier::bundle::{Bundle, BundleError};
 use wire::{ProofsReply, ProveStep};
+
+/// A head node's proofs that cannot be taken in.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofsError {
+    #[error("a proof bundle: {0}")]
+    Bundle(#[from] BundleError),
+    #[error("the node's proofs are not all of one circuit")]
+    MixedCircuits,
+}
 
 /// The client's view of the proofs of one generation.
 #[derive(Default)]
@@ -27,9 +36,9 @@ impl ProofCollector {
 
     /// Takes a node's reply in: bundles are merged (they must be of one
     /// circuit), failures noted.
-    pub fn absorb(&mut self, reply: ProofsReply) -> Result<(), String> {
+    pub fn absorb(&mut self, reply: ProofsReply) -> Result<(), ProofsError> {
         for bytes in &reply.bundles {
-            let bundle = Bundle::from_bytes(bytes).map_err(|e| format!("a proof bundle: {e}"))?;
+            let bundle = Bundle::from_bytes(bytes)?;
             for (_, statement) in bundle.steps() {
                 self.proven.insert(statement.position);
             }
@@ -37,7 +46,7 @@ impl ProofCollector {
                 None => self.bundle = Some(bundle),
                 Some(all) => {
                     if all.shape != bundle.shape || all.vk_digest != bundle.vk_digest {
-                        return Err("the node's proofs are not all of one circuit".into());
+                        return Err(ProofsError::MixedCircuits);
                     }
                     all.proofs.extend(bundle.proofs);
                 }

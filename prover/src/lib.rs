@@ -156,7 +156,7 @@ impl Prover {
         let start = Instant::now();
         let circuit = DecodeStepCircuit::placeholder(shape);
         let (key, _) = verifier::keys::load_or_build(cache.dir(), &circuit, &params)
-            .map_err(ProveError::Keys)?;
+            .map_err(|e| ProveError::Keys(e.to_string()))?;
         let pk = shape
             .scope(|| keygen_pk(&params, key.vk, &circuit))
             .map_err(|e| ProveError::Keys(format!("proving key: {e:?}")))?;

@@ -23,7 +23,7 @@ use halo2_proofs::{pasta::EqAffine, plonk::keygen_vk_from_commitments, poly::com
 
 use circuits::{CircuitShape, DecodeStepCircuit};
 
-use crate::{vk_digest, Key};
+use crate::{vk_digest, Key, KeyError};
 
 const MAGIC: &[u8; 8] = b"ZKINFERK";
 const VERSION: u16 = 1;
@@ -53,7 +53,7 @@ pub fn load_or_build(
     dir: &Path,
     circuit: &DecodeStepCircuit,
     params: &Params<EqAffine>,
-) -> Result<(Key, KeySource), String> {
+) -> Result<(Key, KeySource), KeyError> {
     if let Some(key) = load(dir, circuit, params) {
         return Ok((key, KeySource::Cache));
     }
@@ -66,7 +66,7 @@ pub fn build(
     dir: &Path,
     circuit: &DecodeStepCircuit,
     params: &Params<EqAffine>,
-) -> Result<Key, String> {
+) -> Result<Key, KeyError> {
     let key = crate::verifying_key_of(circuit, params)?;
     // A cache that cannot be written only costs the next process time.
     let _ = store(dir, &circuit.shape, &key);

@@ -26,6 +26,14 @@ use circuits::{CircuitShape, DecodeStepCircuit};
 pub use bundle::{Bundle, BundleError, Proof};
 pub use params::ParamsCache;
 
+/// halo2 could not build a verifying key (keygen failed for the shape).
+#[derive(Debug, thiserror::Error)]
+#[error("building the verifying key for {shape}: {reason}")]
+pub struct KeyError {
+    pub shape: String,
+    pub reason: String,
+}
+
 /// The verifying key of a shape, and its digest.
 pub struct Key {
     pub vk: VerifyingKey<EqAffine>,
@@ -33,7 +41,7 @@ pub struct Key {
 }
 
 /// Builds the verifying key of `shape` with `params` (of size `shape.k()`).
-pub fn verifying_key(shape: CircuitShape, params: &Params<EqAffine>) -> Result<Key, String> {
+pub fn verifying_key(shape: CircuitShape, params: &Params<EqAffine>) -> Result<Key, KeyError> {
     verifying_key_of(&DecodeStepCircuit::placeholder(shape), params)
 }
 
@@ -42,11 +50,14 @@ pub fn verifying_key(shape: CircuitShape, params: &Params<EqAffine>) -> Result<K
 pub fn verifying_key_of(
     circuit: &DecodeStepCircuit,
     params: &Params<EqAffine>,
-) -> Result<Key, String> {
+) -> Result<Key, KeyError> {
     let shape = circuit.shape;
     let vk = shape
         .scope(|| keygen_vk(params, circuit))
-        .map_err(|e| format!("building the verifying key for {}: {e:?}", shape.describe()))?;
+        .map_err(|e| KeyError {
+            shape: shape.describe(),
+            reason: format!("{e:?}"),
+        })?;
     let digest = vk_digest(&vk);
     Ok(Key { vk, digest })
 }
@@ -79,8 +90,8 @@ pub enum VerifyError {
         found: String,
         expected: String,
     },
-    #[error("{0}")]
-    Key(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("public parameters: {0}")]
     Params(#[from] std::io::Error),
 }
