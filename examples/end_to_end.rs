@@ -38,7 +38,7 @@ use transcript::{Nonce, ProvingPolicy};
 use verifier::answer::{check_answer, open_proofs, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
-use wire::{Encoding, Limits};
+use wire::Encoding;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -183,10 +183,6 @@ fn main() -> Result<(), Error> {
             // The audit runs after the proofs, which take 1-2 minutes each on 2
             // cores: the nodes keep their trails long enough for it.
             audit_window: AUDIT_WINDOW,
-            fault: None,
-            model_id: id,
-            layers: layers.clone(),
-            limits: Limits::default(),
             idle_timeout: Duration::from_secs(3600),
             io_timeout: Duration::from_secs(60),
             proving,
@@ -195,6 +191,7 @@ fn main() -> Result<(), Error> {
                 blake3::hash(format!("{:?} {addr}", Instant::now()).as_bytes()).as_bytes(),
             )
             .map(Arc::new),
+            ..NodeConfig::new(id, layers.clone())
         };
         println!("node {addr}: layers {}..{}", layers.start, layers.end);
         nodes.spawn(serve(listener, Arc::new(model), config));

@@ -95,7 +95,8 @@ pub struct NodeConfig {
     /// its last forward, for auditors ([`crate::trail`]).
     pub audit_window: Duration,
     /// Misbehaviour, for testing auditors only (the cheat suite of
-    /// `zkinfer audit --report`); `zkinfer serve` never sets one.
+    /// `zkinfer audit --report`): only with the `faults` feature.
+    #[cfg(feature = "faults")]
     pub fault: Option<Fault>,
 }
 
@@ -116,8 +117,17 @@ impl NodeConfig {
             proving: None,
             signer: None,
             audit_window: DEFAULT_AUDIT_WINDOW,
+            #[cfg(feature = "faults")]
             fault: None,
         }
+    }
+
+    /// The misbehaviour configured; always none without the `faults` feature.
+    fn fault(&self) -> Option<Fault> {
+        #[cfg(feature = "faults")]
+        return self.fault;
+        #[cfg(not(feature = "faults"))]
+        None
     }
 }
 
@@ -454,7 +464,7 @@ async fn run_forward(
     } as u64;
     let (cache, epoch) = take_cache(&shared.caches, id, position)?;
     let model = Arc::clone(model);
-    let (keep, fault) = (kept_input.is_some(), shared.config.fault);
+    let (keep, fault) = (kept_input.is_some(), shared.config.fault());
     let joined = tokio::task::spawn_blocking(move || {
         let mut cache = cache;
         let out = compute(

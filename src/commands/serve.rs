@@ -11,7 +11,6 @@ use models::model_id::ModelId;
 use models::Model;
 use node::proving::{ProofService, ProvingConfig};
 use node::{serve, NodeConfig};
-use wire::Limits;
 
 use super::model::{open_gguf, packaged_model_path};
 use super::CliError;
@@ -32,10 +31,6 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     };
     let config = NodeConfig {
         audit_window: Duration::from_secs(args.audit_window),
-        fault: None,
-        model_id: id,
-        layers: args.layers.clone(),
-        limits: Limits::default(),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         io_timeout: IO_TIMEOUT,
         proving,
@@ -45,6 +40,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             .map(super::keys::read_secret)
             .transpose()?
             .map(Arc::new),
+        ..NodeConfig::new(id, args.layers.clone())
     };
     let runtime = tokio_runtime()?;
     runtime.block_on(async {
