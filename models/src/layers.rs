@@ -2,6 +2,8 @@
 //! matmuls, the per-request KV cache, embedding lookup, RoPE angles and
 //! cached causal attention with an optional sliding window.
 
+use std::io::{Read, Seek};
+
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor, D};
 
@@ -50,16 +52,43 @@ impl RmsNorm {
     }
 }
 
-/// Q5_0 has no SIMD kernel in candle 0.11: dequantize it to f32 at load (exact
-/// with respect to the stored weights, ~7-10x faster prompts). Other types stay
-/// quantized.
-pub(crate) fn matmul(qt: QTensor) -> Result<QMatMul> {
-    if qt.dtype() == GgmlDType::Q5_0 {
-        let device = qt.device();
-        Ok(QMatMul::Tensor(qt.dequantize(&device)?))
-    } else {
-        Ok(QMatMul::from_qtensor(qt)?)
+/// A shard's tensors, read by name from a GGUF file onto a device.
+pub(crate) struct Weights<'a, R> {
+    pub content: &'a gguf_file::Content,
+    pub reader: &'a mut R,
+    pub device: &'a Device,
+    /// The epsilon of every RMSNorm of the model.
+    pub rms_eps: f64,
+}
+
+impl<R: Read + Seek> Weights<'_, R> {
+    pub(crate) fn tensor(&mut self, name: &str) -> Result<QTensor> {
+        self.content
+            .tensor(self.reader, name, self.device)
+            .map_err(|e| ModelError::Metadata(format!("tensor {name}: {e}")))
     }
+
+    pub(crate) fn norm(&mut self, name: &str) -> Result<RmsNorm> {
+        let weight = self.tensor(name)?;
+        RmsNorm::load(weight, self.rms_eps, self.device)
+    }
+
+    /// Q5_0 has no SIMD kernel in candle 0.11: dequantize it to f32 at load
+    /// (exact with respect to the stored weights, ~7-10x faster prompts).
+    /// Other types stay quantized.
+    pub(crate) fn matmul(&mut self, name: &str) -> Result<QMatMul> {
+        let qt = self.tensor(name)?;
+        if qt.dtype() == GgmlDType::Q5_0 {
+            Ok(QMatMul::Tensor(qt.dequantize(self.device)?))
+        } else {
+            Ok(QMatMul::from_qtensor(qt)?)
+        }
+    }
+}
+
+/// The name of tensor `name` of layer `layer`: `blk.{layer}.{name}.weight`.
+pub(crate) fn layer_tensor(layer: usize, name: &str) -> String {
+    format!("blk.{layer}.{name}.weight")
 }
 
 /// The keys and values a request has produced so far, per layer of the shard.

@@ -14,10 +14,12 @@
 use std::io::{Read, Seek};
 use std::ops::Range;
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{Device, Module, Tensor, D};
 
-use crate::layers::{cached_attention, matmul, meta, meta_f32, meta_u32, rope_tables, RmsNorm};
+use crate::layers::{
+    cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, RmsNorm, Weights,
+};
 use crate::shard::{check_range, Architecture, Shard};
 use crate::{ModelError, ModelShape, Result};
 
@@ -166,44 +168,40 @@ impl Llama {
     ) -> Result<Llama> {
         let config = Config::from_gguf(content)?;
         check_range(&layers, config.layers)?;
-        let mut tensor = |name: &str| -> Result<QTensor> {
-            content
-                .tensor(reader, name, device)
-                .map_err(|e| ModelError::Metadata(format!("tensor {name}: {e}")))
+        let mut w = Weights {
+            content,
+            reader,
+            device,
+            rms_eps: config.rms_eps,
         };
         let embedding = if layers.start == 0 {
-            Some(tensor("token_embd.weight")?.dequantize(device)?)
+            Some(w.tensor("token_embd.weight")?.dequantize(device)?)
         } else {
             None
         };
         let mut blocks = Vec::with_capacity(layers.len());
         for i in layers.clone() {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
-            let mut norm = |s: &str| -> Result<RmsNorm> {
-                RmsNorm::load(tensor(&n(s))?, config.rms_eps, device)
-            };
-            let attn_norm = norm("attn_norm")?;
-            let ffn_norm = norm("ffn_norm")?;
+            let n = |s: &str| layer_tensor(i, s);
             blocks.push(Layer {
-                attn_norm,
-                q: matmul(tensor(&n("attn_q"))?)?,
-                k: matmul(tensor(&n("attn_k"))?)?,
-                v: matmul(tensor(&n("attn_v"))?)?,
-                o: matmul(tensor(&n("attn_output"))?)?,
-                ffn_norm,
-                gate: matmul(tensor(&n("ffn_gate"))?)?,
-                up: matmul(tensor(&n("ffn_up"))?)?,
-                down: matmul(tensor(&n("ffn_down"))?)?,
+                attn_norm: w.norm(&n("attn_norm"))?,
+                q: w.matmul(&n("attn_q"))?,
+                k: w.matmul(&n("attn_k"))?,
+                v: w.matmul(&n("attn_v"))?,
+                o: w.matmul(&n("attn_output"))?,
+                ffn_norm: w.norm(&n("ffn_norm"))?,
+                gate: w.matmul(&n("ffn_gate"))?,
+                up: w.matmul(&n("ffn_up"))?,
+                down: w.matmul(&n("ffn_down"))?,
             });
         }
         let head = if layers.end == config.layers {
-            let norm = RmsNorm::load(tensor("output_norm.weight")?, config.rms_eps, device)?;
+            let norm = w.norm("output_norm.weight")?;
             let name = if config.tied_head {
                 "token_embd.weight"
             } else {
                 "output.weight"
             };
-            Some((norm, matmul(tensor(name)?)?))
+            Some((norm, w.matmul(name)?))
         } else {
             None
         };
