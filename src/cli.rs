@@ -118,9 +118,8 @@ pub struct AuditArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
-    #[arg(long, value_name = "FILE")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// The prompt (a BOS token is prepended).
     #[arg(long)]
     pub prompt: String,
@@ -210,7 +209,22 @@ pub enum DeviceKind {
     Cuda(usize),
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`.
+/// The model a command loads.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn path(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(models::packaged_model_path)
+    }
+}
+
 /// Where a model runs.
 #[derive(Debug, Args)]
 pub struct ComputeArgs {
@@ -222,6 +236,7 @@ pub struct ComputeArgs {
     pub threads: Option<usize>,
 }
 
+/// Parses `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<DeviceKind, String> {
     match s.split_once(':') {
         None if s == "cpu" => Ok(DeviceKind::Cpu),
@@ -254,11 +269,10 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
-    #[arg(long, value_name = "FILE")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// The layers to serve, `a..b` (layer a up to but not including b).
-    #[arg(long, value_parser = parse_layers, value_name = "A..B")]
+    #[arg(long, value_parser = client::nodes::parse_layers, value_name = "A..B")]
     pub layers: std::ops::Range<usize>,
     /// Address to listen on.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -289,25 +303,6 @@ pub struct ServeArgs {
     pub prove_threads: Option<usize>,
     #[command(flatten)]
     pub cache: CacheArgs,
-}
-
-/// Parses a layer range `a..b` with `a < b`.
-pub fn parse_layers(s: &str) -> Result<std::ops::Range<usize>, String> {
-    let (a, b) = s
-        .split_once("..")
-        .ok_or_else(|| format!("expected a range like 0..9, got {s:?}"))?;
-    let parse = |v: &str| {
-        v.trim()
-            .parse::<usize>()
-            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
-    };
-    let (a, b) = (parse(a)?, parse(b)?);
-    if a >= b {
-        return Err(format!(
-            "empty layer range {s:?}: the start must be below the end"
-        ));
-    }
-    Ok(a..b)
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,12 +355,11 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchThroughputArgs {
-    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
-    #[arg(long, value_name = "FILE", conflicts_with = "random")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// A random-weight Llama of 1.1 B parameters (16 layers, d = 2048, feed-forward 8192, 32 heads
     /// over 8 kv heads, vocabulary 32,000), matrices in bf16, generated in memory.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     pub random: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
@@ -379,9 +373,8 @@ pub struct BenchThroughputArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchConformanceArgs {
-    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
-    #[arg(long, value_name = "FILE")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Device of the reference run: cpu, cuda or cuda:N.
     #[arg(long, value_parser = parse_device, default_value = "cpu", value_name = "DEVICE")]
     pub reference: DeviceKind,
@@ -411,9 +404,8 @@ pub struct BenchConformanceArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchRuntimeArgs {
-    /// A GGUF model [default: the packaged model, see `zkinfer model path`]
-    #[arg(long, value_name = "FILE")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Greedy tokens generated per measurement (at least 4).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub tokens: usize,

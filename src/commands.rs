@@ -76,6 +76,8 @@ failed_from!(
     client::ClientError,
     client::generation::GenerationError,
     ::audit::AuditError,
+    harness::cheats::SuiteError,
+    harness::conformance::CandidateError,
 );
 
 impl fmt::Display for CliError {

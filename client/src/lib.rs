@@ -9,6 +9,7 @@
 //! touching the rest.
 
 pub mod generation;
+pub mod nodes;
 pub mod proofs;
 pub mod routing;
 pub mod session;

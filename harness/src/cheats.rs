@@ -275,38 +275,34 @@ fn proof_shape() -> models::Result<CircuitShape> {
 impl Run<'_> {
     /// Generates and audits; returns the transcript, the audit and the
     /// head node's bundle when it proved.
-    fn go(&self, scratch: &Path) -> Result<(Transcript, AuditReport, Option<Bundle>), String> {
+    fn go(&self, scratch: &Path) -> Result<(Transcript, AuditReport, Option<Bundle>), SuiteError> {
         let chain = self.start()?;
-        let mut replayer =
-            Replayer::open(&self.models.honest, Device::Cpu).map_err(|e| e.to_string())?;
-        let report = chain
-            .nodes
-            .block_on(audit(
-                &chain.transcript,
-                scratch,
-                &mut replayer,
-                &AuditOptions::default(),
-            ))
-            .map_err(|e| e.to_string())?;
+        let mut replayer = Replayer::open(&self.models.honest, Device::Cpu)?;
+        let report = chain.nodes.block_on(audit(
+            &chain.transcript,
+            scratch,
+            &mut replayer,
+            &AuditOptions::default(),
+        ))?;
         Ok((chain.transcript, report, chain.bundle))
     }
 
     /// Starts the chain and generates through it.
-    pub fn start(&self) -> Result<LiveChain, String> {
+    pub fn start(&self) -> Result<LiveChain, SuiteError> {
         let m = self.models;
-        let err = |e: models::ModelError| e.to_string();
-        let nodes = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        let (honest_id, _) = shard(&m.honest, 0..1).map_err(err)?;
+        let nodes = tokio::runtime::Runtime::new()?;
+        let (honest_id, _) = shard(&m.honest, 0..1)?;
         let mut hops = Vec::new();
         for (index, range) in [0..m.split, m.split..m.layers].into_iter().enumerate() {
             let weights = match (self.cheat, index) {
-                (Some(Cheat::ModelSwap), 1) => {
-                    m.other.as_ref().ok_or("no other weights to swap in")?
-                }
+                (Some(Cheat::ModelSwap), 1) => m
+                    .other
+                    .as_ref()
+                    .ok_or(SuiteError::Missing("no other weights to swap in"))?,
                 (Some(Cheat::Requantized), 1) => &m.requantized,
                 _ => &m.honest,
             };
-            let (_, model) = shard(weights, range.clone()).map_err(err)?;
+            let (_, model) = shard(weights, range.clone())?;
             let fault = match (self.cheat, index) {
                 (Some(Cheat::TamperedActivation), 1) => Some(Fault::TamperLayer {
                     layer: m.split + 1,
@@ -321,7 +317,7 @@ impl Run<'_> {
             let proving = match self.prove {
                 Some(dir) if model.has_head() => Some(Arc::new(ProofService::start(
                     ProvingConfig {
-                        shape: proof_shape().map_err(err)?,
+                        shape: proof_shape()?,
                         params_dir: dir.to_path_buf(),
                         threads: 2,
                         max_positions: 64,
@@ -330,10 +326,8 @@ impl Run<'_> {
                 ))),
                 _ => None,
             };
-            let listener = nodes
-                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-                .map_err(|e| e.to_string())?;
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let listener = nodes.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+            let addr = listener.local_addr()?;
             let config = NodeConfig {
                 proving,
                 signer: SecretKey::from_seed(&[index as u8 + 1; 32]).map(Arc::new),
@@ -352,8 +346,7 @@ impl Run<'_> {
             activation_bytes: m.hidden * 4,
             ..SessionConfig::default()
         };
-        let mut backend =
-            Backend::remote(hops, m.layers, honest_id, session).map_err(|e| e.to_string())?;
+        let mut backend = Backend::remote(hops, m.layers, honest_id, session)?;
         let nonce = Nonce::from_seed(self.seed);
         let options = GenerationOptions {
             max_tokens: self.tokens,
@@ -374,14 +367,17 @@ impl Run<'_> {
             text: "(token ids)".into(),
             tokens: self.prompt.clone(),
         };
-        let generation = generate(&mut backend, info, None, prompt, &options, &mut Quiet)
-            .map_err(|e| e.to_string())?;
+        let generation = generate(&mut backend, info, None, prompt, &options, &mut Quiet)?;
         let mut transcript = generation.transcript;
         if self.cheat == Some(Cheat::RewrittenPrompt) {
             transcript.prompt_tokens[1] = (transcript.prompt_tokens[1] + 1) % m.vocab as u32;
         }
         let bundle = match generation.proofs {
-            Some(proofs) => Some(proofs.bundle.ok_or("the head node proved nothing")?),
+            Some(proofs) => Some(
+                proofs
+                    .bundle
+                    .ok_or(SuiteError::Missing("the head node proved nothing"))?,
+            ),
             None => None,
         };
         Ok(LiveChain {
@@ -419,10 +415,8 @@ struct ProofChecker {
 }
 
 impl ProofChecker {
-    fn new(shape: CircuitShape, params_dir: &Path) -> Result<ProofChecker, String> {
-        let params = ParamsCache::new(params_dir)
-            .load_or_generate(shape.k(), |_| {})
-            .map_err(|e| e.to_string())?;
+    fn new(shape: CircuitShape, params_dir: &Path) -> Result<ProofChecker, SuiteError> {
+        let params = ParamsCache::new(params_dir).load_or_generate(shape.k(), |_| {})?;
         Ok(ProofChecker {
             params,
             params_dir: params_dir.to_path_buf(),
@@ -430,15 +424,16 @@ impl ProofChecker {
     }
 
     /// Whether `bundle` verifies and proves what `transcript` says.
-    fn holds(&self, transcript: &Transcript, dir: &Path, bundle: &Bundle) -> Result<bool, String> {
-        let key =
-            verifier::key_for(bundle, &self.params_dir, &self.params).map_err(|e| e.to_string())?;
-        let report =
-            verifier::verify_with_key(bundle, &self.params, &key).map_err(|e| e.to_string())?;
+    fn holds(
+        &self,
+        transcript: &Transcript,
+        dir: &Path,
+        bundle: &Bundle,
+    ) -> Result<bool, SuiteError> {
+        let key = verifier::key_for(bundle, &self.params_dir, &self.params)?;
+        let report = verifier::verify_with_key(bundle, &self.params, &key)?;
         let shape = bundle.shape;
-        let expected = transcript
-            .expected_steps(dir, shape.fixed_point, shape.vocab)
-            .map_err(|e| e.to_string())?;
+        let expected = transcript.expected_steps(dir, shape.fixed_point, shape.vocab)?;
         let openings = verifier::answer::open_proofs(bundle, &self.params, &expected.logits);
         let answer = verifier::answer::check_answer(
             bundle,
@@ -499,6 +494,31 @@ fn caught(report: &AuditReport, zk: Option<bool>) -> Caught {
     }
 }
 
+/// Why the cheat suite could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    #[error(transparent)]
+    Model(#[from] models::ModelError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    Generation(Box<client::generation::GenerationError>),
+    #[error(transparent)]
+    Verify(#[from] verifier::VerifyError),
+    #[error(transparent)]
+    Transcript(#[from] transcript::TranscriptError),
+    #[error("{0}")]
+    Missing(&'static str),
+}
+
+impl From<client::generation::GenerationError> for SuiteError {
+    fn from(e: client::generation::GenerationError) -> SuiteError {
+        SuiteError::Generation(Box::new(e))
+    }
+}
+
 /// Options of [`run_suite`].
 #[derive(Clone, Debug)]
 pub struct SuiteOptions {
@@ -521,15 +541,14 @@ pub struct SuiteOptions {
 pub fn run_suite(
     options: &SuiteOptions,
     mut progress: impl FnMut(&str),
-) -> Result<SuiteReport, String> {
+) -> Result<SuiteReport, SuiteError> {
     let models = match &options.model {
         None => Models::write(&options.dir),
         Some(path) => {
             progress("requantizing the model to Q4_0");
             Models::of(path, &options.dir)
         }
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     let prompt = vec![2, 17, 101, 45];
     let mut honest = HonestRuns::default();
     // On the tiny model, one honest run whose head node proves a challenged
@@ -537,10 +556,7 @@ pub fn run_suite(
     // its bundle (no valid proof says anything else about the committed
     // logits).
     let proven = if options.model.is_none() {
-        let checker = ProofChecker::new(
-            proof_shape().map_err(|e| e.to_string())?,
-            &options.params_dir,
-        )?;
+        let checker = ProofChecker::new(proof_shape()?, &options.params_dir)?;
         progress("honest run with a proof");
         let run = Run {
             models: &models,
@@ -551,7 +567,7 @@ pub fn run_suite(
             prove: Some(options.params_dir.as_path()),
         };
         let (transcript, report, bundle) = run.go(&options.dir)?;
-        let bundle = bundle.ok_or("the proving run returned no bundle")?;
+        let bundle = bundle.ok_or(SuiteError::Missing("the proving run returned no bundle"))?;
         let rejected = !checker.holds(&transcript, &options.dir, &bundle)?;
         honest.record(&transcript, &report, rejected);
         Some((checker, transcript, report, bundle))

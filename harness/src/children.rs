@@ -73,6 +73,20 @@ fn kill_all(children: &mut [(Child, Range<usize>, PathBuf)]) {
     }
 }
 
+/// Why serving children did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("{}: {source}", path.display())]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting zkinfer serve: {0}")]
+    Spawn(std::io::Error),
+    #[error("zkinfer serve --layers {}..{} did not start: {log}", layers.start, layers.end)]
+    NotListening { layers: Range<usize>, log: String },
+}
+
 /// Starts one `ZKINFER serve --threads 1` per range on ephemeral loopback
 /// ports (loading in parallel) and waits until each listens; their logs go
 /// to `dir`.
@@ -81,7 +95,7 @@ pub fn start_serve_children(
     model: &Path,
     ranges: &[Range<usize>],
     dir: &Path,
-) -> Result<Vec<ServeChild>, String> {
+) -> Result<Vec<ServeChild>, ChildError> {
     let mut started = Vec::new();
     for layers in ranges {
         let log = dir.join(format!(
@@ -91,7 +105,10 @@ pub fn start_serve_children(
             started.len()
         ));
         let spawned = std::fs::File::create(&log)
-            .map_err(|e| format!("{}: {e}", log.display()))
+            .map_err(|source| ChildError::Log {
+                path: log.clone(),
+                source,
+            })
             .and_then(|stderr| {
                 command(zkinfer)
                     .args(["serve", "--model"])
@@ -102,7 +119,7 @@ pub fn start_serve_children(
                     .stdout(Stdio::piped())
                     .stderr(stderr)
                     .spawn()
-                    .map_err(|e| format!("starting zkinfer serve: {e}"))
+                    .map_err(ChildError::Spawn)
             });
         match spawned {
             Ok(child) => started.push((child, layers.clone(), log)),
@@ -135,12 +152,10 @@ pub fn start_serve_children(
                 let _ = child.wait();
                 kill_all(&mut pending);
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!(
-                    "zkinfer serve --layers {}..{} did not start: {}",
-                    layers.start,
-                    layers.end,
-                    log.trim()
-                ));
+                return Err(ChildError::NotListening {
+                    layers,
+                    log: log.trim().to_string(),
+                });
             }
         }
     }

@@ -5,6 +5,7 @@
 //! - [`prepare`]: quantization and witnesses, refusing tokens that do not follow;
 //! - [`Prover`]: keys for one circuit shape, and proofs of batches of steps;
 
+pub mod cost;
 mod progress;
 pub mod records;
 

@@ -170,8 +170,8 @@ struct Receipts {
     nodes: usize,
 }
 
-fn receipt_summary(transcript: &Transcript) -> Result<Receipts, String> {
-    let signed = transcript.receipts().map_err(|e| e.to_string())?;
+fn receipt_summary(transcript: &Transcript) -> Result<Receipts, transcript::TranscriptError> {
+    let signed = transcript.receipts()?;
     let mut nodes: Vec<_> = signed.iter().map(|(k, _)| k.to_hex()).collect();
     nodes.sort();
     nodes.dedup();

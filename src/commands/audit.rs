@@ -163,7 +163,7 @@ fn report(args: &AuditArgs) -> Result<ExitCode, CliError> {
         }
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let suite = suite.map_err(CliError::failed)?;
+    let suite = suite?;
     if args.json {
         println!(
             "{}",

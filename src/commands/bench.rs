@@ -10,7 +10,7 @@ use harness::runtime_bench::{self, BenchConfig, BenchError, PROMPT};
 use models::tokenizer::Tokenizer;
 use models::Model;
 
-use super::model::{open_gguf, packaged_model_path};
+use super::model::open_gguf;
 use super::serve::set_threads;
 use super::CliError;
 use crate::cli::{BenchCommand, BenchRuntimeArgs};
@@ -24,7 +24,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
 }
 
 fn runtime(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
-    let model = args.model.clone().unwrap_or_else(packaged_model_path);
+    let model = args.model.path();
     if let Some(threads) = args.in_process {
         // The single-process child: candle sizes its thread pool at first use.
         set_threads(Some(threads.max(1)));

@@ -28,16 +28,13 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use audit::fraud::{HIDDEN, LOGITS};
 use harness::conformance::{
-    decode, head_on, recommend, report, Forcing, Plan, PromptReport, Rows, Sequence, ATOL_FLOOR,
-    SAFETY_FACTOR,
+    decode, read_candidate, report, write_candidate, Forcing, Plan, Rows, Sequence, Summary,
 };
 use models::tokenizer::Tokenizer;
 use models::Model;
-use node::greedy_token;
 
-use super::model::{open_gguf, packaged_model_path};
+use super::model::open_gguf;
 use super::serve::set_threads;
 use super::{device, CliError};
 use crate::cli::{BenchConformanceArgs, DeviceKind};
@@ -60,7 +57,7 @@ pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
     // Fail before the reference run when the candidate cannot run at all.
     device::supported(args.candidate)?;
     set_threads(args.reference_threads);
-    let path = args.model.clone().unwrap_or_else(packaged_model_path);
+    let path = args.model.path();
     let (content, mut reader) = open_gguf(&path)?;
     let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| failed(&path, e))?;
     let shape = Model::shape_of(&content).map_err(|e| failed(&path, e))?;
@@ -104,42 +101,27 @@ pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
     let candidate = run_candidate(&args, &path, &plan, shape.vocab, shape.hidden)?;
     let candidate_s = started.elapsed().as_secs_f64();
 
-    let reports: Vec<PromptReport> = prompts
+    let reports = prompts
         .iter()
         .zip(&plan.sequences)
         .zip(reference.iter().zip(&candidate))
         .map(|((text, seq), (r, (c, head)))| report(text, seq, r, c, head))
         .collect();
-    let worst = |f: fn(&PromptReport) -> f32| reports.iter().map(f).fold(0.0f32, f32::max);
-    let hidden_score = worst(|r| r.hidden.score);
-    let logits_score = worst(|r| r.logits.score.max(r.head.score));
-    let recommended_hidden = recommend(HIDDEN, hidden_score);
-    let recommended_logits = recommend(LOGITS, logits_score);
-    let identical = reports.iter().all(|r| r.tokens_identical);
-
+    let summary = Summary::new(reports);
+    let identical = summary.tokens_identical;
     if args.json {
-        println!(
-            "{}",
-            json!({
-                "model": path.display().to_string(),
-                "reference": side_json(args.reference, args.reference_threads, reference_s),
-                "candidate": side_json(args.candidate, args.candidate_threads, candidate_s),
-                "tokens": args.tokens,
-                "prompts": reports,
-                "max_abs_logit_diff": worst(|r| r.logits.max_abs_diff),
-                "max_abs_hidden_diff": worst(|r| r.hidden.max_abs_diff),
-                "max_abs_head_diff": worst(|r| r.head.max_abs_diff),
-                "hidden_score": hidden_score,
-                "logits_score": logits_score,
-                "tokens_identical": identical,
-                "hidden_tolerance": HIDDEN,
-                "logits_tolerance": LOGITS,
-                "recommended_hidden_tolerance": recommended_hidden,
-                "recommended_logits_tolerance": recommended_logits,
-                "safety_factor": SAFETY_FACTOR,
-                "atol_floor": ATOL_FLOOR,
-            })
-        );
+        let mut out = json!({
+            "model": path.display().to_string(),
+            "reference": side_json(args.reference, args.reference_threads, reference_s),
+            "candidate": side_json(args.candidate, args.candidate_threads, candidate_s),
+            "tokens": args.tokens,
+        });
+        if let (Some(out), serde_json::Value::Object(fields)) =
+            (out.as_object_mut(), serde_json::to_value(&summary)?)
+        {
+            out.extend(fields);
+        }
+        println!("{out}");
     } else {
         println!("model:     {}", path.display());
         println!(
@@ -155,48 +137,7 @@ pub fn run(args: BenchConformanceArgs) -> Result<ExitCode, CliError> {
             args.tokens - 1
         );
         println!();
-        println!(
-            "{:<34} {:>5} {:>10} {:>10} {:>9} {:>10}  tokens",
-            "prompt", "rows", "logits Δ", "hidden Δ", "(|h| ≤)", "head Δ"
-        );
-        for r in &reports {
-            let tokens = match r.first_token_mismatch {
-                None => "identical".to_string(),
-                Some(row) => format!("differ from row {row}"),
-            };
-            println!(
-                "{:<34} {:>5} {:>10.3e} {:>10.3e} {:>9.1} {:>10.3e}  {tokens}",
-                abbreviate(&r.prompt, 34),
-                r.rows,
-                r.logits.max_abs_diff,
-                r.hidden.max_abs_diff,
-                r.max_abs_hidden,
-                r.head.max_abs_diff
-            );
-        }
-        println!();
-        println!(
-            "audit tolerances (audit::fraud: score = max |Δ| / (atol + rtol·|x|), up to 1 accepts;"
-        );
-        println!(
-            "recommended: scaled so that the worst score is 1/{SAFETY_FACTOR}, atol at least {ATOL_FLOOR:.2e}):"
-        );
-        for (name, current, score, recommended) in [
-            ("hidden states", HIDDEN, hidden_score, recommended_hidden),
-            ("logits, head", LOGITS, logits_score, recommended_logits),
-        ] {
-            let verdict = if SAFETY_FACTOR * score <= 1.0 {
-                format!("fits with a {SAFETY_FACTOR}x margin")
-            } else if score <= 1.0 {
-                "fits, with less than the margin".to_string()
-            } else {
-                "TOO TIGHT: honest runs would not be accepted".to_string()
-            };
-            println!(
-                "  {name:<14} atol {:.2e} rtol {:.2e}: worst score {score:.3e}, {verdict}; recommended atol {:.2e} rtol {:.2e}",
-                current.atol, current.rtol, recommended.atol, recommended.rtol
-            );
-        }
+        print!("{summary}");
     }
     Ok(if identical {
         ExitCode::SUCCESS
@@ -216,31 +157,14 @@ fn candidate_side(args: &BenchConformanceArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::failed(format!("reading the plan: {e}")))?;
     let plan: Plan = serde_json::from_slice(&input)
         .map_err(|e| CliError::failed(format!("the plan on stdin is not valid: {e}")))?;
-    let path = args.model.clone().unwrap_or_else(packaged_model_path);
+    let path = args.model.path();
     let (content, mut reader) = open_gguf(&path)?;
     let shape = Model::shape_of(&content).map_err(|e| failed(&path, e))?;
     let candidate_device = device::open(args.candidate)?;
     let model = Model::from_gguf(&content, &mut reader, &candidate_device, 0..shape.layers)
         .map_err(|e| failed(&path, e))?;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    for seq in &plan.sequences {
-        if seq.prompt.is_empty() || seq.hidden.len() != seq.tokens.len() * shape.hidden {
-            return Err(CliError::failed("the plan's sequences are malformed"));
-        }
-        let rows =
-            decode(&model, &seq.prompt, Forcing::Tokens(&seq.tokens)).map_err(model_error)?;
-        let head = head_on(&model, &seq.hidden).map_err(model_error)?;
-        for values in [&rows.logits, &rows.hidden, &head] {
-            for v in values.iter() {
-                stdout
-                    .write_all(&v.to_le_bytes())
-                    .map_err(|e| CliError::failed(format!("writing figures: {e}")))?;
-            }
-        }
-    }
-    stdout
-        .flush()
-        .map_err(|e| CliError::failed(format!("writing figures: {e}")))?;
+    write_candidate(&model, &plan, &mut stdout)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -286,51 +210,7 @@ fn run_candidate(
         )));
     }
     written.map_err(|e| CliError::failed(format!("sending the plan: {e}")))?;
-    let values: Vec<f32> = output
-        .stdout
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let expected: usize = plan
-        .sequences
-        .iter()
-        .map(|s| s.tokens.len() * (2 * vocab + hidden))
-        .sum();
-    if output.stdout.len() != 4 * expected {
-        return Err(CliError::failed(format!(
-            "the candidate run returned {} bytes, expected {}",
-            output.stdout.len(),
-            4 * expected
-        )));
-    }
-    let mut rest = values.as_slice();
-    let mut take = |n: usize| {
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        head.to_vec()
-    };
-    Ok(plan
-        .sequences
-        .iter()
-        .map(|s| {
-            let rows = s.tokens.len();
-            let logits = take(rows * vocab);
-            let tokens = logits
-                .chunks_exact(vocab)
-                .map(|row| greedy_token(row).unwrap_or(u32::MAX))
-                .collect();
-            let hidden = take(rows * hidden);
-            let head = take(rows * vocab);
-            (
-                Rows {
-                    logits,
-                    hidden,
-                    tokens,
-                },
-                head,
-            )
-        })
-        .collect())
+    Ok(read_candidate(&output.stdout, plan, vocab, hidden)?)
 }
 
 fn describe(kind: DeviceKind, threads: Option<usize>) -> String {
@@ -348,31 +228,10 @@ fn side_json(kind: DeviceKind, threads: Option<usize>, seconds: f64) -> serde_js
     json!({ "device": kind.to_string(), "describe": describe(kind, threads), "seconds": seconds })
 }
 
-/// The prompt on one line, cut to `width` characters.
-fn abbreviate(text: &str, width: usize) -> String {
-    let line: String = format!("{text:?}");
-    if line.chars().count() <= width {
-        line
-    } else {
-        line.chars().take(width - 1).chain(['…']).collect()
-    }
-}
-
 fn failed(path: &Path, e: impl std::fmt::Display) -> CliError {
     CliError::failed(format!("{}: {e}", path.display()))
 }
 
 fn model_error(e: models::ModelError) -> CliError {
     CliError::failed(e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_prompts_are_cut() {
-        assert_eq!(abbreviate("abc", 10), "\"abc\"");
-        assert_eq!(abbreviate("abcdefghijkl", 6).chars().count(), 6);
-    }
 }

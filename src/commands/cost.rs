@@ -5,41 +5,12 @@
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::time::Instant;
-
-use halo2_proofs::{
-    pasta::{EqAffine, Fp},
-    plonk::{BatchVerifier, VerifyingKey},
-    poly::commitment::Params,
-};
-use serde::{Deserialize, Serialize};
 
 use circuits::{CircuitShape, FixedPoint};
-use prover::Prover;
+use prover::cost::CostRow;
 
 use super::{cache, CliError};
 use crate::cli::CostArgs;
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Row {
-    vocab: usize,
-    batch: usize,
-    lanes: usize,
-    k: u32,
-    lane_rows: usize,
-    advice_columns: usize,
-    keygen_s: Option<f64>,
-    prove_s: Option<f64>,
-    prove_per_token_s: Option<f64>,
-    verify_s: Option<f64>,
-    batch_verify_per_proof_s: Option<f64>,
-    verify_per_token_s: Option<f64>,
-    proof_bytes: Option<usize>,
-    proof_bytes_per_token: Option<f64>,
-    peak_memory_mib: Option<f64>,
-    /// Proving the floor circuit (`circuits::floor`) at the same V, T, L and k.
-    floor_prove_s: Option<f64>,
-}
 
 pub fn run(args: CostArgs) -> Result<ExitCode, CliError> {
     let fixed_point = FixedPoint::default();
@@ -75,13 +46,13 @@ fn or_default(values: &[usize], default: &[usize]) -> Vec<usize> {
 }
 
 /// Lays out or measures every configuration, printing a table (or JSON).
-fn sweep(configs: &[CircuitShape], args: &CostArgs) -> Result<Vec<Row>, CliError> {
+fn sweep(configs: &[CircuitShape], args: &CostArgs) -> Result<Vec<CostRow>, CliError> {
     let mut rows = Vec::new();
     for &config in configs {
         let row = if args.layout_only {
-            layout(config)
+            CostRow::layout(config)
         } else if args.in_process {
-            measure(config, args)?
+            CostRow::measure(config, &cache(&args.cache), args.verify_batch)?
         } else {
             measure_in_child(config, args)?
         };
@@ -96,7 +67,7 @@ fn sweep(configs: &[CircuitShape], args: &CostArgs) -> Result<Vec<Row>, CliError
     Ok(rows)
 }
 
-fn measure_in_child(config: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
+fn measure_in_child(config: CircuitShape, args: &CostArgs) -> Result<CostRow, CliError> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.args(["cost", "--in-process"])
@@ -113,43 +84,11 @@ fn measure_in_child(config: CircuitShape, args: &CostArgs) -> Result<Row, CliErr
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    let rows: Vec<Row> = serde_json::from_slice(&out.stdout)
+    let rows: Vec<CostRow> = serde_json::from_slice(&out.stdout)
         .map_err(|e| CliError::failed(format!("child output: {e}")))?;
     rows.into_iter()
         .next()
         .ok_or_else(|| CliError::failed("child measured nothing"))
-}
-
-/// Verification time of one proof alone, and per proof in a batch of `n` copies.
-fn verify_times(
-    params: &Params<EqAffine>,
-    vk: &VerifyingKey<EqAffine>,
-    instance: &[Fp],
-    proof: &[u8],
-    n: usize,
-    what: &str,
-) -> Result<(f64, f64), CliError> {
-    let verify = |n: usize| {
-        let mut batch = BatchVerifier::new();
-        for _ in 0..n {
-            batch.add_proof(vec![vec![instance.to_vec()]], proof.to_vec());
-        }
-        let start = Instant::now();
-        let ok = batch.finalize(params, vk);
-        (ok, start.elapsed().as_secs_f64())
-    };
-    let (ok, single) = verify(1);
-    if !ok {
-        return Err(CliError::failed(format!(
-            "the proof of {what} did not verify"
-        )));
-    }
-    let n = n.max(1);
-    let (ok, many) = verify(n);
-    if !ok {
-        return Err(CliError::failed("batch verification failed"));
-    }
-    Ok((single, many / n as f64))
 }
 
 /// The `cost` arguments that select `shape` in a child.
@@ -164,90 +103,12 @@ fn child_args(shape: CircuitShape) -> Vec<String> {
     .collect()
 }
 
-fn layout(shape: CircuitShape) -> Row {
-    Row {
-        vocab: shape.vocab,
-        batch: shape.steps,
-        lanes: shape.lanes,
-        k: shape.k(),
-        lane_rows: shape.lane_rows(),
-        advice_columns: shape.advice_columns(),
-        ..Row::default()
-    }
-}
-
-fn measure(shape: CircuitShape, args: &CostArgs) -> Result<Row, CliError> {
-    let mut row = layout(shape);
-    let prover = Prover::setup(shape, &cache(&args.cache), false)?;
-    row.keygen_s = Some(prover.timings.keygen.as_secs_f64());
-    let steps = prover::synthetic_steps(shape, 7);
-    let statements: Vec<_> = steps.iter().map(|s| s.statement).collect();
-    let instance = circuits::DecodeStepCircuit::instance(&statements);
-    let start = Instant::now();
-    let proof = prover.prove(steps)?.bytes;
-    let prove = start.elapsed().as_secs_f64();
-    row.prove_s = Some(prove);
-    row.prove_per_token_s = Some(prove / shape.steps as f64);
-    row.proof_bytes = Some(proof.len());
-    row.proof_bytes_per_token = Some(proof.len() as f64 / shape.steps as f64);
-
-    let (single, per_proof) = verify_times(
-        &prover.params,
-        prover.pk.get_vk(),
-        &instance,
-        &proof,
-        args.verify_batch,
-        &shape.describe(),
-    )?;
-    row.verify_s = Some(single);
-    row.batch_verify_per_proof_s = Some(per_proof);
-    row.verify_per_token_s = Some(per_proof / shape.steps as f64);
-    row.peak_memory_mib = peak_memory_mib();
-    // The floor after the peak is read: it needs less memory than the statement.
-    let Prover { params, pk, .. } = prover;
-    drop(pk);
-    row.floor_prove_s = Some(floor_prove_s(shape, &params)?);
-    Ok(row)
-}
-
-/// Seconds to prove the floor circuit of `shape` (keys built first, not counted).
-fn floor_prove_s(shape: CircuitShape, params: &Params<EqAffine>) -> Result<f64, CliError> {
-    use halo2_proofs::plonk::{create_proof, keygen_pk, keygen_vk};
-    use halo2_proofs::transcript::{Blake2bWrite, Challenge255};
-    let circuit = circuits::floor::FloorCircuit::new(shape);
-    let failed = |e: halo2_proofs::plonk::Error| CliError::failed(format!("floor circuit: {e:?}"));
-    shape.scope(|| {
-        let vk = keygen_vk(params, &circuit).map_err(failed)?;
-        let pk = keygen_pk(params, vk, &circuit).map_err(failed)?;
-        let mut transcript = Blake2bWrite::<_, EqAffine, Challenge255<_>>::init(vec![]);
-        let start = Instant::now();
-        create_proof(
-            params,
-            &pk,
-            std::slice::from_ref(&circuit),
-            &[&[]],
-            rand_core::UnwrapErr(rand::rngs::SysRng),
-            &mut transcript,
-        )
-        .map_err(failed)?;
-        Ok(start.elapsed().as_secs_f64())
-    })
-}
-
-/// The process's peak resident memory (VmHWM), where /proc tells it.
-pub(super) fn peak_memory_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn fmt(v: Option<f64>, digits: usize) -> String {
     v.map(|v| format!("{v:.digits$}"))
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_row(row: &Row, header: bool) {
+fn print_row(row: &CostRow, header: bool) {
     if header {
         println!(
             "{:>8} {:>3} {:>3} {:>3} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7} {:>9} {:>8} {:>10} {:>8} {:>9}",
@@ -279,7 +140,7 @@ fn print_row(row: &Row, header: bool) {
         fmt(row.keygen_s, 1),
         fmt(row.prove_s, 1),
         fmt(row.floor_prove_s, 1),
-        fmt(row.prove_s.zip(row.floor_prove_s).map(|(p, f)| p / f), 2),
+        fmt(row.times_floor(), 2),
         fmt(row.prove_per_token_s, 2),
         fmt(row.verify_s, 3),
         fmt(row.verify_per_token_s, 4),
@@ -290,9 +151,9 @@ fn print_row(row: &Row, header: bool) {
     );
 }
 
-fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn plot(rows: &[CostRow], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
-    let measured: Vec<&Row> = rows.iter().filter(|r| r.prove_s.is_some()).collect();
+    let measured: Vec<&CostRow> = rows.iter().filter(|r| r.prove_s.is_some()).collect();
     if measured.is_empty() {
         return Err("nothing measured to plot (drop --layout-only)".into());
     }
@@ -323,7 +184,7 @@ fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     series.dedup();
     for (i, (batch, lanes)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let pick = |f: fn(&Row) -> Option<f64>| -> Vec<(f64, f64)> {
+        let pick = |f: fn(&CostRow) -> Option<f64>| -> Vec<(f64, f64)> {
             let mut pts: Vec<(f64, f64)> = measured
                 .iter()
                 .filter(|r| r.batch == *batch && r.lanes == *lanes)

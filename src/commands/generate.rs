@@ -2,63 +2,33 @@
 //! (`client::generation`), with records, transcripts and proofs written out.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use client::generation::{
-    generate, Backend, GenerationOptions, ModelInfo, Observer, Prompt, ProofOutcome,
-};
+use client::generation::{generate, Backend, GenerationOptions, ModelInfo, Observer, Prompt};
 use client::session::SessionConfig;
 use client::Hop;
 use models::generate::Generator;
 use models::tokenizer::Tokenizer;
 use models::Model;
-use prover::Records;
-use transcript::{self, Nonce, ProvingPolicy, RecordsRef, Transcript};
+use transcript::{Nonce, ProvingPolicy, RecordsRef};
 use wire::Encoding;
 
 use super::model::open_gguf;
 use super::serve::set_threads;
-use super::{model::packaged_model_path, CliError};
-use crate::cli::{parse_layers, ActivationEncoding, DeviceKind, GenerateArgs, ProvePolicyArg};
+use super::CliError;
+use crate::cli::{ActivationEncoding, DeviceKind, GenerateArgs, ProvePolicyArg};
 
 /// How long a node may take to answer one frame.
 const NODE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `nodes.toml`: the nodes a client may use.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodesFile {
-    node: Vec<NodeEntry>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeEntry {
-    addr: SocketAddr,
-    layers: String,
-}
 
 /// Reads a nodes file into candidate hops, in file order.
 fn read_nodes(path: &Path) -> Result<Vec<Hop>, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::unreadable(format!("reading {}: {e}", path.display())))?;
-    let file: NodesFile = toml::from_str(&text)
-        .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
-    file.node
-        .into_iter()
-        .map(|n| {
-            let layers = parse_layers(&n.layers).map_err(|e| {
-                CliError::unreadable(format!("{}: node {}: {e}", path.display(), n.addr))
-            })?;
-            Ok(Hop {
-                addr: n.addr,
-                layers,
-            })
-        })
-        .collect()
+    client::nodes::parse_nodes(&text)
+        .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))
 }
 
 /// Streams text to stdout, events and proof progress to stderr.
@@ -108,7 +78,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         ));
     }
     set_threads(args.compute.threads);
-    let path = args.model.clone().unwrap_or_else(packaged_model_path);
+    let path = args.model.path();
     let (content, mut reader) = open_gguf(&path)?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let config = Model::shape_of(&content)?;
@@ -146,35 +116,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         }
     };
     if let (Some(k), Backend::Remote { runtime, session }) = (args.speculative, &mut backend) {
-        let prompt = tokenizer.encode(&args.prompt, true);
-        let stops: Vec<u32> = tokenizer.stop_tokens();
-        let mut decoder = tokenizer.stream_decoder();
-        let start = std::time::Instant::now();
-        let result = runtime.block_on(client::speculative::generate_greedy(
-            session,
-            &prompt,
-            args.max_tokens,
-            k,
-            &stops,
-            |token| {
-                if !stops.contains(&token) {
-                    console.text(&decoder.push(token));
-                }
-            },
-        ));
-        console.text(&decoder.finish());
-        let _ = writeln!(console.stdout);
-        let (tokens, stats) = result?;
-        runtime.block_on(session.end());
-        eprintln!(
-            "[{} tokens in {:.2} s with {} forwards; {} of {} drafted tokens accepted]",
-            tokens.len(),
-            start.elapsed().as_secs_f64(),
-            stats.forwards + 1,
-            stats.accepted,
-            stats.drafted
-        );
-        return Ok(ExitCode::SUCCESS);
+        return speculative(runtime, session, &tokenizer, &args, k, &mut console);
     }
     let nonce = match args.seed {
         Some(seed) => Nonce::from_seed(seed),
@@ -241,10 +183,10 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         );
     }
     if let Some(path) = &args.transcript {
-        write_transcript(path, transcript, &records, args.transcript_binary)?;
+        super::output::write_transcript(path, transcript, &records, args.transcript_binary)?;
     }
     if let (Some(outcome), Some(path)) = (&generation.proofs, &args.bundle) {
-        write_proofs(path, outcome)?;
+        super::output::write_proofs(path, outcome)?;
         if !outcome.failures.is_empty() {
             return Err(CliError::failed(format!(
                 "{} of {} asked positions were not proven (see above); the others are in {}",
@@ -257,69 +199,42 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the collected proofs and reports failures, one stderr line each.
-fn write_proofs(path: &Path, outcome: &ProofOutcome) -> Result<(), CliError> {
-    for (position, message) in &outcome.failures {
-        eprintln!("[proof of position {position} failed: {message}]");
-    }
-    let Some(bundle) = &outcome.bundle else {
-        return Err(CliError::failed(format!(
-            "no proofs came back for positions {:?}; nothing written to {}",
-            outcome.asked,
-            path.display()
-        )));
-    };
-    let bytes = bundle.to_bytes();
-    super::output::write_atomic(path, &bytes)
-        .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
+/// Greedy generation with `k` drafted tokens per forward (`--speculative`).
+fn speculative(
+    runtime: &tokio::runtime::Runtime,
+    session: &mut client::session::Session,
+    tokenizer: &Tokenizer,
+    args: &GenerateArgs,
+    k: usize,
+    console: &mut Console,
+) -> Result<ExitCode, CliError> {
+    let prompt = tokenizer.encode(&args.prompt, true);
+    let stops: Vec<u32> = tokenizer.stop_tokens();
+    let mut decoder = tokenizer.stream_decoder();
+    let start = std::time::Instant::now();
+    let result = runtime.block_on(client::speculative::generate_greedy(
+        session,
+        &prompt,
+        args.max_tokens,
+        k,
+        &stops,
+        |token| {
+            if !stops.contains(&token) {
+                console.text(&decoder.push(token));
+            }
+        },
+    ));
+    console.text(&decoder.finish());
+    let _ = writeln!(console.stdout);
+    let (tokens, stats) = result?;
+    runtime.block_on(session.end());
     eprintln!(
-        "[{} proofs of positions {:?} ({} bytes) written to {} after {:.1} s of waiting]",
-        bundle.proofs.len(),
-        outcome.asked,
-        bytes.len(),
-        path.display(),
-        outcome.wait.as_secs_f64()
+        "[{} tokens in {:.2} s with {} forwards; {} of {} drafted tokens accepted]",
+        tokens.len(),
+        start.elapsed().as_secs_f64(),
+        stats.forwards + 1,
+        stats.accepted,
+        stats.drafted
     );
-    Ok(())
-}
-
-/// Writes `transcript` to `path` with `records` inline, or with `binary` in
-/// the side file `<path>.logits.bin` (written first), each atomically.
-fn write_transcript(
-    path: &Path,
-    mut transcript: Transcript,
-    records: &Records,
-    binary: bool,
-) -> Result<(), CliError> {
-    let failed = |e: &dyn std::fmt::Display| CliError::failed(format!("{}: {e}", path.display()));
-    let inline = records.clone();
-    transcript.records = if binary {
-        let bytes =
-            transcript::encode_logits(inline.vocab, &inline.steps).map_err(|e| failed(&e))?;
-        let name = format!(
-            "{}.logits.bin",
-            path.file_stem().unwrap_or_default().to_string_lossy()
-        );
-        let side = path.with_file_name(&name);
-        super::output::write_atomic(&side, &bytes)
-            .map_err(|e| CliError::failed(format!("writing {}: {e}", side.display())))?;
-        RecordsRef::File {
-            path: name,
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
-            vocab: inline.vocab,
-            count: inline.steps.len(),
-        }
-    } else {
-        RecordsRef::Inline(inline)
-    };
-    let json = serde_json::to_vec(&transcript).map_err(|e| failed(&e))?;
-    super::output::write_atomic(path, &json)
-        .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
-    eprintln!(
-        "[transcript of {} tokens, {} hop records written to {}]",
-        transcript.tokens.len(),
-        transcript.hops.len(),
-        path.display()
-    );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

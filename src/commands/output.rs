@@ -1,7 +1,13 @@
-//! Output files that appear whole or not at all.
+//! Output files, each appearing whole or not at all.
 
 use std::fs;
 use std::path::Path;
+
+use client::generation::ProofOutcome;
+use prover::Records;
+use transcript::{RecordsRef, Transcript};
+
+use super::CliError;
 
 /// Writes through a temporary file so a failed run never leaves a partial file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -48,4 +54,71 @@ impl PendingFile {
         }
         result
     }
+}
+
+/// Writes the collected proofs and reports failures, one stderr line each.
+pub fn write_proofs(path: &Path, outcome: &ProofOutcome) -> Result<(), CliError> {
+    for (position, message) in &outcome.failures {
+        eprintln!("[proof of position {position} failed: {message}]");
+    }
+    let Some(bundle) = &outcome.bundle else {
+        return Err(CliError::failed(format!(
+            "no proofs came back for positions {:?}; nothing written to {}",
+            outcome.asked,
+            path.display()
+        )));
+    };
+    let bytes = bundle.to_bytes();
+    write_atomic(path, &bytes)
+        .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
+    eprintln!(
+        "[{} proofs of positions {:?} ({} bytes) written to {} after {:.1} s of waiting]",
+        bundle.proofs.len(),
+        outcome.asked,
+        bytes.len(),
+        path.display(),
+        outcome.wait.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Writes `transcript` to `path` with `records` inline, or with `binary` in
+/// the side file `<path>.logits.bin` (written first), each atomically.
+pub fn write_transcript(
+    path: &Path,
+    mut transcript: Transcript,
+    records: &Records,
+    binary: bool,
+) -> Result<(), CliError> {
+    let failed = |e: &dyn std::fmt::Display| CliError::failed(format!("{}: {e}", path.display()));
+    let inline = records.clone();
+    transcript.records = if binary {
+        let bytes =
+            transcript::encode_logits(inline.vocab, &inline.steps).map_err(|e| failed(&e))?;
+        let name = format!(
+            "{}.logits.bin",
+            path.file_stem().unwrap_or_default().to_string_lossy()
+        );
+        let side = path.with_file_name(&name);
+        write_atomic(&side, &bytes)
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", side.display())))?;
+        RecordsRef::File {
+            path: name,
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            vocab: inline.vocab,
+            count: inline.steps.len(),
+        }
+    } else {
+        RecordsRef::Inline(inline)
+    };
+    let json = serde_json::to_vec(&transcript).map_err(|e| failed(&e))?;
+    write_atomic(path, &json)
+        .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
+    eprintln!(
+        "[transcript of {} tokens, {} hop records written to {}]",
+        transcript.tokens.len(),
+        transcript.hops.len(),
+        path.display()
+    );
+    Ok(())
 }

@@ -12,7 +12,7 @@ use models::Model;
 use node::proving::{ProofService, ProvingConfig};
 use node::{serve, NodeConfig};
 
-use super::model::{open_gguf, packaged_model_path};
+use super::model::open_gguf;
 use super::CliError;
 use crate::cli::ServeArgs;
 
@@ -22,7 +22,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     let device = super::device::open(args.compute.device)?;
     set_threads(args.compute.threads);
-    let path = args.model.clone().unwrap_or_else(packaged_model_path);
+    let path = args.model.path();
     let (id, model) = load_shard(&path, args.layers.clone(), &device)?;
     let proving = if args.prove {
         Some(Arc::new(start_prover(&args, &model)?))

@@ -15,11 +15,11 @@ use models::Cache;
 use models::Model;
 use node::greedy_token;
 
-use super::cost::peak_memory_mib;
-use super::model::{open_gguf, packaged_model_path};
+use super::model::open_gguf;
 use super::serve::set_threads;
 use super::{device, CliError};
 use crate::cli::BenchThroughputArgs;
+use prover::cost::peak_memory_mib;
 
 /// The prompt: token ids, fixed so that runs compare (BOS then a few ids
 /// that exist in every vocabulary measured).
@@ -44,7 +44,7 @@ pub fn run(args: BenchThroughputArgs) -> Result<ExitCode, CliError> {
             model,
         )
     } else {
-        let path = args.model.clone().unwrap_or_else(packaged_model_path);
+        let path = args.model.path();
         let (content, mut reader) = open_gguf(&path)?;
         let parameters = content
             .tensor_infos

@@ -65,6 +65,8 @@ pub enum BenchError {
     Client(#[from] client::ClientError),
     #[error(transparent)]
     Generation(Box<GenerationError>),
+    #[error(transparent)]
+    Children(#[from] crate::children::ChildError),
 }
 
 impl BenchError {
@@ -76,12 +78,6 @@ impl BenchError {
 impl From<GenerationError> for BenchError {
     fn from(e: GenerationError) -> BenchError {
         BenchError::Generation(Box::new(e))
-    }
-}
-
-impl From<String> for BenchError {
-    fn from(message: String) -> BenchError {
-        BenchError::Failed(message)
     }
 }
 
@@ -376,9 +372,10 @@ fn single_in_child(setup: &Setup, threads: usize) -> Result<Run, BenchError> {
 }
 
 /// llama.cpp through the embedded script, or why not.
-fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result<Run, String> {
+fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result<Run, BenchError> {
     let script = dir.join("llama_cpp_bench.py");
-    std::fs::write(&script, LLAMA_CPP_BENCH).map_err(|e| format!("{}: {e}", script.display()))?;
+    std::fs::write(&script, LLAMA_CPP_BENCH)
+        .map_err(|e| BenchError::failed(format!("{}: {e}", script.display())))?;
     let out = command(python)
         .arg(&script)
         .arg(&setup.config.model)
@@ -388,10 +385,10 @@ fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
-            format!(
+            BenchError::failed(format!(
                 "cannot run {}: {e}; install llama-cpp-python ({INSTALL_LLAMA_CPP}) and pass --python",
                 python.display()
-            )
+            ))
         })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let value: Value = stdout
@@ -401,19 +398,19 @@ fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result
         .ok_or_else(|| {
             let err = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = err.lines().rev().take(3).collect();
-            format!(
+            BenchError::failed(format!(
                 "{} {} failed: {}",
                 python.display(),
                 script.display(),
                 tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            )
+            ))
         })?;
     if value["measured"] != json!(true) {
-        return Err(format!(
+        return Err(BenchError::failed(format!(
             "{} (with {})",
             value["reason"].as_str().unwrap_or("llama_cpp unavailable"),
             python.display()
-        ));
+        )));
     }
     let parse = || -> Option<Run> {
         let floats = |key: &str| -> Option<Vec<f64>> {
@@ -433,7 +430,7 @@ fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result
             logprobs: floats("logprobs")?,
         })
     };
-    parse().ok_or_else(|| format!("unexpected llama.cpp output: {stdout}"))
+    parse().ok_or_else(|| BenchError::failed(format!("unexpected llama.cpp output: {stdout}")))
 }
 
 /// A timed greedy run over a chain of nodes, after an untimed warm-up request.
