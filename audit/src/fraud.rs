@@ -371,7 +371,7 @@ impl Value {
         }
     }
 
-    pub fn to_input(&self) -> std::result::Result<ForwardInput, String> {
+    pub fn to_input(&self) -> std::result::Result<ForwardInput, ValueError> {
         match self {
             Value::Tokens(tokens) => Ok(ForwardInput::Tokens(tokens.clone())),
             Value::Matrix {
@@ -381,30 +381,54 @@ impl Value {
                 data,
             } => {
                 let encoding = Encoding::from_name(encoding)
-                    .ok_or_else(|| format!("unknown encoding {encoding:?}"))?;
-                let bytes = parse_hex(data, data.len() / 2)
-                    .ok_or_else(|| "matrix data is not hex".to_string())?;
+                    .ok_or_else(|| ValueError::Encoding(encoding.clone()))?;
+                let bytes = parse_hex(data, data.len() / 2).ok_or(ValueError::NotHex)?;
                 let a = Activations {
                     rows: *rows,
                     cols: *cols,
                     encoding,
                     data: bytes,
                 };
-                a.validate().map_err(|e| e.to_string())?;
+                a.validate()?;
                 Ok(ForwardInput::Activations(a))
             }
         }
     }
 
     /// The values of an F32 matrix.
-    fn hidden(&self) -> std::result::Result<Vec<f32>, String> {
+    fn hidden(&self) -> std::result::Result<Vec<f32>, ValueError> {
         match self.to_input()? {
-            ForwardInput::Activations(a) if a.encoding == Encoding::F32 => {
-                a.to_f32().map_err(|e| e.to_string())
-            }
-            _ => Err("expected an f32 matrix of hidden states".into()),
+            ForwardInput::Activations(a) if a.encoding == Encoding::F32 => Ok(a.to_f32()?),
+            _ => Err(ValueError::NotHidden),
         }
     }
+}
+
+/// Why a fraud proof's values do not make the statement it claims.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("unknown encoding {0:?}")]
+    Encoding(String),
+    #[error("matrix data is not hex")]
+    NotHex,
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error("expected an f32 matrix of hidden states")]
+    NotHidden,
+    #[error("model_id is not 64 hex digits")]
+    ModelId,
+    #[error("the layer's inputs must cover every position from 0 in order: expected a forward at {expected}, found {found}")]
+    Gap { expected: u64, found: u64 },
+    #[error("the layer's last input must be at the proof's position")]
+    LastInput,
+    #[error("an exit answers activations")]
+    ExitTokens,
+    #[error("an enter or exit step has one input, at the proof's position")]
+    SingleInput,
+    #[error("no inputs")]
+    NoInputs,
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 /// One forward's value in a fraud proof.
@@ -470,9 +494,8 @@ impl FraudVerdict {
 
 impl FraudProof {
     /// The step receipt the proof says the node signed, from its values.
-    fn receipt(&self, replayer: &Replayer) -> std::result::Result<StepReceipt, String> {
-        let model_id =
-            parse_hex_array::<32>(&self.model_id).ok_or("model_id is not 64 hex digits")?;
+    fn receipt(&self, replayer: &Replayer) -> std::result::Result<StepReceipt, ValueError> {
+        let model_id = parse_hex_array::<32>(&self.model_id).ok_or(ValueError::ModelId)?;
         let step = self.step;
         let d = replayer.hidden_size();
         let (input, output) = match step {
@@ -482,17 +505,16 @@ impl FraudProof {
                 for at in &self.inputs {
                     let values = at.value.hidden()?;
                     if at.position != expected {
-                        return Err(format!(
-                            "the layer's inputs must cover every position from 0 in order: \
-                             expected a forward at {expected}, found {}",
-                            at.position
-                        ));
+                        return Err(ValueError::Gap {
+                            expected,
+                            found: at.position,
+                        });
                     }
-                    expected += rows_of(&values, d).map_err(|e| e.to_string())? as u64;
+                    expected += rows_of(&values, d)? as u64;
                     context = chain(&context, at.position, &f32_digest(&values));
                 }
                 if self.inputs.last().map(|a| a.position) != Some(self.position) {
-                    return Err("the layer's last input must be at the proof's position".into());
+                    return Err(ValueError::LastInput);
                 }
                 (context, f32_digest(&self.output.hidden()?))
             }
@@ -503,7 +525,7 @@ impl FraudProof {
             Step::Exit(_) => {
                 let output = match self.output.to_input()? {
                     ForwardInput::Activations(a) => a,
-                    ForwardInput::Tokens(_) => return Err("an exit answers activations".into()),
+                    ForwardInput::Tokens(_) => return Err(ValueError::ExitTokens),
                 };
                 (
                     f32_digest(&self.single_input()?.hidden()?),
@@ -521,10 +543,10 @@ impl FraudProof {
         })
     }
 
-    fn single_input(&self) -> std::result::Result<&Value, String> {
+    fn single_input(&self) -> std::result::Result<&Value, ValueError> {
         match self.inputs.as_slice() {
             [at] if at.position == self.position => Ok(&at.value),
-            _ => Err("an enter or exit step has one input, at the proof's position".into()),
+            _ => Err(ValueError::SingleInput),
         }
     }
 
@@ -547,7 +569,7 @@ impl FraudProof {
         }
         let receipt = match self.receipt(replayer) {
             Ok(receipt) => receipt,
-            Err(e) => return Ok(FraudVerdict::invalid(e)),
+            Err(e) => return Ok(FraudVerdict::invalid(e.to_string())),
         };
         let (Ok(signer), Ok(signature)) = (
             PublicKey::from_hex(&self.signer),
@@ -564,7 +586,7 @@ impl FraudProof {
         }
         let comparison = match self.replay(replayer) {
             Ok(c) => c,
-            Err(e) => return Ok(FraudVerdict::invalid(e)),
+            Err(e) => return Ok(FraudVerdict::invalid(e.to_string())),
         };
         let valid = comparison.verdict == Verdict::Reject;
         let reason = if valid {
@@ -596,36 +618,37 @@ impl FraudProof {
         })
     }
 
-    fn replay(&self, replayer: &mut Replayer) -> std::result::Result<Comparison, String> {
-        let err = |e: ModelError| e.to_string();
+    fn replay(&self, replayer: &mut Replayer) -> std::result::Result<Comparison, ValueError> {
         match self.step {
             Step::Layer(l) => {
                 let inputs = self
                     .inputs
                     .iter()
                     .map(|at| Ok((at.position, at.value.hidden()?)))
-                    .collect::<std::result::Result<Vec<_>, String>>()?;
+                    .collect::<std::result::Result<Vec<_>, ValueError>>()?;
                 let forwards: Vec<(u64, &[f32])> =
                     inputs.iter().map(|(p, v)| (*p, v.as_slice())).collect();
                 let l = l as usize;
-                let outputs = replayer.run_layers(l..l + 1, &forwards).map_err(err)?;
-                let last = outputs.last().ok_or("no inputs")?;
+                let outputs = replayer.run_layers(l..l + 1, &forwards)?;
+                let last = outputs.last().ok_or(ValueError::NoInputs)?;
                 Ok(compare(last, &self.output.hidden()?, HIDDEN))
             }
-            Step::Enter(start) => replayer
-                .check_enter(
-                    start as usize,
-                    &self.single_input()?.to_input()?,
-                    &self.output.hidden()?,
-                )
-                .map_err(err),
+            Step::Enter(start) => Ok(replayer.check_enter(
+                start as usize,
+                &self.single_input()?.to_input()?,
+                &self.output.hidden()?,
+            )?),
             Step::Exit(end) => {
                 let ForwardInput::Activations(answered) = self.output.to_input()? else {
-                    return Err("an exit answers activations".into());
+                    return Err(ValueError::ExitTokens);
                 };
-                replayer
-                    .check_exit(end as usize, &self.single_input()?.hidden()?, &answered)
-                    .map_err(err)
+                Ok(
+                    replayer.check_exit(
+                        end as usize,
+                        &self.single_input()?.hidden()?,
+                        &answered,
+                    )?,
+                )
             }
         }
     }

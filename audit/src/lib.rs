@@ -192,7 +192,34 @@ fn digest_of(hex: &str) -> [u8; 32] {
     parse_hex_array(hex).unwrap_or([0; 32])
 }
 
-/// A connection to one node, asking about one request.
+/// Why a node's answers cannot be used in an audit (each becomes a hop's note).
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error("{0:?} is not a node address")]
+    Address(String),
+    #[error("{0}")]
+    Connect(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error("answered {got:?} to a {asked}")]
+    Unexpected {
+        got: wire::MessageType,
+        asked: &'static str,
+    },
+    #[error("the trace has no {step:?} at position {position}")]
+    Untraced { step: Step, position: u64 },
+    #[error("the revealed {what} at {position} is not the signed one")]
+    Unsigned { what: &'static str, position: u64 },
+    #[error("the hidden states entering layer {layer} at {position} are not the signed ones")]
+    UnsignedStates { layer: u32, position: u64 },
+    #[error("the node revealed tokens as {0}")]
+    Tokens(&'static str),
+    #[error(transparent)]
+    Model(#[from] models::ModelError),
+    #[error("no forwards")]
+    NoForwards,
+}
+
 /// The link to one node, for the questions of one request.
 struct RequestLink {
     node: NodeLink,
@@ -200,15 +227,22 @@ struct RequestLink {
 }
 
 impl RequestLink {
-    async fn ask(&mut self, position: u64, message: Message) -> Result<Message, String> {
+    async fn ask(&mut self, position: u64, message: Message) -> Result<Message, AnswerError> {
         let frame = Frame::new(self.request_id, position, message);
-        self.node.call(&frame).await.map_err(|e| e.to_string())
+        Ok(self.node.call(&frame).await?)
     }
 
-    async fn reveal(&mut self, position: u64, boundary: Boundary) -> Result<ForwardInput, String> {
+    async fn reveal(
+        &mut self,
+        position: u64,
+        boundary: Boundary,
+    ) -> Result<ForwardInput, AnswerError> {
         match self.ask(position, Message::Reveal(boundary)).await? {
             Message::Revealed(input) => Ok(input),
-            other => Err(format!("answered {:?} to a Reveal", other.message_type())),
+            other => Err(AnswerError::Unexpected {
+                got: other.message_type(),
+                asked: "Reveal",
+            }),
         }
     }
 }
@@ -248,10 +282,10 @@ struct Trace {
 }
 
 impl Trace {
-    fn get(&self, position: u64, step: Step) -> Result<&SignedStep, String> {
+    fn get(&self, position: u64, step: Step) -> Result<&SignedStep, AnswerError> {
         self.steps
             .get(&(position, step))
-            .ok_or_else(|| format!("the trace has no {step:?} at position {position}"))
+            .ok_or(AnswerError::Untraced { step, position })
     }
 }
 
@@ -288,11 +322,9 @@ async fn audit_node(
         let addr: SocketAddr = group
             .addr
             .parse()
-            .map_err(|_| format!("{:?} is not a node address", group.addr))?;
-        let node = NodeLink::connect(addr, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(RequestLink {
+            .map_err(|_| AnswerError::Address(group.addr.clone()))?;
+        let node = NodeLink::connect(addr, timeout).await?;
+        Ok::<_, AnswerError>(RequestLink {
             node,
             request_id: group.request_id,
         })
@@ -407,25 +439,29 @@ async fn audit_node(
         for &q in &forwards {
             let input = auditor.link.reveal(q, Boundary::Input).await?;
             if *input.digest().as_bytes() != auditor.trace.get(q, Step::Enter(start))?.input {
-                return Err(format!("the revealed input at {q} is not the signed one"));
+                return Err(AnswerError::Unsigned {
+                    what: "input",
+                    position: q,
+                });
             }
             inputs.insert(q, input);
             let output = match auditor.link.reveal(q, Boundary::Output).await? {
                 ForwardInput::Activations(a) => a,
-                ForwardInput::Tokens(_) => {
-                    return Err("the node revealed tokens as its output".into())
-                }
+                ForwardInput::Tokens(_) => return Err(AnswerError::Tokens("its output")),
             };
             if *blake3::hash(&output.data).as_bytes()
                 != auditor.trace.get(q, Step::Exit(end))?.output
             {
-                return Err(format!("the revealed output at {q} is not the signed one"));
+                return Err(AnswerError::Unsigned {
+                    what: "output",
+                    position: q,
+                });
             }
             outputs.insert(q, output);
         }
         auditor.boundary(start).await?;
         auditor.boundary(end).await?;
-        Ok::<_, String>((inputs, outputs))
+        Ok::<_, AnswerError>((inputs, outputs))
     }
     .await;
     let (inputs, outputs) = match revealed {
@@ -534,7 +570,7 @@ impl Bisector<'_> {
     /// Reveals (once) the hidden states entering layer `l` (`l` = the
     /// span's end: after its last layer) at every forward, checked against
     /// the signed digests.
-    async fn boundary(&mut self, l: u32) -> Result<(), String> {
+    async fn boundary(&mut self, l: u32) -> Result<(), AnswerError> {
         if self.known.contains_key(&l) {
             return Ok(());
         }
@@ -543,18 +579,19 @@ impl Bisector<'_> {
         for &q in &self.forwards {
             let ForwardInput::Activations(a) = self.link.reveal(q, Boundary::Layer(l)).await?
             else {
-                return Err("the node revealed tokens as hidden states".into());
+                return Err(AnswerError::Tokens("hidden states"));
             };
-            let v = a.to_f32().map_err(|e| e.to_string())?;
+            let v = a.to_f32()?;
             let signed = if l == start {
                 self.trace.get(q, Step::Enter(start))?.output
             } else {
                 self.trace.get(q, Step::Layer(l - 1))?.output
             };
             if f32_digest(&v) != signed {
-                return Err(format!(
-                    "the hidden states entering layer {l} at {q} are not the signed ones"
-                ));
+                return Err(AnswerError::UnsignedStates {
+                    layer: l,
+                    position: q,
+                });
             }
             values.insert(q, v);
         }
@@ -564,7 +601,7 @@ impl Bisector<'_> {
 
     /// Runs layers `from..to` from the node's states entering `from` and
     /// compares with its states entering `to` at position `p`.
-    async fn check(&mut self, from: u32, to: u32, p: u64) -> Result<Comparison, String> {
+    async fn check(&mut self, from: u32, to: u32, p: u64) -> Result<Comparison, AnswerError> {
         self.boundary(from).await?;
         self.boundary(to).await?;
         let forwards: Vec<u64> = self.forwards.iter().copied().filter(|q| *q <= p).collect();
@@ -574,15 +611,14 @@ impl Bisector<'_> {
             .collect();
         let outputs = self
             .replayer
-            .run_layers(from as usize..to as usize, &inputs)
-            .map_err(|e| e.to_string())?;
-        let last = outputs.last().ok_or("no forwards")?;
+            .run_layers(from as usize..to as usize, &inputs)?;
+        let last = outputs.last().ok_or(AnswerError::NoForwards)?;
         Ok(compare(last, &self.known[&to][&p], HIDDEN))
     }
 
     /// Bisects the span at position `p` (whose end disagrees) to the first
     /// layer that rejects on its own, as a fraud proof.
-    async fn bisect(&mut self, p: u64) -> Result<FraudProof, String> {
+    async fn bisect(&mut self, p: u64) -> Result<FraudProof, AnswerError> {
         let (mut lo, mut hi) = (self.layers.start as u32, self.layers.end as u32);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;

@@ -513,12 +513,12 @@ impl Ledger {
     ///   challenger, the rest is burned, and the result becomes `Slashed`;
     /// - `check` fails, or the accused is not a node of the result: the challenger's
     ///   bond is burned and the result stays pending.
-    pub fn challenge<P>(
+    pub fn challenge<P, E: std::fmt::Display>(
         &mut self,
         id: &ResultId,
         challenger: &str,
         proof: &P,
-        check: impl FnOnce(&P) -> Result<Account, String>,
+        check: impl FnOnce(&P) -> Result<Account, E>,
         now: u64,
     ) -> Result<ChallengeOutcome, LedgerError> {
         check_account(challenger)?;
@@ -554,7 +554,7 @@ impl Ledger {
             });
         }
         let verdict = match check(proof) {
-            Err(reason) => Err(Rejection::InvalidProof(reason)),
+            Err(reason) => Err(Rejection::InvalidProof(reason.to_string())),
             Ok(accused) if !submission.nodes.contains(&accused) => {
                 Err(Rejection::NotAmongNodes { accused })
             }

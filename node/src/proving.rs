@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use circuits::fixed_point::Temperature;
+use circuits::fixed_point::{Temperature, TemperatureError};
 use circuits::CircuitShape;
-use prover::{Prover, Record, RecordSampler, Records};
+use prover::{ProveError, Prover, Record, RecordSampler, Records};
 use verifier::ParamsCache;
 
 use wire::{ProofFailure, ProofsReply, ProveSampler, ProveStep};
@@ -102,7 +102,7 @@ impl ProofService {
     /// or why it failed.
     pub fn start(
         config: ProvingConfig,
-        on_ready: impl FnOnce(Result<Duration, String>) + Send + 'static,
+        on_ready: impl FnOnce(Result<Duration, KeysError>) + Send + 'static,
     ) -> ProofService {
         let inner = Arc::new(Inner {
             config,
@@ -193,11 +193,26 @@ impl ProofService {
     }
 }
 
+/// Why the prover holds no keys for a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("the node's prover could not build its keys: {0}")]
+    Setup(#[source] ProveError),
+    #[error(transparent)]
+    Temperature(#[from] TemperatureError),
+    #[error("the keys for temperature {temperature}: {source}")]
+    Rebuild {
+        temperature: Temperature,
+        #[source]
+        source: ProveError,
+    },
+}
+
 /// The worker: keys first, then proofs, one batch of up to `shape.steps`
 /// steps of one request at a time. It holds the keys of one temperature and
 /// rebuilds them when a request samples at another, so a node holds one
 /// proving key whatever its clients ask.
-fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
+fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, KeysError>)) {
     lower_priority();
     let config = inner.config.clone();
     let cache = ParamsCache::new(&config.params_dir);
@@ -208,8 +223,9 @@ fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
             prover
         }
         Err(e) => {
-            let reason = format!("the node's prover could not build its keys: {e}");
-            on_ready(Err(reason.clone()));
+            let error = KeysError::Setup(e);
+            let reason = error.to_string();
+            on_ready(Err(error));
             let mut state = inner.lock();
             state.broken = Some(reason.clone());
             fail_queued(&mut state, &reason);
@@ -235,13 +251,13 @@ fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
         let positions: Vec<u64> = batch.iter().map(|j| j.step.position).collect();
         let (bundle, failures) = match keys_for(&mut prover, &batch, &cache) {
             Ok(()) => prove_batch(&prover, &batch, config.threads),
-            Err(message) => (
+            Err(error) => (
                 None,
                 batch
                     .iter()
                     .map(|j| ProofFailure {
                         position: j.step.position,
-                        message: message.clone(),
+                        message: error.to_string(),
                     })
                     .collect(),
             ),
@@ -257,16 +273,18 @@ fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, String>)) {
 
 /// Makes `prover` hold the keys of the batch's temperature (one request's
 /// steps share one).
-fn keys_for(prover: &mut Prover, batch: &[Job], cache: &ParamsCache) -> Result<(), String> {
+fn keys_for(prover: &mut Prover, batch: &[Job], cache: &ParamsCache) -> Result<(), KeysError> {
     let temperature = match batch[0].step.sampler {
         ProveSampler::Greedy => Temperature::ONE,
-        ProveSampler::Sample { temperature, .. } => {
-            Temperature::new(temperature).map_err(|e| e.to_string())?
-        }
+        ProveSampler::Sample { temperature, .. } => Temperature::new(temperature)?,
     };
     if temperature != prover.shape.temperature {
-        *prover = Prover::setup(prover.shape.with_temperature(temperature), cache, false)
-            .map_err(|e| format!("the keys for temperature {temperature}: {e}"))?;
+        *prover = Prover::setup(prover.shape.with_temperature(temperature), cache, false).map_err(
+            |source| KeysError::Rebuild {
+                temperature,
+                source,
+            },
+        )?;
     }
     Ok(())
 }
