@@ -210,6 +210,7 @@ fn main() -> Result<(), Error> {
         id: Some(id),
         layers: shape.layers,
         vocab: shape.vocab,
+        context: shape.context,
     };
     let nonce = Nonce::fresh();
     let run = |proving: Option<ProvingPolicy>| -> Result<Generation, Error> {

@@ -134,6 +134,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
         id: Some(id),
         layers: config.layers,
         vocab: config.vocab,
+        context: config.context,
     };
     let prompt = Prompt {
         text: "(token ids)".into(),

@@ -106,6 +106,8 @@ pub enum GenerationError {
     Transcript(#[from] TranscriptError),
     #[error("proofs: {0}")]
     Proofs(#[from] ProofsError),
+    #[error("the prompt is {prompt} tokens and the model's context holds {context}: shorten it to leave room for a generated token")]
+    PromptTooLong { prompt: usize, context: usize },
 }
 
 impl<'a> Backend<'a> {
@@ -256,6 +258,8 @@ pub struct ModelInfo {
     pub id: Option<ModelId>,
     pub layers: usize,
     pub vocab: usize,
+    /// The most positions a request may hold: prompt and generated tokens.
+    pub context: usize,
 }
 
 /// Generates after `prompt` and returns the transcript; with proving, waits
@@ -276,6 +280,14 @@ pub fn generate(
     let mut collector = options.proving.map(|_| ProofCollector::default());
 
     let prompt_tokens = prompt.tokens;
+    if prompt_tokens.len() >= model.context {
+        return Err(GenerationError::PromptTooLong {
+            prompt: prompt_tokens.len(),
+            context: model.context,
+        });
+    }
+    // Generation stops where the context ends.
+    let max_tokens = options.max_tokens.min(model.context - prompt_tokens.len());
     let mut hops = Vec::new();
     let start = Instant::now();
     let mut logits = backend.feed(&prompt_tokens, layers, &mut hops, observer)?;
@@ -283,7 +295,7 @@ pub fn generate(
     let mut decoder = tokenizer.map(Tokenizer::stream_decoder);
     let mut steps = Vec::new();
     let start = Instant::now();
-    for _ in 0..options.max_tokens {
+    for _ in 0..max_tokens {
         let position = backend.position();
         let z = fixed_point
             .quantize_all(&logits)

@@ -187,6 +187,7 @@ pub struct Models {
     pub layers: usize,
     pub hidden: usize,
     pub vocab: usize,
+    pub context: usize,
 }
 
 impl Models {
@@ -211,6 +212,7 @@ impl Models {
             layers: config.layers,
             hidden: config.hidden,
             vocab: config.vocab,
+            context: config.context,
         })
     }
 
@@ -230,6 +232,7 @@ impl Models {
             layers: shape.layers,
             hidden: shape.hidden,
             vocab: shape.vocab,
+            context: shape.context,
         })
     }
 }
@@ -362,6 +365,7 @@ impl Run<'_> {
             id: Some(honest_id),
             layers: m.layers,
             vocab: m.vocab,
+            context: m.context,
         };
         let prompt = Prompt {
             text: "(token ids)".into(),

@@ -19,7 +19,7 @@ use crate::layers::{
     cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, RmsNorm, Weights,
 };
 use crate::shard::{check_range, Architecture, Shard};
-use crate::{ModelError, ModelShape, Result};
+use crate::{ModelError, ModelShape, Result, DEFAULT_CONTEXT};
 
 /// Architecture parameters, read from the GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +37,8 @@ pub struct Config {
     pub global_every: usize,
     pub rms_eps: f64,
     pub vocab: usize,
+    /// Positions the model was trained for (`gemma3.context_length`).
+    pub context: usize,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             rms_eps: meta_f32(content, &p("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6)
                 as f64,
             vocab,
+            context: meta_u32(content, &p("context_length")).unwrap_or(DEFAULT_CONTEXT),
         })
     }
 
@@ -109,6 +112,8 @@ impl Architecture for Config {
             layers: self.layers,
             hidden: self.hidden,
             vocab: self.vocab,
+            context: self.context,
+            kv_width: self.kv_heads * self.head_dim,
         }
     }
 

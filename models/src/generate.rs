@@ -35,8 +35,9 @@ impl<'a> Generator<'a> {
             return Err(ModelError::Shape("nothing to feed".into()));
         }
         let x = self.model.embed(tokens)?;
-        let logits = self.model.forward(&x, self.cache.len(), &mut self.cache)?;
-        let last = logits.narrow(1, tokens.len() - 1, 1)?.flatten_all()?;
-        Ok(last.to_vec1::<f32>()?)
+        let logits = self
+            .model
+            .forward_last(&x, self.cache.len(), &mut self.cache)?;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
 }

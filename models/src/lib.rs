@@ -14,8 +14,8 @@ pub mod testing;
 pub mod tokenizer;
 
 pub use layers::Cache;
-pub use model::{Model, ModelShape, ARCHITECTURES};
-pub use shard::{Architecture, Shard};
+pub use model::{Model, ModelShape, ARCHITECTURES, DEFAULT_CONTEXT};
+pub use shard::{Architecture, Shard, FORWARD_CHUNK};
 
 /// Errors from loading or running a model.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use crate::layers::{
     cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, RmsNorm, Weights,
 };
 use crate::shard::{check_range, Architecture, Shard};
-use crate::{ModelError, ModelShape, Result};
+use crate::{ModelError, ModelShape, Result, DEFAULT_CONTEXT};
 
 /// Architecture parameters, read from the GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +40,8 @@ pub struct Config {
     pub vocab: usize,
     /// Whether the head reuses `token_embd.weight` (no `output.weight` in the file).
     pub tied_head: bool,
+    /// Positions the model was trained for (`llama.context_length`).
+    pub context: usize,
 }
 
 impl Config {
@@ -91,6 +93,7 @@ impl Config {
                 as f64,
             vocab,
             tied_head: !content.tensor_infos.contains_key("output.weight"),
+            context: meta_u32(content, &p("context_length")).unwrap_or(DEFAULT_CONTEXT),
         })
     }
 }
@@ -120,6 +123,8 @@ impl Architecture for Config {
             layers: self.layers,
             hidden: self.hidden,
             vocab: self.vocab,
+            context: self.context,
+            kv_width: self.kv_heads * self.head_dim,
         }
     }
 

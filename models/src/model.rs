@@ -33,7 +33,14 @@ pub struct ModelShape {
     pub layers: usize,
     pub hidden: usize,
     pub vocab: usize,
+    /// The most positions one request may hold.
+    pub context: usize,
+    /// Key (and value) values one layer caches per position.
+    pub kv_width: usize,
 }
+
+/// The context of a GGUF that does not state one.
+pub const DEFAULT_CONTEXT: usize = 8192;
 
 /// The same call on whichever architecture's shard `model` holds.
 macro_rules! on_shard {
@@ -123,6 +130,22 @@ impl Model {
         after_layer: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         on_shard!(self, m => m.forward_layers_with(x, position, cache, after_layer))
+    }
+
+    /// The layers, then the final norm and head on the last row only
+    /// (`[1, 1, V]`): what chooses the next token. Only on the head shard.
+    pub fn forward_last(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+        on_shard!(self, m => m.forward_last(x, position, cache))
+    }
+
+    /// Bytes of KV cache one position of one request takes on this shard.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        on_shard!(self, m => m.kv_bytes_per_position())
+    }
+
+    /// The most positions one request may hold.
+    pub fn context(&self) -> usize {
+        self.shape().context
     }
 
     /// The final norm and head on the hidden states `[1, seq, d]` after the

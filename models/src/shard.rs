@@ -35,6 +35,15 @@ pub trait Architecture {
     ) -> Result<Tensor>;
 }
 
+/// Rows a forward runs through the layers at once. A longer input runs in
+/// chunks of this many rows, each at its own positions over the cache the
+/// earlier ones filled, so that a forward's activations (attention scores
+/// above all: heads × rows × cached positions) are bounded whatever the
+/// prompt's length; only the KV cache grows with it. The split depends on
+/// the row count alone, so every caller of a shard (node, auditor, single
+/// process) computes the same values.
+pub const FORWARD_CHUNK: usize = 256;
+
 /// Layers `[start, end)` of a model of architecture `A`. The shard that starts
 /// at 0 embeds tokens; the shard that ends at the last layer applies the final
 /// norm and the head. Weights are shared; the KV cache of a request lives in a
@@ -113,7 +122,9 @@ impl<A: Architecture> Shard<A> {
 
     /// [`Shard::forward_layers`], handing each layer's output (with the
     /// layer's absolute index) to `after_layer`, which returns what the next
-    /// layer gets: a node keeps what it computed for audits this way.
+    /// layer gets: a node keeps what it computed for audits this way. An
+    /// input of more than [`FORWARD_CHUNK`] rows runs chunk by chunk, so
+    /// `after_layer` sees each layer once per chunk, in row order.
     pub fn forward_layers_with(
         &self,
         x: &Tensor,
@@ -121,6 +132,18 @@ impl<A: Architecture> Shard<A> {
         cache: &mut Cache,
         after_layer: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
+        let rows = x.dim(1)?;
+        if rows > FORWARD_CHUNK {
+            let chunks = (0..rows)
+                .step_by(FORWARD_CHUNK)
+                .map(|start| {
+                    let len = FORWARD_CHUNK.min(rows - start);
+                    let chunk = x.narrow(1, start, len)?;
+                    self.forward_layers_with(&chunk, position + start, cache, after_layer)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::cat(&chunks, 1)?);
+        }
         let seq = cache.enter(x, self.config.shape().hidden, position, self.blocks.len())?;
         let mut x = x.clone();
         for ((block, slot), index) in self
@@ -145,6 +168,20 @@ impl<A: Architecture> Shard<A> {
         } else {
             Ok(x)
         }
+    }
+
+    /// The layers, then the final norm and the head on the last row only:
+    /// the logits `[1, 1, V]` that choose the next token, without the
+    /// `V` values per row a whole prompt's logits would take.
+    pub fn forward_last(&self, x: &Tensor, position: usize, cache: &mut Cache) -> Result<Tensor> {
+        let hidden = self.forward_layers(x, position, cache)?;
+        let rows = hidden.dim(1)?;
+        self.head_forward(&hidden.narrow(1, rows - 1, 1)?)
+    }
+
+    /// Bytes of KV cache one position of one request takes on this shard.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        2 * self.blocks.len() * self.config.shape().kv_width * std::mem::size_of::<f32>()
     }
 
     /// The final norm and the head on hidden states `[1, seq, d]` after the

@@ -106,6 +106,7 @@ pub fn tiny_gemma3_config() -> Config {
         global_every: 6,
         rms_eps: 1e-6,
         vocab: 320,
+        context: 2048,
     }
 }
 
@@ -258,6 +259,7 @@ fn write_random_gemma3_with(
     let metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("gemma3".into())),
         ("gemma3.block_count", Value::U32(c.layers as u32)),
+        ("gemma3.context_length", Value::U32(c.context as u32)),
         ("gemma3.embedding_length", Value::U32(c.hidden as u32)),
         (
             "gemma3.feed_forward_length",
@@ -302,6 +304,7 @@ pub fn tiny_llama_config() -> crate::llama::Config {
         rms_eps: 1e-5,
         vocab: 300,
         tied_head: false,
+        context: 2048,
     }
 }
 
@@ -382,7 +385,7 @@ fn random_llama(config: &crate::llama::Config, seed: u64, dtype: GgmlDType) -> R
     let metadata: Vec<(&'static str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("llama.block_count", u(c.layers)),
-        ("llama.context_length", u(2048)),
+        ("llama.context_length", u(c.context)),
         ("llama.embedding_length", u(c.hidden)),
         ("llama.feed_forward_length", u(c.feed_forward)),
         ("llama.attention.head_count", u(c.heads)),
@@ -412,6 +415,7 @@ pub fn llama_1b_config() -> crate::llama::Config {
         rms_eps: 1e-5,
         vocab: 32_000,
         tied_head: false,
+        context: 2048,
     }
 }
 

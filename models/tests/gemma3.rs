@@ -12,6 +12,7 @@ use models::gemma3::Gemma3;
 use models::testing::{greedy_chain, tiny_gemma3_config, write_random_gemma3};
 use models::Cache;
 use models::Model;
+use models::FORWARD_CHUNK;
 
 fn load(path: &Path, layers: Range<usize>) -> Gemma3 {
     let mut reader = BufReader::new(File::open(path).unwrap());
@@ -90,6 +91,79 @@ fn chunked_prefill_matches_token_by_token() {
         .max(0)
         .unwrap();
     assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+}
+
+#[test]
+fn a_long_input_runs_in_fixed_chunks_and_the_head_reads_its_last_row() {
+    let dir = std::env::temp_dir().join(format!("zkinfer-gemma3-long-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.gguf");
+    let config = tiny_gemma3_config();
+    write_random_gemma3(&path, &config, 7).unwrap();
+    let model = Model::from(load(&path, 0..config.layers));
+    let rows = FORWARD_CHUNK + 40;
+    let tokens: Vec<u32> = (0..rows).map(|i| 2 + (i * 7 % 300) as u32).collect();
+    let x = model.embed(&tokens).unwrap();
+
+    let mut cache = Cache::new();
+    let mut seen = Vec::new();
+    let whole = model
+        .forward_layers_with(&x, 0, &mut cache, &mut |layer, out| {
+            seen.push((layer, out.dim(1)?));
+            Ok(out)
+        })
+        .unwrap();
+    assert_eq!(cache.len(), rows);
+    // Every layer once per chunk, chunk after chunk.
+    let expected: Vec<(usize, usize)> = [FORWARD_CHUNK, 40]
+        .iter()
+        .flat_map(|&n| (0..config.layers).map(move |l| (l, n)))
+        .collect();
+    assert_eq!(seen, expected);
+
+    // Exactly the two forwards a caller would make at the chunk boundary.
+    let mut by_hand = Cache::new();
+    let first = model
+        .forward_layers(&x.narrow(1, 0, FORWARD_CHUNK).unwrap(), 0, &mut by_hand)
+        .unwrap();
+    let rest = model
+        .forward_layers(
+            &x.narrow(1, FORWARD_CHUNK, 40).unwrap(),
+            FORWARD_CHUNK,
+            &mut by_hand,
+        )
+        .unwrap();
+    let by_hand = Tensor::cat(&[&first, &rest], 1).unwrap();
+    assert_eq!(
+        max_abs_diff(
+            &whole.flatten_all().unwrap(),
+            &by_hand.flatten_all().unwrap()
+        ),
+        0.0
+    );
+
+    // Another split computes the same function up to rounding.
+    let mut other = Cache::new();
+    let a = model
+        .forward_layers(&x.narrow(1, 0, 100).unwrap(), 0, &mut other)
+        .unwrap();
+    let b = model
+        .forward_layers(&x.narrow(1, 100, rows - 100).unwrap(), 100, &mut other)
+        .unwrap();
+    let other = Tensor::cat(&[&a, &b], 1).unwrap();
+    assert!(max_abs_diff(&whole.flatten_all().unwrap(), &other.flatten_all().unwrap()) < 1e-3);
+
+    // The head on the last row alone: one row of logits, as the head on every row gives there.
+    let last = model.forward_last(&x, 0, &mut Cache::new()).unwrap();
+    assert_eq!(last.dims(), &[1, 1, config.vocab]);
+    let every = model.head_forward(&whole).unwrap();
+    let every_last = every.narrow(1, rows - 1, 1).unwrap();
+    assert!(
+        max_abs_diff(
+            &last.flatten_all().unwrap(),
+            &every_last.flatten_all().unwrap()
+        ) < 1e-3
+    );
 }
 
 #[test]

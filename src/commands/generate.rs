@@ -139,6 +139,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         id: model_id,
         layers: config.layers,
         vocab: config.vocab,
+        context: config.context,
     };
     let prompt = Prompt::encode(&tokenizer, &args.prompt);
     let generation = generate(
