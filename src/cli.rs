@@ -40,7 +40,7 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Serve a layer range of a model to `zkinfer generate --nodes` clients over TCP.
     #[command(
-        after_help = "Example (two nodes, then a client):\n  zkinfer serve --model tiny.gguf --layers 0..9 --listen 127.0.0.1:7001\n  zkinfer serve --model tiny.gguf --layers 9..18 --listen 127.0.0.1:7002 --prove\n  zkinfer generate --nodes nodes.toml --model tiny.gguf --prompt \"Hello\""
+        after_help = "Example (two nodes, then a client):\n  zkinfer serve --model tiny.gguf --layers 0..9 --listen 127.0.0.1:7001\n  zkinfer serve --model tiny.gguf --layers 9..18 --listen 127.0.0.1:7002 --prove\n  zkinfer generate --nodes nodes.toml --model tiny.gguf --prompt \"Hello\"\n\nPast --max-requests, --max-cache-mb, --max-receiving-mb or the connection limits a node answers\nBusy (error code 9) instead of growing."
     )]
     Serve(ServeArgs),
     /// Create a node's receipt-signing key (BLS on BN254) and print its public key.
@@ -303,6 +303,40 @@ pub struct ServeArgs {
     pub prove_threads: Option<usize>,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+}
+
+/// What a node holds for its peers at most; past a limit it answers Busy.
+#[derive(Debug, Args)]
+pub struct CapacityArgs {
+    /// Requests that may hold a KV cache at once.
+    #[arg(long, default_value_t = node::Capacity::default().requests, value_name = "N")]
+    pub max_requests: usize,
+    /// MiB of KV cache over all requests.
+    #[arg(long, default_value_t = node::Capacity::default().cache_bytes >> 20, value_name = "MIB")]
+    pub max_cache_mb: usize,
+    /// MiB of frames being received at once, over all connections.
+    #[arg(long, default_value_t = node::Capacity::default().frame_bytes >> 20, value_name = "MIB")]
+    pub max_receiving_mb: usize,
+    /// Open connections in all.
+    #[arg(long, default_value_t = node::Capacity::default().connections, value_name = "N")]
+    pub max_connections: usize,
+    /// Open connections from one IP address.
+    #[arg(long, default_value_t = node::Capacity::default().connections_per_peer, value_name = "N")]
+    pub max_connections_per_peer: usize,
+}
+
+impl CapacityArgs {
+    pub fn capacity(&self) -> node::Capacity {
+        node::Capacity {
+            connections: self.max_connections,
+            connections_per_peer: self.max_connections_per_peer,
+            frame_bytes: self.max_receiving_mb << 20,
+            requests: self.max_requests,
+            cache_bytes: self.max_cache_mb << 20,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,10 +17,13 @@
 //!   position `0` with no cache starts a request, a position `> 0` for a
 //!   request without a cache is UnknownRequest, a position below what the
 //!   cache holds first drops the later positions (speculative decoding
-//!   rewinds past rejected drafts), a position beyond it is Malformed. A Forward that fails inside the model ends the request (its
+//!   rewinds past rejected drafts), a position beyond it is Malformed, and
+//!   positions past the model's context (`<arch>.context_length`) are
+//!   Malformed. A Forward that fails inside the model ends the request (its
 //!   cache may be half-updated).
-//! - **Compute**: a Forward at position 0 (a prompt) runs its rows as one
-//!   batch; at a later position row by row, so that several rows compute
+//! - **Compute**: a Forward at position 0 (a prompt) runs its rows in
+//!   batches of `models::FORWARD_CHUNK` (256) rows, so that its activations
+//!   are bounded whatever its length; at a later position row by row, so that several rows compute
 //!   exactly what as many one-token Forwards would (the quantized matmul
 //!   kernels differ between one row and several): a speculative draft is
 //!   checked against the logits plain decoding sees, and a replay after a
@@ -29,7 +32,9 @@
 //!   (F32 where F16 would overflow or Q8 meets a non-finite value). The shard with
 //!   the head answers the logits of the **last position of the chunk only**,
 //!   `[1, vocab]` in F32: that is all a client needs to pick the next token,
-//!   and it saves `vocab * 4` bytes per prompt position.
+//!   and it saves `vocab * 4` bytes per prompt position. It runs the head on
+//!   that row alone (the greedy tokens of every row: a chunk of rows at a
+//!   time), never on all of a prompt's rows at once.
 //! - **End** frees the request's cache; there is no answer, not even for an
 //!   unknown request, so a client never has an answer to wait for.
 //! - **Ping** is answered by a **Pong** echoing it.
@@ -47,13 +52,25 @@
 //!   header, a checksum mismatch (the length field itself may be corrupt) or
 //!   a truncated frame get an Error and the connection is closed, since the
 //!   byte stream may be out of step. A connection that stays silent for
-//!   `idle_timeout`, or stalls inside a frame for `io_timeout`, is closed.
+//!   `idle_timeout` is closed; one that stalls inside a frame for
+//!   `io_timeout` gets an Error (Malformed, "frame stalled") and is closed.
+//! - **Limits** (`Capacity`, `zkinfer serve --max-*`): past any of them the
+//!   node answers **Busy** (code 9) and holds nothing more. Connections in
+//!   all (256) and per IP address (32): one more gets Busy before any frame
+//!   and is closed. Bytes of frames being received (256 MiB): each frame's
+//!   whole length is reserved from its header before its payload is read, so
+//!   connections that stall inside large frames cannot add up past it; a
+//!   frame that does not fit gets Busy and the connection is closed. Requests
+//!   holding a KV cache (64) and bytes of KV cache over all of them (4 GiB):
+//!   a Forward that would go past them gets Busy, and the request keeps what
+//!   it held.
 
 pub mod proving;
 pub mod trail;
 
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -65,8 +82,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::proving::ProofService;
 use crate::trail::{ForwardTrail, Trails};
 use models::model_id::ModelId;
-use models::Cache;
 use models::Model;
+use models::{Cache, FORWARD_CHUNK};
 use verifier::receipt::{Receipt, SecretKey};
 use wire::transport;
 use wire::{
@@ -83,6 +100,8 @@ pub struct NodeConfig {
     pub layers: Range<usize>,
     /// Frame size limit.
     pub limits: Limits,
+    /// What the node holds for its peers at most.
+    pub capacity: Capacity,
     /// How long a request's cache, or a silent connection, is kept.
     pub idle_timeout: Duration,
     /// How long reading the rest of a started frame, or writing one, may take.
@@ -112,6 +131,7 @@ impl NodeConfig {
             model_id,
             layers,
             limits: Limits::default(),
+            capacity: Capacity::default(),
             idle_timeout: Duration::from_secs(300),
             io_timeout: Duration::from_secs(30),
             proving: None,
@@ -128,6 +148,38 @@ impl NodeConfig {
         return self.fault;
         #[cfg(not(feature = "faults"))]
         None
+    }
+}
+
+/// What a node holds for its peers at most; past a limit it answers Busy
+/// instead of growing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Open connections in all.
+    pub connections: usize,
+    /// Open connections from one IP address.
+    pub connections_per_peer: usize,
+    /// Bytes of frames being received, over all connections (each frame's
+    /// whole length is reserved once its header is read).
+    pub frame_bytes: usize,
+    /// Requests holding a KV cache.
+    pub requests: usize,
+    /// Bytes of KV cache over all requests.
+    pub cache_bytes: usize,
+}
+
+impl Default for Capacity {
+    /// 256 connections, 32 per peer, 256 MiB of frames in flight, 64
+    /// requests and 4 GiB of KV cache (the packaged model caches 36 KiB per
+    /// position: about 110,000 positions).
+    fn default() -> Capacity {
+        Capacity {
+            connections: 256,
+            connections_per_peer: 32,
+            frame_bytes: 256 << 20,
+            requests: 64,
+            cache_bytes: 4 << 30,
+        }
     }
 }
 
@@ -149,6 +201,9 @@ pub enum Fault {
 /// second Forward for the same request cannot interleave with it.
 struct Slot {
     cache: Option<Cache>,
+    /// Positions the cache holds, or will hold once the Forward using it
+    /// ends: what the slot counts against [`Capacity::cache_bytes`].
+    positions: usize,
     last_used: Instant,
     /// Tells this slot from a later one for the same request id (after an
     /// End and a restart while a Forward was in flight), so that a finishing
@@ -176,7 +231,54 @@ struct Shared {
     caches: Caches,
     /// What a signing node computed, for auditors.
     trails: Option<Trails>,
+    /// [`Capacity::frame_bytes`], in KiB permits.
+    frame_budget: Arc<tokio::sync::Semaphore>,
+    /// Open connections per peer address.
+    peers: Mutex<HashMap<IpAddr, usize>>,
 }
+
+/// A connection counted against [`Capacity`]; uncounted when dropped.
+struct Admitted<'a> {
+    shared: &'a Shared,
+    peer: IpAddr,
+}
+
+impl Shared {
+    /// Counts a connection from `peer`, or says which limit it meets.
+    fn admit(&self, peer: IpAddr) -> Result<Admitted<'_>, WireError> {
+        let capacity = self.config.capacity;
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let open: usize = peers.values().sum();
+        let from_peer = peers.get(&peer).copied().unwrap_or(0);
+        if open >= capacity.connections {
+            return Err(WireError::Busy(format!(
+                "{open} connections open, the most this node keeps"
+            )));
+        }
+        if from_peer >= capacity.connections_per_peer {
+            return Err(WireError::Busy(format!(
+                "{from_peer} connections open from {peer}, the most this node keeps per peer"
+            )));
+        }
+        *peers.entry(peer).or_default() += 1;
+        Ok(Admitted { shared: self, peer })
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut peers = self.shared.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = peers.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Bytes per permit of [`Shared::frame_budget`].
+const BUDGET_UNIT: usize = 1024;
 
 /// Serves `model` on `listener` until the task is dropped.
 ///
@@ -205,11 +307,15 @@ pub async fn serve_until(
             config.audit_window,
         )
     });
+    let permits =
+        (config.capacity.frame_bytes / BUDGET_UNIT).min(tokio::sync::Semaphore::MAX_PERMITS);
     let shared = Arc::new(Shared {
         model,
         wire_layers,
         caches: Arc::default(),
         trails,
+        frame_budget: Arc::new(tokio::sync::Semaphore::new(permits)),
+        peers: Mutex::default(),
         config,
     });
     if shared.config.proving.is_some() && !shared.model.has_head() {
@@ -229,9 +335,14 @@ pub async fn serve_until(
             // Reap finished connections so the set does not grow forever.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let shared = Arc::clone(&shared);
-                    connections.spawn(async move { connection(stream, &shared).await });
+                    connections.spawn(async move {
+                        match shared.admit(peer.ip()) {
+                            Ok(_admitted) => connection(stream, &shared).await,
+                            Err(busy) => refuse(stream, &busy, shared.config.io_timeout).await,
+                        }
+                    });
                 }
                 Err(e) => {
                     eprintln!("accept failed: {e}");
@@ -278,29 +389,63 @@ async fn sweep(shared: Arc<Shared>) {
     }
 }
 
+/// Answers `error` on a connection the node does not take, and closes it.
+async fn refuse(mut stream: TcpStream, error: &WireError, timeout: Duration) {
+    let _ = transport::write_frame(&mut stream, &error.to_frame(0, 0), timeout).await;
+}
+
 /// Serves one connection until the peer leaves, times out or breaks framing.
 async fn connection(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     let config = &shared.config;
     loop {
-        let read = transport::read_raw(
+        let start = transport::read_header(
             &mut stream,
             &config.limits,
             config.idle_timeout,
             config.io_timeout,
         )
         .await;
-        let (header, bytes) = match read {
-            Ok(raw) => raw,
+        let start = match start {
+            Ok(start) => start,
             Err(WireError::Closed | WireError::Io(_)) => return,
             Err(e) => {
-                // Header unreadable or the frame cut short: answer and close.
+                // Header unreadable or cut short: answer and close.
                 let _ =
                     transport::write_frame(&mut stream, &e.to_frame(0, 0), config.io_timeout).await;
                 return;
             }
         };
-        let (id, pos) = (header.request_id, header.position);
+        let (id, pos) = (start.header.request_id, start.header.position);
+        // The frame's bytes are reserved before any is read, so stalled
+        // frames cannot add up past the budget.
+        let units = start.header.frame_len().div_ceil(BUDGET_UNIT);
+        let reserved = u32::try_from(units).ok().and_then(|units| {
+            Arc::clone(&shared.frame_budget)
+                .try_acquire_many_owned(units)
+                .ok()
+        });
+        let Some(_reserved) = reserved else {
+            let busy = WireError::Busy(format!(
+                "{} bytes of frames are being received; a frame of {} does not fit",
+                config.capacity.frame_bytes,
+                start.header.frame_len()
+            ));
+            let _ = transport::write_frame(&mut stream, &busy.to_frame(id, pos), config.io_timeout)
+                .await;
+            return;
+        };
+        let bytes = match transport::read_rest(&mut stream, start, config.io_timeout).await {
+            Ok(bytes) => bytes,
+            Err(WireError::Io(_)) => return,
+            Err(e) => {
+                // Cut short or stalled: answer and close.
+                let _ =
+                    transport::write_frame(&mut stream, &e.to_frame(id, pos), config.io_timeout)
+                        .await;
+                return;
+            }
+        };
         let reply = match Frame::decode(&bytes, &config.limits) {
             Ok(frame) => handle(shared, frame).await,
             Err(e @ WireError::Checksum) => {
@@ -462,7 +607,14 @@ async fn run_forward(
         Input::Tokens(tokens) => tokens.len(),
         Input::Hidden { rows, .. } => *rows,
     } as u64;
-    let (cache, epoch) = take_cache(&shared.caches, id, position)?;
+    let context = model.context();
+    if position as usize + fed as usize > context {
+        return Err(WireError::Malformed(format!(
+            "positions {position}..{} are past the model's context of {context}",
+            position + fed
+        )));
+    }
+    let (cache, epoch) = take_cache(shared, id, position, fed as usize)?;
     let model = Arc::clone(model);
     let (keep, fault) = (kept_input.is_some(), shared.config.fault());
     let joined = tokio::task::spawn_blocking(move || {
@@ -558,16 +710,47 @@ async fn run_forward(
 }
 
 /// Takes the request's cache out of the map (leaving its slot busy), or
-/// starts one at position 0.
-fn take_cache(caches: &Caches, id: u64, position: u64) -> Result<(Cache, u64), WireError> {
-    let mut caches = lock(caches);
+/// starts one at position 0, once the request's `fed` new positions fit the
+/// node's [`Capacity`] (else Busy, and the request keeps what it holds).
+fn take_cache(
+    shared: &Shared,
+    id: u64,
+    position: u64,
+    fed: usize,
+) -> Result<(Cache, u64), WireError> {
+    let capacity = shared.config.capacity;
+    let end = position as usize + fed;
+    let mut caches = lock(&shared.caches);
+    let others: usize = caches
+        .iter()
+        .filter(|(other, _)| **other != id)
+        .map(|(_, slot)| slot.positions)
+        .sum();
+    let needed = (others + end).saturating_mul(shared.model.kv_bytes_per_position());
+    let cache_full = || {
+        WireError::Busy(format!(
+            "the KV caches would take {needed} bytes, more than the {} this node keeps",
+            capacity.cache_bytes
+        ))
+    };
+    let fits = needed <= capacity.cache_bytes;
     match caches.get_mut(&id) {
         None if position == 0 => {
+            if caches.len() >= capacity.requests {
+                return Err(WireError::Busy(format!(
+                    "{} requests hold a cache, the most this node keeps",
+                    caches.len()
+                )));
+            }
+            if !fits {
+                return Err(cache_full());
+            }
             let epoch = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
             caches.insert(
                 id,
                 Slot {
                     cache: None,
+                    positions: end,
                     last_used: Instant::now(),
                     epoch,
                 },
@@ -579,20 +762,27 @@ fn take_cache(caches: &Caches, id: u64, position: u64) -> Result<(Cache, u64), W
             None => Err(WireError::Internal(format!(
                 "request {id} already has a Forward in flight"
             ))),
-            Some(cache) if cache.len() as u64 == position => Ok((cache, slot.epoch)),
-            Some(mut cache) if (position as usize) < cache.len() => {
-                let rewound = cache.truncate(position as usize);
-                slot.cache = Some(cache);
-                rewound.map_err(|e| WireError::Internal(e.to_string()))?;
-                let cache = slot.cache.take().expect("just put back");
-                Ok((cache, slot.epoch))
-            }
-            Some(cache) => {
+            Some(cache) if cache.len() < position as usize => {
                 let held = cache.len();
                 slot.cache = Some(cache);
                 Err(WireError::Malformed(format!(
                     "position {position}, but request {id} holds {held} positions"
                 )))
+            }
+            Some(cache) if !fits => {
+                slot.cache = Some(cache);
+                Err(cache_full())
+            }
+            Some(mut cache) => {
+                if (position as usize) < cache.len() {
+                    let rewound = cache.truncate(position as usize);
+                    if let Err(e) = rewound {
+                        slot.cache = Some(cache);
+                        return Err(WireError::Internal(e.to_string()));
+                    }
+                }
+                slot.positions = end;
+                Ok((cache, slot.epoch))
             }
         },
     }
@@ -639,34 +829,49 @@ fn compute(
             Tensor::from_vec(values, (1, rows, model.hidden_size()), model.device())?
         }
     };
-    // The layers then the head, as `Model::forward`, seeing every boundary.
+    // The layers, seeing every boundary: `seen[0]` is the input, `seen[1 + i]`
+    // the output of the span's layer i, each gathered over the chunks a long
+    // input runs in.
+    let start = model.layer_range().start;
     let run = |x: &Tensor, at: usize, cache: &mut Cache| -> models::Result<(Tensor, Vec<Tensor>)> {
-        let mut seen = Vec::new();
-        if keep {
-            seen.push(x.clone());
-        }
+        let rows = x.dim(1)?;
+        let mut seen: Vec<Vec<Tensor>> = Vec::new();
+        let mut done = vec![0usize; 0];
         let hidden = model.forward_layers_with(x, at, cache, &mut |layer, out| {
+            let i = layer - start;
+            if done.len() <= i {
+                done.resize(i + 1, 0);
+            }
+            done[i] += out.dim(1)?;
             let out = match fault {
+                // The forward's last row: in the last chunk.
                 Some(Fault::TamperLayer {
                     layer: l,
                     position: p,
                     delta,
-                }) if l == layer && p == at as u64 => tamper_last_row(&out, delta)?,
+                }) if l == layer && p == at as u64 && done[i] == rows => {
+                    tamper_last_row(&out, delta)?
+                }
                 _ => out,
             };
             if keep {
-                seen.push(out.clone());
+                if seen.len() <= i {
+                    seen.resize(i + 1, Vec::new());
+                }
+                seen[i].push(out.clone());
             }
             Ok(out)
         })?;
-        let out = if model.has_head() {
-            model.head_forward(&hidden)?
+        let seen = if keep {
+            std::iter::once(Ok(x.clone()))
+                .chain(seen.iter().map(|chunks| Tensor::cat(chunks, 1)))
+                .collect::<candle_core::Result<Vec<_>>>()?
         } else {
-            hidden
+            Vec::new()
         };
-        Ok((out, seen))
+        Ok((hidden, seen))
     };
-    let (out, seen) = if position == 0 {
+    let (hidden, seen) = if position == 0 {
         run(&x, position, cache)?
     } else {
         // Row by row: exactly what one-token Forwards compute. candle's
@@ -687,36 +892,38 @@ fn compute(
         .iter()
         .map(|t| t.flatten_all()?.to_vec1::<f32>())
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let (_, seq, cols) = out.dims3()?;
     let dim = |v: usize| {
         u32::try_from(v).map_err(|_| models::ModelError::Shape(format!("{v} does not fit a u32")))
     };
-    if model.has_head() && head_reply == HeadReply::GreedyTokens {
-        let logits = out.flatten_all()?.to_vec1::<f32>()?;
-        let tokens = logits
-            .chunks_exact(cols)
-            .map(greedy_token)
-            .collect::<models::Result<Vec<u32>>>()?;
-        return Ok(Computed {
-            answer: Answer::Tokens(tokens),
-            boundaries,
-        });
-    }
-    let out = if model.has_head() {
-        out.narrow(1, seq - 1, 1)?
-    } else {
-        out
-    };
-    let rows = out.dim(1)?;
-    let values = out.flatten_all()?.to_vec1::<f32>()?;
-    Ok(Computed {
-        answer: Answer::Values {
-            values,
+    let (_, rows, cols) = hidden.dims3()?;
+    let answer = if !model.has_head() {
+        Answer::Values {
+            values: hidden.flatten_all()?.to_vec1::<f32>()?,
             rows: dim(rows)?,
             cols: dim(cols)?,
-        },
-        boundaries,
-    })
+        }
+    } else if head_reply == HeadReply::GreedyTokens {
+        // The head a chunk of rows at a time, never V logits for every row
+        // at once; row by row past position 0, as one-token Forwards would.
+        let step = if position == 0 { FORWARD_CHUNK } else { 1 };
+        let mut tokens = Vec::with_capacity(rows);
+        for first in (0..rows).step_by(step) {
+            let logits = model.head_forward(&hidden.narrow(1, first, step.min(rows - first))?)?;
+            let vocab = logits.dim(2)?;
+            for row in logits.flatten_all()?.to_vec1::<f32>()?.chunks_exact(vocab) {
+                tokens.push(greedy_token(row)?);
+            }
+        }
+        Answer::Tokens(tokens)
+    } else {
+        let logits = model.head_forward(&hidden.narrow(1, rows - 1, 1)?)?;
+        Answer::Values {
+            rows: 1,
+            cols: dim(logits.dim(2)?)?,
+            values: logits.flatten_all()?.to_vec1::<f32>()?,
+        }
+    };
+    Ok(Computed { answer, boundaries })
 }
 
 /// `x` `[1, seq, d]` with `delta` added to its last row.

@@ -18,7 +18,7 @@ use models::generate::Generator;
 use models::model_id::{model_id, ModelId};
 use models::testing::{tiny_gemma3_config, write_random_gemma3, TempDir};
 use models::Model;
-use node::{serve, NodeConfig};
+use node::{serve, Capacity, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wire::transport;
@@ -464,4 +464,208 @@ async fn nodes_serve_llama_shards() {
     })
     .await
     .expect("test finished in time");
+}
+
+/// Starts one node serving the whole tiny model with `capacity` and a short
+/// frame timeout.
+async fn limited_node(name: &str, capacity: Capacity) -> (Fixture, SocketAddr) {
+    let f = fixture(name).await;
+    let model = Arc::new(Model::from(load(&f.path, 0..LAYERS)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = NodeConfig {
+        capacity,
+        io_timeout: Duration::from_millis(300),
+        ..NodeConfig::new(f.id, 0..LAYERS)
+    };
+    tokio::spawn(serve(listener, model, config));
+    (f, addr)
+}
+
+fn prompt_frame(f: &Fixture, request: u64, position: u64, tokens: &[u32]) -> Frame {
+    Frame::new(
+        request,
+        position,
+        forward(
+            f.id,
+            0..LAYERS as u32,
+            ForwardInput::Tokens(tokens.to_vec()),
+        ),
+    )
+}
+
+fn is_output(frame: &Frame) -> bool {
+    matches!(frame.message, Message::Output(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_request_and_cache_limits_a_node_answers_busy_and_serves_the_others() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let per_position =
+            Model::from(load(&fixture("kv").await.path, 0..LAYERS)).kv_bytes_per_position();
+        let capacity = Capacity {
+            requests: 3,
+            cache_bytes: 20 * per_position,
+            ..Capacity::default()
+        };
+        let (f, addr) = limited_node("busy", capacity).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        for request in 1..=3 {
+            let reply = exchange(&mut s, prompt_frame(&f, request, 0, &PROMPT)).await;
+            assert!(is_output(&reply), "request {request}: {reply:?}");
+        }
+        // A fourth request: busy, and the others still answer.
+        let reply = exchange(&mut s, prompt_frame(&f, 4, 0, &PROMPT)).await;
+        assert_eq!(error_code(&reply), Some(ErrorCode::Busy), "{reply:?}");
+        let reply = exchange(&mut s, prompt_frame(&f, 2, 6, &[3])).await;
+        assert!(is_output(&reply), "{reply:?}");
+        // 19 positions are cached; two more do not fit, one does.
+        let reply = exchange(&mut s, prompt_frame(&f, 1, 6, &[3, 4])).await;
+        assert_eq!(error_code(&reply), Some(ErrorCode::Busy), "{reply:?}");
+        let reply = exchange(&mut s, prompt_frame(&f, 1, 6, &[3])).await;
+        assert!(is_output(&reply), "{reply:?}");
+        // Ending a request frees its slot and its cache.
+        transport::write_frame(&mut s, &Frame::new(3, 0, Message::End), IO)
+            .await
+            .expect("end");
+        let reply = exchange(&mut s, prompt_frame(&f, 4, 0, &PROMPT)).await;
+        assert!(is_output(&reply), "{reply:?}");
+        // A flood of new requests is refused one by one; the node goes on.
+        for request in 100..200 {
+            let reply = exchange(&mut s, prompt_frame(&f, request, 0, &PROMPT)).await;
+            assert_eq!(error_code(&reply), Some(ErrorCode::Busy), "{reply:?}");
+        }
+        // The cache is full (20 positions): ending one request lets another grow.
+        let reply = exchange(&mut s, prompt_frame(&f, 4, 6, &[9])).await;
+        assert_eq!(error_code(&reply), Some(ErrorCode::Busy), "{reply:?}");
+        transport::write_frame(&mut s, &Frame::new(2, 0, Message::End), IO)
+            .await
+            .expect("end");
+        let reply = exchange(&mut s, prompt_frame(&f, 4, 6, &[9])).await;
+        assert!(is_output(&reply), "{reply:?}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_past_the_context_are_refused() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (f, addr) = limited_node("context", Capacity::default()).await;
+        let context = tiny_gemma3_config().context;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let tokens = vec![5u32; context + 1];
+        let reply = exchange(&mut s, prompt_frame(&f, 1, 0, &tokens)).await;
+        assert_eq!(error_code(&reply), Some(ErrorCode::Malformed), "{reply:?}");
+        let Message::Error(e) = reply.message else {
+            unreachable!()
+        };
+        assert!(
+            e.message.contains("past the model's context"),
+            "{}",
+            e.message
+        );
+        let reply = exchange(&mut s, prompt_frame(&f, 1, 0, &PROMPT)).await;
+        assert!(is_output(&reply), "{reply:?}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_peer_limit_are_answered_busy() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let capacity = Capacity {
+            connections_per_peer: 2,
+            ..Capacity::default()
+        };
+        let (f, addr) = limited_node("peers", capacity).await;
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let reply = exchange(&mut s, prompt_frame(&f, open.len() as u64, 0, &PROMPT)).await;
+            assert!(is_output(&reply), "{reply:?}");
+            open.push(s);
+        }
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let reply = transport::read_frame(&mut third, &Limits::default(), IO)
+            .await
+            .expect("an answer before any frame");
+        assert_eq!(error_code(&reply), Some(ErrorCode::Busy), "{reply:?}");
+        // A closed connection makes room.
+        drop(open.pop());
+        let mut again = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            transport::write_frame(&mut s, &prompt_frame(&f, 9, 0, &PROMPT), IO)
+                .await
+                .expect("write");
+            let reply = transport::read_frame(&mut s, &Limits::default(), IO).await;
+            if let Ok(reply) = reply.as_ref().map(is_output) {
+                if reply {
+                    again = Some(());
+                    break;
+                }
+            }
+        }
+        assert!(again.is_some(), "no room after a connection closed");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_frames_hold_no_more_than_the_budget_and_get_an_error() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let capacity = Capacity {
+            frame_bytes: 64 << 10,
+            ..Capacity::default()
+        };
+        let (_f, addr) = limited_node("budget", capacity).await;
+        // A frame of 60 KiB whose last bytes never come.
+        let big = Frame::new(
+            1,
+            0,
+            Message::Ping(Ping {
+                sent_at_micros: 0,
+                payload: vec![1; 60 << 10],
+            }),
+        )
+        .encode()
+        .expect("encode");
+        let mut staller = TcpStream::connect(addr).await.expect("connect");
+        staller
+            .write_all(&big[..big.len() - 4096])
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Meanwhile a second frame of 16 KiB does not fit the budget.
+        let mut other = TcpStream::connect(addr).await.expect("connect");
+        let ping = Frame::new(
+            2,
+            0,
+            Message::Ping(Ping {
+                sent_at_micros: 0,
+                payload: vec![2; 16 << 10],
+            }),
+        );
+        let reply = exchange(&mut other, ping.clone()).await;
+        assert_eq!(error_code(&reply), Some(ErrorCode::Busy), "{reply:?}");
+        // The stalled frame is answered with an error once the node stops
+        // waiting (300 ms), and its bytes are released.
+        let reply = transport::read_frame(&mut staller, &Limits::default(), IO)
+            .await
+            .expect("an error frame for the stalled frame");
+        assert_eq!(error_code(&reply), Some(ErrorCode::Malformed), "{reply:?}");
+        let Message::Error(e) = &reply.message else {
+            unreachable!()
+        };
+        assert!(e.message.contains("stalled"), "{}", e.message);
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let reply = exchange(&mut s, ping).await;
+        assert!(matches!(reply.message, Message::Pong(_)), "{reply:?}");
+    })
+    .await
+    .expect("test timed out");
 }

@@ -33,6 +33,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         audit_window: Duration::from_secs(args.audit_window),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         io_timeout: IO_TIMEOUT,
+        capacity: args.capacity.capacity(),
         proving,
         signer: args
             .key

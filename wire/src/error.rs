@@ -27,6 +27,9 @@ pub enum ErrorCode {
     UnknownRequest = 7,
     /// The node failed for reasons of its own.
     Internal = 8,
+    /// The node is at one of its limits (connections, bytes in flight,
+    /// requests, KV cache): try later or another node.
+    Busy = 9,
 }
 
 impl ErrorCode {
@@ -46,6 +49,7 @@ impl ErrorCode {
             6 => ErrorCode::WrongLayers,
             7 => ErrorCode::UnknownRequest,
             8 => ErrorCode::Internal,
+            9 => ErrorCode::Busy,
             _ => return None,
         })
     }
@@ -77,6 +81,14 @@ pub enum WireError {
         /// Bytes the frame needs (the header alone while it is incomplete).
         needed: usize,
         /// Bytes there were.
+        have: usize,
+    },
+    /// The peer stopped sending inside a frame for longer than the reader waits.
+    #[error("frame stalled after {have} of {needed} bytes")]
+    Stalled {
+        /// Bytes the frame needs (the header alone while it is incomplete).
+        needed: usize,
+        /// Bytes that came.
         have: usize,
     },
     /// The checksum does not match the header and payload.
@@ -114,6 +126,9 @@ pub enum WireError {
     /// The node failed for reasons of its own.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The node is at one of its limits.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The peer answered with an error frame.
     #[error("peer reported {code:?}: {message}")]
     Remote {
@@ -138,6 +153,7 @@ impl WireError {
         match self {
             WireError::BadMagic(_)
             | WireError::Truncated { .. }
+            | WireError::Stalled { .. }
             | WireError::UnknownType(_)
             | WireError::Malformed(_) => ErrorCode::Malformed,
             WireError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
@@ -146,6 +162,7 @@ impl WireError {
             WireError::WrongModel { .. } => ErrorCode::WrongModel,
             WireError::WrongLayers { .. } => ErrorCode::WrongLayers,
             WireError::UnknownRequest(_) => ErrorCode::UnknownRequest,
+            WireError::Busy(_) => ErrorCode::Busy,
             WireError::Remote { code, .. } => *code,
             WireError::Encode(_)
             | WireError::Internal(_)

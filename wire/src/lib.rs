@@ -156,6 +156,7 @@
 //! | 6    | WrongLayers        | the node does not serve that layer range             |
 //! | 7    | UnknownRequest     | no cache for that request id (e.g. after End)        |
 //! | 8    | Internal           | the node failed for its own reasons                  |
+//! | 9    | Busy               | the node is at a limit (connections, bytes in flight, requests, KV cache); try later or elsewhere |
 //!
 //! ## Receiving
 //!

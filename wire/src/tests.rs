@@ -410,6 +410,7 @@ fn wire_error_codes_round_trip_and_map() {
         ),
         (WireError::UnknownRequest(5), ErrorCode::UnknownRequest),
         (WireError::Internal("oom".into()), ErrorCode::Internal),
+        (WireError::Busy("64 requests".into()), ErrorCode::Busy),
     ];
     for (err, code) in cases {
         assert_eq!(err.code(), code, "{err}");

@@ -3,8 +3,9 @@
 //! These mirror [`crate::read_frame`] and [`crate::write_frame`]:
 //! read the [`HEADER_LEN`]-byte header, [`Header::parse`] it (which enforces
 //! the size limit before anything is allocated), read the rest of the frame,
-//! then [`Frame::decode`] the whole. Timeouts surface as
-//! [`WireError::Io`] with kind [`io::ErrorKind::TimedOut`].
+//! then [`Frame::decode`] the whole. No frame coming within the wait
+//! surfaces as [`WireError::Io`] with kind [`io::ErrorKind::TimedOut`]; a
+//! frame that stops part way as [`WireError::Stalled`].
 //!
 //! [`NodeLink`] is the one way a client, a router or an auditor talks to a
 //! node: a connection on which each frame gets one answer.
@@ -80,13 +81,15 @@ where
 }
 
 /// Reads the bytes of one frame without decoding its payload: waits up to
-/// `idle` for the first byte, then up to `io` for the rest.
+/// `idle` for the first byte, then up to `io` for the rest of the header and
+/// again for the rest of the frame.
 ///
 /// Returns the parsed header and all bytes of the frame (header, payload,
 /// checksum), ready for [`Frame::decode`]. Splitting the two lets a server
 /// tell errors after which the stream is still in step (a whole frame was
 /// consumed; the header says where it belongs) from errors in the header,
-/// after which it is not.
+/// after which it is not. A peer that stops inside a frame gets
+/// [`WireError::Stalled`], one that closes inside it [`WireError::Truncated`].
 pub async fn read_raw<R>(
     r: &mut R,
     limits: &Limits,
@@ -96,35 +99,84 @@ pub async fn read_raw<R>(
 where
     R: AsyncRead + Unpin + ?Sized,
 {
-    let mut header = [0u8; HEADER_LEN];
+    let start = read_header(r, limits, idle, io).await?;
+    let header = start.header;
+    Ok((header, read_rest(r, start, io).await?))
+}
+
+/// A frame whose header has been read and parsed; [`read_rest`] reads the rest.
+pub struct FrameStart {
+    pub header: Header,
+    bytes: [u8; HEADER_LEN],
+}
+
+/// The first half of [`read_raw`]: waits up to `idle` for the first byte and
+/// `io` for the rest of the header, and parses it (which enforces the size
+/// limit). A server decides here whether it will hold the frame's
+/// [`Header::frame_len`] bytes, before any of them are read.
+pub async fn read_header<R>(
+    r: &mut R,
+    limits: &Limits,
+    idle: Duration,
+    io: Duration,
+) -> Result<FrameStart, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut bytes = [0u8; HEADER_LEN];
     // The first byte may be long in coming on an idle connection; once a
     // frame has started, the rest must follow within `io`.
-    let first = with_timeout(idle, r.read(&mut header[..1])).await??;
+    let first = with_timeout(idle, r.read(&mut bytes[..1])).await??;
     if first == 0 {
         return Err(WireError::Closed);
     }
-    let have = with_timeout(io, read_full(r, &mut header[1..])).await?? + 1;
-    if have < HEADER_LEN {
-        return Err(WireError::Truncated {
-            needed: HEADER_LEN,
-            have,
-        });
+    let deadline = tokio::time::Instant::now() + io;
+    let mut have = 1;
+    while have < HEADER_LEN {
+        have += read_by(r, &mut bytes[have..], deadline, HEADER_LEN, have).await?;
     }
-    let parsed = Header::parse(&header, limits)?;
-    let total = parsed.frame_len();
-    // Grow the buffer as data arrives (bounded by `take`) rather than
-    // trusting the claimed length with an allocation up front.
+    let header = Header::parse(&bytes, limits)?;
+    Ok(FrameStart { header, bytes })
+}
+
+/// The second half of [`read_raw`]: the payload and checksum, within `io`.
+pub async fn read_rest<R>(r: &mut R, start: FrameStart, io: Duration) -> Result<Vec<u8>, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let total = start.header.frame_len();
+    let deadline = tokio::time::Instant::now() + io;
+    // Grow the buffer as data arrives rather than trusting the claimed
+    // length with an allocation up front.
     let mut buf = Vec::with_capacity(total.min(64 << 10));
-    buf.extend_from_slice(&header);
-    let rest = (total - HEADER_LEN) as u64;
-    with_timeout(io, r.take(rest).read_to_end(&mut buf)).await??;
-    if buf.len() < total {
-        return Err(WireError::Truncated {
-            needed: total,
-            have: buf.len(),
-        });
+    buf.extend_from_slice(&start.bytes);
+    let mut chunk = vec![0u8; (total - HEADER_LEN).min(64 << 10)];
+    while buf.len() < total {
+        let want = chunk.len().min(total - buf.len());
+        let n = read_by(r, &mut chunk[..want], deadline, total, buf.len()).await?;
+        buf.extend_from_slice(&chunk[..n]);
     }
-    Ok((parsed, buf))
+    Ok(buf)
+}
+
+/// One read into `buf` (not empty) by `deadline`, inside a frame of `needed`
+/// bytes of which `have` came: the bytes read, never 0.
+async fn read_by<R>(
+    r: &mut R,
+    buf: &mut [u8],
+    deadline: tokio::time::Instant,
+    needed: usize,
+    have: usize,
+) -> Result<usize, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    match tokio::time::timeout_at(deadline, r.read(buf)).await {
+        Err(_) => Err(WireError::Stalled { needed, have }),
+        Ok(Ok(0)) => Err(WireError::Truncated { needed, have }),
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(e.into()),
+    }
 }
 
 /// Writes one frame and flushes it, allowing `timeout` for both.
@@ -139,21 +191,6 @@ where
     })
     .await??;
     Ok(())
-}
-
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-async fn read_full<R>(r: &mut R, buf: &mut [u8]) -> io::Result<usize>
-where
-    R: AsyncRead + Unpin + ?Sized,
-{
-    let mut have = 0;
-    while have < buf.len() {
-        match r.read(&mut buf[have..]).await? {
-            0 => break,
-            n => have += n,
-        }
-    }
-    Ok(have)
 }
 
 async fn with_timeout<T>(timeout: Duration, f: impl Future<Output = T>) -> io::Result<T> {
@@ -201,9 +238,40 @@ mod tests {
         a.write_all(&frame[..10]).await.expect("write");
         let t = Duration::from_millis(50);
         match read_frame(&mut b, &Limits::default(), t).await {
-            Err(WireError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
-            other => panic!("expected a timeout, got {other:?}"),
+            Err(
+                e @ WireError::Stalled {
+                    needed: 28,
+                    have: 10,
+                },
+            ) => {
+                assert_eq!(e.code(), crate::ErrorCode::Malformed)
+            }
+            other => panic!("expected a stall, got {other:?}"),
         }
+        // Stalled in the payload: the header said how much was missing.
+        let long = Frame::new(
+            1,
+            0,
+            Message::Ping(Ping {
+                sent_at_micros: 1,
+                payload: vec![0; 100],
+            }),
+        )
+        .encode()
+        .expect("encode");
+        let (mut c, mut d) = tokio::io::duplex(1 << 16);
+        c.write_all(&long[..50]).await.expect("write");
+        assert!(matches!(
+            read_frame(&mut d, &Limits::default(), t).await,
+            Err(WireError::Stalled { have: 50, needed }) if needed == long.len()
+        ));
+        drop(c);
+        // Silence between frames is not a stall.
+        let (_e, mut f) = tokio::io::duplex(1 << 16);
+        assert!(matches!(
+            read_frame(&mut f, &Limits::default(), t).await,
+            Err(WireError::Io(e)) if e.kind() == io::ErrorKind::TimedOut
+        ));
         drop(a);
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         a.write_all(&frame[..40]).await.expect("write");
