@@ -92,16 +92,9 @@ fn run(
     tokens: usize,
     request: u64,
 ) -> Result<(f64, Vec<u32>, SpeculativeStats), Error> {
-    let bytes = match encoding {
-        Encoding::F32 => 4,
-        Encoding::F16 => 2,
-        Encoding::Q8 => 1,
-    };
     let config = SessionConfig {
-        encoding,
         remeasure_every: 0,
-        activation_bytes: setup.hidden * bytes,
-        ..SessionConfig::default()
+        ..SessionConfig::for_encoding(encoding, setup.hidden)
     };
     setup.runtime.block_on(async {
         let mut session =
@@ -168,11 +161,9 @@ fn main() -> Result<(), Error> {
     println!("| encoding | tokens/s | vs f32 | hidden-state bytes per token per hop |");
     println!("|---|---|---|---|");
     let mut f32_rate = None;
-    for (name, encoding, bytes) in [
-        ("f32", Encoding::F32, setup.hidden * 4),
-        ("f16", Encoding::F16, setup.hidden * 2),
-        ("q8", Encoding::Q8, setup.hidden + 4),
-    ] {
+    for encoding in wire::ENCODINGS {
+        let name = encoding.name();
+        let bytes = SessionConfig::for_encoding(encoding, setup.hidden).activation_bytes;
         let (rate, _, _) = run(&setup, encoding, 0, tokens, next_request())?;
         let base = *f32_rate.get_or_insert(rate);
         println!("| {name} | {rate:.2} | {:.2}x | {bytes} |", rate / base);

@@ -158,8 +158,9 @@ pub struct GenerateArgs {
     /// model id still come from --model (or the packaged model).
     #[arg(long, value_name = "FILE")]
     pub nodes: Option<PathBuf>,
-    /// How hidden states travel between nodes (with --nodes).
-    #[arg(long, value_enum, default_value_t = ActivationEncoding::F32, value_name = "ENC")]
+    /// How hidden states travel between nodes (with --nodes). `auto`: f32 when every node is on
+    /// loopback, q6o otherwise.
+    #[arg(long, value_enum, default_value_t = ActivationEncoding::Auto, value_name = "ENC")]
     pub activations: ActivationEncoding,
     /// Ask the head node (`zkinfer serve --prove`) for proofs: of every token as it is generated
     /// (`all`), or after generation of --challenges positions drawn from the transcript's hash
@@ -192,12 +193,17 @@ pub enum ProvePolicyArg {
 /// Wire encodings of hidden states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ActivationEncoding {
+    /// f32 when every node is on loopback, q6o otherwise.
+    Auto,
     /// IEEE binary32, exact.
     F32,
     /// IEEE binary16, half the bytes.
     F16,
     /// 8-bit with a per-row scale, about a quarter of the bytes.
     Q8,
+    /// Each row's 16 largest values exact, the rest in 6 bits (0.26x the bytes of f32 at d = 640;
+    /// docs/runtime-bench.md measures its drift).
+    Q6o,
 }
 
 /// Where a model runs: `cpu`, `cuda` (the first GPU) or `cuda:N`. CUDA needs a binary built with

@@ -44,7 +44,7 @@ use models::{ModelError, Result};
 use node::greedy_token;
 use node::trail::{chain, f32_digest};
 use transcript::f32_bytes;
-use wire::{Activations, Encoding, ForwardInput};
+use wire::{Activations, Encoding, ForwardInput, ENCODINGS};
 
 /// An element-wise tolerance (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -313,8 +313,6 @@ impl Replayer {
         Ok(Comparison::exact(false))
     }
 }
-
-const ENCODINGS: [Encoding; 3] = [Encoding::F32, Encoding::F16, Encoding::Q8];
 
 /// The most favourable comparison (the node gets the benefit of the doubt).
 fn best(comparisons: impl Iterator<Item = Comparison>) -> Comparison {

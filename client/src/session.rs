@@ -66,6 +66,21 @@ impl Default for SessionConfig {
     }
 }
 
+impl SessionConfig {
+    /// The defaults with hidden states of width `hidden` sent as `encoding`.
+    pub fn for_encoding(encoding: Encoding, hidden: usize) -> SessionConfig {
+        let row = u32::try_from(hidden)
+            .ok()
+            .and_then(|cols| encoding.data_len(1, cols))
+            .unwrap_or(4 * hidden);
+        SessionConfig {
+            encoding,
+            activation_bytes: row,
+            ..SessionConfig::default()
+        }
+    }
+}
+
 /// Something the session did that a user may want to see.
 #[derive(Clone, Debug)]
 pub enum SessionEvent {

@@ -55,18 +55,24 @@ impl Observer for Console {
     }
 }
 
-/// The session settings of `--nodes` generation.
-fn session_config(hidden: usize, encoding: ActivationEncoding) -> (SessionConfig, Encoding) {
-    let (encoding, bytes_per_value) = match encoding {
-        ActivationEncoding::F32 => (Encoding::F32, 4),
-        ActivationEncoding::F16 => (Encoding::F16, 2),
-        ActivationEncoding::Q8 => (Encoding::Q8, 1),
+/// The session settings of `--nodes` generation over `candidates`.
+fn session_config(
+    hidden: usize,
+    encoding: ActivationEncoding,
+    candidates: &[Hop],
+) -> (SessionConfig, Encoding) {
+    let encoding = match encoding {
+        ActivationEncoding::Auto if candidates.iter().all(|h| h.addr.ip().is_loopback()) => {
+            Encoding::F32
+        }
+        ActivationEncoding::Auto | ActivationEncoding::Q6o => Encoding::Q6o,
+        ActivationEncoding::F32 => Encoding::F32,
+        ActivationEncoding::F16 => Encoding::F16,
+        ActivationEncoding::Q8 => Encoding::Q8,
     };
     let config = SessionConfig {
-        encoding,
         io_timeout: NODE_TIMEOUT,
-        activation_bytes: hidden * bytes_per_value,
-        ..SessionConfig::default()
+        ..SessionConfig::for_encoding(encoding, hidden)
     };
     (config, encoding)
 }
@@ -98,7 +104,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let mut backend = match (&args.nodes, model_id) {
         (Some(nodes), Some(id)) => {
             let candidates = read_nodes(nodes)?;
-            let (session, encoding) = session_config(config.hidden, args.activations);
+            let (session, encoding) = session_config(config.hidden, args.activations, &candidates);
             let mut backend = Backend::remote(candidates, config.layers, id, session)
                 .map_err(|e| CliError::failed(format!("{}: {e}", nodes.display())))?;
             eprintln!("[activations {encoding:?}]");

@@ -133,6 +133,7 @@
 //! | 0        | F32  | IEEE 754 binary32 per value                           | `rows * cols * 4`    |
 //! | 1        | F16  | IEEE 754 binary16 per value                           | `rows * cols * 2`    |
 //! | 2        | Q8   | per row: `scale` f32, then `cols` values `i8`         | `rows * (4 + cols)`  |
+//! | 3        | Q6o  | per row: 16 outliers, then 6-bit blocks of 16 (below) | `rows * row_len(cols)` |
 //!
 //! A Q8 value decodes as `q * scale` (computed in f32); `scale` must be
 //! finite and `>= 0`, any `i8` is accepted. This encoder uses
@@ -143,6 +144,21 @@
 //! non-finite input. F16 rounds to nearest even; this encoder refuses finite
 //! values that would overflow to infinity (send those as F32). F32 carries
 //! any value, NaN and infinities included, bit for bit.
+//!
+//! Q6o keeps each row's largest values apart (Gemma 3's residual stream
+//! holds a few values in the thousands, some past f16's range, beside values
+//! near 10). Per row of `c <= 65536` columns, with `k = min(16, c)`: `k`
+//! outliers, each a `u16` column index and the `f32` value, indices strictly
+//! increasing (the `k` largest `|x|`, lower index first on ties); then
+//! `ceil(c / 16)` blocks of `n` values (16, the last one fewer), each an
+//! `f16` scale (finite, sign bit clear; this encoder writes `max|x| / 31` over
+//! the block's other values) and `ceil(6n / 8)` bytes of `n` 6-bit codes,
+//! least significant bit first, unused bits 0. Code `q + 32` decodes as
+//! `q * scale` for `q` in `-31 ..= 31`; code 0 is malformed, so are codes other
+//! than 32 under a zero scale or at an outlier's column. So
+//! `row_len(c) = 6k + 14 * floor(c / 16) + (2 + ceil(6 (c mod 16) / 8))` when
+//! `c mod 16 > 0`: 656 bytes for 640 columns. Q6o refuses non-finite input
+//! and a block scale that overflows f16.
 //!
 //! ## Error codes
 //!
@@ -172,10 +188,11 @@ mod activations;
 mod error;
 mod frame;
 mod message;
+pub mod outliers;
 mod reader;
 pub mod transport;
 
-pub use activations::{Activations, Encoding};
+pub use activations::{Activations, Encoding, ENCODINGS};
 pub use error::{ErrorCode, WireError};
 pub use frame::{read_frame, write_frame, Frame, Header};
 pub use message::{

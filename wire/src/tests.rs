@@ -101,10 +101,7 @@ fn wire_round_trips_every_message_and_encoding() {
         ),
         Frame::new(3, 0, Message::Proofs(ProofsReply::default())),
     ];
-    for (i, encoding) in [Encoding::F32, Encoding::F16, Encoding::Q8]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, encoding) in crate::ENCODINGS.into_iter().enumerate() {
         let a = Activations::encode(&matrix(3, 5, i as u32), 3, 5, encoding).expect("encode");
         frames.push(Frame::new(
             7,
@@ -284,7 +281,7 @@ fn wire_encode_checks_shape() {
 fn wire_to_f32_refuses_bad_shapes_without_allocating() {
     // Hand-built values with lying shapes: validation must fail before
     // `rows * cols` (here about 1.8e19) is ever allocated.
-    for encoding in [Encoding::F32, Encoding::F16, Encoding::Q8] {
+    for encoding in crate::ENCODINGS {
         for (rows, cols, len) in [(u32::MAX, u32::MAX, 16), (0, 5, 0), (5, 0, 0), (2, 2, 3)] {
             let a = Activations {
                 rows,

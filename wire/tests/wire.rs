@@ -237,7 +237,7 @@ fn sample_frames() -> Vec<Frame> {
         Frame::new(41, 5, Message::Reveal(Boundary::Output)),
         Frame::new(41, 0, Message::Revealed(ForwardInput::Tokens(vec![2, 7]))),
     ];
-    for encoding in [Encoding::F32, Encoding::F16, Encoding::Q8] {
+    for encoding in wire::ENCODINGS {
         let a = Activations::encode(&values(2, 8, &mut rng), 2, 8, encoding).expect("encode");
         frames.push(Frame::new(
             41,
@@ -684,7 +684,7 @@ fn wire_large_activations_round_trip_through_a_stream() {
     let mut rng = Rng(3);
     let (rows, cols) = (64u32, 640u32);
     let x = values(rows, cols, &mut rng);
-    for encoding in [Encoding::F32, Encoding::F16, Encoding::Q8] {
+    for encoding in wire::ENCODINGS {
         let a = Activations::encode(&x, rows, cols, encoding).expect("encode");
         let frame = Frame::new(
             5,
@@ -712,6 +712,7 @@ fn wire_large_activations_round_trip_through_a_stream() {
             Encoding::F32 => 0.0,
             Encoding::F16 => 10.0 * 2f32.powi(-11),
             Encoding::Q8 => 10.0 / 127.0 * 0.5001,
+            Encoding::Q6o => 10.0 / 31.0 * 0.5001,
         };
         assert!(worst <= bound, "{encoding:?}: worst error {worst}");
     }

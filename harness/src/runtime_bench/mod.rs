@@ -209,16 +209,9 @@ impl Setup {
         encoding: Encoding,
         remeasure: bool,
     ) -> Result<Backend<'static>, BenchError> {
-        let bytes_per_value = match encoding {
-            Encoding::F32 => 4,
-            Encoding::F16 => 2,
-            Encoding::Q8 => 1,
-        };
-        let defaults = SessionConfig::default();
+        let defaults = SessionConfig::for_encoding(encoding, self.config.shape.hidden);
         let config = SessionConfig {
-            encoding,
             io_timeout: NODE_TIMEOUT,
-            activation_bytes: self.config.shape.hidden * bytes_per_value,
             remeasure_every: if remeasure {
                 defaults.remeasure_every
             } else {
@@ -604,7 +597,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let chain2 = chain_speed(&mut setup, &two)?;
     progress("activation encodings on the 2-shard chain");
     let mut encodings = Vec::new();
-    for encoding in [Encoding::F32, Encoding::F16, Encoding::Q8] {
+    for encoding in wire::ENCODINGS {
         progress(&format!("  {}", Encoding::name(encoding)));
         encodings.push(encoding_run(&mut setup, &two, encoding, &single1)?);
     }
