@@ -171,6 +171,7 @@ fn main() -> Result<(), Error> {
                     // still goes first.
                     threads: options.prove_threads,
                     max_positions: 1024,
+                    max_total_positions: 1024,
                 },
                 move |ready| {
                     let _ = ready_tx.send(ready);

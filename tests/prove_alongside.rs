@@ -64,6 +64,7 @@ fn start_nodes(path: &Path, shape: CircuitShape) -> (tokio::runtime::Runtime, Ve
                     params_dir: ParamsCache::default_dir(),
                     threads: 2,
                     max_positions: 64,
+                    max_total_positions: 64,
                 },
                 |_| {},
             ))

@@ -137,10 +137,10 @@ impl ClientError {
         }
     }
 
-    /// The node to blame when this error means the node is dead, unreachable
-    /// or lost the request (I/O error, timeout, close, a bad answer, or an
-    /// Error frame of kind Internal / UnknownRequest / WrongModel /
-    /// WrongLayers): the client should ban it and route around it. `None`
+    /// The node to blame when this error means the node is dead, unreachable,
+    /// lost the request or is full (I/O error, timeout, close, a bad answer,
+    /// or an Error frame of kind Internal / UnknownRequest / WrongModel /
+    /// WrongLayers / Busy): the client should ban it and route around it. `None`
     /// for errors another node would repeat (e.g. Malformed: our request is
     /// wrong) and for usage or routing errors.
     pub fn failed_node(&self) -> Option<SocketAddr> {
@@ -156,6 +156,7 @@ impl ClientError {
                     | ErrorCode::UnknownRequest
                     | ErrorCode::WrongModel
                     | ErrorCode::WrongLayers
+                    | ErrorCode::Busy
             )
             .then_some(*addr),
             ClientError::Node { addr, .. } => Some(*addr),

@@ -324,6 +324,7 @@ impl Run<'_> {
                         params_dir: dir.to_path_buf(),
                         threads: 2,
                         max_positions: 64,
+                        max_total_positions: 64,
                     },
                     |_| {},
                 ))),

@@ -29,7 +29,7 @@
 //!   checked against the logits plain decoding sees, and a replay after a
 //!   failover recomputes the same values.
 //! - **Output**: hidden states `[seq, d]` in the Forward's reply encoding
-//!   (F32 where F16 would overflow or Q8 meets a non-finite value). The shard with
+//!   (F32 where F16 would overflow or Q8/Q6o cannot encode a value). The shard with
 //!   the head answers the logits of the **last position of the chunk only**,
 //!   `[1, vocab]` in F32: that is all a client needs to pick the next token,
 //!   and it saves `vocab * 4` bytes per prompt position. It runs the head on
@@ -40,7 +40,9 @@
 //! - **Ping** is answered by a **Pong** echoing it.
 //! - **Prove** (only on a node started with a [`ProofService`], which must
 //!   hold the head; others answer Malformed): the node keeps the logits it
-//!   answered per request and position, queues the steps for its prover and
+//!   answered per request and position (`ProvingConfig::max_positions` per
+//!   request and `max_total_positions` in all, the least recently used
+//!   dropped first), queues the steps for its prover and
 //!   answers **Proofs** at once with whatever is finished (see
 //!   [`crate::proving`]). End drops the request's kept logits (a client
 //!   asks for its steps before it ends the request); steps already queued

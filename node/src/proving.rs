@@ -1,12 +1,11 @@
 //! Proving next to inference.
 //!
 //! - [`ProofService`], on the node that holds the head: keeps the logits it
-//!   answered for each request, takes [`ProveStep`]s (a position, the token
+//!   answered for each request (within a bound per request and one in all),
+//!   takes [`ProveStep`]s (a position, the token
 //!   the client chose there and how), and proves them on a worker thread of
 //!   its own at the lowest CPU priority, so that forwards never wait for it.
 //!   Finished proof bundles wait until the client collects them.
-//! - [`ProofCollector`], on the client: what was asked, what came back, one
-//!   merged bundle, and which steps to ask again after the chain changed.
 //!
 //! The statement proven for each step is the decode-step statement of the
 //! `circuits` crate (docs/statement.md) over the logits the node answered.
@@ -34,6 +33,9 @@ pub struct ProvingConfig {
     pub threads: usize,
     /// Logits rows kept per request; older positions are dropped first.
     pub max_positions: usize,
+    /// Logits rows kept over all requests; past it the least recently used
+    /// request loses its oldest row first.
+    pub max_total_positions: usize,
 }
 
 /// A step waiting for the worker, with the logits it is about.
@@ -60,6 +62,32 @@ struct State {
     queue: VecDeque<Job>,
     /// Set when the keys could not be built: every step fails with it.
     broken: Option<String>,
+}
+
+impl State {
+    /// Drops logits rows until at most `max` are kept over all requests:
+    /// the oldest row of the least recently used other request first, then
+    /// `current`'s own oldest.
+    fn keep_within(&mut self, current: u64, max: usize) {
+        let mut total: usize = self.requests.values().map(|r| r.logits.len()).sum();
+        while total > max {
+            let victim = self
+                .requests
+                .iter()
+                .filter(|(id, r)| **id != current && !r.logits.is_empty())
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(id, _)| *id)
+                .unwrap_or(current);
+            match self
+                .requests
+                .get_mut(&victim)
+                .and_then(|r| r.logits.pop_first())
+            {
+                Some(_) => total -= 1,
+                None => return,
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -127,6 +155,7 @@ impl ProofService {
             entry.logits.pop_first();
         }
         entry.last_used = Some(Instant::now());
+        state.keep_within(request, self.inner.config.max_total_positions.max(1));
     }
 
     /// Forgets the logits kept for positions from `position` on (the
@@ -386,5 +415,41 @@ fn lower_priority() {
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_rows(state: &mut State, request: u64, positions: std::ops::Range<u64>, at: Instant) {
+        let entry = state.requests.entry(request).or_default();
+        for p in positions {
+            entry.logits.insert(p, Arc::new(vec![0.0; 4]));
+        }
+        entry.last_used = Some(at);
+    }
+
+    #[test]
+    fn kept_logits_stay_within_the_total_least_recently_used_first() {
+        let t0 = Instant::now();
+        let mut state = State::default();
+        with_rows(&mut state, 1, 0..4, t0);
+        with_rows(&mut state, 2, 0..4, t0 + Duration::from_secs(1));
+        with_rows(&mut state, 3, 0..4, t0 + Duration::from_secs(2));
+        state.keep_within(3, 8);
+        let kept = |state: &State, r: u64| -> Vec<u64> {
+            state.requests[&r].logits.keys().copied().collect()
+        };
+        // Request 1 was used least recently: it loses all 4 rows, oldest first.
+        assert_eq!(kept(&state, 1), Vec::<u64>::new());
+        assert_eq!(kept(&state, 2), vec![0, 1, 2, 3]);
+        // Then request 2, and the current request last.
+        state.keep_within(3, 5);
+        assert_eq!(kept(&state, 2), vec![3]);
+        assert_eq!(kept(&state, 3), vec![0, 1, 2, 3]);
+        state.keep_within(3, 2);
+        assert_eq!(kept(&state, 2), Vec::<u64>::new());
+        assert_eq!(kept(&state, 3), vec![2, 3]);
     }
 }

@@ -82,6 +82,7 @@ fn start_prover(args: &ServeArgs, model: &Model) -> Result<ProofService, CliErro
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1),
         max_positions: MAX_PROVABLE_POSITIONS,
+        max_total_positions: MAX_PROVABLE_POSITIONS_IN_ALL,
     };
     eprintln!(
         "[prover: building keys for {} (k = {}) in the background]",
@@ -97,6 +98,8 @@ fn start_prover(args: &ServeArgs, model: &Model) -> Result<ProofService, CliErro
 /// Logits rows a proving node keeps per request, the newest (about 1 MiB
 /// each for the packaged model's vocabulary; dropped at End).
 const MAX_PROVABLE_POSITIONS: usize = 512;
+/// ... and over all requests: 1 GiB of logits at the packaged vocabulary.
+const MAX_PROVABLE_POSITIONS_IN_ALL: usize = 1024;
 
 /// Sets candle's and rayon's thread counts; they read them once, at first use.
 pub fn set_threads(threads: Option<usize>) {
