@@ -162,6 +162,11 @@ pub struct GenerateArgs {
     /// loopback, q6o otherwise.
     #[arg(long, value_enum, default_value_t = ActivationEncoding::Auto, value_name = "ENC")]
     pub activations: ActivationEncoding,
+    /// Mirror every span to a second node of the same layers where nodes.toml lists one, so that a
+    /// node that dies is replaced within the token, with nothing replayed (those spans are
+    /// computed twice).
+    #[arg(long, requires = "nodes")]
+    pub standby: bool,
     /// Ask the head node (`zkinfer serve --prove`) for proofs: of every token as it is generated
     /// (`all`), or after generation of --challenges positions drawn from the transcript's hash
     /// (`challenged`: the node cannot pick them). Waits for the proofs and writes them to --bundle.

@@ -208,9 +208,24 @@ struct Link {
     signer: Option<[u8; 64]>,
 }
 
+/// A standby that took over a hop whose node failed mid-forward.
+#[derive(Clone, Debug)]
+pub struct Promotion {
+    /// The hop's index in the chain.
+    pub index: usize,
+    /// The node that failed.
+    pub failed: Hop,
+    /// Why.
+    pub reason: String,
+}
+
 /// Open connections to the hops of one chain, in layer order.
 pub struct Chain {
     links: Vec<Link>,
+    /// Per hop, a node of the same span that is sent every frame the hop is
+    /// sent, so that it holds the same cache and can take over at once.
+    standbys: Vec<Option<Link>>,
+    promotions: Vec<Promotion>,
     model_id: ModelId,
     encoding: Encoding,
     /// Per-hop digests of the last successful forward.
@@ -249,7 +264,10 @@ impl Chain {
             model_id,
             encoding,
             last_hops: Vec::new(),
+            standbys: Vec::new(),
+            promotions: Vec::new(),
         };
+        chain.standbys.resize_with(chain.links.len(), || None);
         for i in 0..chain.links.len() {
             let hello = Hello {
                 model_id,
@@ -269,6 +287,71 @@ impl Chain {
     /// The hops, in layer order.
     pub fn hops(&self) -> impl Iterator<Item = &Hop> {
         self.links.iter().map(|l| &l.hop)
+    }
+
+    /// Connects `standby` as hop `i`'s warm standby: checked with Hello like
+    /// a hop, then sent every frame hop `i` is sent, from the next forward
+    /// on (so add it before the request's first forward). When the hop's
+    /// node fails and the standby answers, the standby takes the hop's place
+    /// within that forward, with nothing to replay ([`Chain::take_promotions`]).
+    /// The price: the span is computed twice and every frame to it waits for
+    /// the slower of the two.
+    pub async fn add_standby(
+        &mut self,
+        i: usize,
+        standby: Hop,
+        io_timeout: Duration,
+    ) -> Result<(), ClientError> {
+        if self.links.get(i).map(|l| &l.hop.layers) != Some(&standby.layers) {
+            return Err(ClientError::Usage(format!(
+                "{} serves {:?}, not the layers of hop {i}",
+                standby.addr, standby.layers
+            )));
+        }
+        let fail = |source| ClientError::Node {
+            addr: standby.addr,
+            layers: standby.layers.clone(),
+            source,
+        };
+        let mut node = NodeLink::connect(standby.addr, io_timeout)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: standby.addr,
+                source,
+            })?;
+        let hello = Hello {
+            model_id: self.model_id,
+            layers: self.wire_layers(i)?,
+        };
+        let signer = match node.call(&Frame::new(0, 0, Message::Hello(hello))).await {
+            Ok(Message::HelloAck(ack)) => ack.signer,
+            Ok(other) => {
+                let ty = other.message_type();
+                return Err(fail(WireError::Malformed(format!(
+                    "unexpected {ty:?} answer"
+                ))));
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        self.standbys[i] = Some(Link {
+            hop: standby,
+            node,
+            signer,
+        });
+        Ok(())
+    }
+
+    /// The standbys, by hop index.
+    pub fn standbys(&self) -> impl Iterator<Item = (usize, &Hop)> {
+        self.standbys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, &s.hop)))
+    }
+
+    /// Standbys that took over since the last call.
+    pub fn take_promotions(&mut self) -> Vec<Promotion> {
+        std::mem::take(&mut self.promotions)
     }
 
     /// Per-hop digests of the last forward that succeeded, in layer order:
@@ -318,7 +401,7 @@ impl Chain {
             };
             let frame = Frame::new(request_id, position, Message::Forward(forward));
             let start = Instant::now();
-            let (output, signature) = match self.call(i, frame).await? {
+            let (output, signature) = match self.call_mirrored(i, frame).await? {
                 Message::Output(o) => (o.activations, o.signature),
                 other => return Err(self.unexpected(i, &other)),
             };
@@ -358,6 +441,12 @@ impl Chain {
     /// (one connection per hop), but not with another connection's frames,
     /// so a request id should not be reused on another chain right away.
     pub async fn end(&mut self, request_id: u64) -> Result<(), ClientError> {
+        for standby in self.standbys.iter_mut().flatten() {
+            let _ = standby
+                .node
+                .send(&Frame::new(request_id, 0, Message::End))
+                .await;
+        }
         for i in 0..self.links.len() {
             let frame = Frame::new(request_id, 0, Message::End);
             let sent = self.links[i].node.send(&frame).await;
@@ -417,6 +506,37 @@ impl Chain {
     async fn call(&mut self, i: usize, frame: Frame) -> Result<Message, ClientError> {
         let answer = self.links[i].node.call(&frame).await;
         answer.map_err(|e| self.node_error(i, e))
+    }
+
+    /// [`Chain::call`] to hop `i` and its standby at once. The hop's answer
+    /// wins; if the hop fails and the standby answers, the standby becomes
+    /// the hop. A standby that fails is dropped.
+    async fn call_mirrored(&mut self, i: usize, frame: Frame) -> Result<Message, ClientError> {
+        let (links, standbys) = (&mut self.links, &mut self.standbys);
+        let Some(standby) = standbys[i].as_mut() else {
+            return self.call(i, frame).await;
+        };
+        let (primary, mirror) = tokio::join!(links[i].node.call(&frame), standby.node.call(&frame));
+        match (primary, mirror) {
+            (Ok(answer), mirror) => {
+                if mirror.is_err() {
+                    self.standbys[i] = None;
+                }
+                Ok(answer)
+            }
+            (Err(e), Ok(answer)) => {
+                let reason = self.node_error(i, e).to_string();
+                let standby = self.standbys[i].take().expect("the standby answered");
+                let failed = std::mem::replace(&mut self.links[i], standby);
+                self.promotions.push(Promotion {
+                    index: i,
+                    failed: failed.hop,
+                    reason,
+                });
+                Ok(answer)
+            }
+            (Err(e), Err(_)) => Err(self.node_error(i, e)),
+        }
     }
 
     fn wire_layers(&self, i: usize) -> Result<Range<u32>, ClientError> {

@@ -9,6 +9,13 @@
 //! it would have computed without the failure (batched and one-at-a-time
 //! forwards may round differently), which keeps greedy output identical.
 //!
+//! With [`SessionConfig::standby`] the chain mirrors each hop to a second
+//! node of the same span where one is listed ([`Chain::add_standby`]): both
+//! compute every forward, and when the hop's node dies the standby's answer
+//! is used within the same forward, so the token costs what a token costs,
+//! with no replay and the same tokens. The price is computing those spans
+//! twice, and every forward waits for the slower of the two.
+//!
 //! After each feed, [`Session::last_hops`] gives the per-hop digests of the
 //! forward that produced the returned logits. After a failover those are the
 //! new chain's hops for the pending tokens only: the replay forwards (and the
@@ -50,6 +57,10 @@ pub struct SessionConfig {
     pub switch_min_gain: Duration,
     /// Bytes of hidden state per token (for the throughput term of costs).
     pub activation_bytes: usize,
+    /// Mirror every hop to a second node of the same span where a candidate
+    /// serves one ([`Chain::add_standby`]): a node that dies costs no replay,
+    /// at the price of computing those spans twice.
+    pub standby: bool,
 }
 
 impl Default for SessionConfig {
@@ -62,6 +73,7 @@ impl Default for SessionConfig {
             switch_margin: 0.2,
             switch_min_gain: Duration::from_millis(1),
             activation_bytes: 4096,
+            standby: false,
         }
     }
 }
@@ -332,14 +344,7 @@ impl Session {
     /// history it has not seen, chunk by chunk.
     async fn ensure_chain(&mut self) -> Result<&mut Chain, ClientError> {
         if self.chain.is_none() {
-            let chain = Chain::connect(
-                self.route.clone(),
-                self.router_layers(),
-                self.model_id,
-                self.config.encoding,
-                self.config.io_timeout,
-            )
-            .await?;
+            let chain = self.connect_chain(self.route.clone()).await?;
             self.chain = Some((chain, 0));
         }
         let request_id = self.request_id;
@@ -370,6 +375,20 @@ impl Session {
         let chain = self.ensure_chain().await?;
         let answer = chain.forward_for(request_id, at, tokens, head).await?;
         let last_hops = chain.last_hops().to_vec();
+        let promotions = chain.take_promotions();
+        if !promotions.is_empty() {
+            self.route = chain.hops().cloned().collect();
+        }
+        for promotion in promotions {
+            let failed = promotion.failed.addr;
+            self.router.ban(failed, Instant::now() + self.config.ban);
+            self.stats.failovers += 1;
+            self.events.push(SessionEvent::Failover {
+                failed,
+                reason: format!("{} (its standby took over)", promotion.reason),
+                route: self.route.clone(),
+            });
+        }
         if let Some((_, held)) = self.chain.as_mut() {
             *held = at + tokens.len() as u64;
         }
@@ -444,16 +463,7 @@ impl Session {
         loop {
             let route = self.router.plan(Instant::now())?;
             self.route = route.clone();
-            let layers = self.router_layers();
-            match Chain::connect(
-                route.clone(),
-                layers,
-                self.model_id,
-                self.config.encoding,
-                self.config.io_timeout,
-            )
-            .await
-            {
+            match self.connect_chain(route.clone()).await {
                 Ok(chain) => {
                     self.chain = Some((chain, 0));
                     self.events.push(SessionEvent::Route(route));
@@ -465,6 +475,49 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// Connects a chain over `route`, with a standby for each hop where
+    /// [`SessionConfig::standby`] asks for one and a live candidate outside
+    /// the route serves the same span (the cheapest; one that does not
+    /// answer is banned and the hop goes without).
+    async fn connect_chain(&mut self, route: Vec<Hop>) -> Result<Chain, ClientError> {
+        let mut chain = Chain::connect(
+            route.clone(),
+            self.router_layers(),
+            self.model_id,
+            self.config.encoding,
+            self.config.io_timeout,
+        )
+        .await?;
+        if !self.config.standby {
+            return Ok(chain);
+        }
+        let now = Instant::now();
+        for (i, hop) in route.iter().enumerate() {
+            let standby = self
+                .router
+                .candidates()
+                .iter()
+                .filter(|c| c.layers == hop.layers && !self.router.is_banned(c.addr, now))
+                .filter(|c| route.iter().all(|r| r.addr != c.addr))
+                .min_by(|a, b| {
+                    let cost = |h: &Hop| self.router.route_cost(std::slice::from_ref(h));
+                    cost(a).total_cmp(&cost(b))
+                })
+                .cloned();
+            if let Some(standby) = standby {
+                let addr = standby.addr;
+                if chain
+                    .add_standby(i, standby, self.config.io_timeout)
+                    .await
+                    .is_err()
+                {
+                    self.router.ban(addr, now + self.config.ban);
+                }
+            }
+        }
+        Ok(chain)
     }
 
     /// Pings every unbanned candidate; bans those that do not answer.

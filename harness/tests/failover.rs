@@ -115,6 +115,7 @@ fn config() -> SessionConfig {
         switch_margin: 0.2,
         switch_min_gain: Duration::from_millis(1),
         activation_bytes: 64 * 4,
+        standby: false,
     }
 }
 
@@ -231,6 +232,54 @@ async fn killing_nodes_mid_generation_fails_over_with_identical_tokens() {
         for addr in killed {
             assert!(session.route().iter().all(|h| h.addr != addr));
         }
+        session.end().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_takes_over_a_dead_node_without_a_replay() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let model = write_model("standby");
+        let expected = reference(&model.path);
+        let mut nodes = Vec::new();
+        for layers in [0..3, 3..7, 3..7] {
+            nodes.push(Node::start(&model, layers).await);
+        }
+        let hops: Vec<Hop> = nodes.iter().map(|n| n.hop.clone()).collect();
+        let config = SessionConfig {
+            standby: true,
+            ..config()
+        };
+        let mut session = Session::connect(hops, LAYERS, model.id, config, 300)
+            .await
+            .expect("connect");
+        let mut tokens = Vec::new();
+        let mut hook = KillAt {
+            nodes: &mut nodes,
+            kills: vec![(20, 3)],
+            killed: Vec::new(),
+        };
+        generate(&mut session, &mut tokens, &mut hook)
+            .await
+            .expect("generation survives the kill");
+        let events: Vec<String> = session
+            .take_events()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        println!("{}", events.join("\n"));
+        assert_eq!(tokens, expected, "tokens after the standby took over");
+        assert_eq!(session.stats().failovers, 1, "{events:?}");
+        assert!(
+            events.iter().any(|e| e.contains("its standby took over")),
+            "{events:?}"
+        );
+        // The same request on the same chain: nothing was replayed.
+        assert_eq!(session.request_id(), 300);
+        let killed = hook.killed[0];
+        assert!(session.route().iter().all(|h| h.addr != killed));
         session.end().await;
     })
     .await

@@ -104,7 +104,9 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let mut backend = match (&args.nodes, model_id) {
         (Some(nodes), Some(id)) => {
             let candidates = read_nodes(nodes)?;
-            let (session, encoding) = session_config(config.hidden, args.activations, &candidates);
+            let (mut session, encoding) =
+                session_config(config.hidden, args.activations, &candidates);
+            session.standby = args.standby;
             let mut backend = Backend::remote(candidates, config.layers, id, session)
                 .map_err(|e| CliError::failed(format!("{}: {e}", nodes.display())))?;
             eprintln!("[activations {encoding:?}]");

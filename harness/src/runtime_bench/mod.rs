@@ -208,6 +208,7 @@ impl Setup {
         hops: Vec<Hop>,
         encoding: Encoding,
         remeasure: bool,
+        standby: bool,
     ) -> Result<Backend<'static>, BenchError> {
         let defaults = SessionConfig::for_encoding(encoding, self.config.shape.hidden);
         let config = SessionConfig {
@@ -217,6 +218,7 @@ impl Setup {
             } else {
                 0
             },
+            standby,
             ..defaults
         };
         self.next_request = self.next_request.wrapping_add(1 << 20);
@@ -429,11 +431,11 @@ fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result
 /// A timed greedy run over a chain of nodes, after an untimed warm-up request.
 fn chain_speed(setup: &mut Setup, nodes: &[ServeChild]) -> Result<Run, BenchError> {
     let hops: Vec<Hop> = nodes.iter().map(ServeChild::hop).collect();
-    let warm = setup.session(hops.clone(), Encoding::F32, true)?;
+    let warm = setup.session(hops.clone(), Encoding::F32, true, false)?;
     let mut remote = Remote::new(warm);
     decode(&mut remote, &setup.config.prompt, 1, None)?;
     remote.end();
-    let session = setup.session(hops, Encoding::F32, true)?;
+    let session = setup.session(hops, Encoding::F32, true, false)?;
     let mut remote = Remote::new(session);
     let run = decode(&mut remote, &setup.config.prompt, setup.config.tokens, None)?;
     remote.end();
@@ -459,7 +461,7 @@ fn encoding_run(
         });
         proxies.push(proxy);
     }
-    let session = setup.session(hops, encoding, false)?;
+    let session = setup.session(hops, encoding, false, false)?;
     let mut remote = Remote::new(session);
     remote.proxies = proxies;
     let run = decode(
@@ -497,7 +499,7 @@ fn failover(
 ) -> Result<Failover, BenchError> {
     let hops: Vec<Hop> = nodes.iter().map(ServeChild::hop).collect();
     progress("failover: no-fault run");
-    let session = setup.session(hops.clone(), Encoding::F32, true)?;
+    let session = setup.session(hops.clone(), Encoding::F32, true, true)?;
     let mut remote = Remote::new(session);
     let clean = decode(&mut remote, &setup.config.prompt, setup.config.tokens, None)?;
     remote.end();
@@ -505,7 +507,7 @@ fn failover(
     progress(&format!(
         "failover: a node of layer {layer} dies before token {at}"
     ));
-    let session = setup.session(hops, Encoding::F32, true)?;
+    let session = setup.session(hops, Encoding::F32, true, true)?;
     let mut remote = Remote::new(session);
     remote.kill = Some((at, layer, nodes));
     let run = decode(&mut remote, &setup.config.prompt, setup.config.tokens, None)?;
@@ -531,7 +533,8 @@ fn failover(
         median_token_s: median(&others),
         no_fault_median_token_s: median(&clean.token_s),
         tokens_match: run.tokens == clean.tokens,
-        replayed_positions: setup.config.prompt.len() + at,
+        // The standby held the span's cache: the failover replays nothing.
+        replayed_positions: 0,
     })
 }
 

@@ -217,7 +217,10 @@ impl Report {
                     .then(|| fo.failover_token_s / fo.median_token_s),
                 bound: TARGET_FAILOVER,
                 at_most: true,
-                detail: format!("replays {} positions chunk by chunk", fo.replayed_positions),
+                detail: format!(
+                    "a warm standby mirrored the span; {} positions replayed",
+                    fo.replayed_positions
+                ),
             },
         ]
     }
