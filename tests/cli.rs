@@ -693,3 +693,32 @@ fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
         assert!(text.contains(line), "no {line:?} in:\n{text}");
     }
 }
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused_before_any_forward() {
+    let dir = scratch().join("context");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("tiny.gguf");
+    let config = models::testing::tiny_gemma3_config();
+    models::testing::write_random_gemma3_with_tokenizer(&model, &config, 5).unwrap();
+    // One token per word in the tiny vocabulary ("▁a"): past the context of 2048.
+    let prompt = "a ".repeat(config.context + 10);
+    let o = zkinfer(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        &prompt,
+        "--max-tokens",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("the model's context holds {}", config.context)),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty(), "nothing generated");
+}

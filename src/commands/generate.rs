@@ -58,10 +58,10 @@ impl Observer for Console {
 /// The session settings of `--nodes` generation over `candidates`.
 fn session_config(
     hidden: usize,
-    encoding: ActivationEncoding,
+    args: &GenerateArgs,
     candidates: &[Hop],
 ) -> (SessionConfig, Encoding) {
-    let encoding = match encoding {
+    let encoding = match args.activations {
         ActivationEncoding::Auto if candidates.iter().all(|h| h.addr.ip().is_loopback()) => {
             Encoding::F32
         }
@@ -72,6 +72,7 @@ fn session_config(
     };
     let config = SessionConfig {
         io_timeout: NODE_TIMEOUT,
+        standby: args.standby,
         ..SessionConfig::for_encoding(encoding, hidden)
     };
     (config, encoding)
@@ -104,9 +105,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let mut backend = match (&args.nodes, model_id) {
         (Some(nodes), Some(id)) => {
             let candidates = read_nodes(nodes)?;
-            let (mut session, encoding) =
-                session_config(config.hidden, args.activations, &candidates);
-            session.standby = args.standby;
+            let (session, encoding) = session_config(config.hidden, &args, &candidates);
             let mut backend = Backend::remote(candidates, config.layers, id, session)
                 .map_err(|e| CliError::failed(format!("{}: {e}", nodes.display())))?;
             eprintln!("[activations {encoding:?}]");
