@@ -206,7 +206,7 @@ impl<'a> Backend<'a> {
             ));
         };
         let mut ask = steps.to_vec();
-        ask.extend(collector.orphaned(session.request_id()));
+        ask.extend(collector.orphaned(session.head_epoch()));
         let result = runtime.block_on(session.prove(&ask));
         report_events(session, observer);
         let (request, reply) = result?;

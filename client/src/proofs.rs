@@ -58,9 +58,10 @@ impl ProofCollector {
         Ok(())
     }
 
-    /// Steps asked under another chain request than `request` (a chain
-    /// that failed or was replaced) that came back neither proven nor
-    /// failed: they must be asked again.
+    /// Steps asked under another head than `request` (a chain that failed
+    /// or was replaced, or a head whose standby took over;
+    /// `Session::head_epoch`) that came back neither proven nor failed: they
+    /// must be asked again.
     pub fn orphaned(&self, request: u64) -> Vec<ProveStep> {
         self.asked
             .iter()

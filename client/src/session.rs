@@ -188,6 +188,9 @@ pub struct Session {
     /// Typical time of a one-token forward per node (moving average), to
     /// notice a link that became slow before the next scheduled re-measure.
     usual: HashMap<SocketAddr, Duration>,
+    /// Changes whenever the head node does (a new chain, or its standby
+    /// taking over): proofs asked of an earlier head must be asked again.
+    head_epoch: u64,
 }
 
 impl Session {
@@ -216,6 +219,7 @@ impl Session {
             events: Vec::new(),
             last_hops: Vec::new(),
             usual: HashMap::new(),
+            head_epoch: 0,
         };
         session.measure_all().await;
         session.open().await?;
@@ -241,6 +245,13 @@ impl Session {
     /// reroute).
     pub fn request_id(&self) -> u64 {
         self.request_id
+    }
+
+    /// Which head node proofs are asked of: it changes with the chain and
+    /// when the head's standby takes over, so that steps asked of an earlier
+    /// head count as orphaned ([`crate::proofs::ProofCollector::orphaned`]).
+    pub fn head_epoch(&self) -> u64 {
+        self.head_epoch
     }
 
     /// Per-hop digests (see [`Chain::last_hops`]) of the forward that
@@ -321,8 +332,8 @@ impl Session {
     }
 
     /// Asks the head node of the current chain to prove `steps` (none:
-    /// only collect) and returns its answer with the chain request id it
-    /// was asked under. A chain that fails is replaced as in
+    /// only collect) and returns its answer with the [`Session::head_epoch`]
+    /// it was asked under. A chain that fails is replaced as in
     /// [`Session::feed`] (the new one replays the history, so its head
     /// holds the logits again); steps asked of the old one must then be
     /// asked again ([`crate::proofs::ProofCollector::orphaned`]).
@@ -334,7 +345,7 @@ impl Session {
                 chain.prove(request_id, steps.to_vec()).await
             };
             match attempt.await {
-                Ok(reply) => return Ok((self.request_id, reply)),
+                Ok(reply) => return Ok((self.head_epoch, reply)),
                 Err(e) => self.recover(e).await?,
             }
         }
@@ -380,6 +391,9 @@ impl Session {
             self.route = chain.hops().cloned().collect();
         }
         for promotion in promotions {
+            if promotion.index + 1 == self.route.len() {
+                self.head_epoch += 1;
+            }
             let failed = promotion.failed.addr;
             self.router.ban(failed, Instant::now() + self.config.ban);
             self.stats.failovers += 1;
@@ -455,6 +469,7 @@ impl Session {
             .await;
         }
         self.request_id = self.request_id.wrapping_add(1);
+        self.head_epoch += 1;
     }
 
     /// Plans the first route (after `measure_all`) and connects it,
