@@ -610,10 +610,10 @@ async fn run_forward(
         Input::Hidden { rows, .. } => *rows,
     } as u64;
     let context = model.context();
-    if position as usize + fed as usize > context {
+    let end = position.saturating_add(fed);
+    if end > context as u64 {
         return Err(WireError::Malformed(format!(
-            "positions {position}..{} are past the model's context of {context}",
-            position + fed
+            "positions {position}..{end} are past the model's context of {context}"
         )));
     }
     let (cache, epoch) = take_cache(shared, id, position, fed as usize)?;

@@ -566,6 +566,9 @@ async fn positions_past_the_context_are_refused() {
             "{}",
             e.message
         );
+        // A position at the end of u64 does not wrap around.
+        let reply = exchange(&mut s, prompt_frame(&f, 2, u64::MAX, &[3])).await;
+        assert_eq!(error_code(&reply), Some(ErrorCode::Malformed), "{reply:?}");
         let reply = exchange(&mut s, prompt_frame(&f, 1, 0, &PROMPT)).await;
         assert!(is_output(&reply), "{reply:?}");
     })
