@@ -327,6 +327,10 @@ pub struct CapacityArgs {
     /// MiB of KV cache over all requests.
     #[arg(long, default_value_t = node::Capacity::default().cache_bytes >> 20, value_name = "MIB")]
     pub max_cache_mb: usize,
+    /// MiB a signing node keeps of its forwards for `zkinfer audit` (least recently used dropped
+    /// first).
+    #[arg(long, default_value_t = node::Capacity::default().trail_bytes >> 20, value_name = "MIB")]
+    pub max_trail_mb: usize,
     /// MiB of frames being received at once, over all connections.
     #[arg(long, default_value_t = node::Capacity::default().frame_bytes >> 20, value_name = "MIB")]
     pub max_receiving_mb: usize,
@@ -346,6 +350,7 @@ impl CapacityArgs {
             frame_bytes: self.max_receiving_mb << 20,
             requests: self.max_requests,
             cache_bytes: self.max_cache_mb << 20,
+            trail_bytes: self.max_trail_mb << 20,
         }
     }
 }

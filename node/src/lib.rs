@@ -65,7 +65,8 @@
 //!   frame that does not fit gets Busy and the connection is closed. Requests
 //!   holding a KV cache (64) and bytes of KV cache over all of them (4 GiB):
 //!   a Forward that would go past them gets Busy, and the request keeps what
-//!   it held.
+//!   it held. A signing node's audit trails (2 GiB): the least recently used
+//!   requests' trails are dropped first (`node::trail`).
 
 pub mod proving;
 pub mod trail;
@@ -168,12 +169,15 @@ pub struct Capacity {
     pub requests: usize,
     /// Bytes of KV cache over all requests.
     pub cache_bytes: usize,
+    /// Bytes a signing node keeps of its forwards for auditors
+    /// ([`crate::trail`]); past it the least recently used trails go first.
+    pub trail_bytes: usize,
 }
 
 impl Default for Capacity {
     /// 256 connections, 32 per peer, 256 MiB of frames in flight, 64
-    /// requests and 4 GiB of KV cache (the packaged model caches 36 KiB per
-    /// position: about 110,000 positions).
+    /// requests, 4 GiB of KV cache (the packaged model caches 36 KiB per
+    /// position: about 110,000 positions) and 2 GiB of audit trails.
     fn default() -> Capacity {
         Capacity {
             connections: 256,
@@ -181,6 +185,7 @@ impl Default for Capacity {
             frame_bytes: 256 << 20,
             requests: 64,
             cache_bytes: 4 << 30,
+            trail_bytes: 2 << 30,
         }
     }
 }
@@ -307,6 +312,7 @@ pub async fn serve_until(
             config.layers.clone(),
             model.hidden_size(),
             config.audit_window,
+            config.capacity.trail_bytes,
         )
     });
     let permits =

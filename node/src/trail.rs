@@ -8,7 +8,10 @@
 //! those values by their blake3 digests; asked to reveal a boundary, it
 //! sends the values. A trail lives for the node's audit window after the
 //! request's last forward, rewinds with the request (speculative decoding),
-//! and holds at most [`MAX_FORWARDS`] forwards per request.
+//! and holds at most [`MAX_FORWARDS`] forwards per request. All trails
+//! together hold at most a byte budget: past it the least recently used
+//! requests' trails are dropped whole, and a forward that does not fit even
+//! then is not kept (its audit finds no trace).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -39,6 +42,16 @@ pub struct ForwardTrail {
 }
 
 impl ForwardTrail {
+    /// Bytes the trail holds for this forward.
+    fn bytes(&self) -> usize {
+        let input = match &self.input {
+            ForwardInput::Tokens(tokens) => 4 * tokens.len(),
+            ForwardInput::Activations(a) => a.data.len(),
+        };
+        let boundaries: usize = self.boundaries.iter().map(|b| 4 * b.len()).sum();
+        input + boundaries + self.output.data.len()
+    }
+
     fn boundary(&self, i: usize, cols: u32) -> Activations {
         Activations {
             rows: self.rows,
@@ -80,24 +93,38 @@ struct RequestTrail {
     last_used: Instant,
 }
 
+impl RequestTrail {
+    fn bytes(&self) -> usize {
+        self.forwards.values().map(ForwardTrail::bytes).sum()
+    }
+}
+
 /// Every request's trail on one node.
 pub struct Trails {
     model_id: ModelId,
     layers: Range<usize>,
     hidden: u32,
     keep: Duration,
+    max_bytes: usize,
     requests: Mutex<HashMap<u64, RequestTrail>>,
 }
 
 impl Trails {
     /// Trails of a shard over `layers` with hidden size `hidden`, kept for
-    /// `keep` after a request's last forward.
-    pub fn new(model_id: ModelId, layers: Range<usize>, hidden: usize, keep: Duration) -> Trails {
+    /// `keep` after a request's last forward, `max_bytes` in all.
+    pub fn new(
+        model_id: ModelId,
+        layers: Range<usize>,
+        hidden: usize,
+        keep: Duration,
+        max_bytes: usize,
+    ) -> Trails {
         Trails {
             model_id,
             layers,
             hidden: hidden as u32,
             keep,
+            max_bytes,
             requests: Mutex::default(),
         }
     }
@@ -115,10 +142,33 @@ impl Trails {
             last_used: Instant::now(),
         });
         trail.forwards.split_off(&position);
-        if trail.forwards.len() < MAX_FORWARDS {
+        trail.last_used = Instant::now();
+        if trail.forwards.len() >= MAX_FORWARDS {
+            return;
+        }
+        let size = forward.bytes();
+        let mut others: Vec<(Instant, u64, usize)> = requests
+            .iter()
+            .filter(|(id, _)| **id != request)
+            .map(|(id, t)| (t.last_used, *id, t.bytes()))
+            .collect();
+        let own = requests.get(&request).map_or(0, RequestTrail::bytes);
+        if own + size > self.max_bytes {
+            // It would not fit with every other trail gone: keep theirs.
+            return;
+        }
+        let mut total = own + others.iter().map(|(_, _, b)| b).sum::<usize>();
+        others.sort();
+        for (_, id, bytes) in others {
+            if total + size <= self.max_bytes {
+                break;
+            }
+            requests.remove(&id);
+            total -= bytes;
+        }
+        if let Some(trail) = requests.get_mut(&request) {
             trail.forwards.insert(position, forward);
         }
-        trail.last_used = Instant::now();
     }
 
     /// Signs a step receipt for every step of every kept forward of
@@ -224,7 +274,25 @@ mod tests {
     }
 
     fn trails() -> Trails {
-        Trails::new(ModelId([3; 32]), 0..2, 2, Duration::from_secs(60))
+        Trails::new(ModelId([3; 32]), 0..2, 2, Duration::from_secs(60), 1 << 20)
+    }
+
+    #[test]
+    fn trails_stay_within_their_byte_budget_least_recently_used_first() {
+        let one = forward(1.0, 3).bytes();
+        let t = Trails::new(ModelId([3; 32]), 0..2, 2, Duration::from_secs(60), 3 * one);
+        let kept = |t: &Trails, r: u64| t.lock().get(&r).map_or(0, |t| t.forwards.len());
+        t.record(1, 0, forward(1.0, 3));
+        t.record(1, 3, forward(1.0, 3));
+        t.record(2, 0, forward(1.0, 3));
+        assert_eq!((kept(&t, 1), kept(&t, 2)), (2, 1));
+        // A fourth forward does not fit: request 1, the least recently used, goes whole.
+        t.record(2, 3, forward(1.0, 3));
+        assert_eq!((kept(&t, 1), kept(&t, 2)), (0, 2));
+        // A forward larger than the whole budget is not kept, and costs nobody theirs.
+        t.record(3, 0, forward(1.0, 30));
+        assert_eq!((kept(&t, 2), kept(&t, 3)), (2, 0));
+        assert!(t.lock().values().map(RequestTrail::bytes).sum::<usize>() <= 3 * one);
     }
 
     #[test]
