@@ -840,33 +840,30 @@ fn compute(
     // The layers, seeing every boundary: `seen[0]` is the input, `seen[1 + i]`
     // the output of the span's layer i, each gathered over the chunks a long
     // input runs in.
-    let start = model.layer_range().start;
+    let span = model.layer_range();
     let run = |x: &Tensor, at: usize, cache: &mut Cache| -> models::Result<(Tensor, Vec<Tensor>)> {
         let rows = x.dim(1)?;
-        let mut seen: Vec<Vec<Tensor>> = Vec::new();
-        let mut done = vec![0usize; 0];
+        let mut seen: Vec<Vec<Tensor>> = vec![Vec::new(); if keep { span.len() } else { 0 }];
+        // Rows that went through every layer: the chunks before this one.
+        let mut done = 0;
         let hidden = model.forward_layers_with(x, at, cache, &mut |layer, out| {
-            let i = layer - start;
-            if done.len() <= i {
-                done.resize(i + 1, 0);
-            }
-            done[i] += out.dim(1)?;
+            let through = done + out.dim(1)?;
             let out = match fault {
                 // The forward's last row: in the last chunk.
                 Some(Fault::TamperLayer {
                     layer: l,
                     position: p,
                     delta,
-                }) if l == layer && p == at as u64 && done[i] == rows => {
+                }) if l == layer && p == at as u64 && through == rows => {
                     tamper_last_row(&out, delta)?
                 }
                 _ => out,
             };
             if keep {
-                if seen.len() <= i {
-                    seen.resize(i + 1, Vec::new());
-                }
-                seen[i].push(out.clone());
+                seen[layer - span.start].push(out.clone());
+            }
+            if layer + 1 == span.end {
+                done = through;
             }
             Ok(out)
         })?;

@@ -90,13 +90,9 @@ pub fn steps(layers: &Range<usize>) -> impl Iterator<Item = Step> + '_ {
 
 struct RequestTrail {
     forwards: BTreeMap<u64, ForwardTrail>,
+    /// [`ForwardTrail::bytes`] of `forwards`, kept with them.
+    bytes: usize,
     last_used: Instant,
-}
-
-impl RequestTrail {
-    fn bytes(&self) -> usize {
-        self.forwards.values().map(ForwardTrail::bytes).sum()
-    }
 }
 
 /// Every request's trail on one node.
@@ -139,35 +135,36 @@ impl Trails {
         let mut requests = self.lock();
         let trail = requests.entry(request).or_insert_with(|| RequestTrail {
             forwards: BTreeMap::new(),
+            bytes: 0,
             last_used: Instant::now(),
         });
-        trail.forwards.split_off(&position);
+        let dropped = trail.forwards.split_off(&position);
+        trail.bytes -= dropped.values().map(ForwardTrail::bytes).sum::<usize>();
         trail.last_used = Instant::now();
-        if trail.forwards.len() >= MAX_FORWARDS {
-            return;
-        }
         let size = forward.bytes();
-        let mut others: Vec<(Instant, u64, usize)> = requests
-            .iter()
-            .filter(|(id, _)| **id != request)
-            .map(|(id, t)| (t.last_used, *id, t.bytes()))
-            .collect();
-        let own = requests.get(&request).map_or(0, RequestTrail::bytes);
-        if own + size > self.max_bytes {
-            // It would not fit with every other trail gone: keep theirs.
+        // Past the budget even with every other trail gone: keep theirs.
+        if trail.forwards.len() >= MAX_FORWARDS || trail.bytes + size > self.max_bytes {
             return;
         }
-        let mut total = own + others.iter().map(|(_, _, b)| b).sum::<usize>();
-        others.sort();
-        for (_, id, bytes) in others {
-            if total + size <= self.max_bytes {
-                break;
+        let mut total: usize = requests.values().map(|t| t.bytes).sum();
+        if total + size > self.max_bytes {
+            let mut others: Vec<(Instant, u64, usize)> = requests
+                .iter()
+                .filter(|(id, _)| **id != request)
+                .map(|(id, t)| (t.last_used, *id, t.bytes))
+                .collect();
+            others.sort();
+            for (_, id, bytes) in others {
+                if total + size <= self.max_bytes {
+                    break;
+                }
+                requests.remove(&id);
+                total -= bytes;
             }
-            requests.remove(&id);
-            total -= bytes;
         }
         if let Some(trail) = requests.get_mut(&request) {
             trail.forwards.insert(position, forward);
+            trail.bytes += size;
         }
     }
 
@@ -292,7 +289,7 @@ mod tests {
         // A forward larger than the whole budget is not kept, and costs nobody theirs.
         t.record(3, 0, forward(1.0, 30));
         assert_eq!((kept(&t, 2), kept(&t, 3)), (2, 0));
-        assert!(t.lock().values().map(RequestTrail::bytes).sum::<usize>() <= 3 * one);
+        assert!(t.lock().values().map(|t| t.bytes).sum::<usize>() <= 3 * one);
     }
 
     #[test]
