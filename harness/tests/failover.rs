@@ -92,6 +92,30 @@ impl Node {
     }
 }
 
+/// One node per range, in order, and their hops.
+async fn start_nodes(
+    model: &Model,
+    ranges: impl IntoIterator<Item = Range<usize>>,
+) -> (Vec<Node>, Vec<Hop>) {
+    let mut nodes = Vec::new();
+    for layers in ranges {
+        nodes.push(Node::start(model, layers).await);
+    }
+    let hops = nodes.iter().map(|n| n.hop.clone()).collect();
+    (nodes, hops)
+}
+
+/// The session's events since the last call, printed and returned as text.
+fn print_events(session: &mut Session) -> Vec<String> {
+    let events: Vec<String> = session
+        .take_events()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    println!("{}", events.join("\n"));
+    events
+}
+
 /// Single-process greedy generation of `TOKENS` tokens.
 fn reference(path: &Path) -> Vec<u32> {
     let model = Shard::from(load(path, 0..LAYERS));
@@ -187,11 +211,7 @@ async fn killing_nodes_mid_generation_fails_over_with_identical_tokens() {
     tokio::time::timeout(TEST_LIMIT, async {
         let model = write_model("kill");
         let expected = reference(&model.path);
-        let mut nodes = Vec::new();
-        for layers in [0..3, 0..3, 3..7, 3..7] {
-            nodes.push(Node::start(&model, layers).await);
-        }
-        let hops: Vec<Hop> = nodes.iter().map(|n| n.hop.clone()).collect();
+        let (mut nodes, hops) = start_nodes(&model, [0..3, 0..3, 3..7, 3..7]).await;
 
         // The no-fault run through nodes matches the single-process one.
         let mut session = Session::connect(hops.clone(), LAYERS, model.id, config(), 100)
@@ -220,12 +240,7 @@ async fn killing_nodes_mid_generation_fails_over_with_identical_tokens() {
             .await
             .expect("generation survives the kills");
         let killed = hook.killed.clone();
-        let events: Vec<String> = session
-            .take_events()
-            .iter()
-            .map(|e| e.to_string())
-            .collect();
-        println!("{}", events.join("\n"));
+        let events = print_events(&mut session);
         assert_eq!(tokens, expected, "tokens after failover");
         assert_eq!(killed.len(), 2);
         assert_eq!(session.stats().failovers, 2, "{events:?}");
@@ -243,11 +258,7 @@ async fn a_warm_standby_takes_over_a_dead_node_without_a_replay() {
     tokio::time::timeout(TEST_LIMIT, async {
         let model = write_model("standby");
         let expected = reference(&model.path);
-        let mut nodes = Vec::new();
-        for layers in [0..3, 3..7, 3..7] {
-            nodes.push(Node::start(&model, layers).await);
-        }
-        let hops: Vec<Hop> = nodes.iter().map(|n| n.hop.clone()).collect();
+        let (mut nodes, hops) = start_nodes(&model, [0..3, 3..7, 3..7]).await;
         // No re-measuring: a reroute would replay, and this test is about
         // a failover that does not.
         let config = SessionConfig {
@@ -267,12 +278,7 @@ async fn a_warm_standby_takes_over_a_dead_node_without_a_replay() {
         generate(&mut session, &mut tokens, &mut hook)
             .await
             .expect("generation survives the kill");
-        let events: Vec<String> = session
-            .take_events()
-            .iter()
-            .map(|e| e.to_string())
-            .collect();
-        println!("{}", events.join("\n"));
+        let events = print_events(&mut session);
         assert_eq!(tokens, expected, "tokens after the standby took over");
         assert_eq!(session.stats().failovers, 1, "{events:?}");
         assert!(
@@ -300,11 +306,7 @@ async fn losing_the_only_node_of_a_range_is_a_clear_error() {
     tokio::time::timeout(TEST_LIMIT, async {
         let model = write_model("noroute");
         let expected = reference(&model.path);
-        let mut nodes = Vec::new();
-        for layers in [0..3, 0..3, 3..7] {
-            nodes.push(Node::start(&model, layers).await);
-        }
-        let hops: Vec<Hop> = nodes.iter().map(|n| n.hop.clone()).collect();
+        let (mut nodes, hops) = start_nodes(&model, [0..3, 0..3, 3..7]).await;
         let mut session = Session::connect(hops, LAYERS, model.id, config(), 300)
             .await
             .expect("connect");
@@ -383,12 +385,7 @@ async fn the_session_prefers_the_faster_node_and_reroutes_when_it_slows() {
         generate(&mut session, &mut tokens, hook)
             .await
             .expect("generate");
-        let events: Vec<String> = session
-            .take_events()
-            .iter()
-            .map(|e| e.to_string())
-            .collect();
-        println!("{}", events.join("\n"));
+        let events = print_events(&mut session);
         assert_eq!(tokens, expected);
         assert_eq!(session.route()[0].addr, via_a, "moved to the now-fast node");
         assert!(session.stats().reroutes >= 1, "{events:?}");
@@ -441,11 +438,7 @@ async fn the_chain_reports_per_hop_digests_that_match_the_shards_and_survive_fai
         let model = write_model("digests");
         let spans = [0..2, 2..5, 5..7];
         let expected = shard_outputs(&model.path, &spans, &PROMPT);
-        let mut nodes = Vec::new();
-        for layers in [0..2, 2..5, 5..7, 5..7] {
-            nodes.push(Node::start(&model, layers).await);
-        }
-        let hops: Vec<Hop> = nodes.iter().map(|n| n.hop.clone()).collect();
+        let (mut nodes, hops) = start_nodes(&model, [0..2, 2..5, 5..7, 5..7]).await;
         let mut session = Session::connect(hops, LAYERS, model.id, config(), 300)
             .await
             .expect("connect");
