@@ -35,7 +35,7 @@ use models::Model;
 use node::proving::{ProofService, ProvingConfig};
 use node::{serve, NodeConfig};
 use transcript::{Nonce, ProvingPolicy};
-use verifier::answer::{check_answer, open_proofs, Verdict};
+use verifier::answer::{check_answer, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
 use wire::Encoding;
@@ -229,6 +229,9 @@ fn main() -> Result<(), Error> {
             request_id: nonce.request_id(),
             stops: tokenizer.stop_tokens(),
             proving,
+            // The head node sends its pick, not the logits: the transcript
+            // keeps their digests and the head's receipts of its proofs.
+            keep_logits: false,
         };
         let prompt = Prompt::encode(&tokenizer, &options.prompt);
         print!("{}", options.prompt);
@@ -269,7 +272,9 @@ fn main() -> Result<(), Error> {
             .transcript
             .expected_steps(&options.out, circuit.fixed_point, circuit.vocab)?;
     let required = proven.transcript.required_positions(Some(options.policy));
-    let openings = open_proofs(bundle, &params, &expected.logits);
+    let openings = proven
+        .transcript
+        .proof_openings(bundle, &params, &expected.logits);
     let mut answer = check_answer(bundle, &report, &openings, &expected.steps, &required);
     answer.problems.extend(expected.problems);
     // What the transcript binds by itself: signatures, tokens, the head's logits.

@@ -145,10 +145,13 @@ pub struct GenerateArgs {
     /// records of every generated token.
     #[arg(long, value_name = "FILE")]
     pub transcript: Option<PathBuf>,
-    /// Store the transcript's logits in a compact little-endian side file `<FILE>.logits.bin`
-    /// (referenced by name and blake3) instead of inline JSON.
+    /// Keep every token's logits in a compact little-endian side file `<FILE>.logits.bin`
+    /// (referenced from the transcript by name and blake3), so that `verify --transcript` and
+    /// `audit` check each token against them. Without it the transcript keeps their digests
+    /// only, and a head node sends its pick (about 140 bytes a token) instead of the logits
+    /// (4 bytes per vocabulary entry, 1 MiB a token for the packaged model).
     #[arg(long, requires = "transcript")]
-    pub transcript_binary: bool,
+    pub transcript_logits: bool,
     /// Run the model on remote nodes (`zkinfer serve`) listed in this TOML file instead of in this
     /// process: `[[node]]` tables with `addr = "127.0.0.1:7001"` and `layers = "0..9"`; several
     /// nodes may serve the same range. The client pings every node (RTT and throughput), uses the

@@ -87,13 +87,13 @@ fn seeded_sampling_is_reproducible_and_records_are_provable_inputs() {
 }
 
 #[test]
-fn transcripts_hold_the_generation_and_provable_records_inline_or_binary() {
+fn transcripts_hold_digests_by_default_and_provable_logits_when_asked() {
     if !installed() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("zkinfer-transcript-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let run = |path: &PathBuf, binary: bool| {
+    let run = |path: &PathBuf, logits: bool| {
         let mut args = vec![
             "generate",
             "--prompt",
@@ -109,19 +109,19 @@ fn transcripts_hold_the_generation_and_provable_records_inline_or_binary() {
             "--transcript",
             path.to_str().unwrap(),
         ];
-        if binary {
-            args.push("--transcript-binary");
+        if logits {
+            args.push("--transcript-logits");
         }
         let o = zkinfer(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let text = std::fs::read_to_string(path).unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         let transcript: transcript::Transcript = serde_json::from_str(&text).unwrap();
-        (value, transcript)
+        (value, transcript, text.len())
     };
 
-    let (value, inline) = run(&dir.join("t.json"), false);
-    assert_eq!(value["version"], 2);
+    let (value, slim, size) = run(&dir.join("t.json"), false);
+    assert_eq!(value["version"], 3);
     assert_eq!(value["model_id"].as_str().unwrap().len(), 64);
     assert_eq!(value["prompt"], "Once upon a time");
     assert_eq!(value["sampler"]["sample"]["temperature"], 0.9);
@@ -130,20 +130,35 @@ fn transcripts_hold_the_generation_and_provable_records_inline_or_binary() {
     assert_eq!(value["client_nonce"], nonce.to_hex());
     assert_eq!(value["request_id"], nonce.request_id());
     assert!(value["proving"].is_null());
+    // Digests only: no logits, a few kilobytes.
+    assert!(value.get("records").is_none(), "{value}");
+    assert!(size < 8 * 1024, "{size} bytes");
     let prompt_tokens = value["prompt_tokens"].as_array().unwrap();
     assert!(!prompt_tokens.is_empty());
     let tokens = value["tokens"].as_array().unwrap();
     assert!(!tokens.is_empty() && tokens.len() <= 3);
-    // One local hop per forward: the prompt, then each token fed back.
+    let logprobs = value["logprobs"].as_array().unwrap();
+    assert_eq!(logprobs.len(), tokens.len());
+    assert!(logprobs.iter().all(|l| l.as_f64().unwrap() <= 0.0));
+    // One local hop per forward: the prompt, then each token fed back, the
+    // last one too.
     let hops = value["hops"].as_array().unwrap();
-    assert!(hops.len() >= tokens.len(), "{hops:?}");
+    assert_eq!(hops.len(), tokens.len() + 1, "{hops:?}");
     assert_eq!(hops[0]["node"], "local");
     assert_eq!(hops[0]["position"], 0);
     assert_eq!(hops[0]["layers"], serde_json::json!([0, 18]));
     assert_eq!(hops[1]["position"], prompt_tokens.len());
-    // The inline records are exactly `prove --records` input.
-    let records: prover::Records =
-        serde_json::from_value(value["records"]["inline"].clone()).unwrap();
+
+    // With --transcript-logits, the side file holds records exactly as
+    // `prove --records` takes them (same seed: same tokens).
+    let (value, full, _) = run(&dir.join("b.json"), true);
+    let side = &value["records"]["file"];
+    assert_eq!(side["path"], "b.logits.bin");
+    assert_eq!(full.tokens, slim.tokens);
+    assert_eq!(full.hops, slim.hops);
+    let records = full.records(&dir).expect("side file").expect("records");
+    let json = serde_json::to_value(&records).unwrap();
+    let records: prover::Records = serde_json::from_value(json).unwrap();
     assert_eq!(records.vocab, 262_144);
     assert_eq!(records.steps.len(), tokens.len());
     for (step, token) in records.steps.iter().zip(tokens) {
@@ -159,15 +174,5 @@ fn transcripts_hold_the_generation_and_provable_records_inline_or_binary() {
         hops[0]["output_blake3"].as_str().unwrap(),
         logits_digest(&records.steps[0].logits)
     );
-
-    // The binary side file rebuilds the same records (same seed: same tokens).
-    let (value, binary) = run(&dir.join("b.json"), true);
-    let side = &value["records"]["file"];
-    assert_eq!(side["path"], "b.logits.bin");
-    assert_eq!(binary.tokens, inline.tokens);
-    let rebuilt = binary.records(&dir).expect("side file");
-    let json = serde_json::to_value(&rebuilt).unwrap();
-    let rebuilt: prover::Records = serde_json::from_value(json).unwrap();
-    assert_eq!(rebuilt, records);
     let _ = std::fs::remove_dir_all(&dir);
 }

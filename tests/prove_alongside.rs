@@ -25,7 +25,7 @@ use node::proving::{ProofService, ProvingConfig};
 use node::{serve, NodeConfig};
 use serde_json::Value;
 use transcript::{Nonce, ProvingPolicy, Transcript};
-use verifier::answer::{check_answer, open_proofs, Verdict};
+use verifier::answer::{check_answer, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
 use wire::Encoding;
@@ -130,6 +130,9 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
         proving: Some(ProvingPolicy::Challenged {
             challenges: CHALLENGES,
         }),
+        // The logits are kept to tamper with them below; the same transcript
+        // without them is what a default generation writes.
+        keep_logits: true,
     };
     let model = ModelInfo {
         id: Some(id),
@@ -238,7 +241,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     let mut swapped = transcript.clone();
     let index = (unproven - swapped.prompt_tokens.len() as u64) as usize;
     swapped.tokens[index] = (swapped.tokens[index] + 1) % config.vocab as u32;
-    if let transcript::RecordsRef::Inline(records) = &mut swapped.records {
+    if let Some(transcript::RecordsRef::Inline(records)) = &mut swapped.records {
         for step in records.steps.iter_mut().filter(|s| s.position == unproven) {
             step.token = swapped.tokens[index];
         }
@@ -266,7 +269,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     );
     // (c) One logit of an unproven record.
     let mut relogited = transcript.clone();
-    if let transcript::RecordsRef::Inline(records) = &mut relogited.records {
+    if let Some(transcript::RecordsRef::Inline(records)) = &mut relogited.records {
         let step = records
             .steps
             .iter_mut()
@@ -301,7 +304,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
         let expected = t
             .expected_steps(&dir, shape.fixed_point, shape.vocab)
             .expect("expected steps");
-        let openings = open_proofs(&bundle, &params, &expected.logits);
+        let openings = t.proof_openings(&bundle, &params, &expected.logits);
         let mut answer = check_answer(
             &bundle,
             &proofs,
@@ -340,7 +343,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
 
     // Other logits in the records: the proofs commit to the node's.
     let mut relogited = transcript.clone();
-    if let transcript::RecordsRef::Inline(records) = &mut relogited.records {
+    if let Some(transcript::RecordsRef::Inline(records)) = &mut relogited.records {
         let step = records
             .steps
             .iter_mut()
@@ -351,6 +354,60 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     let answer = check(&relogited);
     assert!(!answer.valid());
     let reasons = invalid_reasons(&answer);
+    assert!(
+        reasons.iter().any(|r| r.contains("other logits")),
+        "{reasons:?}"
+    );
+
+    // Without the logits the head's proof receipts tie the proofs to its
+    // signed logits digests, on the command line too.
+    let mut digests_only = transcript.clone();
+    digests_only.records = None;
+    assert_eq!(digests_only.proof_receipts.len(), bundle.proofs.len());
+    assert!(check(&digests_only).valid());
+    let slim_path = dir.join("slim.json");
+    write(&digests_only, &slim_path);
+    let (code, report, err) = verify(&slim_path, &[]);
+    assert_eq!(code, 0, "{report} {err}");
+    assert_eq!(report["proved"], CHALLENGES);
+    // A receipt with one signature bit changed, or none at all.
+    let mut forged = digests_only.clone();
+    let mut bytes = verifier::parse_hex(&forged.proof_receipts[0].signature, 32).expect("hex");
+    bytes[3] ^= 0x10;
+    forged.proof_receipts[0].signature = verifier::hex(&bytes);
+    let reasons = invalid_reasons(&check(&forged));
+    assert!(
+        reasons.iter().any(|r| r.contains("other logits")),
+        "{reasons:?}"
+    );
+    let mut unattested = digests_only.clone();
+    unattested.proof_receipts.clear();
+    let reasons = invalid_reasons(&check(&unattested));
+    assert_eq!(reasons.len(), CHALLENGES, "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.contains("nothing ties")),
+        "{reasons:?}"
+    );
+    // A head hop's logits digest changed: its receipt no longer verifies,
+    // and neither does the proof receipt that names it.
+    let mut redigested = digests_only.clone();
+    let head = redigested
+        .head_hop_before(challenged[0])
+        .expect("head hop")
+        .position;
+    let last = redigested
+        .hops
+        .iter()
+        .map(|h| h.layers[1])
+        .max()
+        .expect("hops");
+    let hop = redigested
+        .hops
+        .iter_mut()
+        .find(|h| h.position == head && h.layers[1] == last)
+        .expect("hop");
+    hop.output_blake3 = blake3::hash(b"other logits").to_hex().to_string();
+    let reasons = invalid_reasons(&check(&redigested));
     assert!(
         reasons.iter().any(|r| r.contains("other logits")),
         "{reasons:?}"

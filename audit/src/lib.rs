@@ -8,7 +8,7 @@
 //!    hop signed, each signature and the aggregate, every token fed to a
 //!    signed first hop, and the decode records' logits equal to the head's
 //!    signed output (the logits the proofs' `C_z` commit to) with each token
-//!    the sampler's pick from them;
+//!    the sampler's pick from them (when the transcript keeps the logits);
 //! 2. asks each node for its trace of the request (signed step receipts:
 //!    enter, every layer, exit; see [`node::trail`]), checks it against the
 //!    hop receipts, and has the node reveal its input, the hidden states
@@ -16,7 +16,10 @@
 //!    the signed digests;
 //! 3. re-executes enter, the span and exit ([`Replayer`]) from the node's
 //!    own input and compares ([`crate::fraud`] tolerances): accept, reject
-//!    or ambiguous per hop, with the numbers;
+//!    or ambiguous per hop, with the numbers; at the head, the revealed
+//!    (signed) logits must also pick the transcript's next token with the
+//!    transcript's sampler, so unproven tokens are checked without the
+//!    transcript keeping the logits;
 //! 4. for a rejected span, bisects over its layers (revealing the hidden
 //!    states between them) to the first layer whose re-execution rejects,
 //!    and writes that as a [`FraudProof`]; a rejected enter or exit is a
@@ -481,6 +484,8 @@ async fn audit_node(
         .replayer
         .run_layers(group.layers.clone(), &span_inputs)?;
     let span_outputs: HashMap<u64, Vec<f32>> = forwards.iter().copied().zip(span_outputs).collect();
+    let head_end = transcript.hops.iter().map(|h| h.layers[1]).max();
+    let head_end = head_end.unwrap_or(usize::MAX);
     let mut proofs = Vec::new();
     for &p in &audited {
         let enter = auditor
@@ -490,7 +495,15 @@ async fn audit_node(
         let exit = auditor
             .replayer
             .check_exit(group.layers.end, &leaving[&p], &outputs[&p])?;
-        let verdict = enter.verdict.max(span.verdict).max(exit.verdict);
+        let mut verdict = enter.verdict.max(span.verdict).max(exit.verdict);
+        // The head's signed logits must pick the transcript's next token:
+        // this checks unproven tokens without the transcript keeping logits.
+        let mismatch = (group.layers.end == head_end)
+            .then(|| picks_next_token(transcript, &outputs[&p], p + fed(&inputs[&p])))
+            .flatten();
+        if mismatch.is_some() {
+            verdict = Verdict::Reject;
+        }
         let mut audit = HopAudit {
             node: group.addr.clone(),
             layers: [group.layers.start, group.layers.end],
@@ -499,7 +512,7 @@ async fn audit_node(
             span: Some(span),
             exit: Some(exit),
             verdict,
-            note: None,
+            note: mismatch,
             first_bad: None,
         };
         // One fraud proof per node: the first rejected hop's.
@@ -548,6 +561,46 @@ async fn audit_node(
         audits.push(audit);
     }
     Ok((audits, proofs))
+}
+
+/// Positions a forward fed.
+fn fed(input: &ForwardInput) -> u64 {
+    match input {
+        ForwardInput::Tokens(tokens) => tokens.len() as u64,
+        ForwardInput::Activations(a) => u64::from(a.rows),
+    }
+}
+
+/// Why the head's revealed logits (signed, for the forward ending before
+/// `position`) do not pick the transcript's token at `position`, if they
+/// do not; `None` also past the last token (the forward that fed it).
+fn picks_next_token(
+    transcript: &Transcript,
+    logits: &wire::Activations,
+    position: u64,
+) -> Option<String> {
+    let index = position.checked_sub(transcript.prompt_tokens.len() as u64)?;
+    let &token = transcript.tokens.get(usize::try_from(index).ok()?)?;
+    let picked = transcript
+        .nonce()
+        .map_err(|e| e.to_string())
+        .and_then(|nonce| {
+            transcript
+                .sampler_at(&nonce, position)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|sampler| {
+            let values = logits.to_f32().map_err(|e| e.to_string())?;
+            node::sampling::pick_with(&values, sampler).map_err(|e| e.to_string())
+        });
+    match picked {
+        Ok(pick) if pick.token == token => None,
+        Ok(pick) => Some(format!(
+            "the head's signed logits pick token {} at position {position}, the transcript has {token}",
+            pick.token
+        )),
+        Err(e) => Some(format!("picking the token at position {position}: {e}")),
+    }
 }
 
 /// Bisection state for one node: the hidden states revealed so far.
@@ -709,5 +762,63 @@ impl AuditReport {
             lines.push(line);
         }
         lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use transcript::{Nonce, ProvingPolicy, TranscriptSampler};
+
+    fn transcript(tokens: Vec<u32>, sampler: TranscriptSampler) -> Transcript {
+        let nonce = Nonce::from_seed(3);
+        Transcript {
+            version: transcript::VERSION,
+            model_id: "ab".repeat(32),
+            prompt: String::new(),
+            prompt_tokens: vec![2, 3],
+            sampler,
+            client_nonce: nonce.to_hex(),
+            request_id: nonce.request_id(),
+            tokens,
+            hops: Vec::new(),
+            logprobs: Vec::new(),
+            records: None,
+            proving: Some(ProvingPolicy::All),
+            proof_receipts: Vec::new(),
+            receipts_signature: None,
+        }
+    }
+
+    fn logits(values: &[f32]) -> wire::Activations {
+        wire::Activations::encode(values, 1, values.len() as u32, wire::Encoding::F32)
+            .expect("encode")
+    }
+
+    #[test]
+    fn the_heads_logits_must_pick_the_transcripts_token() {
+        let row = logits(&[0.1, 3.0, -2.0, 1.0]);
+        let greedy = transcript(vec![1, 0], TranscriptSampler::Greedy {});
+        assert_eq!(picks_next_token(&greedy, &row, 2), None);
+        let note = picks_next_token(&greedy, &row, 3).expect("token 0 is not the argmax");
+        assert!(note.contains("pick token 1 at position 3"), "{note}");
+        // Past the last token (the forward that fed it) and in the prompt.
+        assert_eq!(picks_next_token(&greedy, &row, 4), None);
+        assert_eq!(picks_next_token(&greedy, &row, 1), None);
+        // Sampling: the pick follows r from the transcript's nonce.
+        let sampled = TranscriptSampler::Sample { temperature: 1.0 };
+        let nonce = Nonce::from_seed(3);
+        let sampler = transcript(vec![0], sampled.clone())
+            .sampler_at(&nonce, 2)
+            .expect("sampler");
+        let token = node::sampling::pick_with(&row.to_f32().expect("f32"), sampler)
+            .expect("pick")
+            .token;
+        assert_eq!(
+            picks_next_token(&transcript(vec![token], sampled.clone()), &row, 2),
+            None
+        );
+        let other = (token + 1) % 4;
+        assert!(picks_next_token(&transcript(vec![other], sampled), &row, 2).is_some());
     }
 }

@@ -25,7 +25,7 @@ pub use fixed_point::FixedPoint;
 pub use halo2_proofs::pasta::Fp;
 pub use statement::{Sampler, StepStatement};
 pub use tables::Tables;
-pub use witness::{sample_token, StepError, StepWitness};
+pub use witness::{pick, sample_token, StepError, StepWitness};
 
 #[cfg(test)]
 mod tests;

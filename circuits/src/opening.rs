@@ -154,3 +154,13 @@ pub fn proof_logit_commitments(shape: CircuitShape, proof: &[u8]) -> Option<Vec<
         })
         .collect()
 }
+
+/// blake3 of commitments as 32-byte compressed points, in lane order: what a
+/// head node's proof receipt names (`verifier::receipt::ProofReceipt`).
+pub fn commitments_digest(commitments: &[EqAffine]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for c in commitments {
+        h.update(c.to_bytes().as_ref());
+    }
+    *h.finalize().as_bytes()
+}

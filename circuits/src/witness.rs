@@ -107,6 +107,17 @@ pub fn sample_token(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result
     }
 }
 
+/// The token `sampler` picks from quantized logits and the statement a proof
+/// of the pick makes (its log-probability included; position 0).
+pub fn pick(
+    tables: &Tables,
+    logits: Vec<i64>,
+    sampler: Sampler,
+) -> Result<StepStatement, StepError> {
+    let token = sample_token(tables, &logits, sampler)?;
+    Ok(StepWitness::new(tables, logits, token, sampler)?.statement)
+}
+
 fn check_logits(logits: &[i64]) -> Result<(), StepError> {
     let limit = 1i64 << LOGIT_BITS;
     match logits.iter().position(|z| z.abs() >= limit) {

@@ -4,22 +4,25 @@
 //!
 //! Tokens are chosen by `circuits::sample_token` over the logits quantized to
 //! the proof's fixed point: the same integer arithmetic the circuit checks,
-//! so every token can be proven from the records kept here.
+//! so every token can be proven. On a chain of nodes the head node picks
+//! (with the `r` this client derives from its nonce) and sends the token,
+//! its log-probability and the digest of the logits, not the logits, unless
+//! they are to be kept.
 
 use std::time::{Duration, Instant};
 
 use circuits::fixed_point::{Temperature, TemperatureError};
-use circuits::{sample_token, FixedPoint, Sampler, Tables};
+use circuits::{FixedPoint, Sampler, Tables};
 use models::generate::Generator;
 use models::model_id::ModelId;
 use models::tokenizer::Tokenizer;
 use prover::{Record, RecordSampler, Records};
 use transcript::{
-    self, HopRecord, Nonce, ProvingPolicy, RecordsRef, Transcript, TranscriptError,
-    TranscriptSampler,
+    self, HopRecord, Nonce, ProofReceiptRecord, ProvingPolicy, RecordsRef, Transcript,
+    TranscriptError, TranscriptSampler,
 };
 use verifier::bundle::Bundle;
-use wire::{ProveSampler, ProveStep};
+use wire::{ProveStep, TokenSampler};
 
 use crate::proofs::{ProofCollector, ProofsError, POLL_INTERVAL};
 use crate::session::{Session, SessionConfig};
@@ -64,6 +67,10 @@ pub struct GenerationOptions {
     pub stops: Vec<u32>,
     /// Ask the head node for proofs (remote only).
     pub proving: Option<ProvingPolicy>,
+    /// Keep every token's logits in the transcript's records (for
+    /// `--transcript-logits` and `zkinfer prove --records`): a head node
+    /// then sends all `4 * vocab` bytes of them a token instead of its pick.
+    pub keep_logits: bool,
 }
 
 /// A finished generation.
@@ -163,31 +170,50 @@ impl<'a> Backend<'a> {
         }
     }
 
-    /// [`Backend::forward`], appending the forward's hop digests and
-    /// reporting the session's routing events.
+    /// Feeds tokens and picks the token after them: here from the logits,
+    /// or on the head node, which then sends the token instead of the
+    /// logits (unless they are to be kept). Appends the forward's hop
+    /// digests and reports the session's routing events.
     fn feed(
         &mut self,
         tokens: &[u32],
-        layers: usize,
+        picking: &Picking<'_>,
         hops: &mut Vec<HopRecord>,
         observer: &mut dyn Observer,
-    ) -> Result<Vec<f32>, GenerationError> {
+    ) -> Result<Pick, GenerationError> {
         let position = self.position();
-        let result = self.forward(tokens);
-        if let Backend::Remote { session, .. } = self {
-            report_events(session, observer);
-        }
-        let logits = result?;
-        match self {
-            Backend::Local(_) => hops.push(HopRecord::local(position, layers, tokens, &logits)),
-            Backend::Remote { session, .. } => hops.extend(
-                session
-                    .last_hops()
-                    .iter()
-                    .map(|d| HopRecord::remote(position, d)),
-            ),
-        }
-        Ok(logits)
+        let next = position + tokens.len() as u64;
+        let (sampler, wire) = picking.sampler(next)?;
+        let pick = match self {
+            Backend::Local(g) => {
+                let logits = g.feed(tokens)?;
+                hops.push(HopRecord::local(position, picking.layers, tokens, &logits));
+                picking.pick(logits, sampler, next)?
+            }
+            Backend::Remote { runtime, session } => {
+                let result = if picking.keep_logits {
+                    runtime
+                        .block_on(session.feed(tokens))
+                        .map_err(GenerationError::from)
+                        .and_then(|logits| picking.pick(logits, sampler, next))
+                } else {
+                    runtime
+                        .block_on(session.feed_sampled(tokens, wire))
+                        .map_err(GenerationError::from)
+                        .and_then(|s| picking.check_remote(s.token, s.logprob, next))
+                };
+                report_events(session, observer);
+                let pick = result?;
+                hops.extend(
+                    session
+                        .last_hops()
+                        .iter()
+                        .map(|d| HopRecord::remote(position, d)),
+                );
+                pick
+            }
+        };
+        Ok(pick)
     }
 
     /// Asks the head node to prove `steps` (plus any orphaned by a chain
@@ -236,6 +262,89 @@ fn report_events(session: &mut Session, observer: &mut dyn Observer) {
     }
 }
 
+/// The token after a forward, and the logits it came from when kept.
+struct Pick {
+    token: u32,
+    logprob: f64,
+    logits: Option<Vec<f32>>,
+}
+
+/// How the token after each forward is chosen: the circuit's sampler at the
+/// proof's fixed point, with `r` from the nonce.
+struct Picking<'t> {
+    tables: &'t Tables,
+    fixed_point: FixedPoint,
+    /// `None`: greedy.
+    temperature: Option<Temperature>,
+    nonce: Nonce,
+    request_id: u64,
+    layers: usize,
+    vocab: usize,
+    keep_logits: bool,
+}
+
+impl Picking<'_> {
+    /// The sampler of the token at `position`, for the circuit and the wire.
+    fn sampler(&self, position: u64) -> Result<(Sampler, TokenSampler), GenerationError> {
+        Ok(match self.temperature {
+            None => (Sampler::Greedy, TokenSampler::Greedy),
+            Some(temperature) => {
+                let r = transcript::sampling_r(&self.nonce, self.request_id, position);
+                (
+                    Sampler::Sample { temperature, r },
+                    TokenSampler::Sample {
+                        temperature: temperature.value(),
+                        r,
+                    },
+                )
+            }
+        })
+    }
+
+    fn pick(
+        &self,
+        logits: Vec<f32>,
+        sampler: Sampler,
+        position: u64,
+    ) -> Result<Pick, GenerationError> {
+        let failed = |message: String| GenerationError::Sampling { position, message };
+        let z = self
+            .fixed_point
+            .quantize_all(&logits)
+            .map_err(|e| failed(e.to_string()))?;
+        let statement =
+            circuits::pick(self.tables, z, sampler).map_err(|e| failed(e.to_string()))?;
+        Ok(Pick {
+            token: statement.token,
+            logprob: statement.logprob_nats(self.fixed_point.frac_bits),
+            logits: self.keep_logits.then_some(logits),
+        })
+    }
+
+    /// A head node's pick, as far as it can be checked without the logits.
+    fn check_remote(
+        &self,
+        token: u32,
+        logprob: f64,
+        position: u64,
+    ) -> Result<Pick, GenerationError> {
+        if token as usize >= self.vocab {
+            return Err(GenerationError::Sampling {
+                position,
+                message: format!(
+                    "the head node picked token {token}, outside the vocabulary of {}",
+                    self.vocab
+                ),
+            });
+        }
+        Ok(Pick {
+            token,
+            logprob,
+            logits: None,
+        })
+    }
+}
+
 /// The prompt: its text (for the transcript) and its tokens.
 pub struct Prompt {
     pub text: String,
@@ -273,10 +382,19 @@ pub fn generate(
     options: &GenerationOptions,
     observer: &mut dyn Observer,
 ) -> Result<Generation, GenerationError> {
-    let layers = model.layers;
     let fixed_point = FixedPoint::default();
-    let exact_temperature = options.temperature.map(Temperature::new).transpose()?;
-    let tables = Tables::new(fixed_point, exact_temperature.unwrap_or(Temperature::ONE));
+    let temperature = options.temperature.map(Temperature::new).transpose()?;
+    let tables = Tables::new(fixed_point, temperature.unwrap_or(Temperature::ONE));
+    let picking = Picking {
+        tables: &tables,
+        fixed_point,
+        temperature,
+        nonce: options.nonce,
+        request_id: options.request_id,
+        layers: model.layers,
+        vocab: model.vocab,
+        keep_logits: options.keep_logits,
+    };
     let mut collector = options.proving.map(|_| ProofCollector::default());
 
     let prompt_tokens = prompt.tokens;
@@ -290,73 +408,57 @@ pub fn generate(
     let max_tokens = options.max_tokens.min(model.context - prompt_tokens.len());
     let mut hops = Vec::new();
     let start = Instant::now();
-    let mut logits = backend.feed(&prompt_tokens, layers, &mut hops, observer)?;
+    let mut pick = backend.feed(&prompt_tokens, &picking, &mut hops, observer)?;
     let prompt_time = start.elapsed();
     let mut decoder = tokenizer.map(Tokenizer::stream_decoder);
-    let mut steps = Vec::new();
+    let (mut tokens, mut logprobs, mut steps) = (Vec::new(), Vec::new(), Vec::new());
     let start = Instant::now();
     for _ in 0..max_tokens {
         let position = backend.position();
-        let z = fixed_point
-            .quantize_all(&logits)
-            .map_err(|e| GenerationError::Sampling {
+        let token = pick.token;
+        tokens.push(token);
+        logprobs.push(pick.logprob);
+        if let Some(logits) = pick.logits.take() {
+            let sampler = match options.temperature {
+                None => RecordSampler::Greedy {},
+                Some(temperature) => RecordSampler::Sample {
+                    temperature,
+                    r: transcript::sampling_r(&options.nonce, options.request_id, position)
+                        .to_string(),
+                },
+            };
+            steps.push(Record {
                 position,
-                message: e.to_string(),
-            })?;
-        let (sampler, step_sampler, prove_sampler) = match (exact_temperature, options.temperature)
-        {
-            (Some(exact), Some(temperature)) => {
-                let r = transcript::sampling_r(&options.nonce, options.request_id, position);
-                (
-                    Sampler::Sample {
-                        temperature: exact,
-                        r,
-                    },
-                    RecordSampler::Sample {
-                        temperature,
-                        r: r.to_string(),
-                    },
-                    ProveSampler::Sample { temperature, r },
-                )
-            }
-            _ => (
-                Sampler::Greedy,
-                RecordSampler::Greedy {},
-                ProveSampler::Greedy,
-            ),
-        };
-        let token = sample_token(&tables, &z, sampler).map_err(|e| GenerationError::Sampling {
-            position,
-            message: e.to_string(),
-        })?;
+                logits,
+                token,
+                sampler,
+            });
+        }
         if let (Some(collector), Some(ProvingPolicy::All)) = (&mut collector, options.proving) {
             let step = ProveStep {
                 position,
                 token,
-                sampler: prove_sampler,
+                sampler: picking.sampler(position)?.1,
             };
             backend.prove(&[step], collector, observer)?;
-            observer.proofs(collector.proven(), steps.len() + 1);
+            observer.proofs(collector.proven(), tokens.len());
         }
-        steps.push(Record {
-            position,
-            logits: std::mem::take(&mut logits),
-            token,
-            sampler: step_sampler,
-        });
-        if options.stops.contains(&token) {
-            break;
-        }
-        if let Some(decoder) = &mut decoder {
+        let stop = options.stops.contains(&token);
+        if let (Some(decoder), false) = (&mut decoder, stop) {
             observer.text(&decoder.push(token));
         }
-        logits = backend.feed(&[token], layers, &mut hops, observer)?;
+        // Every token is fed, a stop token and the last one too, so that a
+        // signed first hop names it even when no logits are kept.
+        pick = backend.feed(&[token], &picking, &mut hops, observer)?;
+        if stop {
+            break;
+        }
     }
     if let Some(mut decoder) = decoder {
         observer.text(&decoder.finish());
     }
     let generation_time = start.elapsed();
-    observer.generated(steps.len(), generation_time);
+    observer.generated(tokens.len(), generation_time);
 
     let mut transcript = Transcript {
         version: transcript::VERSION,
@@ -369,13 +471,15 @@ pub fn generate(
         },
         client_nonce: options.nonce.to_hex(),
         request_id: options.request_id,
-        tokens: steps.iter().map(|s| s.token).collect(),
+        tokens,
         hops,
-        records: RecordsRef::Inline(Records {
+        logprobs,
+        records: options.keep_logits.then_some(RecordsRef::Inline(Records {
             vocab: model.vocab,
             steps,
-        }),
+        })),
         proving: options.proving,
+        proof_receipts: Vec::new(),
         receipts_signature: None,
     };
     transcript.receipts_signature = transcript.aggregate_receipts()?;
@@ -383,7 +487,9 @@ pub fn generate(
         Some(mut collector) => {
             let outcome = collect_proofs(backend, &transcript, &mut collector, observer);
             backend.finish();
-            Some(outcome?)
+            let (outcome, receipts) = outcome?;
+            transcript.proof_receipts = receipts;
+            Some(outcome)
         }
         None => {
             backend.finish();
@@ -399,40 +505,38 @@ pub fn generate(
 }
 
 /// Asks for the challenged steps (policy `challenged`), then polls until
-/// nothing asked is outstanding.
+/// nothing asked is outstanding; returns the outcome and the head's proof
+/// receipts.
 fn collect_proofs(
     backend: &mut Backend<'_>,
     transcript: &Transcript,
     collector: &mut ProofCollector,
     observer: &mut dyn Observer,
-) -> Result<ProofOutcome, GenerationError> {
+) -> Result<(ProofOutcome, Vec<ProofReceiptRecord>), GenerationError> {
     let start = Instant::now();
-    let RecordsRef::Inline(records) = &transcript.records else {
-        return Err(GenerationError::Usage("records must be inline".into()));
-    };
-    let step_of = |position: u64| -> Option<ProveStep> {
-        let step = records.steps.iter().find(|s| s.position == position)?;
-        let sampler = match &step.sampler {
-            RecordSampler::Greedy {} => ProveSampler::Greedy,
-            RecordSampler::Sample { temperature, r } => ProveSampler::Sample {
-                temperature: *temperature,
-                r: r.parse().ok()?,
-            },
-        };
-        Some(ProveStep {
-            position,
-            token: step.token,
-            sampler,
-        })
-    };
+    let nonce = transcript.nonce()?;
+    let tokens: Vec<(u64, u32)> = transcript
+        .token_positions()
+        .zip(transcript.tokens.iter().copied())
+        .collect();
     let asked: Vec<u64> = match transcript.proving {
         Some(ProvingPolicy::Challenged { challenges }) => {
             transcript.challenged_positions(challenges)
         }
-        _ => transcript.token_positions().collect(),
+        _ => tokens.iter().map(|(p, _)| *p).collect(),
     };
     if let Some(ProvingPolicy::Challenged { .. }) = transcript.proving {
-        let steps: Vec<ProveStep> = asked.iter().filter_map(|&p| step_of(p)).collect();
+        let steps = tokens
+            .iter()
+            .filter(|(p, _)| asked.contains(p))
+            .map(|&(position, token)| {
+                Ok(ProveStep {
+                    position,
+                    token,
+                    sampler: wire_sampler(transcript.sampler_at(&nonce, position)?),
+                })
+            })
+            .collect::<Result<Vec<_>, GenerationError>>()?;
         backend.prove(&steps, collector, observer)?;
     }
     let total = asked.len();
@@ -447,10 +551,23 @@ fn collect_proofs(
         .iter()
         .map(|(p, m)| (*p, m.clone()))
         .collect();
-    Ok(ProofOutcome {
+    let (bundle, receipts) = std::mem::take(collector).into_bundle();
+    let outcome = ProofOutcome {
         asked,
-        bundle: std::mem::take(collector).into_bundle(),
+        bundle,
         failures,
         wait: start.elapsed(),
-    })
+    };
+    Ok((outcome, receipts))
+}
+
+/// The wire's form of a circuit sampler.
+fn wire_sampler(sampler: Sampler) -> TokenSampler {
+    match sampler {
+        Sampler::Greedy => TokenSampler::Greedy,
+        Sampler::Sample { temperature, r } => TokenSampler::Sample {
+            temperature: temperature.value(),
+            r,
+        },
+    }
 }

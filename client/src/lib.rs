@@ -24,16 +24,17 @@ use transcript::HopDigest;
 use wire::transport::NodeLink;
 use wire::{
     Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, HeadReply, Hello, Message,
-    MessageType, Ping, ProofsReply, ProveStep, WireError,
+    MessageType, Ping, ProofsReply, ProveStep, Sampled, TokenSampler, WireError,
 };
 
 /// A head reply and how its answer decodes: [`HeadReply::LastLogits`] to
 /// the logits of the last position, [`HeadReply::GreedyTokens`] to one token
-/// id per position.
+/// id per position, [`HeadReply::Sample`] to the token the head picked.
 pub trait HeadAnswer: Copy {
     type Answer;
     fn reply(self) -> HeadReply;
-    fn decode(self, output: &Activations) -> Result<Self::Answer, WireError>;
+    /// The head's answer, an Output or a Sampled message.
+    fn decode(self, answer: Message) -> Result<Self::Answer, WireError>;
 }
 
 /// The logits of the last position.
@@ -44,13 +45,27 @@ pub struct Logits;
 #[derive(Clone, Copy, Debug)]
 pub struct GreedyTokens;
 
+/// The token the head node's sampler picks after the last position.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadSample(pub TokenSampler);
+
+fn head_output(answer: Message) -> Result<Activations, WireError> {
+    match answer {
+        Message::Output(o) => Ok(o.activations),
+        other => Err(WireError::Malformed(format!(
+            "the head answered {:?}, not Output",
+            other.message_type()
+        ))),
+    }
+}
+
 impl HeadAnswer for Logits {
     type Answer = Vec<f32>;
     fn reply(self) -> HeadReply {
         HeadReply::LastLogits
     }
-    fn decode(self, output: &Activations) -> Result<Vec<f32>, WireError> {
-        output.to_f32()
+    fn decode(self, answer: Message) -> Result<Vec<f32>, WireError> {
+        head_output(answer)?.to_f32()
     }
 }
 
@@ -59,8 +74,24 @@ impl HeadAnswer for GreedyTokens {
     fn reply(self) -> HeadReply {
         HeadReply::GreedyTokens
     }
-    fn decode(self, output: &Activations) -> Result<Vec<u32>, WireError> {
-        output.to_token_ids()
+    fn decode(self, answer: Message) -> Result<Vec<u32>, WireError> {
+        head_output(answer)?.to_token_ids()
+    }
+}
+
+impl HeadAnswer for HeadSample {
+    type Answer = Sampled;
+    fn reply(self) -> HeadReply {
+        HeadReply::Sample(self.0)
+    }
+    fn decode(self, answer: Message) -> Result<Sampled, WireError> {
+        match answer {
+            Message::Sampled(s) => Ok(s),
+            other => Err(WireError::Malformed(format!(
+                "the head answered {:?}, not Sampled",
+                other.message_type()
+            ))),
+        }
     }
 }
 
@@ -401,9 +432,12 @@ impl Chain {
             };
             let frame = Frame::new(request_id, position, Message::Forward(forward));
             let start = Instant::now();
-            let (output, signature) = match self.call_mirrored(i, frame).await? {
-                Message::Output(o) => (o.activations, o.signature),
-                other => return Err(self.unexpected(i, &other)),
+            let answer = self.call_mirrored(i, frame).await?;
+            let last = i + 1 == self.links.len();
+            let (output, signature) = match &answer {
+                Message::Output(o) => (blake3::hash(&o.activations.data), o.signature),
+                Message::Sampled(s) if last => (blake3::Hash::from(s.logits_blake3), s.signature),
+                other => return Err(self.unexpected(i, other)),
             };
             let link = &self.links[i];
             if link.signer.is_some() && signature.is_none() {
@@ -416,20 +450,24 @@ impl Chain {
                 addr: link.hop.addr,
                 layers: link.hop.layers.clone(),
                 input: sent,
-                output: blake3::hash(&output.data),
+                output,
                 elapsed: start.elapsed(),
                 request_id,
                 position,
                 signer: link.signer,
                 signature,
             });
-            if i + 1 == self.links.len() {
-                let answer = head.decode(&output).map_err(|e| self.node_error(i, e))?;
+            if last {
+                let answer = head.decode(answer).map_err(|e| self.node_error(i, e))?;
                 self.last_hops = hops;
                 return Ok(answer);
             }
+            let Message::Output(output) = answer else {
+                return Err(self.unexpected(i, &answer));
+            };
             input = ForwardInput::Activations(
-                self.reencode(output).map_err(|e| self.node_error(i, e))?,
+                self.reencode(output.activations)
+                    .map_err(|e| self.node_error(i, e))?,
             );
         }
         Err(ClientError::Usage("a chain with no hops".into()))

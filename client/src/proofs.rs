@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use circuits::opening::{commitments_digest, proof_logit_commitments};
+use transcript::ProofReceiptRecord;
 use verifier::bundle::{Bundle, BundleError};
+use verifier::hex;
 use wire::{ProofsReply, ProveStep};
 
 /// A head node's proofs that cannot be taken in.
@@ -24,6 +27,7 @@ pub struct ProofCollector {
     proven: BTreeSet<u64>,
     failures: BTreeMap<u64, String>,
     bundle: Option<Bundle>,
+    receipts: Vec<ProofReceiptRecord>,
 }
 
 impl ProofCollector {
@@ -37,10 +41,22 @@ impl ProofCollector {
     /// Takes a node's reply in: bundles are merged (they must be of one
     /// circuit), failures noted.
     pub fn absorb(&mut self, reply: ProofsReply) -> Result<(), ProofsError> {
-        for bytes in &reply.bundles {
-            let bundle = Bundle::from_bytes(bytes)?;
+        for proven in &reply.bundles {
+            let bundle = Bundle::from_bytes(&proven.bytes)?;
             for (_, statement) in bundle.steps() {
                 self.proven.insert(statement.position);
+            }
+            // The head's signature per proof; checked by the verifier
+            // against the keys that signed the logits.
+            if proven.signatures.len() == bundle.proofs.len() {
+                for (proof, signature) in bundle.proofs.iter().zip(&proven.signatures) {
+                    if let Some(c) = proof_logit_commitments(bundle.shape, &proof.bytes) {
+                        self.receipts.push(ProofReceiptRecord {
+                            commitments_blake3: hex(&commitments_digest(&c)),
+                            signature: hex(signature),
+                        });
+                    }
+                }
             }
             match &mut self.bundle {
                 None => self.bundle = Some(bundle),
@@ -90,9 +106,10 @@ impl ProofCollector {
         &self.failures
     }
 
-    /// The merged bundle, if any proof came back.
-    pub fn into_bundle(self) -> Option<Bundle> {
-        self.bundle
+    /// The merged bundle, if any proof came back, and the head's receipts
+    /// of its proofs.
+    pub fn into_bundle(self) -> (Option<Bundle>, Vec<ProofReceiptRecord>) {
+        (self.bundle, self.receipts)
     }
 }
 

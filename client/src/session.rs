@@ -34,10 +34,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::routing::{measure, Router};
-use crate::{Chain, ClientError, GreedyTokens, HeadAnswer, Hop, Logits};
+use crate::{Chain, ClientError, GreedyTokens, HeadAnswer, HeadSample, Hop, Logits};
 use models::model_id::ModelId;
 use transcript::HopDigest;
-use wire::{Encoding, ProofsReply, ProveStep};
+use wire::{Encoding, ProofsReply, ProveStep, Sampled, TokenSampler};
 
 /// How a session routes and recovers.
 #[derive(Clone, Debug)]
@@ -277,6 +277,18 @@ impl Session {
     /// (node::greedy_token): one pass checks a whole speculative draft.
     pub async fn feed_greedy(&mut self, tokens: &[u32]) -> Result<Vec<u32>, ClientError> {
         self.feed_for(tokens, GreedyTokens).await
+    }
+
+    /// Feeds `tokens` and returns the token the head node's `sampler` picks
+    /// after the last of them, with its log-probability and the digest of
+    /// the logits it was picked from (which the head keeps): a few dozen
+    /// bytes instead of the logits.
+    pub async fn feed_sampled(
+        &mut self,
+        tokens: &[u32],
+        sampler: TokenSampler,
+    ) -> Result<Sampled, ClientError> {
+        self.feed_for(tokens, HeadSample(sampler)).await
     }
 
     /// Forgets the history from position `len` on (rejected draft tokens);

@@ -361,6 +361,7 @@ impl Run<'_> {
             proving: self
                 .prove
                 .map(|_| ProvingPolicy::Challenged { challenges: 1 }),
+            keep_logits: false,
         };
         let info = ModelInfo {
             id: Some(honest_id),
@@ -439,7 +440,7 @@ impl ProofChecker {
         let report = verifier::verify_with_key(bundle, &self.params, &key)?;
         let shape = bundle.shape;
         let expected = transcript.expected_steps(dir, shape.fixed_point, shape.vocab)?;
-        let openings = verifier::answer::open_proofs(bundle, &self.params, &expected.logits);
+        let openings = transcript.proof_openings(bundle, &self.params, &expected.logits);
         let answer = verifier::answer::check_answer(
             bundle,
             &report,

@@ -35,6 +35,12 @@
 //!   and it saves `vocab * 4` bytes per prompt position. It runs the head on
 //!   that row alone (the greedy tokens of every row: a chunk of rows at a
 //!   time), never on all of a prompt's rows at once.
+//! - **Sampled**: for head reply Sample the shard with the head picks the
+//!   token from that last row itself (`node::sampling`: the client's own
+//!   sampler, with the `r` the client sent) and answers its id, its
+//!   log-probability and the blake3 of the logits row, some 140 bytes
+//!   instead of `vocab * 4`. It signs, keeps for proofs and keeps in its
+//!   audit trail exactly what it would have for the logits themselves.
 //! - **End** frees the request's cache; there is no answer, not even for an
 //!   unknown request, so a client never has an answer to wait for.
 //! - **Ping** is answered by a **Pong** echoing it.
@@ -69,6 +75,7 @@
 //!   requests' trails are dropped first (`node::trail`).
 
 pub mod proving;
+pub mod sampling;
 pub mod trail;
 
 use std::collections::HashMap;
@@ -91,7 +98,7 @@ use verifier::receipt::{Receipt, SecretKey};
 use wire::transport;
 use wire::{
     Activations, Encoding, Forward, ForwardInput, Frame, HeadReply, HelloAck, Limits, Message,
-    Output, WireError,
+    Output, Sampled, WireError,
 };
 
 /// What a node serves and how patient it is.
@@ -491,7 +498,7 @@ async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
             Err(e) => return Some(e.to_frame(id, pos)),
         },
         Message::Forward(forward) => match run_forward(shared, id, pos, forward).await {
-            Ok(output) => Message::Output(output),
+            Ok(answer) => answer,
             Err(e) => return Some(e.to_frame(id, pos)),
         },
         Message::End => {
@@ -504,7 +511,11 @@ async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
         }
         Message::Ping(ping) => Message::Pong(ping),
         Message::Prove(steps) => match &shared.config.proving {
-            Some(proving) => Message::Proofs(proving.submit(id, steps)),
+            Some(proving) => {
+                let signer = shared.config.signer.as_deref();
+                let model_id = shared.config.model_id;
+                Message::Proofs(proving.submit(id, steps, signer.map(|key| (key, model_id))))
+            }
             None => {
                 let e = WireError::Malformed(
                     "this node does not prove (start it with `zkinfer serve --prove`)".into(),
@@ -571,11 +582,15 @@ async fn run_forward(
     id: u64,
     position: u64,
     forward: Forward,
-) -> Result<Output, WireError> {
+) -> Result<Message, WireError> {
     check_span(shared, &forward.model_id, &forward.layers)?;
     let model = &shared.model;
     let reply_encoding = forward.reply;
     let head_reply = forward.head;
+    if let HeadReply::Sample(sampler) = head_reply {
+        // Refused before any cache is touched.
+        sampling::circuit_sampler(sampler)?;
+    }
     let layers = (forward.layers.start, forward.layers.end);
     let input_digest = forward.input.digest();
     let kept_input = shared.trails.is_some().then(|| forward.input.clone());
@@ -636,7 +651,17 @@ async fn run_forward(
             keep,
             fault,
         );
-        (cache, out)
+        let picked = match (&out, head_reply) {
+            (
+                Ok(Computed {
+                    answer: Answer::Values { values, .. },
+                    ..
+                }),
+                HeadReply::Sample(s),
+            ) if model.has_head() => Some(sampling::pick(values, s)),
+            _ => None,
+        };
+        (cache, out, picked)
     })
     .await;
     let mut caches = lock(&shared.caches);
@@ -644,7 +669,7 @@ async fn run_forward(
     // then the cache is dropped here.
     let slot = caches.get_mut(&id).filter(|slot| slot.epoch == epoch);
     match joined {
-        Ok((cache, Ok(Computed { answer, boundaries }))) => {
+        Ok((cache, Ok(Computed { answer, boundaries }), picked)) => {
             if let Some(slot) = slot {
                 slot.cache = Some(cache);
                 slot.last_used = Instant::now();
@@ -682,6 +707,7 @@ async fn run_forward(
                 };
                 trails.record(id, position, trail);
             }
+            let output = *blake3::hash(&activations.data).as_bytes();
             let signature = shared.config.signer.as_ref().map(|key| {
                 let receipt = Receipt {
                     model_id: shared.config.model_id.0,
@@ -689,16 +715,24 @@ async fn run_forward(
                     request_id: id,
                     position,
                     input: *input_digest.as_bytes(),
-                    output: *blake3::hash(&activations.data).as_bytes(),
+                    output,
                 };
                 key.sign(&receipt).to_bytes()
             });
-            Ok(Output {
-                activations,
-                signature,
+            Ok(match picked.transpose()? {
+                Some(pick) => Message::Sampled(Sampled {
+                    token: pick.token,
+                    logprob: pick.logprob,
+                    logits_blake3: output,
+                    signature,
+                }),
+                None => Message::Output(Output {
+                    activations,
+                    signature,
+                }),
             })
         }
-        Ok((_, Err(e))) => {
+        Ok((_, Err(e), _)) => {
             if slot.is_some() {
                 caches.remove(&id);
             }

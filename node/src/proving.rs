@@ -16,11 +16,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use circuits::fixed_point::{Temperature, TemperatureError};
+use circuits::opening::{commitments_digest, proof_logit_commitments};
 use circuits::CircuitShape;
+use models::model_id::ModelId;
 use prover::{ProveError, Prover, Record, RecordSampler, Records};
+use transcript::f32_bytes;
+use verifier::receipt::{ProofReceipt, SecretKey};
 use verifier::ParamsCache;
 
-use wire::{ProofFailure, ProofsReply, ProveSampler, ProveStep};
+use wire::{ProofFailure, ProofsReply, ProveStep, ProvenBundle, TokenSampler};
 
 /// How a node proves.
 #[derive(Clone, Debug)]
@@ -45,13 +49,26 @@ struct Job {
     logits: Arc<Vec<f32>>,
 }
 
+/// A finished bundle and, per proof, what its receipt names.
+struct Finished {
+    bytes: Vec<u8>,
+    proofs: Vec<ProofNames>,
+}
+
+/// What a proof's receipt names besides the node: the digest of the proof's
+/// logit commitments and its steps' positions and logits digests.
+struct ProofNames {
+    commitments: [u8; 32],
+    steps: Vec<(u64, [u8; 32])>,
+}
+
 /// One request's proving state on the node.
 #[derive(Default)]
 struct RequestProofs {
     /// Logits by the position of the token they choose.
     logits: BTreeMap<u64, Arc<Vec<f32>>>,
     pending: u32,
-    bundles: Vec<Vec<u8>>,
+    bundles: Vec<Finished>,
     failures: Vec<ProofFailure>,
     last_used: Option<Instant>,
 }
@@ -168,8 +185,14 @@ impl ProofService {
     }
 
     /// Queues `steps` of `request` (a step whose logits this node does not
-    /// hold fails at once) and hands over what is finished.
-    pub fn submit(&self, request: u64, steps: Vec<ProveStep>) -> ProofsReply {
+    /// hold fails at once) and hands over what is finished, each proof's
+    /// receipt signed with `signer` (the node's key and model id) if given.
+    pub fn submit(
+        &self,
+        request: u64,
+        steps: Vec<ProveStep>,
+        signer: Option<(&SecretKey, ModelId)>,
+    ) -> ProofsReply {
         let mut state = self.inner.lock();
         let broken = state.broken.clone();
         let mut queued = Vec::new();
@@ -199,9 +222,10 @@ impl ProofService {
                 ))),
             }
         }
+        let bundles = std::mem::take(&mut entry.bundles);
         let reply = ProofsReply {
             pending: entry.pending,
-            bundles: std::mem::take(&mut entry.bundles),
+            bundles: Vec::new(),
             failures: std::mem::take(&mut entry.failures),
         };
         let woke = !queued.is_empty();
@@ -210,7 +234,29 @@ impl ProofService {
         if woke {
             self.inner.wake.notify_all();
         }
-        reply
+        // Signed outside the lock: a pairing-friendly hash per proof.
+        let bundles = bundles
+            .into_iter()
+            .map(|finished| ProvenBundle {
+                signatures: signer.map_or_else(Vec::new, |(key, model_id)| {
+                    finished
+                        .proofs
+                        .into_iter()
+                        .map(|ProofNames { commitments, steps }| {
+                            let receipt = ProofReceipt {
+                                model_id: model_id.0,
+                                request_id: request,
+                                commitments,
+                                steps,
+                            };
+                            key.sign(&receipt).to_bytes()
+                        })
+                        .collect()
+                }),
+                bytes: finished.bytes,
+            })
+            .collect();
+        ProofsReply { bundles, ..reply }
     }
 
     /// Forgets requests unused for `idle` with nothing pending.
@@ -304,8 +350,8 @@ fn work(inner: Arc<Inner>, on_ready: impl FnOnce(Result<Duration, KeysError>)) {
 /// steps share one).
 fn keys_for(prover: &mut Prover, batch: &[Job], cache: &ParamsCache) -> Result<(), KeysError> {
     let temperature = match batch[0].step.sampler {
-        ProveSampler::Greedy => Temperature::ONE,
-        ProveSampler::Sample { temperature, .. } => Temperature::new(temperature)?,
+        TokenSampler::Greedy => Temperature::ONE,
+        TokenSampler::Sample { temperature, .. } => Temperature::new(temperature)?,
     };
     if temperature != prover.shape.temperature {
         *prover = Prover::setup(prover.shape.with_temperature(temperature), cache, false).map_err(
@@ -340,7 +386,7 @@ fn prove_batch(
     prover: &Prover,
     batch: &[Job],
     threads: usize,
-) -> (Option<Vec<u8>>, Vec<ProofFailure>) {
+) -> (Option<Finished>, Vec<ProofFailure>) {
     let mut prepared = Vec::new();
     let mut failures = Vec::new();
     for job in batch {
@@ -373,7 +419,35 @@ fn prove_batch(
         return (None, failures);
     }
     match prover.prove_all(&prepared, 1, threads, false) {
-        Ok(bundle) => (Some(bundle.to_bytes()), failures),
+        Ok(bundle) => {
+            let digests: HashMap<u64, [u8; 32]> = batch
+                .iter()
+                .map(|j| {
+                    (
+                        j.step.position,
+                        *blake3::hash(&f32_bytes(&j.logits)).as_bytes(),
+                    )
+                })
+                .collect();
+            let proofs = bundle
+                .proofs
+                .iter()
+                .enumerate()
+                .map(|(i, proof)| {
+                    let commitments = proof_logit_commitments(bundle.shape, &proof.bytes)
+                        .map(|c| commitments_digest(&c))
+                        .unwrap_or_default();
+                    let steps = bundle
+                        .steps()
+                        .filter(|(p, _)| *p == i)
+                        .map(|(_, s)| (s.position, digests[&s.position]))
+                        .collect();
+                    ProofNames { commitments, steps }
+                })
+                .collect();
+            let bytes = bundle.to_bytes();
+            (Some(Finished { bytes, proofs }), failures)
+        }
         Err(e) => {
             failures.extend(prepared.iter().map(|s| ProofFailure {
                 position: s.position,
@@ -396,10 +470,10 @@ fn fail_queued(state: &mut State, reason: &str) {
 }
 
 /// The record sampler (the `zkinfer prove --records` form) of a wire sampler.
-pub fn record_sampler(sampler: ProveSampler) -> RecordSampler {
+pub fn record_sampler(sampler: TokenSampler) -> RecordSampler {
     match sampler {
-        ProveSampler::Greedy => RecordSampler::Greedy {},
-        ProveSampler::Sample { temperature, r } => RecordSampler::Sample {
+        TokenSampler::Greedy => RecordSampler::Greedy {},
+        TokenSampler::Sample { temperature, r } => RecordSampler::Sample {
             temperature,
             r: r.to_string(),
         },

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
-use client::{Chain, ClientError, Hop};
+use client::{Chain, ClientError, HeadSample, Hop};
 use models::argmax;
 use models::gemma3::Gemma3;
 use models::generate::Generator;
@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use wire::transport;
 use wire::{
     Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, HeadReply, Hello, Limits,
-    Message, Ping,
+    Message, Ping, TokenSampler,
 };
 
 const LAYERS: usize = 7;
@@ -175,6 +175,97 @@ async fn chain_matches_the_single_process_model_in_every_encoding() {
             assert_eq!(chain.ping().await.expect("ping").len(), 2);
             chain.end(request_id).await.expect("end");
         }
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Twin chains on the same nodes, one asking for logits and one for the
+/// head's pick: the head picks exactly what the client would from the
+/// logits it would have sent, names their digest, and sends a frame of a
+/// few dozen bytes instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_picks_what_the_client_would_from_the_logits_it_keeps() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let f = fixture("sample").await;
+        let mut logits_chain = connect(&f, Encoding::F32).await;
+        let mut picking_chain = connect(&f, Encoding::F32).await;
+        let tables = circuits::Tables::new(
+            circuits::FixedPoint::default(),
+            circuits::fixed_point::Temperature::new(0.7).expect("temperature"),
+        );
+        let mut tokens = PROMPT.to_vec();
+        let mut position = 0u64;
+        for step in 0..STEPS as u64 {
+            let fed = &tokens[position as usize..];
+            let sampler = if step % 2 == 0 {
+                TokenSampler::Greedy
+            } else {
+                TokenSampler::Sample {
+                    temperature: 0.7,
+                    r: step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                }
+            };
+            let logits = logits_chain
+                .forward(1, position, fed)
+                .await
+                .expect("logits");
+            let sampled = picking_chain
+                .forward_for(2, position, fed, HeadSample(sampler))
+                .await
+                .expect("pick");
+            let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(sampled.logits_blake3, *blake3::hash(&bytes).as_bytes());
+            assert_eq!(
+                picking_chain.last_hops().last().expect("hop").output,
+                logits_chain.last_hops().last().expect("hop").output
+            );
+            let z = circuits::FixedPoint::default()
+                .quantize_all(&logits)
+                .expect("quantize");
+            let expected = match sampler {
+                TokenSampler::Greedy => circuits::Sampler::Greedy,
+                TokenSampler::Sample { r, .. } => circuits::Sampler::Sample {
+                    temperature: tables.temperature,
+                    r,
+                },
+            };
+            let greedy_tables = circuits::Tables::new(
+                circuits::FixedPoint::default(),
+                circuits::fixed_point::Temperature::ONE,
+            );
+            let statement = circuits::pick(
+                if step % 2 == 0 {
+                    &greedy_tables
+                } else {
+                    &tables
+                },
+                z,
+                expected,
+            )
+            .expect("pick");
+            assert_eq!(sampled.token, statement.token, "step {step}");
+            let frac_bits = circuits::FixedPoint::default().frac_bits;
+            assert_eq!(
+                sampled.logprob,
+                statement.logprob_nats(frac_bits),
+                "step {step}"
+            );
+            position = tokens.len() as u64;
+            tokens.push(sampled.token);
+        }
+        // The whole answer frame, checksum included.
+        let frame = Frame::new(
+            2,
+            0,
+            Message::Sampled(wire::Sampled {
+                token: 1,
+                logprob: -1.0,
+                logits_blake3: [0; 32],
+                signature: Some([0; 32]),
+            }),
+        );
+        assert!(frame.encode().expect("encode").len() <= 140);
     })
     .await
     .expect("test timed out");

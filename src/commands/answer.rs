@@ -10,7 +10,7 @@ use serde_json::json;
 use halo2_proofs::{pasta::EqAffine, poly::commitment::Params};
 use transcript::binding;
 use transcript::{self, Transcript};
-use verifier::answer::{check_answer, open_proofs, Verdict};
+use verifier::answer::{check_answer, Verdict};
 use verifier::{Bundle, Report};
 
 use super::CliError;
@@ -62,7 +62,7 @@ pub fn run(
     );
     let receipts = receipt_summary(transcript);
     let required = transcript.required_positions(args.require.0);
-    let openings = open_proofs(bundle, params, &expected.logits);
+    let openings = transcript.proof_openings(bundle, params, &expected.logits);
     let mut answer = check_answer(bundle, report, &openings, &expected.steps, &required);
     answer.problems.extend(problems);
     let valid = answer.valid();

@@ -141,6 +141,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
                 challenges: args.challenges,
             },
         }),
+        keep_logits: args.transcript_logits || args.records.is_some(),
     };
     let model = ModelInfo {
         id: model_id,
@@ -176,12 +177,15 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         gen_time.as_secs_f64(),
         generated as f64 / gen_time.as_secs_f64().max(1e-9)
     );
-    let RecordsRef::Inline(inline) = &transcript.records else {
-        return Err(CliError::failed("generation keeps its records inline"));
+    let records = match transcript.records.clone() {
+        Some(RecordsRef::Inline(records)) => Some(records),
+        Some(RecordsRef::File { .. }) => {
+            return Err(CliError::failed("generation keeps its records inline"))
+        }
+        None => None,
     };
-    let records = inline.clone();
-    if let Some(path) = &args.records {
-        let json = serde_json::to_vec(&records)?;
+    if let (Some(path), Some(records)) = (&args.records, &records) {
+        let json = serde_json::to_vec(records)?;
         super::output::write_atomic(path, &json)
             .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
         eprintln!(
@@ -191,7 +195,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         );
     }
     if let Some(path) = &args.transcript {
-        super::output::write_transcript(path, transcript, &records, args.transcript_binary)?;
+        let logits = records.as_ref().filter(|_| args.transcript_logits);
+        super::output::write_transcript(path, transcript, logits)?;
     }
     if let (Some(outcome), Some(path)) = (&generation.proofs, &args.bundle) {
         super::output::write_proofs(path, outcome)?;

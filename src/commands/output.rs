@@ -82,34 +82,33 @@ pub fn write_proofs(path: &Path, outcome: &ProofOutcome) -> Result<(), CliError>
     Ok(())
 }
 
-/// Writes `transcript` to `path` with `records` inline, or with `binary` in
-/// the side file `<path>.logits.bin` (written first), each atomically.
+/// Writes `transcript` to `path`, with the logits of `logits` in the side
+/// file `<path>.logits.bin` (written first) if given, each atomically.
 pub fn write_transcript(
     path: &Path,
     mut transcript: Transcript,
-    records: &Records,
-    binary: bool,
+    logits: Option<&Records>,
 ) -> Result<(), CliError> {
     let failed = |e: &dyn std::fmt::Display| CliError::failed(format!("{}: {e}", path.display()));
-    let inline = records.clone();
-    transcript.records = if binary {
-        let bytes =
-            transcript::encode_logits(inline.vocab, &inline.steps).map_err(|e| failed(&e))?;
-        let name = format!(
-            "{}.logits.bin",
-            path.file_stem().unwrap_or_default().to_string_lossy()
-        );
-        let side = path.with_file_name(&name);
-        write_atomic(&side, &bytes)
-            .map_err(|e| CliError::failed(format!("writing {}: {e}", side.display())))?;
-        RecordsRef::File {
-            path: name,
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
-            vocab: inline.vocab,
-            count: inline.steps.len(),
+    transcript.records = match logits {
+        Some(records) => {
+            let bytes =
+                transcript::encode_logits(records.vocab, &records.steps).map_err(|e| failed(&e))?;
+            let name = format!(
+                "{}.logits.bin",
+                path.file_stem().unwrap_or_default().to_string_lossy()
+            );
+            let side = path.with_file_name(&name);
+            write_atomic(&side, &bytes)
+                .map_err(|e| CliError::failed(format!("writing {}: {e}", side.display())))?;
+            Some(RecordsRef::File {
+                path: name,
+                blake3: blake3::hash(&bytes).to_hex().to_string(),
+                vocab: records.vocab,
+                count: records.steps.len(),
+            })
         }
-    } else {
-        RecordsRef::Inline(inline)
+        None => None,
     };
     let json = serde_json::to_vec(&transcript).map_err(|e| failed(&e))?;
     write_atomic(path, &json)

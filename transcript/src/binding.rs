@@ -6,14 +6,16 @@
 //! signature:
 //! - every hop carries a receipt, each receipt's own signature verifies, and
 //!   the aggregate is the sum of exactly those signatures;
-//! - every position of the prompt and of the generated tokens (but the last
-//!   token, which may be a stop token that is never fed) is the input of a
-//!   first-layer hop signed for those very tokens, so no token can be changed
-//!   or a forward dropped;
-//! - each decode record's logits are the head node's signed output of the
-//!   forward before it, and the record's token is the one the sampler picks
-//!   from them (greedy, or inverse CDF with `r` recomputed from the nonce), so
-//!   an unproven token is still the head's.
+//! - every position of the prompt and of the generated tokens is the input
+//!   of a first-layer hop signed for those very tokens (a generation feeds
+//!   its last token too), so no token can be changed or a forward dropped;
+//! - when the transcript keeps the logits (`--transcript-logits`), each
+//!   decode record's logits are the head node's signed output of the forward
+//!   before it, and the record's token is the one the sampler picks from
+//!   them (greedy, or inverse CDF with `r` recomputed from the nonce), so an
+//!   unproven token is still the head's. Without them the head's signed
+//!   digests stand for the logits: proofs tie tokens to them through the
+//!   head's proof receipts, and an auditor asks the head for the logits.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,6 +26,8 @@ use circuits::{sample_token, FixedPoint, Tables};
 use verifier::receipt::{self, Signature};
 
 use crate::{f32_bytes, u32_bytes, Records, Transcript};
+
+const NO_LOGITS: &str = "the transcript keeps no logits: the head's signed digests stand for them";
 
 /// One check of the transcript itself.
 #[derive(Clone, Debug, Serialize)]
@@ -71,6 +75,7 @@ pub fn check(transcript: &Transcript, dir: &Path) -> Vec<BindingCheck> {
     // Read (and, from a side file, hashed) once for both checks that need them.
     let records = transcript.records(dir).map_err(|e| e.to_string());
     let records = records.as_ref().map_err(Clone::clone);
+    let kept = matches!(records, Ok(Some(_)));
     vec![
         BindingCheck::new(
             "every hop signed",
@@ -104,13 +109,29 @@ pub fn check(transcript: &Transcript, dir: &Path) -> Vec<BindingCheck> {
         ),
         BindingCheck::new(
             "records open the head's signed logits",
-            records.clone().map(|r| records_open_head(transcript, r)),
-            "every record's logits".into(),
+            records.clone().map(|r| {
+                r.as_ref()
+                    .map_or_else(Vec::new, |r| records_open_head(transcript, r))
+            }),
+            if kept {
+                "every record's logits"
+            } else {
+                NO_LOGITS
+            }
+            .into(),
         ),
         BindingCheck::new(
             "tokens follow from the recorded logits",
-            records.and_then(|r| tokens_follow(transcript, r)),
-            "every recorded token is the sampler's pick".into(),
+            records.and_then(|r| {
+                r.as_ref()
+                    .map_or(Ok(Vec::new()), |r| tokens_follow(transcript, r))
+            }),
+            if kept {
+                "every recorded token is the sampler's pick"
+            } else {
+                NO_LOGITS
+            }
+            .into(),
         ),
     ]
 }
@@ -184,13 +205,7 @@ fn fed_tokens(transcript: &Transcript) -> Vec<String> {
             )),
         }
     }
-    // The last token may be a stop token, which is never fed: the records
-    // bind it (it must follow from the head's signed logits).
-    let must_be_fed = all
-        .len()
-        .saturating_sub(1)
-        .max(transcript.prompt_tokens.len());
-    for (position, fed) in fed.iter().enumerate().take(must_be_fed) {
+    for (position, fed) in fed.iter().enumerate() {
         if !fed {
             failures.push(format!("no signed first hop was fed position {position}"));
         }
@@ -200,18 +215,6 @@ fn fed_tokens(transcript: &Transcript) -> Vec<String> {
 
 /// The head's signed output of the last forward before each record.
 fn records_open_head(transcript: &Transcript, records: &Records) -> Vec<String> {
-    let last = transcript
-        .hops
-        .iter()
-        .map(|h| h.layers[1])
-        .max()
-        .unwrap_or(0);
-    let heads: BTreeMap<u64, &str> = transcript
-        .hops
-        .iter()
-        .filter(|h| h.layers[1] == last)
-        .map(|h| (h.position, h.output_blake3.as_str()))
-        .collect();
     let mut failures = Vec::new();
     let positions: Vec<u64> = transcript.token_positions().collect();
     for step in &records.steps {
@@ -222,8 +225,9 @@ fn records_open_head(transcript: &Transcript, records: &Records) -> Vec<String> 
             ));
             continue;
         }
-        // The forward that ended at the position before the token's.
-        let head = heads.range(..step.position).next_back().map(|(_, d)| *d);
+        let head = transcript
+            .head_hop_before(step.position)
+            .map(|h| h.output_blake3.as_str());
         if head != Some(blake3::hash(&f32_bytes(&step.logits)).to_hex().as_str()) {
             failures.push(format!(
                 "the logits at position {} are not the head's signed output",

@@ -2,14 +2,16 @@
 //!
 //! A transcript records one generation end to end: which model, which
 //! prompt, how tokens were chosen, what every hop of the chain received and
-//! answered (as blake3 digests), and the decode records that
-//! `zkinfer prove --records` turns into a proof.
+//! answered (as blake3 digests), the head node's receipts of its proofs,
+//! and, when asked for, the logits behind every token, as decode records
+//! that `zkinfer prove --records` turns into a proof. By default it keeps
+//! digests, not logits: a few kilobytes for a short answer.
 //!
-//! # `T.json` (version 2)
+//! # `T.json` (version 3)
 //!
 //! ```json
 //! {
-//!   "version": 2,
+//!   "version": 3,
 //!   "model_id": "<64 hex digits: models::model_id of the GGUF>",
 //!   "prompt": "Once upon a time",
 //!   "prompt_tokens": [2, 9113, 3324, 496, 990],
@@ -23,9 +25,10 @@
 //!      "receipt": {"request_id": 77, "signer": "<128 hex>", "signature": "<64 hex>"}},
 //!     ...
 //!   ],
-//!   "records": {"inline": {"vocab": V, "steps": [...]}}
-//!            | {"file": {"path": "T.logits.bin", "blake3": "<64 hex>", "vocab": V, "count": N}},
+//!   "logprobs": [-0.31, -2.2],
+//!   "records": {"file": {"path": "T.logits.bin", "blake3": "<64 hex>", "vocab": V, "count": N}},
 //!   "proving": null | {"policy": "all"} | {"policy": "challenged", "challenges": 4},
+//!   "proof_receipts": [{"commitments_blake3": "<64 hex>", "signature": "<64 hex>"}],
 //!   "receipts_signature": "<64 hex>"
 //! }
 //! ```
@@ -33,37 +36,47 @@
 //! - `prompt_tokens` are the tokens fed first (with BOS); `tokens` are the
 //!   generated tokens in order, including a final end-of-sequence token if
 //!   generation stopped on one.
-//! - `sampler`: greedy decoding, or sampling at `temperature` where the
-//!   randomness `r` of the token at position `p` is
-//!   `sampling_r(client_nonce, request_id, p)` ([`sampling_r`]): the client
-//!   fixes nonce and request id before the first token, so no node can
-//!   choose `r`, and a verifier recomputes it.
+//! - `sampler`: greedy decoding, or sampling at `temperature` (a multiple of
+//!   0.001 in `(0, 2]`: the statement holds at exactly that temperature, so
+//!   another is refused, not rounded) where the randomness `r` of the token
+//!   at position `p` is `sampling_r(client_nonce, request_id, p)`
+//!   ([`sampling_r`]): the client fixes nonce and request id before the
+//!   first token and sends each `r` to the head node, so no node can choose
+//!   `r`, and a verifier recomputes it.
 //! - `client_nonce`, `request_id`: chosen by the client for this generation
 //!   (random, or derived from `--seed` so that seeded sampling repeats).
 //!   The request id names the generation; the ids of the node chains that
 //!   carry it are separate (they change on failover).
 //! - `hops`: one entry per hop per forward call, in order, for every forward
-//!   of the generation (the prompt at position 0, then one per fed token).
-//!   `position` is the first position of the forward; `node` is the node's
-//!   address, or `"local"` for single-process generation (one hop over all
-//!   layers); `layers` is `[start, end)`. `input_blake3` is the blake3 of the
-//!   bytes the hop was sent: the tokens as u32 little-endian for the first
-//!   hop, else the `Activations.data` bytes (in the chain's activation
-//!   encoding); `output_blake3` is the blake3 of the `Output` activations'
-//!   data bytes it answered (the last hop answers the logits row of the last
-//!   position). Locally, the output is the logits row as f32 little-endian.
-//!   With F32 activations, hop `i`'s output digest equals hop `i + 1`'s input
-//!   digest. **Failover:** when a hop fails mid-generation the session
-//!   replays the history on a new chain; only the hops of the forward that
-//!   produced the final logits of a position are recorded, not the replay
-//!   forwards nor the failed attempt.
-//! - `records`: the decode records, one step per generated token. `inline`
-//!   holds exactly the `zkinfer prove --records` JSON (`{"vocab", "steps":
-//!   [{"position", "logits", "token", "sampler"}]}`). With
-//!   `--transcript-binary` they live in a side file next to the transcript
-//!   (`path` is relative to the transcript's directory) whose blake3 is
-//!   `blake3`; [`Transcript::records`] rebuilds the records JSON from it
-//!   (each step's sampler follows from `sampler` and the position).
+//!   of the generation: the prompt at position 0, then one per generated
+//!   token, the last one (and a stop token) included, so that a signed first
+//!   hop names every token. `position` is the first position of the forward;
+//!   `node` is the node's address, or `"local"` for single-process generation
+//!   (one hop over all layers); `layers` is `[start, end)`. `input_blake3` is
+//!   the blake3 of the bytes the hop was sent: the tokens as u32
+//!   little-endian for the first hop, else the `Activations.data` bytes (in
+//!   the chain's activation encoding); `output_blake3` is the blake3 of the
+//!   `Output` activations' data bytes it answered, and for the last hop the
+//!   blake3 of the logits row of the last position as f32 little-endian,
+//!   whether it sent them or only their digest with its pick (a wire
+//!   `Sampled`). With F32 activations, hop `i`'s output digest equals hop
+//!   `i + 1`'s input digest. **Failover:** when a hop fails mid-generation
+//!   the session replays the history on a new chain; only the hops of the
+//!   forward that produced the final logits of a position are recorded, not
+//!   the replay forwards nor the failed attempt.
+//! - `logprobs` (absent when empty): each token's log-probability in nats at
+//!   the sampler's temperature, as the head node (or this process) reported
+//!   it; displayed only, a proof states its own.
+//! - `records` (absent unless `--transcript-logits`): the logits behind each
+//!   token in a side file next to the transcript (`path` is relative to the
+//!   transcript's directory) whose blake3 is `blake3`;
+//!   [`Transcript::records`] rebuilds the `zkinfer prove --records` JSON
+//!   (`{"vocab", "steps": [{"position", "logits", "token", "sampler"}]}`)
+//!   from it, each step's sampler following from `sampler` and the position.
+//!   A library caller may also hold them inline (`{"inline": {...}}`, that
+//!   JSON itself). On a chain of nodes, asking for them makes the head node
+//!   send every token's logits (4 bytes per vocabulary entry) instead of
+//!   its pick.
 //! - `receipt` (absent for a node that does not sign): the node's BLS
 //!   public key and signature on the hop's receipt (`verifier::receipt`:
 //!   model id, `layers`, the chain `request_id` the hop was served under,
@@ -75,6 +88,13 @@
 //!   node cannot pick them). `null`: no proofs were asked for. It only says
 //!   what was asked: which proofs a verifier requires is the verifier's call
 //!   (`zkinfer verify --require`).
+//! - `proof_receipts` (absent when empty): per proof the head node made, its
+//!   signature on the proof's receipt (`verifier::receipt::ProofReceipt`)
+//!   and the blake3 of the proof's logit commitments, which names the proof
+//!   in the bundle (`circuits::opening::commitments_digest`). The receipt's
+//!   other fields are the transcript's: its model id, and for each of the
+//!   proof's positions the chain request id, signer and output digest of the
+//!   head hop of the forward before it.
 //!
 //! # What `zkinfer verify --transcript T.json --bundle B.zkp` checks
 //!
@@ -85,19 +105,24 @@
 //! - `model_id`: against `--model-id`, and signed in every receipt;
 //! - `hops`: every hop carries a receipt, each receipt's signature verifies
 //!   on its own, and `receipts_signature` is their sum and verifies;
-//! - `prompt_tokens`, `tokens`: every position (but the last token, which may
-//!   be a stop token that is never fed) was the input of a signed first-layer
-//!   hop, fed exactly those tokens;
-//! - `records`: each step's logits are the head's signed output of the
-//!   forward before it, each token is the one its sampler picks from them
-//!   (greedy, or inverse CDF with `r` from `client_nonce`, `request_id` and the
-//!   position), and each proven step's `C_z` commits to them;
+//! - `prompt_tokens`, `tokens`: every position was the input of a signed
+//!   first-layer hop, fed exactly those tokens;
+//! - each proven step's commitment `C_z` is about the head's signed logits:
+//!   opened against `records` when the transcript keeps them, else by the
+//!   head's proof receipt, which must verify under the key that signed those
+//!   logits' digests; a proof tied by neither is invalid;
+//! - `records`, when kept: each step's logits are the head's signed output
+//!   of the forward before it, and each token is the one its sampler picks
+//!   from them (greedy, or inverse CDF with `r` from `client_nonce`,
+//!   `request_id` and the position). Without them an unproven token's pick
+//!   is checked by an audit, which asks the head for the logits it signed;
 //! - `sampler`, `client_nonce`, `request_id`: they give each proven step's
 //!   sampler and `r`, and each unproven token's pick;
 //! - `proving`: displayed; the required positions come from `--require
 //!   all|challenged:K|none` (default `challenged:4`, what `generate --prove
 //!   challenged` asks for by default);
-//! - `prompt` (the text): displayed only; `prompt_tokens` is what was signed.
+//! - `prompt` (the text) and `logprobs`: displayed only; `prompt_tokens` is
+//!   what was signed, and a proof states its token's log-probability.
 //!
 //! # `T.logits.bin`
 //!
@@ -120,14 +145,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use circuits::fixed_point::{Temperature, TemperatureError};
+use circuits::opening::{commitments_digest, proof_logit_commitments};
 use circuits::{FixedPoint, Sampler};
+use halo2_proofs::{pasta::EqAffine, poly::commitment::Params};
 use prover::{Record, RecordSampler, Records};
-use verifier::answer::ExpectedStep;
+use verifier::answer::{open_proofs, ExpectedStep, LogitOpening};
+use verifier::bundle::Bundle;
 use verifier::hex;
-use verifier::receipt::{PublicKey, Receipt, Signature};
+use verifier::receipt::{self, ProofReceipt, PublicKey, Receipt, Signature};
 
 /// The transcript format version this module writes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The side file's magic bytes.
 pub const LOGITS_MAGIC: [u8; 8] = *b"ZKLOGIT1";
@@ -145,8 +173,18 @@ pub struct Transcript {
     pub request_id: u64,
     pub tokens: Vec<u32>,
     pub hops: Vec<HopRecord>,
-    pub records: RecordsRef,
+    /// Each token's log-probability as the head (or this process) reported
+    /// it, in nats at the sampler's temperature: displayed only, a proof
+    /// states its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<f64>,
+    /// The logits behind the tokens, when kept (`--transcript-logits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<RecordsRef>,
     pub proving: Option<ProvingPolicy>,
+    /// The proving head node's signed receipt per proof.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proof_receipts: Vec<ProofReceiptRecord>,
     /// The aggregate (sum) of every hop receipt's signature, when the
     /// hops are signed: `verify --transcript` checks it against all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,6 +250,18 @@ pub struct HopRecord {
 pub struct HopReceipt {
     pub request_id: u64,
     pub signer: String,
+    pub signature: String,
+}
+
+/// A proving head node's signature on one proof's receipt
+/// (`verifier::receipt::ProofReceipt`). The proof is the bundle's whose
+/// logit commitments hash to `commitments_blake3`; signer, chain request id
+/// and logits digests are those of the head's hop receipts for the proof's
+/// positions, so they are not repeated here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofReceiptRecord {
+    pub commitments_blake3: String,
     pub signature: String,
 }
 
@@ -599,9 +649,9 @@ impl Transcript {
         vocab: usize,
     ) -> Result<Expected, TranscriptError> {
         let nonce = self.nonce()?;
-        let records = self.records(dir)?;
+        let records = self.records(dir)?.unwrap_or_default();
         let mut problems = Vec::new();
-        if records.vocab != vocab {
+        if !records.steps.is_empty() && records.vocab != vocab {
             problems.push(format!(
                 "the proofs are of a vocabulary of {vocab}, the transcript's model has {}",
                 records.vocab
@@ -644,6 +694,100 @@ impl Transcript {
         })
     }
 
+    /// The hop that produced the logits of the token at `position`: the
+    /// last hop (the one ending at the model's last layer) of the forward
+    /// before it.
+    pub fn head_hop_before(&self, position: u64) -> Option<&HopRecord> {
+        let last = self.hops.iter().map(|h| h.layers[1]).max()?;
+        self.hops
+            .iter()
+            .filter(|h| h.layers[1] == last && h.position < position)
+            .max_by_key(|h| h.position)
+    }
+
+    /// Whether each proof of `bundle` is about the head's signed logits:
+    /// opened against `logits` (the transcript's, [`Expected::logits`])
+    /// where it keeps them, else by the head's proof receipt
+    /// ([`Transcript::attested_openings`]).
+    pub fn proof_openings(
+        &self,
+        bundle: &Bundle,
+        params: &Params<EqAffine>,
+        logits: &BTreeMap<u64, Vec<i64>>,
+    ) -> Vec<LogitOpening> {
+        let attested = self.attested_openings(bundle);
+        open_proofs(bundle, params, logits)
+            .into_iter()
+            .zip(attested)
+            .map(|(opened, attested)| match opened {
+                LogitOpening::Unknown => attested,
+                opened => opened,
+            })
+            .collect()
+    }
+
+    /// Whether each proof of `bundle` is about the head's signed logits by
+    /// the head's own proof receipt ([`ProofReceiptRecord`]): `Attested`
+    /// when a receipt names the proof's commitments and its signature
+    /// verifies under the key that signed the logits of every step, with
+    /// those logits digests and that chain request id; `Differs` when one
+    /// names them but does not verify; `Unknown` when none does.
+    pub fn attested_openings(&self, bundle: &Bundle) -> Vec<LogitOpening> {
+        let model_id = parse_hex::<32>(&self.model_id, "model id").ok();
+        bundle
+            .proofs
+            .iter()
+            .enumerate()
+            .map(|(i, proof)| {
+                let Some(commitments) = proof_logit_commitments(bundle.shape, &proof.bytes)
+                    .map(|c| commitments_digest(&c))
+                else {
+                    return LogitOpening::Differs;
+                };
+                let hex_digest = hex(&commitments);
+                let Some(record) = self
+                    .proof_receipts
+                    .iter()
+                    .find(|r| r.commitments_blake3 == hex_digest)
+                else {
+                    return LogitOpening::Unknown;
+                };
+                let positions = bundle
+                    .steps()
+                    .filter(|(p, _)| *p == i)
+                    .map(|(_, s)| s.position);
+                let attested = (|| {
+                    let mut signer = None;
+                    let mut request_id = None;
+                    let mut steps = Vec::new();
+                    for position in positions {
+                        let hop = self.head_hop_before(position)?;
+                        let receipt = hop.receipt.as_ref()?;
+                        if *signer.get_or_insert(&receipt.signer) != &receipt.signer
+                            || *request_id.get_or_insert(receipt.request_id) != receipt.request_id
+                        {
+                            return None;
+                        }
+                        steps.push((position, parse_hex::<32>(&hop.output_blake3, "").ok()?));
+                    }
+                    let statement = ProofReceipt {
+                        model_id: model_id?,
+                        request_id: request_id?,
+                        commitments,
+                        steps,
+                    };
+                    let signer = PublicKey::from_hex(signer?).ok()?;
+                    let signature = Signature::from_hex(&record.signature).ok()?;
+                    Some(receipt::verify(&signer, &statement, &signature))
+                })();
+                match attested {
+                    Some(true) => LogitOpening::Attested,
+                    _ => LogitOpening::Differs,
+                }
+            })
+            .collect()
+    }
+
     /// Positions of the generated tokens, in order.
     pub fn token_positions(&self) -> impl Iterator<Item = u64> + '_ {
         let first = self.prompt_tokens.len() as u64;
@@ -675,10 +819,13 @@ impl Transcript {
     /// The decode records: inline ones as they are; a side file (relative to
     /// `dir`, the transcript's directory) is read, its blake3 and shape are
     /// checked, and each step's sampler is rebuilt from [`Transcript::sampler`].
-    pub fn records(&self, dir: &Path) -> Result<Records, TranscriptError> {
+    pub fn records(&self, dir: &Path) -> Result<Option<Records>, TranscriptError> {
         let nonce = self.nonce()?;
-        match &self.records {
-            RecordsRef::Inline(records) => Ok(records.clone()),
+        let Some(records) = &self.records else {
+            return Ok(None);
+        };
+        match records {
+            RecordsRef::Inline(records) => Ok(Some(records.clone())),
             RecordsRef::File {
                 path,
                 blake3: digest,
@@ -705,7 +852,7 @@ impl Transcript {
                         steps.len()
                     )));
                 }
-                Ok(Records {
+                Ok(Some(Records {
                     vocab: v,
                     steps: steps
                         .into_iter()
@@ -716,7 +863,7 @@ impl Transcript {
                             sampler: self.sampler.step(&nonce, self.request_id, position),
                         })
                         .collect(),
-                })
+                }))
             }
         }
     }
@@ -747,8 +894,13 @@ mod tests {
             request_id: nonce.request_id(),
             tokens: steps.iter().map(|s| s.token).collect(),
             hops: vec![HopRecord::local(0, 7, &[2, 3, 4, 5, 6], &[1.0, 2.0])],
-            records: RecordsRef::Inline(Records { vocab: 4, steps }),
+            logprobs: vec![-0.5, -1.75, -0.125],
+            records: Some(RecordsRef::Inline(Records { vocab: 4, steps })),
             proving: Some(ProvingPolicy::Challenged { challenges: 2 }),
+            proof_receipts: vec![ProofReceiptRecord {
+                commitments_blake3: "cd".repeat(32),
+                signature: "ef".repeat(32),
+            }],
             receipts_signature: None,
         }
     }
@@ -760,7 +912,24 @@ mod tests {
         let back: Transcript = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, t);
         let value: serde_json::Value = serde_json::from_str(&json).expect("value");
-        assert_eq!(value["version"], 2);
+        assert_eq!(value["version"], 3);
+        assert_eq!(value["logprobs"][1], -1.75);
+        assert_eq!(value["proof_receipts"][0]["signature"], "ef".repeat(32));
+        // Without records, logprobs and proof receipts the fields are left out
+        // and read back as empty.
+        let mut slim = t.clone();
+        slim.records = None;
+        slim.logprobs.clear();
+        slim.proof_receipts.clear();
+        let json = serde_json::to_string(&slim).expect("json");
+        assert!(
+            !json.contains("records\"") && !json.contains("logprobs"),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Transcript>(&json).expect("parse"),
+            slim
+        );
         assert_eq!(value["sampler"]["sample"]["temperature"], 0.8);
         assert_eq!(value["proving"]["policy"], "challenged");
         assert_eq!(value["hops"][0]["node"], "local");
@@ -817,7 +986,7 @@ mod tests {
     #[test]
     fn binary_side_file_round_trips_and_checks_its_digest() {
         let mut t = sample();
-        let RecordsRef::Inline(records) = t.records.clone() else {
+        let Some(RecordsRef::Inline(records)) = t.records.clone() else {
             unreachable!()
         };
         let bytes = encode_logits(records.vocab, &records.steps).expect("encode");
@@ -826,15 +995,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("zkinfer-transcript-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("t.logits.bin"), &bytes).expect("write");
-        t.records = RecordsRef::File {
+        t.records = Some(RecordsRef::File {
             path: "t.logits.bin".into(),
             blake3: blake3::hash(&bytes).to_hex().to_string(),
             vocab: records.vocab,
             count: records.steps.len(),
-        };
+        });
         let json = serde_json::to_string(&t).expect("json");
         let back: Transcript = serde_json::from_str(&json).expect("parse");
-        assert_eq!(back.records(&dir).expect("records"), records);
+        assert_eq!(back.records(&dir).expect("records"), Some(records));
 
         // A changed byte fails the digest check.
         let mut tampered = bytes.clone();

@@ -29,6 +29,9 @@ pub struct ExpectedStep {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogitOpening {
     Opens,
+    /// The logits are not at hand, but the head that signed them signed
+    /// that the proof's commitments open to them (a proof receipt).
+    Attested,
     /// The proof is about other logits (or its commitments are unreadable).
     Differs,
     /// The answer lacks the logits of one of the proof's steps.
@@ -194,8 +197,17 @@ fn mismatch(
             statement.sampler, expected.sampler
         ));
     }
-    if opening == Some(LogitOpening::Differs) {
-        return Some("the proof commits to other logits than the answer's".into());
+    match opening {
+        Some(LogitOpening::Opens | LogitOpening::Attested) => {}
+        Some(LogitOpening::Differs) => {
+            return Some("the proof commits to other logits than the answer's".into())
+        }
+        Some(LogitOpening::Unknown) | None => {
+            return Some(
+                "nothing ties the proof's commitments to the head's signed logits:                  neither the logits nor the head's proof receipt is at hand"
+                    .into(),
+            )
+        }
     }
     None
 }
@@ -326,9 +338,13 @@ mod tests {
             r.tokens[1].verdict,
             Verdict::Invalid("the proof commits to other logits than the answer's".into())
         );
-        // Unknown logits: the opening is not checked.
+        // A head's proof receipt stands for logits not at hand; nothing at
+        // all does not.
+        let attested = [LogitOpening::Attested, LogitOpening::Opens];
+        assert!(check_answer(&bundle, &valid, &attested, &expected, &[]).valid());
         let unknown = [LogitOpening::Opens, LogitOpening::Unknown];
-        assert!(check_answer(&bundle, &valid, &unknown, &expected, &[]).valid());
+        let r = check_answer(&bundle, &valid, &unknown, &expected, &[]);
+        assert!(matches!(&r.tokens[1].verdict, Verdict::Invalid(m) if m.contains("nothing ties")));
         // A proof of a position the answer does not have.
         let report = check_answer(&bundle, &valid, &OPEN, &expected[1..], &[]);
         assert_eq!(report.problems.len(), 1, "{:?}", report.problems);

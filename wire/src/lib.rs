@@ -51,6 +51,7 @@
 //! | 12   | Trace    | node   | as in the request    | as in the request              |
 //! | 13   | Reveal   | auditor | request (as served) | the forward's position        |
 //! | 14   | Revealed | node   | as in the Reveal     | as in the Reveal               |
+//! | 15   | Sampled  | node   | as in the Forward    | as in the Forward              |
 //!
 //! An Error answering a frame whose header could not be read carries request
 //! id and position `0`.
@@ -72,7 +73,9 @@
 //!   (the encoding the client wants the Output hidden states in; logits
 //!   come as F32 whatever it says), head reply `u8` (what the shard with the
 //!   head answers: `0` the logits of the last row, `1` the greedy token of
-//!   every row; other shards ignore it), input tag `u8`, input:
+//!   every row, `2` the token a sampler picks from the last row's logits,
+//!   followed by the sampler as in Prove; other shards ignore it, but the
+//!   sampler must still parse), input tag `u8`, input:
 //!   - tag `0`, tokens (first shard): count `n` `u32` (`n >= 1`), then `n`
 //!     token ids `u32`;
 //!   - tag `1`, hidden states: an activations block.
@@ -86,6 +89,7 @@
 //!   `[1, vocab]` of the last row or, for head reply `1`, `[rows, 1]` greedy
 //!   token ids (each exact in F32; the first index of the largest logit at
 //!   the proof's fixed point, as `circuits::sample_token` picks greedily).
+//!   A head reply `2` is answered with Sampled instead.
 //! - **End** (5): empty (`L = 0`).
 //! - **Ping** (6) and **Pong** (7): `sent_at_micros` `u64` (the pinger's
 //!   clock), byte count `n` `u32`, `n` bytes of filler. A Pong echoes the
@@ -102,8 +106,13 @@
 //! - **Proofs** (10): `pending` `u32` (steps of this request queued or being
 //!   proven), bundle count `b` `u32`, `b` times a byte count `u32` and that
 //!   many bytes of a proof bundle (docs/bundle.md) that is handed over only
-//!   once, failure count `f` `u32`, `f` times `position` `u64`, byte count
-//!   `u32` and UTF-8 text: steps the node could not prove, and why.
+//!   once, then a signature count `s` `u32` and `s` signatures (32 bytes
+//!   each): from a node that signs, one per proof of the bundle in order, on
+//!   the proof's receipt (`verifier::receipt::ProofReceipt`: which logits,
+//!   by the digests its hop receipts signed, the proof's commitments open
+//!   to), else `s = 0`; then failure count `f` `u32`, `f` times `position`
+//!   `u64`, byte count `u32` and UTF-8 text: steps the node could not prove,
+//!   and why.
 //! - **TraceRequest** (11), to a node that signs: empty. The node answers
 //!   Trace for every forward of the request it still keeps (a signing node
 //!   keeps what it computed for `audit_window` after the request's last
@@ -122,7 +131,18 @@
 //!   layer; else `0`).
 //! - **Revealed** (14): an input as in Forward: tokens (tag `0`, only for
 //!   the input of the shard at layer 0) or an activations block (inner
-//!   boundaries in F32, input and output as they crossed the wire).
+//!   boundaries in F32, input and output as they crossed the wire; the
+//!   output of a head that answered Sampled is the logits row it picked
+//!   from, `[1, vocab]` F32).
+//! - **Sampled** (15), from the shard with the head for head reply `2`:
+//!   `token` `u32`, `logprob` (f64 bits, `u64`: the token's log-probability
+//!   in nats at the sampler's temperature as a proof of the pick states it,
+//!   finite and `<= 0`), `logits_blake3` (32 bytes: blake3 of the logits row
+//!   `[1, vocab]` as F32 little-endian), then a receipt tag and signature as
+//!   in Output, on the receipt whose output digest is `logits_blake3`. The
+//!   node picks exactly as a client would from those logits
+//!   (`circuits::sample_token` at the proof's fixed point) and keeps the row
+//!   for proofs and audits; 77 bytes of payload instead of `4 * vocab`.
 //!
 //! An **activations block** is `rows` `u32` (`>= 1`), `cols` `u32` (`>= 1`),
 //! encoding `u8`, then the values of the `[rows, cols]` matrix in row-major
@@ -197,7 +217,8 @@ pub use error::{ErrorCode, WireError};
 pub use frame::{read_frame, write_frame, Frame, Header};
 pub use message::{
     Boundary, ErrorReply, Forward, ForwardInput, HeadReply, Hello, HelloAck, Message, MessageType,
-    Output, Ping, ProofFailure, ProofsReply, ProveSampler, ProveStep, SignedStep,
+    Output, Ping, ProofFailure, ProofsReply, ProveStep, ProvenBundle, Sampled, SignedStep,
+    TokenSampler,
 };
 
 /// The four bytes every frame starts with.

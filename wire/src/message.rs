@@ -40,6 +40,8 @@ pub enum MessageType {
     Reveal = 13,
     /// [`Message::Revealed`].
     Revealed = 14,
+    /// [`Message::Sampled`].
+    Sampled = 15,
 }
 
 impl MessageType {
@@ -60,6 +62,7 @@ impl MessageType {
             12 => MessageType::Trace,
             13 => MessageType::Reveal,
             14 => MessageType::Revealed,
+            15 => MessageType::Sampled,
             _ => return None,
         })
     }
@@ -93,8 +96,23 @@ pub struct Output {
     pub signature: Option<[u8; 32]>,
 }
 
+/// Payload of [`Message::Sampled`]: the token the head node picked, instead
+/// of the logits it picked it from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    /// The token's log-probability in nats (at the sampler's temperature), as
+    /// a proof of the pick states it: finite and `<= 0`.
+    pub logprob: f64,
+    /// blake3 of the logits row as F32 little-endian: what the head's receipt
+    /// signs as its output, and what it keeps for proofs and audits.
+    pub logits_blake3: [u8; 32],
+    /// Compressed BLS signature on the hop's receipt.
+    pub signature: Option<[u8; 32]>,
+}
+
 /// Payload of [`Message::Forward`]: run the layers on the input.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Forward {
     /// The model the client means; the node refuses any other.
     pub model_id: ModelId,
@@ -109,14 +127,38 @@ pub struct Forward {
 }
 
 /// What the shard with the head answers a [`Forward`] with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum HeadReply {
     /// The logits of the last row, `[1, vocab]`.
-    LastLogits = 0,
+    LastLogits,
     /// The greedy token of every row, `[rows, 1]` (speculative decoding
     /// checks a whole draft in one pass).
-    GreedyTokens = 1,
+    GreedyTokens,
+    /// The token the sampler picks from the last row's logits, as a
+    /// [`Message::Sampled`].
+    Sample(TokenSampler),
+}
+
+impl HeadReply {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            HeadReply::LastLogits => out.push(0),
+            HeadReply::GreedyTokens => out.push(1),
+            HeadReply::Sample(sampler) => {
+                out.push(2);
+                sampler.write(out);
+            }
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(match r.u8("head reply")? {
+            0 => HeadReply::LastLogits,
+            1 => HeadReply::GreedyTokens,
+            2 => HeadReply::Sample(TokenSampler::read(r)?),
+            other => return Err(WireError::Malformed(format!("unknown head reply {other}"))),
+        })
+    }
 }
 
 /// What a [`Forward`] carries.
@@ -218,13 +260,39 @@ impl ErrorReply {
     }
 }
 
-/// How the token of a [`ProveStep`] was chosen.
+/// How a token is chosen from logits (by the head node, or in a
+/// [`ProveStep`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum ProveSampler {
+pub enum TokenSampler {
     /// The argmax, lowest index on ties.
     Greedy,
     /// Inverse-CDF sampling at `temperature` with the uniform integer `r`.
     Sample { temperature: f64, r: u64 },
+}
+
+impl TokenSampler {
+    /// Tag `0`, or tag `1`, the temperature's f64 bits and `r`.
+    fn write(&self, out: &mut Vec<u8>) {
+        match *self {
+            TokenSampler::Greedy => out.push(0),
+            TokenSampler::Sample { temperature, r } => {
+                out.push(1);
+                out.extend_from_slice(&temperature.to_bits().to_le_bytes());
+                out.extend_from_slice(&r.to_le_bytes());
+            }
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(match r.u8("sampler tag")? {
+            0 => TokenSampler::Greedy,
+            1 => TokenSampler::Sample {
+                temperature: f64::from_bits(r.u64("temperature")?),
+                r: r.u64("sampling r")?,
+            },
+            tag => return Err(WireError::Malformed(format!("unknown sampler tag {tag}"))),
+        })
+    }
 }
 
 /// One token a client asks the head node to prove.
@@ -236,7 +304,7 @@ pub struct ProveStep {
     /// The token chosen.
     pub token: u32,
     /// How it was chosen.
-    pub sampler: ProveSampler,
+    pub sampler: TokenSampler,
 }
 
 /// Payload of [`Message::Proofs`]: what a proving node has for a request.
@@ -245,9 +313,17 @@ pub struct ProofsReply {
     /// Steps still queued or being proven.
     pub pending: u32,
     /// Proof bundles finished since the last reply (each given out once).
-    pub bundles: Vec<Vec<u8>>,
+    pub bundles: Vec<ProvenBundle>,
     /// Steps that could not be proven, with the reason.
     pub failures: Vec<ProofFailure>,
+}
+
+/// A proof bundle and, from a node that signs, its signature per proof on
+/// the proof's receipt (`verifier::receipt::ProofReceipt`), in proof order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProvenBundle {
+    pub bytes: Vec<u8>,
+    pub signatures: Vec<[u8; 32]>,
 }
 
 /// A step the node could not prove.
@@ -270,6 +346,9 @@ pub enum Message {
     /// Node to client: output hidden states, or logits from the last shard,
     /// with a signed receipt from a node that signs.
     Output(Output),
+    /// Node to client: the token the last shard picked
+    /// ([`HeadReply::Sample`]), with a signed receipt from a node that signs.
+    Sampled(Sampled),
     /// Client to node: the request is over; free its cache.
     End,
     /// Either way: measure round trip and throughput.
@@ -337,6 +416,7 @@ impl Message {
             Message::Trace(_) => MessageType::Trace,
             Message::Reveal(_) => MessageType::Reveal,
             Message::Revealed(_) => MessageType::Revealed,
+            Message::Sampled(_) => MessageType::Sampled,
         }
     }
 
@@ -351,12 +431,19 @@ impl Message {
             Message::Forward(f) => {
                 write_span(out, &f.model_id, &f.layers)?;
                 out.push(f.reply as u8);
-                out.push(f.head as u8);
+                f.head.write(out);
                 f.input.write(out)
             }
             Message::Output(o) => {
                 o.activations.write(out)?;
                 write_optional(out, o.signature.as_ref().map(|s| &s[..]));
+                Ok(())
+            }
+            Message::Sampled(s) => {
+                out.extend_from_slice(&s.token.to_le_bytes());
+                out.extend_from_slice(&s.logprob.to_bits().to_le_bytes());
+                out.extend_from_slice(&s.logits_blake3);
+                write_optional(out, s.signature.as_ref().map(|s| &s[..]));
                 Ok(())
             }
             Message::End => Ok(()),
@@ -375,14 +462,7 @@ impl Message {
                 for step in steps {
                     out.extend_from_slice(&step.position.to_le_bytes());
                     out.extend_from_slice(&step.token.to_le_bytes());
-                    match step.sampler {
-                        ProveSampler::Greedy => out.push(0),
-                        ProveSampler::Sample { temperature, r } => {
-                            out.push(1);
-                            out.extend_from_slice(&temperature.to_bits().to_le_bytes());
-                            out.extend_from_slice(&r.to_le_bytes());
-                        }
-                    }
+                    step.sampler.write(out);
                 }
                 Ok(())
             }
@@ -415,7 +495,11 @@ impl Message {
                 out.extend_from_slice(&p.pending.to_le_bytes());
                 write_len(out, p.bundles.len())?;
                 for bundle in &p.bundles {
-                    write_bytes(out, bundle)?;
+                    write_bytes(out, &bundle.bytes)?;
+                    write_len(out, bundle.signatures.len())?;
+                    for signature in &bundle.signatures {
+                        out.extend_from_slice(signature);
+                    }
                 }
                 write_len(out, p.failures.len())?;
                 for failure in &p.failures {
@@ -439,13 +523,7 @@ impl Message {
                 let raw = r.u8("reply encoding")?;
                 let reply = Encoding::from_u8(raw)
                     .ok_or_else(|| WireError::Malformed(format!("unknown reply encoding {raw}")))?;
-                let head = match r.u8("head reply")? {
-                    0 => HeadReply::LastLogits,
-                    1 => HeadReply::GreedyTokens,
-                    other => {
-                        return Err(WireError::Malformed(format!("unknown head reply {other}")))
-                    }
-                };
+                let head = HeadReply::read(r)?;
                 let input = ForwardInput::read(r)?;
                 Message::Forward(Forward {
                     model_id,
@@ -459,6 +537,21 @@ impl Message {
                 activations: Activations::read(r)?,
                 signature: read_optional::<32>(r, "receipt signature")?,
             }),
+            MessageType::Sampled => {
+                let token = r.u32("sampled token")?;
+                let logprob = f64::from_bits(r.u64("log-probability")?);
+                if !(logprob.is_finite() && logprob <= 0.0) {
+                    return Err(WireError::Malformed(format!(
+                        "log-probability {logprob} is not finite and <= 0"
+                    )));
+                }
+                Message::Sampled(Sampled {
+                    token,
+                    logprob,
+                    logits_blake3: r.array::<32>("logits digest")?,
+                    signature: read_optional::<32>(r, "receipt signature")?,
+                })
+            }
             MessageType::End => Message::End,
             MessageType::Ping => Message::Ping(read_ping(r)?),
             MessageType::Pong => Message::Pong(read_ping(r)?),
@@ -478,22 +571,10 @@ impl Message {
                     .map(|_| {
                         let position = r.u64("prove position")?;
                         let token = r.u32("prove token")?;
-                        let sampler = match r.u8("prove sampler tag")? {
-                            0 => ProveSampler::Greedy,
-                            1 => ProveSampler::Sample {
-                                temperature: f64::from_bits(r.u64("temperature")?),
-                                r: r.u64("sampling r")?,
-                            },
-                            tag => {
-                                return Err(WireError::Malformed(format!(
-                                    "unknown prove sampler tag {tag}"
-                                )))
-                            }
-                        };
                         Ok(ProveStep {
                             position,
                             token,
-                            sampler,
+                            sampler: TokenSampler::read(r)?,
                         })
                     })
                     .collect::<Result<_, WireError>>()?;
@@ -541,11 +622,17 @@ impl Message {
             MessageType::Proofs => {
                 let pending = r.u32("pending proofs")?;
                 let b = r.u32("bundle count")?;
-                r.expect_at_least(b as usize, 4, "bundles")?;
+                r.expect_at_least(b as usize, 8, "bundles")?;
                 let bundles = (0..b)
                     .map(|_| {
                         let n = r.u32("bundle length")?;
-                        Ok(r.bytes(n as usize, "bundle")?.to_vec())
+                        let bytes = r.bytes(n as usize, "bundle")?.to_vec();
+                        let s = r.u32("signature count")?;
+                        r.expect_at_least(s as usize, 32, "proof signatures")?;
+                        let signatures = (0..s)
+                            .map(|_| r.array::<32>("proof signature"))
+                            .collect::<Result<_, WireError>>()?;
+                        Ok(ProvenBundle { bytes, signatures })
                     })
                     .collect::<Result<_, WireError>>()?;
                 let f = r.u32("failure count")?;

@@ -93,13 +93,34 @@ fn wire_round_trips_every_message_and_encoding() {
             Message::Prove(vec![ProveStep {
                 position: u64::MAX,
                 token: 262_143,
-                sampler: ProveSampler::Sample {
+                sampler: TokenSampler::Sample {
                     temperature: 1.5,
                     r: u64::MAX,
                 },
             }]),
         ),
         Frame::new(3, 0, Message::Proofs(ProofsReply::default())),
+        Frame::new(
+            7,
+            9,
+            Message::Forward(Forward {
+                model_id: model(),
+                layers: 0..18,
+                reply: Encoding::F32,
+                head: HeadReply::Sample(TokenSampler::Greedy),
+                input: ForwardInput::Tokens(vec![3]),
+            }),
+        ),
+        Frame::new(
+            7,
+            9,
+            Message::Sampled(Sampled {
+                token: 17,
+                logprob: -1e-9,
+                logits_blake3: [2; 32],
+                signature: Some([3; 32]),
+            }),
+        ),
     ];
     for (i, encoding) in crate::ENCODINGS.into_iter().enumerate() {
         let a = Activations::encode(&matrix(3, 5, i as u32), 3, 5, encoding).expect("encode");
@@ -436,4 +457,73 @@ fn wire_reader_never_reads_past_the_end() {
         Reader { buf: &[0] }.finish(),
         Err(WireError::Malformed(_))
     ));
+}
+
+#[test]
+fn wire_sampled_refuses_a_log_probability_that_is_not_one() {
+    let good = Sampled {
+        token: 5,
+        logprob: -0.5,
+        logits_blake3: [1; 32],
+        signature: None,
+    };
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e-12, 3.0] {
+        let frame = Frame::new(
+            1,
+            2,
+            Message::Sampled(Sampled {
+                logprob: bad,
+                ..good
+            }),
+        );
+        let bytes = frame.encode().expect("the encoder writes what it is given");
+        let err = Frame::decode(&bytes, &Limits::default()).unwrap_err();
+        assert!(
+            matches!(&err, WireError::Malformed(m) if m.contains("log-probability")),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn wire_forward_refuses_unknown_head_replies_and_samplers() {
+    let forward = |head| {
+        Frame::new(
+            1,
+            0,
+            Message::Forward(Forward {
+                model_id: model(),
+                layers: 0..1,
+                reply: Encoding::F32,
+                head,
+                input: ForwardInput::Tokens(vec![1]),
+            }),
+        )
+    };
+    // The head reply byte follows model id, layers and the reply encoding.
+    let at = HEADER_LEN + 32 + 8 + 1;
+    let mut bytes = forward(HeadReply::GreedyTokens).encode().expect("encode");
+    bytes[at] = 3;
+    let err = Frame::decode(&reseal(bytes), &Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, WireError::Malformed(m) if m.contains("head reply 3")),
+        "{err}"
+    );
+    let mut bytes = forward(HeadReply::Sample(TokenSampler::Greedy))
+        .encode()
+        .expect("encode");
+    bytes[at + 1] = 2;
+    let err = Frame::decode(&reseal(bytes), &Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, WireError::Malformed(m) if m.contains("sampler tag 2")),
+        "{err}"
+    );
+}
+
+/// `bytes` with its checksum recomputed, so the payload parser meets them.
+fn reseal(mut bytes: Vec<u8>) -> Vec<u8> {
+    let body = bytes.len() - CHECKSUM_LEN;
+    let sum = blake3::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(sum.as_bytes());
+    bytes
 }

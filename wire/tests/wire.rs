@@ -12,7 +12,8 @@ use verifier::receipt::Step;
 use wire::{
     read_frame, write_frame, Activations, Boundary, Encoding, ErrorCode, ErrorReply, Forward,
     ForwardInput, Frame, HeadReply, Hello, HelloAck, Limits, Message, Output, Ping, ProofFailure,
-    ProofsReply, ProveSampler, ProveStep, SignedStep, WireError, CHECKSUM_LEN, HEADER_LEN,
+    ProofsReply, ProveStep, ProvenBundle, Sampled, SignedStep, TokenSampler, WireError,
+    CHECKSUM_LEN, HEADER_LEN,
 };
 
 /// Records the largest single allocation made by the current thread, so a
@@ -155,6 +156,40 @@ fn sample_frames() -> Vec<Frame> {
         ),
         Frame::new(41, 17, Message::End),
         Frame::new(
+            41,
+            6,
+            Message::Forward(Forward {
+                model_id: id,
+                layers: 0..18,
+                reply: Encoding::Q6o,
+                head: HeadReply::Sample(TokenSampler::Sample {
+                    temperature: 0.7,
+                    r: 0x0123_4567_89AB_CDEF,
+                }),
+                input: ForwardInput::Tokens(vec![818]),
+            }),
+        ),
+        Frame::new(
+            41,
+            6,
+            Message::Sampled(Sampled {
+                token: 262_143,
+                logprob: -3.25,
+                logits_blake3: [6; 32],
+                signature: Some([8; 32]),
+            }),
+        ),
+        Frame::new(
+            41,
+            7,
+            Message::Sampled(Sampled {
+                token: 0,
+                logprob: 0.0,
+                logits_blake3: [1; 32],
+                signature: None,
+            }),
+        ),
+        Frame::new(
             0,
             0,
             Message::Ping(Ping {
@@ -185,12 +220,12 @@ fn sample_frames() -> Vec<Frame> {
                 ProveStep {
                     position: 9,
                     token: 17,
-                    sampler: ProveSampler::Greedy,
+                    sampler: TokenSampler::Greedy,
                 },
                 ProveStep {
                     position: 10,
                     token: 3,
-                    sampler: ProveSampler::Sample {
+                    sampler: TokenSampler::Sample {
                         temperature: 0.8,
                         r: 1 << 60,
                     },
@@ -202,7 +237,13 @@ fn sample_frames() -> Vec<Frame> {
             0,
             Message::Proofs(ProofsReply {
                 pending: 2,
-                bundles: vec![vec![7; 40], vec![]],
+                bundles: vec![
+                    ProvenBundle {
+                        bytes: vec![7; 40],
+                        signatures: vec![[4; 32], [5; 32]],
+                    },
+                    ProvenBundle::default(),
+                ],
                 failures: vec![ProofFailure {
                     position: 9,
                     message: "token does not follow".into(),
@@ -509,7 +550,7 @@ fn wire_flags_and_unknown_types_are_refused_exactly() {
         resign(&mut bad);
         assert_eq!(reject(&bad, &Limits::default()), Err(Kind::Malformed));
     }
-    for ty in (0..=255u8).filter(|t| !(1..=14).contains(t)) {
+    for ty in (0..=255u8).filter(|t| !(1..=15).contains(t)) {
         let mut bad = good.clone();
         bad[6] = ty;
         resign(&mut bad);

@@ -36,12 +36,12 @@ use models::generate::Generator;
 use models::model_id::ModelId;
 use models::testing::TempDir;
 use models::{argmax, Model, ModelShape};
-use wire::Encoding;
+use wire::{Encoding, TokenSampler};
 
 use crate::children::{command, start_serve_children, ServeChild};
 use crate::netem::{LinkSettings, WanProxy};
 use report::load_average;
-pub use report::{EncodingRow, Failover, Report, Speed, Speeds};
+pub use report::{EncodingRow, Failover, HeadPicks, Report, Speed, Speeds};
 
 /// The prompt of docs/model.md and of the llama.cpp fixture.
 pub const PROMPT: &str = "The quick brown fox jumps over the lazy dog. In the beginning";
@@ -117,10 +117,16 @@ fn logprob(logits: &[f32], token: u32) -> f64 {
     logits.get(token as usize).map_or(f64::NAN, |&x| x as f64) - max - sum.ln()
 }
 
+/// What a forward gives the bench: the logits, or a head node's greedy pick.
+enum Next {
+    Logits(Vec<f32>),
+    Picked { token: u32, logprob: f64 },
+}
+
 /// A generation back end as the bench drives it: [`Backend`] as is, or
 /// instrumented ([`Remote`]).
 trait Feed {
-    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BenchError>;
+    fn feed(&mut self, tokens: &[u32]) -> Result<Next, BenchError>;
     /// Called before generated token `i` is fed.
     fn before(&mut self, _i: usize) -> Result<(), BenchError> {
         Ok(())
@@ -128,8 +134,8 @@ trait Feed {
 }
 
 impl Feed for Backend<'_> {
-    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BenchError> {
-        Ok(self.forward(tokens)?)
+    fn feed(&mut self, tokens: &[u32]) -> Result<Next, BenchError> {
+        Ok(Next::Logits(self.forward(tokens)?))
     }
 }
 
@@ -141,14 +147,17 @@ fn decode(
     teacher: Option<&[u32]>,
 ) -> Result<Run, BenchError> {
     let start = Instant::now();
-    let mut logits = backend.feed(prompt)?;
+    let mut next = backend.feed(prompt)?;
     let mut run = Run {
         prompt_tokens: prompt.len(),
         prefill_s: start.elapsed().as_secs_f64(),
         ..Run::default()
     };
     for i in 0..n {
-        let best = argmax(&logits);
+        let best = match &next {
+            Next::Logits(logits) => argmax(logits),
+            Next::Picked { token, .. } => *token,
+        };
         let token = match teacher {
             Some(t) => *t
                 .get(i)
@@ -156,11 +165,15 @@ fn decode(
             None => best,
         };
         run.argmax_matches += usize::from(best == token);
-        run.logprobs.push(logprob(&logits, token));
+        run.logprobs.push(match &next {
+            Next::Logits(logits) => logprob(logits, token),
+            Next::Picked { logprob, .. } if best == token => *logprob,
+            Next::Picked { .. } => f64::NAN,
+        });
         run.tokens.push(token);
         backend.before(i)?;
         let start = Instant::now();
-        logits = backend.feed(&[token])?;
+        next = backend.feed(&[token])?;
         run.token_s.push(start.elapsed().as_secs_f64());
     }
     Ok(run)
@@ -252,6 +265,9 @@ struct Remote<'a> {
     proxies: Vec<WanProxy>,
     /// Counts at the first generated token.
     at_decode: Vec<(u64, u64)>,
+    /// The head node picks greedily and sends its pick, as `zkinfer
+    /// generate --nodes` has it, instead of the logits.
+    head_picks: bool,
 }
 
 impl<'a> Remote<'a> {
@@ -264,6 +280,7 @@ impl<'a> Remote<'a> {
             current: None,
             proxies: Vec::new(),
             at_decode: Vec::new(),
+            head_picks: false,
         }
     }
 
@@ -294,16 +311,32 @@ impl<'a> Remote<'a> {
 }
 
 impl Feed for Remote<'_> {
-    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BenchError> {
+    fn feed(&mut self, tokens: &[u32]) -> Result<Next, BenchError> {
         let failovers = self.backend.stats().failovers;
-        let logits = self.backend.forward(tokens);
+        let next = if self.head_picks {
+            let Backend::Remote { runtime, session } = &mut self.backend else {
+                return Err(BenchError::failed("the bench's chains run on nodes"));
+            };
+            runtime
+                .block_on(session.feed_sampled(tokens, TokenSampler::Greedy))
+                .map(|s| Next::Picked {
+                    token: s.token,
+                    logprob: s.logprob,
+                })
+                .map_err(|e| BenchError::failed(e.to_string()))
+        } else {
+            self.backend
+                .forward(tokens)
+                .map(Next::Logits)
+                .map_err(BenchError::from)
+        };
         for event in self.session()?.take_events() {
             progress(&format!("  {event}"));
         }
         if self.backend.stats().failovers > failovers && self.failover_at.is_none() {
             self.failover_at = self.current;
         }
-        Ok(logits?)
+        next
     }
 
     fn before(&mut self, i: usize) -> Result<(), BenchError> {
@@ -428,18 +461,46 @@ fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result
     parse().ok_or_else(|| BenchError::failed(format!("unexpected llama.cpp output: {stdout}")))
 }
 
-/// A timed greedy run over a chain of nodes, after an untimed warm-up request.
+/// A timed greedy run over a chain of nodes whose head picks, as `zkinfer
+/// generate --nodes` runs, after an untimed warm-up request.
 fn chain_speed(setup: &mut Setup, nodes: &[ServeChild]) -> Result<Run, BenchError> {
     let hops: Vec<Hop> = nodes.iter().map(ServeChild::hop).collect();
     let warm = setup.session(hops.clone(), Encoding::F32, true, false)?;
     let mut remote = Remote::new(warm);
+    remote.head_picks = true;
     decode(&mut remote, &setup.config.prompt, 1, None)?;
     remote.end();
     let session = setup.session(hops, Encoding::F32, true, false)?;
     let mut remote = Remote::new(session);
+    remote.head_picks = true;
     let run = decode(&mut remote, &setup.config.prompt, setup.config.tokens, None)?;
     remote.end();
     Ok(run)
+}
+
+/// Bytes per generated token the head node sends the client when it picks
+/// (counted by a proxy in front of it), and the greedy tokens it picked.
+fn head_pick_bytes(setup: &mut Setup, nodes: &[ServeChild]) -> Result<HeadPicks, BenchError> {
+    let mut hops: Vec<Hop> = nodes.iter().map(ServeChild::hop).collect();
+    let head = hops
+        .last_mut()
+        .ok_or_else(|| BenchError::failed("no nodes"))?;
+    let proxy = setup
+        .runtime
+        .block_on(WanProxy::start(head.addr, LinkSettings::default()))
+        .map_err(|e| BenchError::failed(format!("starting a byte-counting proxy: {e}")))?;
+    head.addr = proxy.addr;
+    let session = setup.session(hops, Encoding::F32, false, false)?;
+    let mut remote = Remote::new(session);
+    remote.head_picks = true;
+    remote.proxies = vec![proxy];
+    let run = decode(&mut remote, &setup.config.prompt, setup.config.tokens, None)?;
+    let bytes = remote.bytes_per_token(setup.config.tokens);
+    remote.end();
+    Ok(HeadPicks {
+        bytes_per_token: bytes.first().map_or(f64::NAN, |b| b.1),
+        tokens: run.tokens,
+    })
 }
 
 fn encoding_run(
@@ -611,6 +672,8 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         std::slice::from_ref(&two_ranges[1]),
         dir.path(),
     )?);
+    progress("bytes from a head node that picks");
+    let head_picks = head_pick_bytes(&mut setup, &two)?;
     let failover = failover(&mut setup, &mut two, half)?;
     drop(two);
 
@@ -681,6 +744,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         tokens: setup.config.tokens,
         speeds,
         encodings,
+        head_picks,
         failover,
         reference: single1,
         elapsed_s: started.elapsed().as_secs_f64(),

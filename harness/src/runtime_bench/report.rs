@@ -16,6 +16,7 @@ const WAN_ENCODING: Encoding = Encoding::Q6o;
 const TARGET_WAN_BYTES: f64 = 0.3;
 const TARGET_WAN_DRIFT: f64 = 0.01;
 const TARGET_FAILOVER: f64 = 3.0;
+const TARGET_HEAD_BYTES: f64 = 1024.0;
 
 /// A throughput row.
 pub struct Speed {
@@ -82,6 +83,12 @@ impl EncodingRow {
     }
 }
 
+/// What a head node that picks sends the client.
+pub struct HeadPicks {
+    pub bytes_per_token: f64,
+    pub tokens: Vec<u32>,
+}
+
 /// The failover measurement.
 pub struct Failover {
     pub killed: String,
@@ -100,6 +107,7 @@ pub struct Report {
     pub tokens: usize,
     pub speeds: Speeds,
     pub encodings: Vec<EncodingRow>,
+    pub head_picks: HeadPicks,
     pub failover: Failover,
     /// The single-process 1-thread run: the reference of tokens and drift.
     pub reference: Run,
@@ -212,6 +220,19 @@ impl Report {
                     .unwrap_or_default(),
             },
             Target {
+                name: "bytes per token from the head node to the client",
+                measured: Some(self.head_picks.bytes_per_token),
+                bound: TARGET_HEAD_BYTES,
+                at_most: true,
+                detail: format!(
+                    "its pick and the logits' digest; the logits themselves: {}; greedy tokens = single process: {}",
+                    f32_row
+                        .and_then(|f| f.hops.last())
+                        .map_or("-".into(), |h| format!("{:.0} bytes", h.2)),
+                    agree(&self.head_picks.tokens, &self.reference.tokens)
+                ),
+            },
+            Target {
                 name: "failover token / median token, latency",
                 measured: (fo.median_token_s > 0.0 && fo.at.is_some())
                     .then(|| fo.failover_token_s / fo.median_token_s),
@@ -286,6 +307,10 @@ impl Report {
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "throughput": speeds,
             "encodings": encodings,
+            "head_picks": {
+                "bytes_per_token": self.head_picks.bytes_per_token,
+                "tokens_equal_single_process": agree(&self.head_picks.tokens, reference),
+            },
             "failover": {
                 "killed": fo.killed,
                 "failover_token": fo.at,
