@@ -10,7 +10,7 @@ use crate::chips::step_check::instance_row::{LOGPROB, R};
 use crate::fixed_point::{FixedPoint, Temperature, LOGPROB_EXTRA_BITS};
 use crate::statement::Sampler;
 use crate::tables::Tables;
-use crate::witness::{sample_token, StepWitness};
+use crate::witness::{pick, sample_token, StepWitness};
 use crate::{CircuitShape, DecodeStepCircuit};
 
 /// Deterministic pseudo-random logits (xorshift), in fixed point.
@@ -68,6 +68,26 @@ fn sample(milli: u32, r: u64) -> Sampler {
     Sampler::Sample {
         temperature: Temperature::from_milli(milli).unwrap(),
         r,
+    }
+}
+
+#[test]
+fn pick_states_what_the_witness_states() {
+    for (seed, sampler) in [
+        (1, Sampler::Greedy),
+        (2, sample(1000, 1 << 63)),
+        (3, sample(700, 12_345)),
+        (4, sample(1, u64::MAX)),
+        (5, sample(2000, 0)),
+    ] {
+        for vocab in [1, 7, 4096] {
+            let tables = tables(sampler.temperature());
+            let z = logits(seed, vocab, 20.0);
+            let picked = pick(&tables, &z, sampler).unwrap();
+            let token = sample_token(&tables, &z, sampler).unwrap();
+            let witness = StepWitness::new(&tables, z, token, sampler).unwrap();
+            assert_eq!(picked, witness.statement, "seed {seed}, vocab {vocab}");
+        }
     }
 }
 

@@ -108,14 +108,23 @@ pub fn sample_token(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result
 }
 
 /// The token `sampler` picks from quantized logits and the statement a proof
-/// of the pick makes (its log-probability included; position 0).
-pub fn pick(
-    tables: &Tables,
-    logits: Vec<i64>,
-    sampler: Sampler,
-) -> Result<StepStatement, StepError> {
-    let token = sample_token(tables, &logits, sampler)?;
-    Ok(StepWitness::new(tables, logits, token, sampler)?.statement)
+/// of the pick makes (its log-probability included; position 0): what
+/// [`StepWitness::new`] states, without building the witness.
+pub fn pick(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<StepStatement, StepError> {
+    let token = sample_token(tables, logits, sampler)?;
+    let max = *logits.iter().max().expect("sample_token refuses no logits");
+    let sum: u128 = logits
+        .iter()
+        .map(|&z| tables.exp((max - z) as u64) as u128)
+        .sum();
+    let delta = tables.lse_index(sum).ok_or(StepError::SumOutOfTable(sum))?;
+    let (token_quotient, _) = tempered_token_term(max - logits[token as usize], tables.temperature);
+    Ok(StepStatement {
+        token,
+        logprob: -((delta as i64) << LOGPROB_EXTRA_BITS) - token_quotient,
+        sampler,
+        position: 0,
+    })
 }
 
 fn check_logits(logits: &[i64]) -> Result<(), StepError> {

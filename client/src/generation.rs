@@ -313,7 +313,7 @@ impl Picking<'_> {
             .quantize_all(&logits)
             .map_err(|e| failed(e.to_string()))?;
         let statement =
-            circuits::pick(self.tables, z, sampler).map_err(|e| failed(e.to_string()))?;
+            circuits::pick(self.tables, &z, sampler).map_err(|e| failed(e.to_string()))?;
         Ok(Pick {
             token: statement.token,
             logprob: statement.logprob_nats(self.fixed_point.frac_bits),

@@ -60,7 +60,7 @@ pub fn pick_with(logits: &[f32], sampler: Sampler) -> Result<Pick, WireError> {
     let z = fixed_point
         .quantize_all(logits)
         .map_err(|e| WireError::Internal(format!("the logits do not fit the proof: {e}")))?;
-    let statement = circuits::pick(&tables(sampler.temperature()), z, sampler)
+    let statement = circuits::pick(&tables(sampler.temperature()), &z, sampler)
         .map_err(|e| WireError::Internal(format!("picking a token: {e}")))?;
     Ok(Pick {
         token: statement.token,

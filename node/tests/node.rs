@@ -240,7 +240,7 @@ async fn the_head_picks_what_the_client_would_from_the_logits_it_keeps() {
                 } else {
                     &tables
                 },
-                z,
+                &z,
                 expected,
             )
             .expect("pick");

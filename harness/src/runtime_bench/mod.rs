@@ -665,6 +665,8 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         progress(&format!("  {}", Encoding::name(encoding)));
         encodings.push(encoding_run(&mut setup, &two, encoding, &single1)?);
     }
+    progress("bytes from a head node that picks");
+    let head_picks = head_pick_bytes(&mut setup, &two)?;
     // A second node for the second range: failover has somewhere to go.
     two.extend(start_serve_children(
         &setup.config.zkinfer,
@@ -672,8 +674,6 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         std::slice::from_ref(&two_ranges[1]),
         dir.path(),
     )?);
-    progress("bytes from a head node that picks");
-    let head_picks = head_pick_bytes(&mut setup, &two)?;
     let failover = failover(&mut setup, &mut two, half)?;
     drop(two);
 
