@@ -668,8 +668,19 @@ fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
     assert_eq!(failover["failover_token"], 4, "{failover}");
     assert_eq!(failover["tokens_equal_no_fault_run"], true, "{failover}");
     assert!(failover["killed"].as_str().unwrap().ends_with("(3..7)"));
+    // A head that picks sends its pick: a frame of about 100 bytes, not the
+    // tiny model's 320 logits (1,280 bytes and a frame).
+    let head = &report["head_picks"];
+    let head_bytes = head["bytes_per_token"].as_f64().unwrap();
+    assert!(head_bytes > 60.0 && head_bytes < 200.0, "{head}");
+    assert_eq!(head["tokens_equal_single_process"], "yes", "{head}");
     let targets = report["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 6);
+    assert_eq!(targets.len(), 7);
+    let head_target = targets
+        .iter()
+        .find(|t| t["name"] == "bytes per token from the head node to the client")
+        .expect("a head-bytes target");
+    assert_eq!(head_target["verdict"], "met", "{head_target}");
     assert_eq!(targets[0]["verdict"], "not measured");
     for t in &targets[1..] {
         assert!(
@@ -689,6 +700,7 @@ fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
         "llama.cpp, 1 thread",
         "failover: killed",
         "failover token / median token, latency",
+        "bytes per token from the head node to the client",
     ] {
         assert!(text.contains(line), "no {line:?} in:\n{text}");
     }
