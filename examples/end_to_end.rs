@@ -35,7 +35,7 @@ use models::Model;
 use node::proving::{ProofService, ProvingConfig};
 use node::{serve, NodeConfig};
 use transcript::{Nonce, ProvingPolicy};
-use verifier::answer::{check_answer, Verdict};
+use verifier::answer::{check_answer, LogitOpening, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
 use wire::Encoding;
@@ -299,6 +299,9 @@ fn main() -> Result<(), Error> {
         &mut replayer,
         &AuditOptions::default(),
     ))?;
+    // The head revealed the logits it signed: its proofs must open to them.
+    let opened = audit.open_proofs(bundle, &params);
+    let proofs_open = opened.iter().all(|o| *o == LogitOpening::Opens);
     let audit_time = audit_start.elapsed();
 
     println!(
@@ -336,9 +339,11 @@ fn main() -> Result<(), Error> {
         .map(|c| c.max_abs_diff)
         .fold(0f32, f32::max);
     println!(
-        "audit: {} hops re-executed, verdict {:?}, largest difference {worst}",
+        "audit: {} hops re-executed, verdict {:?}, largest difference {worst}; {} of {} proofs open against the head's revealed logits",
         audit.hops.len(),
-        audit.verdict
+        audit.verdict,
+        opened.iter().filter(|o| **o == LogitOpening::Opens).count(),
+        opened.len()
     );
     let (proved, not_proved, invalid) = answer.counts();
     println!(
@@ -393,6 +398,9 @@ fn main() -> Result<(), Error> {
     }
     if audit.verdict != AuditVerdict::Accept {
         return Err("the audit did not accept every hop".into());
+    }
+    if !proofs_open {
+        return Err("a proof does not open against the logits the head revealed".into());
     }
     Ok(())
 }

@@ -103,6 +103,12 @@ pub struct AuditArgs {
     /// Seconds allowed per question to a node.
     #[arg(long, default_value_t = 30, value_name = "S")]
     pub timeout: u64,
+    /// Also open the commitments of the head's proofs in this bundle (`generate --bundle`)
+    /// against the logits the head reveals: a proof, and the head's signed receipt for it, about
+    /// other logits than the head signed is a rejection. Check the proofs themselves with
+    /// `zkinfer verify`.
+    #[arg(long, value_name = "FILE", conflicts_with = "report")]
+    pub bundle: Option<PathBuf>,
     /// Run the cheat suite instead (tiny random models, or --model) and print the detection table.
     #[arg(long)]
     pub report: bool,

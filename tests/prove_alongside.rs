@@ -388,6 +388,39 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
         reasons.iter().all(|r| r.contains("nothing ties")),
         "{reasons:?}"
     );
+    // The audit asks the head for the logits it signed and opens the proofs
+    // against them: the honest bundle opens, one proven with another seed
+    // than it states does not.
+    let audit = |bundle: &Path| {
+        zkinfer(&[
+            "audit",
+            "--transcript",
+            slim_path.to_str().expect("utf-8"),
+            "--model",
+            model_path.to_str().expect("utf-8"),
+            "--bundle",
+            bundle.to_str().expect("utf-8"),
+            "--json",
+        ])
+    };
+    let (code, report, err) = audit(&bundle_path);
+    assert_eq!(code, 0, "{report} {err}");
+    let openings: Vec<&str> = report["proofs"]
+        .as_array()
+        .expect("proofs")
+        .iter()
+        .map(|p| p["opening"].as_str().expect("opening"))
+        .collect();
+    assert_eq!(openings, vec!["opens"; bundle.proofs.len()], "{report}");
+    let mut reseeded = bundle.clone();
+    reseeded.proofs[0].seed[0] ^= 1;
+    let reseeded_path = dir.join("reseeded.zkp");
+    std::fs::write(&reseeded_path, reseeded.to_bytes()).expect("write bundle");
+    let (code, report, err) = audit(&reseeded_path);
+    assert_eq!(code, 1, "{report} {err}");
+    assert_eq!(report["verdict"], "reject", "{report}");
+    assert_eq!(report["proofs"][0]["opening"], "other logits", "{report}");
+
     // A head hop's logits digest changed: its receipt no longer verifies,
     // and neither does the proof receipt that names it.
     let mut redigested = digests_only.clone();

@@ -38,6 +38,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use halo2_proofs::{pasta::EqAffine, poly::commitment::Params};
+use verifier::answer::LogitOpening;
+use verifier::bundle::Bundle;
 use verifier::parse_hex_array;
 use verifier::receipt::{self, PublicKey, Signature, Step, StepReceipt};
 
@@ -93,6 +96,28 @@ pub struct AuditReport {
     /// checked with [`FraudProof::check`].
     #[serde(skip)]
     pub fraud_proofs: Vec<FraudProof>,
+    /// The logits the head revealed (each hashing to its signed output), by
+    /// the position of the token they choose: what the head's proofs must
+    /// open to ([`AuditReport::open_proofs`]).
+    #[serde(skip)]
+    pub head_logits: BTreeMap<u64, Vec<f32>>,
+}
+
+impl AuditReport {
+    /// Opens each proof of `bundle` against the logits the head revealed:
+    /// a proof (and the head's proof receipt for it) about other logits
+    /// than the head signed is `Differs`; a proof of a position whose
+    /// forward was not audited is `Unknown`.
+    pub fn open_proofs(&self, bundle: &Bundle, params: &Params<EqAffine>) -> Vec<LogitOpening> {
+        let fixed_point = bundle.shape.fixed_point;
+        let logits: BTreeMap<u64, Vec<i64>> = self
+            .head_logits
+            .iter()
+            .filter(|(_, l)| l.len() == bundle.shape.vocab)
+            .filter_map(|(p, l)| Some((*p, fixed_point.quantize_all(l).ok()?)))
+            .collect();
+        verifier::answer::open_proofs(bundle, params, &logits)
+    }
 }
 
 /// Why an audit could not run at all.
@@ -128,8 +153,17 @@ pub async fn audit(
     };
     let mut hops = Vec::new();
     let mut fraud_proofs = Vec::new();
+    let mut head_logits = BTreeMap::new();
     for group in node_groups(transcript) {
-        let mut audits = audit_node(transcript, &group, replayer, options, timeout).await?;
+        let mut audits = audit_node(
+            transcript,
+            &group,
+            replayer,
+            options,
+            timeout,
+            &mut head_logits,
+        )
+        .await?;
         fraud_proofs.append(&mut audits.1);
         hops.append(&mut audits.0);
     }
@@ -147,6 +181,7 @@ pub async fn audit(
         hops,
         verdict,
         fraud_proofs,
+        head_logits,
     })
 }
 
@@ -299,6 +334,7 @@ async fn audit_node(
     replayer: &mut Replayer,
     options: &AuditOptions,
     timeout: Duration,
+    head_logits: &mut BTreeMap<u64, Vec<f32>>,
 ) -> Result<(Vec<HopAudit>, Vec<FraudProof>), AuditError> {
     let Some(signer_hex) = &group.signer else {
         return Ok((
@@ -498,9 +534,13 @@ async fn audit_node(
         let mut verdict = enter.verdict.max(span.verdict).max(exit.verdict);
         // The head's signed logits must pick the transcript's next token:
         // this checks unproven tokens without the transcript keeping logits.
+        let next = p + fed(&inputs[&p]);
         let mismatch = (group.layers.end == head_end)
-            .then(|| picks_next_token(transcript, &outputs[&p], p + fed(&inputs[&p])))
+            .then(|| picks_next_token(transcript, &outputs[&p], next))
             .flatten();
+        if let (true, Ok(values)) = (group.layers.end == head_end, outputs[&p].to_f32()) {
+            head_logits.insert(next, values);
+        }
         if mismatch.is_some() {
             verdict = Verdict::Reject;
         }

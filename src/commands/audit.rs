@@ -14,10 +14,12 @@ use serde_json::json;
 use audit::fraud::{FraudProof, Replayer, Verdict};
 use audit::{audit, AuditOptions, AuditReport};
 use harness::cheats::{run_suite, SuiteOptions};
+use verifier::answer::LogitOpening;
+use verifier::Bundle;
 
 use super::answer::read_transcript;
 use super::model::packaged_model_path;
-use super::CliError;
+use super::{cache, input, CliError};
 use crate::cli::AuditArgs;
 
 pub fn run(args: AuditArgs) -> Result<ExitCode, CliError> {
@@ -49,10 +51,39 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("starting the async runtime: {e}")))?;
-    let report = runtime.block_on(audit(&transcript, dir, &mut replayer, &options))?;
+    let bundle = args.bundle.as_deref().map(input::read_bundle).transpose()?;
+    let mut report = runtime.block_on(audit(&transcript, dir, &mut replayer, &options))?;
+    let openings = match &bundle {
+        Some(bundle) => {
+            let params = cache(&args.cache)
+                .load_or_generate(bundle.shape.k(), |_| {})
+                .map_err(|e| CliError::failed(format!("public parameters: {e}")))?;
+            let openings = report.open_proofs(bundle, &params);
+            if openings.contains(&LogitOpening::Differs) {
+                report.verdict = Verdict::Reject;
+            }
+            Some(openings)
+        }
+        None => None,
+    };
     let written = write_fraud_proofs(&report.fraud_proofs, path, args.fraud_proofs.as_deref())?;
-    print_report(&report, &written, start.elapsed(), args.json);
+    print_report(
+        &report,
+        bundle.as_ref().zip(openings.as_deref()),
+        &written,
+        start.elapsed(),
+        args.json,
+    );
     Ok(exit_code(report.verdict))
+}
+
+/// What an opening says, in the report.
+fn opening_name(opening: LogitOpening) -> &'static str {
+    match opening {
+        LogitOpening::Opens | LogitOpening::Attested => "opens",
+        LogitOpening::Differs => "other logits",
+        LogitOpening::Unknown => "not audited",
+    }
 }
 
 /// Exit 0 accept, 1 reject, 3 ambiguous (2 is unreadable input).
@@ -116,12 +147,35 @@ fn write_fraud_proofs(
         .collect()
 }
 
-fn print_report(report: &AuditReport, written: &[PathBuf], elapsed: Duration, as_json: bool) {
+fn print_report(
+    report: &AuditReport,
+    proofs: Option<(&Bundle, &[LogitOpening])>,
+    written: &[PathBuf],
+    elapsed: Duration,
+    as_json: bool,
+) {
+    let openings: Vec<_> = proofs
+        .map(|(bundle, openings)| {
+            bundle
+                .proofs
+                .iter()
+                .zip(openings)
+                .map(|(proof, &opening)| {
+                    let positions: Vec<u64> = proof.steps.iter().map(|s| s.position).collect();
+                    (positions, opening_name(opening))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     if as_json {
         let out = json!({
             "verdict": report.verdict,
             "receipts": report.receipts,
             "hops": report.hops,
+            "proofs": openings.iter().map(|(positions, opening)| json!({
+                "positions": positions,
+                "opening": opening,
+            })).collect::<Vec<_>>(),
             "fraud_proofs": written,
             "seconds": elapsed.as_secs_f64(),
         });
@@ -130,6 +184,9 @@ fn print_report(report: &AuditReport, written: &[PathBuf], elapsed: Duration, as
     }
     for line in report.lines() {
         println!("{line}");
+    }
+    for (positions, opening) in &openings {
+        println!("proof of positions {positions:?} against the head's revealed logits: {opening}");
     }
     for path in written {
         println!(
