@@ -16,7 +16,7 @@ use circuits::{FixedPoint, Sampler, Tables};
 use models::generate::Generator;
 use models::model_id::ModelId;
 use models::tokenizer::Tokenizer;
-use prover::{Record, RecordSampler, Records};
+use prover::{Record, Records};
 use transcript::{
     self, HopRecord, Nonce, ProofReceiptRecord, ProvingPolicy, RecordsRef, Transcript,
     TranscriptError, TranscriptSampler,
@@ -183,7 +183,7 @@ impl<'a> Backend<'a> {
     ) -> Result<Pick, GenerationError> {
         let position = self.position();
         let next = position + tokens.len() as u64;
-        let (sampler, wire) = picking.sampler(next)?;
+        let sampler = picking.sampler(next);
         let pick = match self {
             Backend::Local(g) => {
                 let logits = g.feed(tokens)?;
@@ -198,7 +198,7 @@ impl<'a> Backend<'a> {
                         .and_then(|logits| picking.pick(logits, sampler, next))
                 } else {
                     runtime
-                        .block_on(session.feed_sampled(tokens, wire))
+                        .block_on(session.feed_sampled(tokens, wire_sampler(sampler)))
                         .map_err(GenerationError::from)
                         .and_then(|s| picking.check_remote(s.token, s.logprob, next))
                 };
@@ -284,21 +284,15 @@ struct Picking<'t> {
 }
 
 impl Picking<'_> {
-    /// The sampler of the token at `position`, for the circuit and the wire.
-    fn sampler(&self, position: u64) -> Result<(Sampler, TokenSampler), GenerationError> {
-        Ok(match self.temperature {
-            None => (Sampler::Greedy, TokenSampler::Greedy),
-            Some(temperature) => {
-                let r = transcript::sampling_r(&self.nonce, self.request_id, position);
-                (
-                    Sampler::Sample { temperature, r },
-                    TokenSampler::Sample {
-                        temperature: temperature.value(),
-                        r,
-                    },
-                )
-            }
-        })
+    /// The sampler of the token at `position`.
+    fn sampler(&self, position: u64) -> Sampler {
+        match self.temperature {
+            None => Sampler::Greedy,
+            Some(temperature) => Sampler::Sample {
+                temperature,
+                r: transcript::sampling_r(&self.nonce, self.request_id, position),
+            },
+        }
     }
 
     fn pick(
@@ -395,6 +389,10 @@ pub fn generate(
         vocab: model.vocab,
         keep_logits: options.keep_logits,
     };
+    let transcript_sampler = match options.temperature {
+        None => TranscriptSampler::Greedy {},
+        Some(temperature) => TranscriptSampler::Sample { temperature },
+    };
     let mut collector = options.proving.map(|_| ProofCollector::default());
 
     let prompt_tokens = prompt.tokens;
@@ -419,26 +417,18 @@ pub fn generate(
         tokens.push(token);
         logprobs.push(pick.logprob);
         if let Some(logits) = pick.logits.take() {
-            let sampler = match options.temperature {
-                None => RecordSampler::Greedy {},
-                Some(temperature) => RecordSampler::Sample {
-                    temperature,
-                    r: transcript::sampling_r(&options.nonce, options.request_id, position)
-                        .to_string(),
-                },
-            };
             steps.push(Record {
                 position,
                 logits,
                 token,
-                sampler,
+                sampler: transcript_sampler.step(&options.nonce, options.request_id, position),
             });
         }
         if let (Some(collector), Some(ProvingPolicy::All)) = (&mut collector, options.proving) {
             let step = ProveStep {
                 position,
                 token,
-                sampler: picking.sampler(position)?.1,
+                sampler: wire_sampler(picking.sampler(position)),
             };
             backend.prove(&[step], collector, observer)?;
             observer.proofs(collector.proven(), tokens.len());
@@ -465,10 +455,7 @@ pub fn generate(
         model_id: model.id.map(|id| id.to_string()).unwrap_or_default(),
         prompt: prompt.text,
         prompt_tokens,
-        sampler: match options.temperature {
-            None => TranscriptSampler::Greedy {},
-            Some(temperature) => TranscriptSampler::Sample { temperature },
-        },
+        sampler: transcript_sampler,
         client_nonce: options.nonce.to_hex(),
         request_id: options.request_id,
         tokens,
