@@ -155,12 +155,14 @@ pub fn proof_logit_commitments(shape: CircuitShape, proof: &[u8]) -> Option<Vec<
         .collect()
 }
 
-/// blake3 of commitments as 32-byte compressed points, in lane order: what a
-/// head node's proof receipt names (`verifier::receipt::ProofReceipt`).
-pub fn commitments_digest(commitments: &[EqAffine]) -> [u8; 32] {
+/// blake3 of a proof's logit commitments ([`proof_logit_commitments`]) as
+/// 32-byte compressed points, in lane order: what names the proof in a head
+/// node's proof receipt (`verifier::receipt::ProofReceipt`); `None` if the
+/// proof's bytes hold no such commitments.
+pub fn proof_commitments_digest(shape: CircuitShape, proof: &[u8]) -> Option<[u8; 32]> {
     let mut h = blake3::Hasher::new();
-    for c in commitments {
+    for c in proof_logit_commitments(shape, proof)? {
         h.update(c.to_bytes().as_ref());
     }
-    *h.finalize().as_bytes()
+    Some(*h.finalize().as_bytes())
 }

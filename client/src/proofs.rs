@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use circuits::opening::{commitments_digest, proof_logit_commitments};
+use circuits::opening::proof_commitments_digest;
 use transcript::ProofReceiptRecord;
 use verifier::bundle::{Bundle, BundleError};
 use verifier::hex;
@@ -50,9 +50,9 @@ impl ProofCollector {
             // against the keys that signed the logits.
             if proven.signatures.len() == bundle.proofs.len() {
                 for (proof, signature) in bundle.proofs.iter().zip(&proven.signatures) {
-                    if let Some(c) = proof_logit_commitments(bundle.shape, &proof.bytes) {
+                    if let Some(c) = proof_commitments_digest(bundle.shape, &proof.bytes) {
                         self.receipts.push(ProofReceiptRecord {
-                            commitments_blake3: hex(&commitments_digest(&c)),
+                            commitments_blake3: hex(&c),
                             signature: hex(signature),
                         });
                     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use circuits::fixed_point::{Temperature, TemperatureError};
-use circuits::opening::{commitments_digest, proof_logit_commitments};
+use circuits::opening::proof_commitments_digest;
 use circuits::CircuitShape;
 use models::model_id::ModelId;
 use prover::{ProveError, Prover, Record, RecordSampler, Records};
@@ -434,9 +434,8 @@ fn prove_batch(
                 .iter()
                 .enumerate()
                 .map(|(i, proof)| {
-                    let commitments = proof_logit_commitments(bundle.shape, &proof.bytes)
-                        .map(|c| commitments_digest(&c))
-                        .unwrap_or_default();
+                    let commitments =
+                        proof_commitments_digest(bundle.shape, &proof.bytes).unwrap_or_default();
                     let steps = bundle
                         .steps()
                         .filter(|(p, _)| *p == i)

@@ -91,7 +91,7 @@
 //! - `proof_receipts` (absent when empty): per proof the head node made, its
 //!   signature on the proof's receipt (`verifier::receipt::ProofReceipt`)
 //!   and the blake3 of the proof's logit commitments, which names the proof
-//!   in the bundle (`circuits::opening::commitments_digest`). The receipt's
+//!   in the bundle (`circuits::opening::proof_commitments_digest`). The receipt's
 //!   other fields are the transcript's: its model id, and for each of the
 //!   proof's positions the chain request id, signer and output digest of the
 //!   head hop of the forward before it.
@@ -145,7 +145,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use circuits::fixed_point::{Temperature, TemperatureError};
-use circuits::opening::{commitments_digest, proof_logit_commitments};
+use circuits::opening::proof_commitments_digest;
 use circuits::{FixedPoint, Sampler};
 use halo2_proofs::{pasta::EqAffine, poly::commitment::Params};
 use prover::{Record, RecordSampler, Records};
@@ -739,9 +739,7 @@ impl Transcript {
             .iter()
             .enumerate()
             .map(|(i, proof)| {
-                let Some(commitments) = proof_logit_commitments(bundle.shape, &proof.bytes)
-                    .map(|c| commitments_digest(&c))
-                else {
+                let Some(commitments) = proof_commitments_digest(bundle.shape, &proof.bytes) else {
                     return LogitOpening::Differs;
                 };
                 let hex_digest = hex(&commitments);

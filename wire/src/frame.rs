@@ -143,7 +143,7 @@ impl Frame {
             .ok_or(WireError::UnknownType(header.message_type))?;
         if header.flags != 0 {
             return Err(WireError::Malformed(format!(
-                "reserved flags are {:#04x}, not 0",
+                "reserved flags are 0x{:02x}, not 0",
                 header.flags
             )));
         }
