@@ -34,7 +34,7 @@ use models::tokenizer::Tokenizer;
 use models::Model;
 use node::proving::{ProofService, ProvingConfig};
 use node::{serve, NodeConfig};
-use transcript::{Nonce, ProvingPolicy};
+use transcript::{Nonce, ProvingPolicy, Transcript};
 use verifier::answer::{check_answer, LogitOpening, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
@@ -118,7 +118,8 @@ impl Observer for Console {
         eprintln!("[{line}]");
     }
 
-    fn generated(&mut self, tokens: usize, elapsed: Duration) {
+    fn generated(&mut self, transcript: &Transcript, elapsed: Duration) {
+        let tokens = transcript.tokens.len();
         eprintln!(
             "\n[{tokens} tokens in {:.2} s: {:.2} tokens/s]",
             elapsed.as_secs_f64(),
@@ -232,6 +233,7 @@ fn main() -> Result<(), Error> {
             // The head node sends its pick, not the logits: the transcript
             // keeps their digests and the head's receipts of its proofs.
             keep_logits: false,
+            observe_logits: false,
         };
         let prompt = Prompt::encode(&tokenizer, &options.prompt);
         print!("{}", options.prompt);

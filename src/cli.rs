@@ -43,6 +43,12 @@ pub enum Command {
         after_help = "Example (two nodes, then a client):\n  zkinfer serve --model tiny.gguf --layers 0..9 --listen 127.0.0.1:7001\n  zkinfer serve --model tiny.gguf --layers 9..18 --listen 127.0.0.1:7002 --prove\n  zkinfer generate --nodes nodes.toml --model tiny.gguf --prompt \"Hello\"\n\nPast --max-requests, --max-cache-mb, --max-receiving-mb or the connection limits a node answers\nBusy (error code 9) instead of growing."
     )]
     Serve(ServeArgs),
+    /// Serve an OpenAI-compatible HTTP API (chat and text completions, streamed or whole) whose
+    /// answers carry their verification: transcripts and proofs to download, /v1/verify to check.
+    #[command(
+        after_help = "Examples:\n  zkinfer api --listen 127.0.0.1:8080\n  zkinfer api --nodes nodes.toml --prove challenged:4 --max-concurrent 8\n  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"max_tokens\":16,\"seed\":7}'\n  curl -s http://127.0.0.1:8080/v1/proofs/ID -o answer.zkp\n\nEndpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,\nGET /metrics, GET /v1/transcripts/ID, GET /v1/proofs/ID, POST /v1/verify (docs/api.md)."
+    )]
+    Api(ApiArgs),
     /// Create a node's receipt-signing key (BLS on BN254) and print its public key.
     #[command(
         after_help = "Example:\n  zkinfer keygen --out node.key\n  zkinfer serve --layers 9..18 --listen 127.0.0.1:7002 --key node.key"
@@ -327,6 +333,52 @@ pub struct ServeArgs {
     pub capacity: CapacityArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// The model file (read for its tokenizer and id also with --nodes).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Generate on a chain of these nodes (the file of `generate --nodes`) instead of in this
+    /// process.
+    #[arg(long, value_name = "FILE")]
+    pub nodes: Option<PathBuf>,
+    /// Encoding of hidden states between nodes.
+    #[arg(long, value_enum, default_value = "auto", requires = "nodes")]
+    pub activations: ActivationEncoding,
+    /// Mirror every hop to a second node of its span, so a node that dies costs no replay.
+    #[arg(long, requires = "nodes")]
+    pub standby: bool,
+    /// What the head node proves of each answer: `none`, `challenged:K` (K positions drawn from
+    /// the transcript) or `all`. Needs --nodes whose head node runs `serve --prove`.
+    #[arg(long, default_value = "none", value_parser = parse_required, value_name = "POLICY")]
+    pub prove: RequiredProofs,
+    /// Generations at a time; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_concurrent: usize,
+    /// Answers still waiting for their proofs at a time; more get 429.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_proving: usize,
+    /// The largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_tokens: usize,
+    /// Seconds an answer's transcript and proofs stay downloadable.
+    #[arg(long, default_value_t = 3600, value_name = "S")]
+    pub retention: u64,
+    /// Answers kept at most (the oldest go first).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_stored: usize,
+    /// The model's name in /v1/models [default: the model file's name without .gguf].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
 /// What a node holds for its peers at most; past a limit it answers Busy.
 #[derive(Debug, Args)]
 pub struct CapacityArgs {
@@ -558,7 +610,7 @@ pub struct VerifyArgs {
     /// Which generated tokens must be proven, with --transcript: `all`, `challenged:K` (the K
     /// positions drawn from the transcript's hash, as `generate --prove challenged --challenges K`
     /// asks) or `none`. The transcript's own `proving` field does not decide this.
-    #[arg(long, value_name = "POLICY", default_value = "challenged:4", value_parser = parse_required, requires = "transcript")]
+    #[arg(long, value_name = "POLICY", default_value = transcript::answer::DEFAULT_REQUIRED, value_parser = parse_required, requires = "transcript")]
     pub require: RequiredProofs,
     /// Check a fraud proof (`zkinfer audit`) instead: the node's signature on the step and its
     /// re-execution with --model. Exit 0 if it shows fraud, 1 if it does not, 2 if unreadable.

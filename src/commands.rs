@@ -8,6 +8,7 @@ use verifier::ParamsCache;
 use crate::cli::{CacheArgs, Cli, Command};
 
 mod answer;
+mod api;
 mod audit;
 mod bench;
 mod conformance;
@@ -96,6 +97,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Api(args) => api::run(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Audit(args) => audit::run(args),
         Command::Ledger(args) => ledger::run(args),

@@ -133,6 +133,7 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
         // The logits are kept to tamper with them below; the same transcript
         // without them is what a default generation writes.
         keep_logits: true,
+        observe_logits: false,
     };
     let model = ModelInfo {
         id: Some(id),

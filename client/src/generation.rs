@@ -41,12 +41,33 @@ pub enum Backend<'a> {
 pub trait Observer {
     /// A piece of generated text.
     fn text(&mut self, _piece: &str) {}
+    /// A token as it is chosen, before its text.
+    fn token(&mut self, _chosen: &Chosen<'_>) {}
+    /// Asked after each token is fed: `true` ends the generation there, the
+    /// tokens so far its answer (a stop sequence seen, a reader gone).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
     /// A routing event (failover, reroute, route), one line.
     fn event(&mut self, _line: &str) {}
-    /// Generation is over (proofs may still be coming): `tokens` in `elapsed`.
-    fn generated(&mut self, _tokens: usize, _elapsed: Duration) {}
+    /// Generation is over, its transcript complete but for the proof
+    /// receipts (proofs may still be coming); the tokens took `elapsed`.
+    fn generated(&mut self, _transcript: &Transcript, _elapsed: Duration) {}
     /// Proof progress: steps proven and asked for so far.
     fn proofs(&mut self, _proven: usize, _asked: usize) {}
+}
+
+/// One generated token.
+pub struct Chosen<'a> {
+    pub position: u64,
+    pub token: u32,
+    /// What a proof of the token states: the log-probability at the
+    /// sampler's temperature, at the proof's fixed point.
+    pub logprob: f64,
+    /// The logits it was chosen from: always in this process, from a chain
+    /// of nodes only with [`GenerationOptions::observe_logits`] or
+    /// [`GenerationOptions::keep_logits`].
+    pub logits: Option<&'a [f32]>,
 }
 
 /// An observer that ignores everything.
@@ -71,6 +92,9 @@ pub struct GenerationOptions {
     /// `--transcript-logits` and `zkinfer prove --records`): a head node
     /// then sends all `4 * vocab` bytes of them a token instead of its pick.
     pub keep_logits: bool,
+    /// Hand every token's logits to the observer without keeping them (a
+    /// head node then sends them, as for `keep_logits`).
+    pub observe_logits: bool,
 }
 
 /// A finished generation.
@@ -191,7 +215,7 @@ impl<'a> Backend<'a> {
                 picking.pick(logits, sampler, next)?
             }
             Backend::Remote { runtime, session } => {
-                let result = if picking.keep_logits {
+                let result = if picking.fetch_logits {
                     runtime
                         .block_on(session.feed(tokens))
                         .map_err(GenerationError::from)
@@ -240,6 +264,14 @@ impl<'a> Backend<'a> {
         Ok(collector.absorb(reply)?)
     }
 
+    /// Frees the request's caches on the nodes but keeps the chain for
+    /// collecting proofs (best effort).
+    fn release(&mut self) {
+        if let Backend::Remote { runtime, session } = self {
+            runtime.block_on(session.release());
+        }
+    }
+
     /// Frees the request's caches on the nodes (best effort).
     pub fn finish(&mut self) {
         if let Backend::Remote { runtime, session } = self {
@@ -280,7 +312,8 @@ struct Picking<'t> {
     request_id: u64,
     layers: usize,
     vocab: usize,
-    keep_logits: bool,
+    /// Ask a head node for the logits instead of its pick.
+    fetch_logits: bool,
 }
 
 impl Picking<'_> {
@@ -311,7 +344,7 @@ impl Picking<'_> {
         Ok(Pick {
             token: statement.token,
             logprob: statement.logprob_nats(self.fixed_point.frac_bits),
-            logits: self.keep_logits.then_some(logits),
+            logits: Some(logits),
         })
     }
 
@@ -387,7 +420,7 @@ pub fn generate(
         request_id: options.request_id,
         layers: model.layers,
         vocab: model.vocab,
-        keep_logits: options.keep_logits,
+        fetch_logits: options.keep_logits || options.observe_logits,
     };
     let transcript_sampler = match options.temperature {
         None => TranscriptSampler::Greedy {},
@@ -416,7 +449,13 @@ pub fn generate(
         let token = pick.token;
         tokens.push(token);
         logprobs.push(pick.logprob);
-        if let Some(logits) = pick.logits.take() {
+        observer.token(&Chosen {
+            position,
+            token,
+            logprob: pick.logprob,
+            logits: pick.logits.as_deref(),
+        });
+        if let (Some(logits), true) = (pick.logits.take(), options.keep_logits) {
             steps.push(Record {
                 position,
                 logits,
@@ -440,7 +479,7 @@ pub fn generate(
         // Every token is fed, a stop token and the last one too, so that a
         // signed first hop names it even when no logits are kept.
         pick = backend.feed(&[token], &picking, &mut hops, observer)?;
-        if stop {
+        if stop || observer.should_stop() {
             break;
         }
     }
@@ -448,7 +487,6 @@ pub fn generate(
         observer.text(&decoder.finish());
     }
     let generation_time = start.elapsed();
-    observer.generated(tokens.len(), generation_time);
 
     let mut transcript = Transcript {
         version: transcript::VERSION,
@@ -470,6 +508,7 @@ pub fn generate(
         receipts_signature: None,
     };
     transcript.receipts_signature = transcript.aggregate_receipts()?;
+    observer.generated(&transcript, generation_time);
     let proofs = match collector {
         Some(mut collector) => {
             let outcome = collect_proofs(backend, &transcript, &mut collector, observer);
@@ -526,6 +565,9 @@ fn collect_proofs(
             .collect::<Result<Vec<_>, GenerationError>>()?;
         backend.prove(&steps, collector, observer)?;
     }
+    // Everything is asked for: the nodes may free the request's caches
+    // while the head proves.
+    backend.release();
     let total = asked.len();
     observer.proofs(collector.proven(), total);
     while collector.outstanding() > 0 {

@@ -33,7 +33,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::routing::{measure, Router};
+use crate::routing::{measure, NodeCost, Router};
 use crate::{Chain, ClientError, GreedyTokens, HeadAnswer, HeadSample, Hop, Logits};
 use models::model_id::ModelId;
 use transcript::HopDigest;
@@ -333,6 +333,23 @@ impl Session {
                 }
                 Err(e) => self.recover(e).await?,
             }
+        }
+    }
+
+    /// The current route's hops with their measured costs.
+    pub fn route_costs(&self) -> Vec<(Hop, Option<NodeCost>)> {
+        self.route
+            .iter()
+            .map(|hop| (hop.clone(), self.router.cost(hop.addr)))
+            .collect()
+    }
+
+    /// Frees the request's caches on the current chain but keeps it
+    /// connected, so that its head can still hand over proofs of steps
+    /// already asked for (best effort).
+    pub async fn release(&mut self) {
+        if let Some((chain, _)) = self.chain.as_mut() {
+            let _ = chain.end(self.request_id).await;
         }
     }
 

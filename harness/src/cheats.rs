@@ -362,6 +362,7 @@ impl Run<'_> {
                 .prove
                 .map(|_| ProvingPolicy::Challenged { challenges: 1 }),
             keep_logits: false,
+            observe_logits: false,
         };
         let info = ModelInfo {
             id: Some(honest_id),

@@ -5,12 +5,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::json;
-
 use halo2_proofs::{pasta::EqAffine, poly::commitment::Params};
-use transcript::binding;
 use transcript::{self, Transcript};
-use verifier::answer::{check_answer, Verdict};
 use verifier::{Bundle, Report};
 
 use super::CliError;
@@ -39,73 +35,19 @@ pub fn run(
     params: &Params<EqAffine>,
     elapsed: Duration,
 ) -> Result<ExitCode, CliError> {
-    let mut problems = Vec::new();
-    if let Some(expected) = &args.model_id {
-        if !expected.eq_ignore_ascii_case(&transcript.model_id) {
-            problems.push(format!(
-                "the transcript is of model {}, not the expected {expected}",
-                transcript.model_id
-            ));
-        }
-    }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let expected = transcript
-        .expected_steps(dir, bundle.shape.fixed_point, bundle.shape.vocab)
-        .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
-    problems.extend(expected.problems);
-    let checks = binding::check(transcript, dir);
-    problems.extend(
-        checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| format!("{}: {}", c.name, c.detail)),
-    );
-    let receipts = receipt_summary(transcript);
-    let required = transcript.required_positions(args.require.0);
-    let openings = transcript.proof_openings(bundle, params, &expected.logits);
-    let mut answer = check_answer(bundle, report, &openings, &expected.steps, &required);
-    answer.problems.extend(problems);
-    let valid = answer.valid();
-    let (proved, not_proved, invalid) = answer.counts();
-    let verdict_name = |v: &Verdict| match v {
-        Verdict::Proved => "proved",
-        Verdict::NotProved => "not proved",
-        Verdict::Invalid(_) => "invalid",
-    };
+    let answer = transcript::answer::check(
+        transcript,
+        dir,
+        bundle,
+        report,
+        params,
+        args.model_id.as_deref(),
+        args.require.0,
+    )
+    .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
     if args.json {
-        let tokens: Vec<_> = answer
-            .tokens
-            .iter()
-            .map(|t| {
-                json!({
-                    "position": t.position,
-                    "token": t.token,
-                    "logprob": t.logprob,
-                    "required": t.required,
-                    "verdict": verdict_name(&t.verdict),
-                    "reason": match &t.verdict { Verdict::Invalid(r) => Some(r), _ => None },
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({
-                "valid": valid,
-                "model_id": transcript.model_id,
-                "proved": proved,
-                "not_proved": not_proved,
-                "invalid": invalid,
-                "required": required,
-                "problems": answer.problems,
-                "receipts": receipts.as_ref().ok().map(|r| json!({
-                    "signed_hops": r.signed,
-                    "unsigned_hops": r.unsigned,
-                    "nodes": r.nodes,
-                })),
-                "checks": checks,
-                "tokens": tokens,
-            })
-        );
+        println!("{}", serde_json::to_string(&answer)?);
     } else {
         println!(
             "{:>10} {:>8} {:>12}  verdict",
@@ -116,29 +58,28 @@ pub fn run(
                 .logprob
                 .map(|l| format!("{l:.6}"))
                 .unwrap_or_else(|| "-".into());
-            let reason = match &t.verdict {
-                Verdict::Invalid(r) => format!(": {r}"),
-                Verdict::NotProved if t.required => ": required by the transcript's policy".into(),
+            let reason = match (&t.reason, t.verdict) {
+                (Some(r), _) => format!(": {r}"),
+                (None, "not proved") if t.required => {
+                    ": required by the transcript's policy".into()
+                }
                 _ => String::new(),
             };
             println!(
                 "{:>10} {:>8} {:>12}  {}{reason}",
-                t.position,
-                t.token,
-                logprob,
-                verdict_name(&t.verdict)
+                t.position, t.token, logprob, t.verdict
             );
         }
         for problem in &answer.problems {
             println!("problem: {problem}");
         }
-        if let Ok(r) = &receipts {
+        if let Some(r) = &answer.receipts {
             println!(
                 "receipts: {} hops signed by {} nodes, {} unsigned",
-                r.signed, r.nodes, r.unsigned
+                r.signed_hops, r.nodes, r.unsigned_hops
             );
         }
-        for c in &checks {
+        for c in &answer.checks {
             println!(
                 "check {}: {} ({})",
                 c.name,
@@ -147,37 +88,20 @@ pub fn run(
             );
         }
         println!(
-            "{}: {} tokens: {proved} proved, {not_proved} not proved, {invalid} invalid ({} proofs checked in {:.2} s; model {})",
-            if valid { "VALID" } else { "INVALID" },
+            "{}: {} tokens: {} proved, {} not proved, {} invalid ({} proofs checked in {:.2} s; model {})",
+            if answer.valid { "VALID" } else { "INVALID" },
             answer.tokens.len(),
+            answer.proved,
+            answer.not_proved,
+            answer.invalid,
             report.proofs.len(),
             elapsed.as_secs_f64(),
             transcript.model_id
         );
     }
-    Ok(if valid {
+    Ok(if answer.valid {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
-}
-
-/// How many hops were signed, and by how many nodes (the signatures
-/// themselves are [`binding::check`]'s).
-struct Receipts {
-    signed: usize,
-    unsigned: usize,
-    nodes: usize,
-}
-
-fn receipt_summary(transcript: &Transcript) -> Result<Receipts, transcript::TranscriptError> {
-    let signed = transcript.receipts()?;
-    let mut nodes: Vec<_> = signed.iter().map(|(k, _)| k.to_hex()).collect();
-    nodes.sort();
-    nodes.dedup();
-    Ok(Receipts {
-        signed: signed.len(),
-        unsigned: transcript.unsigned_hops(),
-        nodes: nodes.len(),
     })
 }

@@ -24,7 +24,7 @@ use crate::cli::{ActivationEncoding, DeviceKind, GenerateArgs, ProvePolicyArg};
 const NODE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads a nodes file into candidate hops, in file order.
-fn read_nodes(path: &Path) -> Result<Vec<Hop>, CliError> {
+pub fn read_nodes(path: &Path) -> Result<Vec<Hop>, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::unreadable(format!("reading {}: {e}", path.display())))?;
     client::nodes::parse_nodes(&text)
@@ -55,13 +55,15 @@ impl Observer for Console {
     }
 }
 
-/// The session settings of `--nodes` generation over `candidates`.
-fn session_config(
+/// The session settings of generation over `candidates`, with hidden
+/// states of width `hidden` sent as `activations`.
+pub fn session_config(
     hidden: usize,
-    args: &GenerateArgs,
+    activations: ActivationEncoding,
+    standby: bool,
     candidates: &[Hop],
 ) -> (SessionConfig, Encoding) {
-    let encoding = match args.activations {
+    let encoding = match activations {
         ActivationEncoding::Auto if candidates.iter().all(|h| h.addr.ip().is_loopback()) => {
             Encoding::F32
         }
@@ -72,7 +74,7 @@ fn session_config(
     };
     let config = SessionConfig {
         io_timeout: NODE_TIMEOUT,
-        standby: args.standby,
+        standby,
         ..SessionConfig::for_encoding(encoding, hidden)
     };
     (config, encoding)
@@ -105,7 +107,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let mut backend = match (&args.nodes, model_id) {
         (Some(nodes), Some(id)) => {
             let candidates = read_nodes(nodes)?;
-            let (session, encoding) = session_config(config.hidden, &args, &candidates);
+            let (session, encoding) =
+                session_config(config.hidden, args.activations, args.standby, &candidates);
             let mut backend = Backend::remote(candidates, config.layers, id, session)
                 .map_err(|e| CliError::failed(format!("{}: {e}", nodes.display())))?;
             eprintln!("[activations {encoding:?}]");
@@ -142,6 +145,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
             },
         }),
         keep_logits: args.transcript_logits || args.records.is_some(),
+        observe_logits: false,
     };
     let model = ModelInfo {
         id: model_id,

@@ -135,6 +135,7 @@
 //! | 4 | `count` N, u32 |
 //! | N × (12 + 4V) | per step: `position` u64, `token` u32, `logits` V × f32 |
 
+pub mod answer;
 pub mod binding;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,141 @@
+//! `zkinfer api`: the OpenAI-compatible endpoint (`api`) over a model in
+//! this process or a chain of nodes. The port answers at once; `/health`
+//! says 503 until the model is loaded or the chain answers.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::chat::ChatTemplate;
+use api::engine::{Backend, Engine};
+use api::{ApiConfig, AppState};
+use candle_core::quantized::gguf_file;
+use client::generation::{Backend as Generation, ModelInfo};
+use models::tokenizer::Tokenizer;
+use models::Model;
+
+use super::generate::{read_nodes, session_config};
+use super::model::open_gguf;
+use super::serve::{set_threads, tokio_runtime};
+use super::{cache, CliError};
+use crate::cli::{ApiArgs, DeviceKind};
+
+/// How long to wait before asking an unreachable chain of nodes again.
+const RETRY: Duration = Duration::from_secs(2);
+
+pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
+    let proving = args.prove.0;
+    if proving.is_some() && args.nodes.is_none() {
+        return Err(CliError::unreadable(
+            "--prove needs --nodes: the head node of a chain proves (zkinfer serve --prove); \
+             this process only generates",
+        ));
+    }
+    if args.nodes.is_some() && args.compute.device != DeviceKind::Cpu {
+        return Err(CliError::unreadable(
+            "--device is for the in-process model: with --nodes each node picks its own (zkinfer serve --device)",
+        ));
+    }
+    set_threads(args.compute.threads);
+    let path = args.model.path();
+    let (content, mut reader) = open_gguf(&path)?;
+    let tokenizer = Tokenizer::from_gguf(&content)?;
+    let shape = Model::shape_of(&content)?;
+    let id = models::model_id::model_id(&content, &mut reader)
+        .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
+    let template = match content.metadata.get("tokenizer.chat_template") {
+        Some(gguf_file::Value::String(source)) => Some(source.clone()),
+        _ => None,
+    };
+    let token_text = |id: u32| tokenizer.token(id).unwrap_or_default().to_string();
+    let template = ChatTemplate::new(
+        template,
+        &token_text(tokenizer.bos()),
+        &token_text(tokenizer.eos()),
+    )
+    .map_err(|e| CliError::unreadable(format!("{}: its chat template: {e}", path.display())))?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let model = ModelInfo {
+        id: Some(id),
+        layers: shape.layers,
+        vocab: shape.vocab,
+        context: shape.context,
+    };
+    let candidates = args.nodes.as_deref().map(read_nodes).transpose()?;
+    let device = match candidates {
+        None => Some(super::device::open(args.compute.device)?),
+        Some(_) => None,
+    };
+
+    let runtime = tokio_runtime()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .map_err(|e| CliError::failed(format!("listening on {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let state = AppState::new(ApiConfig {
+        max_concurrent: args.max_concurrent,
+        max_proving: args.max_proving,
+        max_tokens: args.max_tokens,
+        retention: Duration::from_secs(args.retention),
+        max_stored: args.max_stored,
+        params_dir: cache(&args.cache).dir().to_path_buf(),
+    });
+    eprintln!("[api on http://{addr}: model {name} ({id}); /health is 503 until it is ready]");
+
+    let loading = Arc::clone(&state);
+    let activations = args.activations;
+    let standby = args.standby;
+    std::thread::spawn(move || {
+        let backend = match (candidates, device) {
+            (None, device) => {
+                loading.not_ready("loading the model");
+                let device = device.unwrap_or(candle_core::Device::Cpu);
+                match Model::from_gguf(&content, &mut reader, &device, 0..shape.layers) {
+                    Ok(model) => Backend::Local(Arc::new(model)),
+                    Err(e) => {
+                        eprintln!("error: loading {}: {e}", path.display());
+                        std::process::exit(2);
+                    }
+                }
+            }
+            (Some(nodes), _) => {
+                let (session, encoding) =
+                    session_config(shape.hidden, activations, standby, &nodes);
+                // Ready once a whole chain answers.
+                loop {
+                    match Generation::remote(nodes.clone(), shape.layers, id, session.clone()) {
+                        Ok(mut chain) => {
+                            chain.finish();
+                            break;
+                        }
+                        Err(e) => {
+                            loading.not_ready(format!("no chain of nodes yet: {e}"));
+                            std::thread::sleep(RETRY);
+                        }
+                    }
+                }
+                eprintln!("[activations {encoding:?}]");
+                Backend::Remote { nodes, session }
+            }
+        };
+        loading.ready(Engine {
+            name,
+            model,
+            tokenizer,
+            template,
+            backend,
+            proving,
+        });
+        eprintln!("[api ready]");
+    });
+    runtime
+        .block_on(api::serve(listener, state))
+        .map_err(|e| CliError::failed(format!("serving http://{addr}: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
