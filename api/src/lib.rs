@@ -241,7 +241,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         let text = engine.template.render(&turns)?;
-        let prompt = text_prompt(&engine, text);
+        let prompt = chat_prompt(&engine, text);
         start(&state, engine, Endpoint::Chat, prompt, checked).await
     };
     let response = answer.await.unwrap_or_else(IntoResponse::into_response);
@@ -297,17 +297,23 @@ fn check_model(engine: &Engine, asked: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-/// Text into a prompt, with one BOS token first (a chat template may have
-/// written it as text already).
+/// A completion's text into a prompt, as written, with BOS first.
 fn text_prompt(engine: &Engine, text: String) -> Prompt {
+    Prompt {
+        tokens: engine.tokenizer.encode(&text, true),
+        text,
+    }
+}
+
+/// A rendered chat template into a prompt: its turn markers are the
+/// model's control tokens, and it starts with one BOS (a template may have
+/// written it already).
+fn chat_prompt(engine: &Engine, text: String) -> Prompt {
     let tokenizer = &engine.tokenizer;
     let bos = tokenizer.token(tokenizer.bos()).unwrap_or_default();
-    let body = match text.strip_prefix(bos) {
-        Some(rest) if !bos.is_empty() => rest,
-        _ => text.as_str(),
-    };
+    let has_bos = !bos.is_empty() && text.starts_with(bos);
     Prompt {
-        tokens: tokenizer.encode(body, true),
+        tokens: tokenizer.encode_special(&text, !has_bos),
         text,
     }
 }

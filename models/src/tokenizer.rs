@@ -100,6 +100,9 @@ pub struct Tokenizer {
     /// User-defined tokens indexed by their first byte, longest first, so the
     /// splitter tries only the few that can match at a position.
     user_defined: Vec<Vec<u32>>,
+    /// Control tokens (`<bos>`, `<start_of_turn>`) the same way, for
+    /// [`Tokenizer::encode_special`].
+    control: Vec<Vec<u32>>,
     /// The `<0xXX>` token of every byte, where the vocabulary has it.
     byte_tokens: [Option<u32>; 256],
     bos: u32,
@@ -223,16 +226,21 @@ impl Tokenizer {
             token_to_id.entry(text.clone()).or_insert(id);
         }
 
-        let mut user_defined = vec![Vec::new(); 256];
-        for (id, (text, kind)) in (0u32..).zip(tokens.iter().zip(&types)) {
-            // An empty token would match everywhere and split nothing.
-            if let (TokenType::UserDefined, Some(&first)) = (kind, text.as_bytes().first()) {
-                user_defined[usize::from(first)].push(id);
+        let by_first_byte = |wanted: TokenType| {
+            let mut table = vec![Vec::new(); 256];
+            for (id, (text, kind)) in (0u32..).zip(tokens.iter().zip(&types)) {
+                // An empty token would match everywhere and split nothing.
+                if let (true, Some(&first)) = (*kind == wanted, text.as_bytes().first()) {
+                    table[usize::from(first)].push(id);
+                }
             }
-        }
-        for candidates in &mut user_defined {
-            candidates.sort_by_key(|&id| (std::cmp::Reverse(tokens[id as usize].len()), id));
-        }
+            for candidates in &mut table {
+                candidates.sort_by_key(|&id| (std::cmp::Reverse(tokens[id as usize].len()), id));
+            }
+            table
+        };
+        let user_defined = by_first_byte(TokenType::UserDefined);
+        let control = by_first_byte(TokenType::Control);
 
         let mut byte_tokens = [None; 256];
         for (byte, slot) in (0..=u8::MAX).zip(byte_tokens.iter_mut()) {
@@ -245,6 +253,7 @@ impl Tokenizer {
             types,
             token_to_id,
             user_defined,
+            control,
             byte_tokens,
             bos,
             eos,
@@ -263,6 +272,18 @@ impl Tokenizer {
     /// space, as in SentencePiece. The empty text gives no ids (just BOS when
     /// asked for).
     pub fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
+        self.encode_with(text, add_bos, false)
+    }
+
+    /// [`Tokenizer::encode`], with control tokens written as text
+    /// (`<start_of_turn>`, `<end_of_turn>`) taken as those tokens, as
+    /// llama.cpp tokenizes a rendered chat template (`parse_special`). Not
+    /// for text that should reach the model as written.
+    pub fn encode_special(&self, text: &str, add_bos: bool) -> Vec<u32> {
+        self.encode_with(text, add_bos, true)
+    }
+
+    fn encode_with(&self, text: &str, add_bos: bool, special: bool) -> Vec<u32> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_bos {
             ids.push(self.bos);
@@ -271,7 +292,7 @@ impl Tokenizer {
         // user-defined token, when the vocabulary asks for it.
         let mut after_token = true;
         let mut escaped = String::new();
-        self.split_user_defined(text, |fragment| match fragment {
+        self.split_user_defined(text, special, |fragment| match fragment {
             Fragment::Token(id) => {
                 ids.push(id);
                 after_token = true;
@@ -360,15 +381,37 @@ impl Tokenizer {
     /// llama.cpp instead splits out the longest tokens first wherever they are;
     /// the two differ only when two different user-defined tokens can overlap,
     /// which none of Gemma's do (they are runs of one character and html tags).
-    fn split_user_defined<'t>(&self, text: &'t str, mut emit: impl FnMut(Fragment<'t>)) {
+    /// With `special`, control tokens are split out the same way.
+    fn split_user_defined<'t>(
+        &self,
+        text: &'t str,
+        special: bool,
+        mut emit: impl FnMut(Fragment<'t>),
+    ) {
         let bytes = text.as_bytes();
         let mut fragment_start = 0;
         let mut pos = 0;
+        let no_control: &[Vec<u32>] = &[];
+        let control = if special {
+            &self.control[..]
+        } else {
+            no_control
+        };
         while pos < bytes.len() {
-            let matched = self.user_defined[usize::from(bytes[pos])]
-                .iter()
-                .map(|&id| (id, self.tokens[id as usize].as_bytes()))
-                .find(|(_, token)| bytes[pos..].starts_with(token));
+            let first = usize::from(bytes[pos]);
+            let longest_match = |table: &[Vec<u32>]| {
+                table
+                    .get(first)
+                    .into_iter()
+                    .flatten()
+                    .map(|&id| (id, self.tokens[id as usize].as_bytes()))
+                    .find(|(_, token)| bytes[pos..].starts_with(token))
+            };
+            let matched = match (longest_match(&self.user_defined), longest_match(control)) {
+                (Some(a), Some(b)) if b.1.len() > a.1.len() => Some(b),
+                (Some(a), _) => Some(a),
+                (None, b) => b,
+            };
             match matched {
                 Some((id, token)) => {
                     if fragment_start < pos {
@@ -828,6 +871,31 @@ mod tests {
         assert_eq!(pieces(&t, "x<a"), ["x<", "a"]);
         let text = "a\n\n\nb  c<b>x<b> b c\n";
         assert_eq!(t.decode(&t.encode(text, true)), text);
+    }
+
+    #[test]
+    fn control_tokens_written_as_text_are_tokens_only_when_encoding_specially() {
+        let t = with_chars(
+            "abx<>/\u{2581}",
+            &[("<b>", 0.0, CONTROL), ("<b>x", 0.0, USER_DEFINED)],
+        );
+        let control = t.token_id("<b>").expect("a control token");
+        let plain = t.encode("a<b>b", false);
+        assert!(!plain.contains(&control), "{plain:?}");
+        assert_eq!(t.encode_special("a<b>b", false)[1], control);
+        assert_eq!(
+            t.encode_special("a<b>b<b>", true),
+            [
+                BOS,
+                t.token_id("a").unwrap(),
+                control,
+                t.token_id("b").unwrap(),
+                control
+            ]
+        );
+        // The longer user-defined token still wins where both match.
+        let user = t.token_id("<b>x").expect("a user-defined token");
+        assert_eq!(t.encode_special("<b>x", false), [user]);
     }
 
     #[test]
