@@ -370,6 +370,9 @@ pub struct ApiArgs {
     /// Answers kept at most (the oldest go first).
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_stored: usize,
+    /// MiB of transcripts and proofs kept at most (the oldest go first).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub max_stored_mb: usize,
     /// The model's name in /v1/models [default: the model file's name without .gguf].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -462,6 +465,44 @@ pub enum BenchCommand {
         after_help = "Examples:\n  zkinfer bench throughput --device cuda --tokens 128\n  zkinfer bench throughput --random --device cuda --json\n  zkinfer bench throughput --random --threads 16 --tokens 16"
     )]
     Throughput(BenchThroughputArgs),
+    /// What `zkinfer api` costs (docs/api.md): greedy tokens/s and time to first token in this
+    /// process and streamed through the API on loopback (target: the API at >= 0.95x), then
+    /// --clients concurrent clients sending short chat requests for --seconds: latency
+    /// percentiles, 429s, errors, and resident memory before and after.
+    #[command(
+        after_help = "Examples:\n  zkinfer bench api\n  zkinfer bench api --clients 32 --seconds 30 --max-concurrent 4 --json"
+    )]
+    Api(BenchApiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchApiArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Greedy tokens per generation of the speed comparison.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub tokens: usize,
+    /// Runs of each side of the comparison; the best is kept.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub runs: usize,
+    /// Concurrent clients of the load test.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub clients: usize,
+    /// Seconds the load test runs.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub seconds: u64,
+    /// max_tokens of each load request.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub load_tokens: usize,
+    /// The server's generation slots.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_concurrent: usize,
+    /// CPU threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

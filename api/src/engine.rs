@@ -95,6 +95,8 @@ pub struct Finished {
     pub elapsed: Duration,
     /// The positions asked to be proven.
     pub proof_positions: Vec<u64>,
+    /// [`crate::verification::receipts`] of the transcript.
+    pub receipts: serde_json::Value,
 }
 
 /// What a generation sends the HTTP side, in order: tokens, then `Done`
@@ -366,6 +368,7 @@ impl Observer for Streamer<'_> {
             finish_reason,
             elapsed,
             proof_positions,
+            receipts: crate::verification::receipts(transcript),
         })));
     }
 }

@@ -62,6 +62,8 @@ pub struct ApiConfig {
     pub retention: Duration,
     /// How many answers are kept at most (the oldest go first).
     pub max_stored: usize,
+    /// Bytes of transcripts and bundles kept at most (the oldest go first).
+    pub max_stored_bytes: usize,
     /// Public parameters and verifying keys for `POST /v1/verify`.
     pub params_dir: PathBuf,
 }
@@ -74,6 +76,7 @@ impl Default for ApiConfig {
             max_tokens: 1024,
             retention: Duration::from_secs(3600),
             max_stored: 1024,
+            max_stored_bytes: 256 << 20,
             params_dir: ParamsCache::default_dir(),
         }
     }
@@ -99,7 +102,11 @@ impl AppState {
             generation_slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             proving_slots: Arc::new(Semaphore::new(config.max_proving.max(1))),
             verify_slot: Arc::new(Semaphore::new(1)),
-            store: Arc::new(Store::new(config.retention, config.max_stored)),
+            store: Arc::new(Store::new(
+                config.retention,
+                config.max_stored,
+                config.max_stored_bytes,
+            )),
             metrics: Arc::new(Metrics::default()),
             engine: OnceLock::new(),
             not_ready: Mutex::new("starting".into()),
@@ -592,7 +599,13 @@ impl Answer {
         } else {
             ProofState::None
         };
-        verification::verification(&self.id, &finished.transcript, &proofs, self.retention_s)
+        verification::verification(
+            &self.id,
+            &finished.transcript,
+            &finished.receipts,
+            &proofs,
+            self.retention_s,
+        )
     }
 
     /// Chat's `logprobs`: `{"content": [...]}` when asked for.
@@ -677,14 +690,10 @@ async fn transcript_file(State(state): State<Arc<AppState>>, Path(id): Path<Stri
 /// `zkinfer verify` reads it) once done; 202 with the status while the head
 /// node proves; 404 once expired.
 async fn proof_file(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let retention_s = state.store.retention().as_secs();
     let response = match state.store.get(&id) {
         None => expired(&id, state.store.retention()).into_response(),
         Some(stored) => {
-            let status =
-                verification::verification(&id, &stored.transcript, &stored.proofs, retention_s)
-                    ["proofs"]
-                    .clone();
+            let status = verification::proof_status(&stored.transcript, &stored.proofs);
             match stored.proofs {
                 ProofState::Done {
                     bundle: Some(bundle),

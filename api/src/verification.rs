@@ -3,9 +3,9 @@
 //! stand.
 
 use serde_json::{json, Value};
-use transcript::binding;
 use transcript::Transcript;
 use verifier::hex;
+use verifier::receipt::{self, Signature};
 
 use crate::store::ProofState;
 
@@ -14,24 +14,63 @@ pub const LOGPROB_MEANING: &str =
     "log softmax(z / temperature) of the chosen token, at the proof's \
      fixed point (z in steps of 2^-11): the value a proof of the token states, after temperature";
 
-/// The verification object of the answer `id`, whose proofs are in
-/// `proofs`; `retention` is how long the server keeps its files.
+/// The verification object of the answer `id`, whose receipts
+/// [`receipts`] summed up and whose proofs are in `proofs`; `retention_s`
+/// is how long the server keeps its files.
 pub fn verification(
     id: &str,
     transcript: &Transcript,
+    receipts: &Value,
     proofs: &ProofState,
     retention_s: u64,
 ) -> Value {
+    json!({
+        "id": id,
+        "model_id": transcript.model_id,
+        "request_id": transcript.request_id,
+        "nonce": transcript.client_nonce,
+        "prompt_token_ids": transcript.prompt_tokens,
+        "token_ids": transcript.tokens,
+        "sampler": transcript.sampler,
+        "logprob": LOGPROB_MEANING,
+        "transcript_digest": hex(&transcript.challenge_digest()),
+        "receipts": receipts,
+        "proofs": proof_status(transcript, proofs),
+        "transcript_url": format!("/v1/transcripts/{id}"),
+        "proofs_url": (!matches!(proofs, ProofState::None)).then(|| format!("/v1/proofs/{id}")),
+        "retention_seconds": retention_s,
+    })
+}
+
+/// The hop receipts: how many, by how many nodes, and whether their
+/// aggregate signature verifies (one pairing per hop: computed once, on the
+/// generation's thread).
+pub fn receipts(transcript: &Transcript) -> Value {
     let summary = transcript::answer::receipt_summary(transcript).ok();
-    let aggregate = binding::check(transcript, std::path::Path::new("."))
-        .into_iter()
-        .find(|c| c.name == "aggregate signature");
-    let signature_status = match (transcript.receipts_signature.as_ref(), aggregate) {
-        (None, _) => "unsigned".to_string(),
-        (Some(_), Some(c)) if c.passed => "verified".to_string(),
-        (Some(_), Some(c)) => format!("failed: {}", c.detail),
-        (Some(_), None) => "not checked".to_string(),
+    let aggregate = match &transcript.receipts_signature {
+        None => "unsigned".to_string(),
+        Some(hex) => match (transcript.receipts(), Signature::from_hex(hex)) {
+            (Ok(signed), Ok(signature)) if receipt::verify_aggregate(&signed, &signature) => {
+                "verified".to_string()
+            }
+            (Ok(signed), Ok(_)) => format!(
+                "failed: it does not verify against the {} hop receipts",
+                signed.len()
+            ),
+            (Err(e), _) => format!("failed: {e}"),
+            (_, Err(e)) => format!("failed: {e}"),
+        },
     };
+    json!({
+        "signed_hops": summary.as_ref().map(|s| s.signed_hops),
+        "unsigned_hops": summary.as_ref().map(|s| s.unsigned_hops),
+        "nodes": summary.as_ref().map(|s| s.nodes),
+        "aggregate_signature": aggregate,
+    })
+}
+
+/// Where the answer's proofs stand, per position asked for.
+pub fn proof_status(transcript: &Transcript, proofs: &ProofState) -> Value {
     let token_at = |position: u64| {
         transcript
             .token_positions()
@@ -71,28 +110,8 @@ pub fn verification(
         ),
     };
     json!({
-        "id": id,
-        "model_id": transcript.model_id,
-        "request_id": transcript.request_id,
-        "nonce": transcript.client_nonce,
-        "prompt_token_ids": transcript.prompt_tokens,
-        "token_ids": transcript.tokens,
-        "sampler": transcript.sampler,
-        "logprob": LOGPROB_MEANING,
-        "transcript_digest": hex(&transcript.challenge_digest()),
-        "receipts": {
-            "signed_hops": summary.as_ref().map(|s| s.signed_hops),
-            "unsigned_hops": summary.as_ref().map(|s| s.unsigned_hops),
-            "nodes": summary.as_ref().map(|s| s.nodes),
-            "aggregate_signature": signature_status,
-        },
-        "proofs": {
-            "policy": transcript.proving,
-            "status": status,
-            "tokens": tokens,
-        },
-        "transcript_url": format!("/v1/transcripts/{id}"),
-        "proofs_url": (!matches!(proofs, ProofState::None)).then(|| format!("/v1/proofs/{id}")),
-        "retention_seconds": retention_s,
+        "policy": transcript.proving,
+        "status": status,
+        "tokens": tokens,
     })
 }

@@ -2,6 +2,9 @@
 //! this process or a chain of nodes. The port answers at once; `/health`
 //! says 503 until the model is loaded or the chain answers.
 
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +13,11 @@ use api::chat::ChatTemplate;
 use api::engine::{Backend, Engine};
 use api::{ApiConfig, AppState};
 use candle_core::quantized::gguf_file;
+use candle_core::Device;
 use client::generation::{Backend as Generation, ModelInfo};
 use models::tokenizer::Tokenizer;
-use models::Model;
+use models::{Model, ModelShape};
+use transcript::ProvingPolicy;
 
 use super::generate::{read_nodes, session_config};
 use super::model::open_gguf;
@@ -22,6 +27,81 @@ use crate::cli::{ApiArgs, DeviceKind};
 
 /// How long to wait before asking an unreachable chain of nodes again.
 const RETRY: Duration = Duration::from_secs(2);
+
+/// A model file read for serving: all an [`Engine`] needs but where it
+/// runs, and the file, open, to load the weights from.
+pub struct ServedModel {
+    pub name: String,
+    pub info: ModelInfo,
+    pub shape: ModelShape,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub content: gguf_file::Content,
+    pub reader: BufReader<File>,
+}
+
+impl ServedModel {
+    /// Reads `path`'s metadata, tokenizer, chat template and model id;
+    /// `name` defaults to the file name without `.gguf`.
+    pub fn read(path: &Path, name: Option<String>) -> Result<ServedModel, CliError> {
+        let (content, mut reader) = open_gguf(path)?;
+        let tokenizer = Tokenizer::from_gguf(&content)?;
+        let shape = Model::shape_of(&content)?;
+        let id = models::model_id::model_id(&content, &mut reader)
+            .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
+        let template = match content.metadata.get("tokenizer.chat_template") {
+            Some(gguf_file::Value::String(source)) => Some(source.clone()),
+            _ => None,
+        };
+        let token_text = |id: u32| tokenizer.token(id).unwrap_or_default().to_string();
+        let template = ChatTemplate::new(
+            template,
+            &token_text(tokenizer.bos()),
+            &token_text(tokenizer.eos()),
+        )
+        .map_err(|e| CliError::unreadable(format!("{}: its chat template: {e}", path.display())))?;
+        let name = name.unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        });
+        Ok(ServedModel {
+            name,
+            info: ModelInfo {
+                id: Some(id),
+                layers: shape.layers,
+                vocab: shape.vocab,
+                context: shape.context,
+            },
+            shape,
+            tokenizer,
+            template,
+            content,
+            reader,
+        })
+    }
+
+    /// Loads every layer onto `device`.
+    pub fn load(&mut self, device: &Device) -> Result<Model, CliError> {
+        Ok(Model::from_gguf(
+            &self.content,
+            &mut self.reader,
+            device,
+            0..self.shape.layers,
+        )?)
+    }
+
+    pub fn engine(self, backend: Backend, proving: Option<ProvingPolicy>) -> Engine {
+        Engine {
+            name: self.name,
+            model: self.info,
+            tokenizer: self.tokenizer,
+            template: self.template,
+            backend,
+            proving,
+        }
+    }
+}
 
 pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
     let proving = args.prove.0;
@@ -38,33 +118,11 @@ pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
     }
     set_threads(args.compute.threads);
     let path = args.model.path();
-    let (content, mut reader) = open_gguf(&path)?;
-    let tokenizer = Tokenizer::from_gguf(&content)?;
-    let shape = Model::shape_of(&content)?;
-    let id = models::model_id::model_id(&content, &mut reader)
-        .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?;
-    let template = match content.metadata.get("tokenizer.chat_template") {
-        Some(gguf_file::Value::String(source)) => Some(source.clone()),
-        _ => None,
-    };
-    let token_text = |id: u32| tokenizer.token(id).unwrap_or_default().to_string();
-    let template = ChatTemplate::new(
-        template,
-        &token_text(tokenizer.bos()),
-        &token_text(tokenizer.eos()),
-    )
-    .map_err(|e| CliError::unreadable(format!("{}: its chat template: {e}", path.display())))?;
-    let name = args.name.clone().unwrap_or_else(|| {
-        path.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into())
-    });
-    let model = ModelInfo {
-        id: Some(id),
-        layers: shape.layers,
-        vocab: shape.vocab,
-        context: shape.context,
-    };
+    let mut served = ServedModel::read(&path, args.name.clone())?;
+    let (name, id) = (
+        served.name.clone(),
+        served.info.id.expect("read sets the id"),
+    );
     let candidates = args.nodes.as_deref().map(read_nodes).transpose()?;
     let device = match candidates {
         None => Some(super::device::open(args.compute.device)?),
@@ -84,6 +142,7 @@ pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
         max_tokens: args.max_tokens,
         retention: Duration::from_secs(args.retention),
         max_stored: args.max_stored,
+        max_stored_bytes: args.max_stored_mb << 20,
         params_dir: cache(&args.cache).dir().to_path_buf(),
     });
     eprintln!("[api on http://{addr}: model {name} ({id}); /health is 503 until it is ready]");
@@ -95,8 +154,7 @@ pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
         let backend = match (candidates, device) {
             (None, device) => {
                 loading.not_ready("loading the model");
-                let device = device.unwrap_or(candle_core::Device::Cpu);
-                match Model::from_gguf(&content, &mut reader, &device, 0..shape.layers) {
+                match served.load(&device.unwrap_or(Device::Cpu)) {
                     Ok(model) => Backend::Local(Arc::new(model)),
                     Err(e) => {
                         eprintln!("error: loading {}: {e}", path.display());
@@ -105,6 +163,7 @@ pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
                 }
             }
             (Some(nodes), _) => {
+                let shape = served.shape;
                 let (session, encoding) =
                     session_config(shape.hidden, activations, standby, &nodes);
                 // Ready once a whole chain answers.
@@ -124,14 +183,7 @@ pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
                 Backend::Remote { nodes, session }
             }
         };
-        loading.ready(Engine {
-            name,
-            model,
-            tokenizer,
-            template,
-            backend,
-            proving,
-        });
+        loading.ready(served.engine(backend, proving));
         eprintln!("[api ready]");
     });
     runtime

@@ -1,11 +1,15 @@
-//! `zkinfer bench`: `runtime` reads the model and runs `harness::runtime_bench`;
-//! `conformance` and `throughput` have their own modules.
+//! `zkinfer bench`: `runtime` reads the model and runs `harness::runtime_bench`,
+//! `api` runs `harness::api_bench`; `conformance` and `throughput` have
+//! their own modules.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use candle_core::Device;
 
+use harness::api_bench::ApiBenchConfig;
 use harness::runtime_bench::{self, BenchConfig, BenchError, PROMPT};
 use models::tokenizer::Tokenizer;
 use models::Model;
@@ -13,14 +17,40 @@ use models::Model;
 use super::model::open_gguf;
 use super::serve::set_threads;
 use super::CliError;
-use crate::cli::{BenchCommand, BenchRuntimeArgs};
+use crate::cli::{BenchApiArgs, BenchCommand, BenchRuntimeArgs};
 
 pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
     match command {
         BenchCommand::Runtime(args) => runtime(args),
         BenchCommand::Conformance(args) => super::conformance::run(args),
         BenchCommand::Throughput(args) => super::throughput::run(args),
+        BenchCommand::Api(args) => api(args),
     }
+}
+
+fn api(args: BenchApiArgs) -> Result<ExitCode, CliError> {
+    set_threads(args.threads);
+    let mut served = super::api::ServedModel::read(&args.model.path(), None)?;
+    let model = served.load(&Device::Cpu)?;
+    let engine = served.engine(::api::engine::Backend::Local(Arc::new(model)), None);
+    let report = harness::api_bench::run(
+        engine,
+        PROMPT,
+        &ApiBenchConfig {
+            tokens: args.tokens,
+            runs: args.runs,
+            clients: args.clients,
+            duration: Duration::from_secs(args.seconds),
+            load_tokens: args.load_tokens,
+            max_concurrent: args.max_concurrent,
+        },
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
