@@ -355,6 +355,11 @@ pub struct ApiArgs {
     /// the transcript) or `all`. Needs --nodes whose head node runs `serve --prove`.
     #[arg(long, default_value = "none", value_parser = parse_required, value_name = "POLICY")]
     pub prove: RequiredProofs,
+    /// Re-execute K randomly drawn forward positions of every answer against the nodes' audit
+    /// trails, in the background, as `zkinfer audit --sample K` does; the verdicts go to /metrics.
+    /// The nodes must sign (`serve --key`). The weights of --model are loaded for re-execution.
+    #[arg(long, value_name = "K", requires = "nodes")]
+    pub audit_sample: Option<usize>,
     /// Generations at a time; more get 429 with Retry-After.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub max_concurrent: usize,

@@ -17,11 +17,11 @@ use base64::Engine as _;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use circuits::{CircuitShape, FixedPoint};
+use harness::loopback::{spawn_node, test_prover};
 use models::model_id::model_id;
 use models::testing::{tiny_gemma3_config, write_random_gemma3_with_tokenizer, TempDir};
 use models::Model;
-use node::proving::{ProofService, ProvingConfig};
-use node::{serve, Capacity, NodeConfig};
+use node::{Capacity, NodeConfig};
 use serde_json::{json, Value};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
@@ -236,22 +236,9 @@ fn start_nodes(path: &Path) -> (tokio::runtime::Runtime, String) {
     let mut toml = String::new();
     for range in [0..SPLIT, SPLIT..config.layers] {
         let (id, model) = shard(path, range.clone());
-        let proving = model.has_head().then(|| {
-            Arc::new(ProofService::start(
-                ProvingConfig {
-                    shape,
-                    params_dir: ParamsCache::default_dir(),
-                    threads: 2,
-                    max_positions: 64,
-                    max_total_positions: 64,
-                },
-                |_| {},
-            ))
-        });
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let proving = model
+            .has_head()
+            .then(|| test_prover(shape, ParamsCache::default_dir()));
         let node = NodeConfig {
             proving,
             signer: SecretKey::from_seed(&[range.start as u8 + 7; 32]).map(Arc::new),
@@ -261,10 +248,10 @@ fn start_nodes(path: &Path) -> (tokio::runtime::Runtime, String) {
             },
             ..NodeConfig::new(id, range.clone())
         };
-        runtime.spawn(serve(listener, Arc::new(model), node));
+        let hop = spawn_node(&runtime, model, node).expect("a node");
         toml.push_str(&format!(
-            "[[node]]\naddr = \"{addr}\"\nlayers = \"{}..{}\"\n",
-            range.start, range.end
+            "[[node]]\naddr = \"{}\"\nlayers = \"{}..{}\"\n",
+            hop.addr, range.start, range.end
         ));
     }
     (runtime, toml)
@@ -304,6 +291,8 @@ fn a_proof_from_the_head_node_downloads_and_verifies_and_a_tampered_transcript_d
         nodes.to_str().expect("utf-8"),
         "--prove",
         "challenged:1",
+        "--audit-sample",
+        "2",
     ]);
 
     let body =
@@ -408,6 +397,33 @@ fn a_proof_from_the_head_node_downloads_and_verifies_and_a_tampered_transcript_d
         abandoned < 1000,
         "the abandoned generation ran on: {abandoned} tokens"
     );
+
+    // Every answer was audited in the background against the nodes' trails.
+    let start = Instant::now();
+    loop {
+        let (_, metrics) = curl(&api, "/metrics", &[]);
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        let count = |verdict: &str| {
+            let prefix = format!("zkinfer:audit_verdicts_total{{verdict=\"{verdict}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok()))
+                .expect("an audit counter")
+        };
+        assert_eq!(
+            count("reject") + count("failed") + count("ambiguous"),
+            0,
+            "{metrics}"
+        );
+        if count("accept") >= 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the audits never came: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn generated_tokens(api: &Api) -> u64 {

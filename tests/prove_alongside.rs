@@ -18,11 +18,11 @@ use circuits::{CircuitShape, FixedPoint};
 use client::generation::{generate, Backend, GenerationOptions, ModelInfo, Prompt, Quiet};
 use client::session::SessionConfig;
 use client::Hop;
+use harness::loopback::{spawn_node, test_prover};
 use models::model_id::{model_id, ModelId};
 use models::testing::{tiny_gemma3_config, write_random_gemma3};
 use models::Model;
-use node::proving::{ProofService, ProvingConfig};
-use node::{serve, NodeConfig};
+use node::NodeConfig;
 use serde_json::Value;
 use transcript::{Nonce, ProvingPolicy, Transcript};
 use verifier::answer::{check_answer, Verdict};
@@ -57,22 +57,9 @@ fn start_nodes(path: &Path, shape: CircuitShape) -> (tokio::runtime::Runtime, Ve
     for range in [0..SPLIT, SPLIT..layers] {
         let (model_id, model) = shard(path, range.clone());
         id = Some(model_id);
-        let proving = model.has_head().then(|| {
-            Arc::new(ProofService::start(
-                ProvingConfig {
-                    shape,
-                    params_dir: ParamsCache::default_dir(),
-                    threads: 2,
-                    max_positions: 64,
-                    max_total_positions: 64,
-                },
-                |_| {},
-            ))
-        });
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let proving = model
+            .has_head()
+            .then(|| test_prover(shape, ParamsCache::default_dir()));
         // Each node signs its hops' receipts with a key of its own.
         let signer = SecretKey::from_seed(&[range.start as u8 + 1; 32]).map(Arc::new);
         let config = NodeConfig {
@@ -80,11 +67,7 @@ fn start_nodes(path: &Path, shape: CircuitShape) -> (tokio::runtime::Runtime, Ve
             signer,
             ..NodeConfig::new(model_id, range.clone())
         };
-        runtime.spawn(serve(listener, Arc::new(model), config));
-        hops.push(Hop {
-            addr,
-            layers: range,
-        });
+        hops.push(spawn_node(&runtime, model, config).expect("a node"));
     }
     (runtime, hops, id.expect("a shard"))
 }

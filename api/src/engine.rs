@@ -21,6 +21,7 @@ use models::Model;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use transcript::{ProvingPolicy, Transcript};
 
+use crate::audits::Auditor;
 use crate::chat::ChatTemplate;
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, Checked};
@@ -49,6 +50,8 @@ pub struct Engine {
     pub backend: Backend,
     /// What the head node is asked to prove (chains of nodes only).
     pub proving: Option<ProvingPolicy>,
+    /// Audits answers whose hops are signed (chains of nodes only).
+    pub auditor: Option<Auditor>,
 }
 
 /// One token as it streams out.
@@ -163,6 +166,7 @@ impl Engine {
             observe_logits: checked.logprobs.is_some_and(|k| k > 0),
         };
         let mut streamer = Streamer {
+            auditor: self.auditor.as_ref(),
             stop_tokens: options.stops.clone(),
             events,
             decoder: self.tokenizer.stream_decoder(),
@@ -268,6 +272,7 @@ fn api_error(e: GenerationError) -> ApiError {
 
 /// The observer of one generation.
 struct Streamer<'a> {
+    auditor: Option<&'a Auditor>,
     stop_tokens: Vec<u32>,
     events: mpsc::Sender<Event>,
     decoder: StreamDecoder<'a>,
@@ -355,6 +360,11 @@ impl Observer for Streamer<'_> {
             ProofState::None
         };
         self.store.insert(self.id, transcript.clone(), proofs);
+        if let Some(auditor) = self.auditor {
+            if transcript.hops.iter().any(|h| h.receipt.is_some()) {
+                auditor.submit(transcript.clone());
+            }
+        }
         self.metrics.ended(
             transcript.prompt_tokens.len(),
             transcript.tokens.len(),

@@ -15,6 +15,7 @@
 //! Generations run on threads of their own, at most `max_concurrent` at a
 //! time; past that a request gets 429 with `Retry-After`, nothing queues.
 
+pub mod audits;
 pub mod chat;
 pub mod engine;
 pub mod metrics;
@@ -124,7 +125,7 @@ impl AppState {
         *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = reason.into();
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 

@@ -56,6 +56,8 @@ struct State {
     proof_seconds: Histogram,
     /// Verdicts of `POST /v1/verify`.
     verify_verdicts: BTreeMap<&'static str, u64>,
+    /// Verdicts of the background audits.
+    audit_verdicts: BTreeMap<&'static str, u64>,
     /// The last measured round trip per node.
     hop_rtt: BTreeMap<String, f64>,
 }
@@ -65,6 +67,9 @@ struct State {
 pub struct Metrics {
     state: Mutex<State>,
 }
+
+/// The verdicts of a background audit, as the metrics label them.
+pub const AUDIT_VERDICTS: [&str; 5] = ["accept", "ambiguous", "reject", "failed", "skipped"];
 
 /// The metric names' prefix.
 pub const PREFIX: &str = "zkinfer";
@@ -117,6 +122,12 @@ impl Metrics {
                 .entry(if valid { "valid" } else { "invalid" })
                 .or_default() += 1
         });
+    }
+
+    /// A background audit's verdict: accept, ambiguous, reject, failed or
+    /// skipped (the queue was full).
+    pub fn audit(&self, verdict: &'static str) {
+        self.with(|s| *s.audit_verdicts.entry(verdict).or_default() += 1);
     }
 
     pub fn hop_rtt(&self, node: String, rtt: Duration) {
@@ -208,6 +219,14 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP {p}:audit_verdicts_total Background audits of answers (zkinfer api --audit-sample), by verdict.\n# TYPE {p}:audit_verdicts_total counter"
+        );
+        for verdict in AUDIT_VERDICTS {
+            let n = s.audit_verdicts.get(verdict).copied().unwrap_or(0);
+            let _ = writeln!(out, "{p}:audit_verdicts_total{{verdict=\"{verdict}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
             "# HELP {p}:hop_rtt_seconds The last measured round trip to each node.\n# TYPE {p}:hop_rtt_seconds gauge"
         );
         for (node, rtt) in &s.hop_rtt {
@@ -232,6 +251,9 @@ mod tests {
         m.ended(5, 10, Duration::from_secs(2));
         m.proofs(2, 1, Duration::from_secs(3));
         m.verdict(false);
+        m.audit("accept");
+        m.audit("skipped");
+        m.audit("skipped");
         m.hop_rtt("127.0.0.1:7001".into(), Duration::from_millis(2));
         let text = m.render();
         for line in [
@@ -249,6 +271,9 @@ mod tests {
             "zkinfer:proof_seconds_sum 3",
             "zkinfer:verify_verdicts_total{verdict=\"invalid\"} 1",
             "zkinfer:verify_verdicts_total{verdict=\"valid\"} 0",
+            "zkinfer:audit_verdicts_total{verdict=\"accept\"} 1",
+            "zkinfer:audit_verdicts_total{verdict=\"reject\"} 0",
+            "zkinfer:audit_verdicts_total{verdict=\"skipped\"} 2",
             "zkinfer:hop_rtt_seconds{node=\"127.0.0.1:7001\"} 0.002",
         ] {
             assert!(

@@ -72,6 +72,7 @@ fn app(tiny: &Tiny, config: ApiConfig) -> (Router, Arc<AppState>) {
         template: ChatTemplate::Gemma,
         backend: Backend::Local(Arc::clone(&tiny.model)),
         proving: None,
+        auditor: None,
     });
     (router, state)
 }

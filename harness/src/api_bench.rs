@@ -60,6 +60,9 @@ pub struct Load {
     pub max_ms: f64,
     pub rss_before_mib: f64,
     pub rss_after_mib: f64,
+    /// After a second, identical load: what one more round leaves behind
+    /// is `rss_after_second_mib - rss_after_mib`.
+    pub rss_after_second_mib: f64,
     /// Answers the server kept for download at the end (bounded by its
     /// `max_stored`).
     pub stored: usize,
@@ -92,45 +95,8 @@ pub fn run(
     let fail = |e: &dyn fmt::Display| BenchError::Failed(e.to_string());
     let runs = config.runs.max(1);
 
-    eprintln!(
-        "[bench api: {runs} in-process generations of {} tokens]",
-        config.tokens
-    );
-    let mut in_process: Option<Speed> = None;
-    for _ in 0..runs {
-        let options = GenerationOptions {
-            max_tokens: config.tokens,
-            temperature: None,
-            nonce: Nonce::from_seed(0),
-            request_id: 0,
-            stops: Vec::new(),
-            proving: None,
-            keep_logits: false,
-            observe_logits: false,
-        };
-        let mut backend = Generation::Local(Generator::new(&model).map_err(|e| fail(&e))?);
-        let prompt = Prompt::encode(&engine.tokenizer, prompt);
-        let start = Instant::now();
-        let generation = generate(
-            &mut backend,
-            engine.model,
-            None,
-            prompt,
-            &options,
-            &mut Quiet,
-        )
-        .map_err(|e| fail(&e))?;
-        let tokens = generation.transcript.tokens.len();
-        let first = start.elapsed() - generation.generation_time;
-        let speed = Speed {
-            // The first token comes with the prompt's forward.
-            tokens_per_second: (tokens - 1) as f64 / generation.generation_time.as_secs_f64(),
-            first_token_ms: first.as_secs_f64() * 1e3,
-            tokens,
-        };
-        in_process = best(in_process, speed);
-    }
-
+    let tokenizer = engine.tokenizer.clone();
+    let info = engine.model;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -148,9 +114,46 @@ pub fn run(
     let addr = listener.local_addr().map_err(|e| fail(&e))?.to_string();
     runtime.spawn(api::serve(listener, Arc::clone(&state)));
 
-    eprintln!("[bench api: {runs} streamed generations through http://{addr}]");
-    let mut api: Option<Speed> = None;
+    // Alternated, so that a drift of the machine's speed touches both sides.
+    eprintln!(
+        "[bench api: {runs} generations of {} tokens in this process and {runs} streamed through http://{addr}, alternated]",
+        config.tokens
+    );
+    let (mut in_process, mut api): (Option<Speed>, Option<Speed>) = (None, None);
     for _ in 0..runs {
+        let options = GenerationOptions {
+            max_tokens: config.tokens,
+            temperature: None,
+            nonce: Nonce::from_seed(0),
+            request_id: 0,
+            stops: Vec::new(),
+            proving: None,
+            keep_logits: false,
+            observe_logits: false,
+        };
+        let mut backend = Generation::Local(Generator::new(&model).map_err(|e| fail(&e))?);
+        let start = Instant::now();
+        let generation = generate(
+            &mut backend,
+            info,
+            None,
+            Prompt::encode(&tokenizer, prompt),
+            &options,
+            &mut Quiet,
+        )
+        .map_err(|e| fail(&e))?;
+        let tokens = generation.transcript.tokens.len();
+        let first = start.elapsed() - generation.generation_time;
+        in_process = best(
+            in_process,
+            Speed {
+                // One forward per token after the first, which came with
+                // the prompt's (the last token is fed too).
+                tokens_per_second: tokens as f64 / generation.generation_time.as_secs_f64(),
+                first_token_ms: first.as_secs_f64() * 1e3,
+                tokens,
+            },
+        );
         let body = json!({"prompt": prompt, "max_tokens": config.tokens, "temperature": 0, "stream": true});
         let speed = runtime
             .block_on(streamed(&addr, &body))
@@ -166,19 +169,26 @@ pub fn run(
         config.load_tokens,
         config.max_concurrent
     );
+    // Waits for abandoned or finishing generations before memory is read.
+    let settle = || {
+        let start = Instant::now();
+        while state
+            .metrics()
+            .render()
+            .lines()
+            .all(|l| l != "zkinfer:num_requests_running 0")
+            && start.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     let rss_before = rss_mib();
     let load = runtime.block_on(load(&addr, prompt, config));
-    // Wait for abandoned or finishing generations before reading memory.
-    let settle = Instant::now();
-    while state
-        .metrics()
-        .render()
-        .lines()
-        .all(|l| l != "zkinfer:num_requests_running 0")
-        && settle.elapsed() < Duration::from_secs(30)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    settle();
+    let rss_after = rss_mib();
+    eprintln!("[bench api: the same load again, for what it leaves behind]");
+    runtime.block_on(self::load(&addr, prompt, config));
+    settle();
     let mut latencies = load.latencies;
     latencies.sort_by(f64::total_cmp);
     let load = Load {
@@ -192,7 +202,8 @@ pub fn run(
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
         rss_before_mib: rss_before,
-        rss_after_mib: rss_mib(),
+        rss_after_mib: rss_after,
+        rss_after_second_mib: rss_mib(),
         stored: state.store().len(),
     };
     Ok(ApiBenchReport {
@@ -387,8 +398,8 @@ impl fmt::Display for ApiBenchReport {
         )?;
         writeln!(
             f,
-            "resident memory: {:.0} MiB before the load, {:.0} MiB after; {} answers kept for download",
-            l.rss_before_mib, l.rss_after_mib, l.stored
+            "resident memory: {:.0} MiB before the load, {:.0} MiB after, {:.0} MiB after a second load; {} answers kept for download",
+            l.rss_before_mib, l.rss_after_mib, l.rss_after_second_mib, l.stored
         )
     }
 }

@@ -31,14 +31,14 @@ use audit::fraud::{describe, FraudProof, Replayer, Verdict};
 use audit::{audit, AuditOptions, AuditReport};
 use client::generation::{generate, Backend, GenerationOptions, ModelInfo, Prompt, Quiet};
 use client::session::SessionConfig;
-use client::Hop;
 use models::model_id::{model_id, ModelId};
 use models::testing::{
     requantize_gguf, tiny_gemma3_config, write_random_gemma3, write_random_gemma3_as,
 };
 use models::Model;
-use node::proving::{ProofService, ProvingConfig};
-use node::{serve, Fault, NodeConfig};
+use node::{Fault, NodeConfig};
+
+use crate::loopback::{spawn_node, test_prover};
 use transcript::{Nonce, ProvingPolicy, Transcript};
 use wire::Encoding;
 
@@ -318,31 +318,18 @@ impl Run<'_> {
                 _ => None,
             };
             let proving = match self.prove {
-                Some(dir) if model.has_head() => Some(Arc::new(ProofService::start(
-                    ProvingConfig {
-                        shape: proof_shape()?,
-                        params_dir: dir.to_path_buf(),
-                        threads: 2,
-                        max_positions: 64,
-                        max_total_positions: 64,
-                    },
-                    |_| {},
-                ))),
+                Some(dir) if model.has_head() => {
+                    Some(test_prover(proof_shape()?, dir.to_path_buf()))
+                }
                 _ => None,
             };
-            let listener = nodes.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-            let addr = listener.local_addr()?;
             let config = NodeConfig {
                 proving,
                 signer: SecretKey::from_seed(&[index as u8 + 1; 32]).map(Arc::new),
                 fault,
                 ..NodeConfig::new(honest_id, range.clone())
             };
-            nodes.spawn(serve(listener, Arc::new(model), config));
-            hops.push(Hop {
-                addr,
-                layers: range,
-            });
+            hops.push(spawn_node(&nodes, model, config)?);
         }
         let session = SessionConfig {
             encoding: Encoding::F32,

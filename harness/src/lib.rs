@@ -7,5 +7,6 @@ pub mod api_bench;
 pub mod cheats;
 pub mod children;
 pub mod conformance;
+pub mod loopback;
 pub mod netem;
 pub mod runtime_bench;

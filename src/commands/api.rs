@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::audits::Auditor;
 use api::chat::ChatTemplate;
 use api::engine::{Backend, Engine};
 use api::{ApiConfig, AppState};
@@ -91,7 +92,12 @@ impl ServedModel {
         )?)
     }
 
-    pub fn engine(self, backend: Backend, proving: Option<ProvingPolicy>) -> Engine {
+    pub fn engine(
+        self,
+        backend: Backend,
+        proving: Option<ProvingPolicy>,
+        auditor: Option<Auditor>,
+    ) -> Engine {
         Engine {
             name: self.name,
             model: self.info,
@@ -99,6 +105,7 @@ impl ServedModel {
             template: self.template,
             backend,
             proving,
+            auditor,
         }
     }
 }
@@ -145,6 +152,17 @@ pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
         max_stored_bytes: args.max_stored_mb << 20,
         params_dir: cache(&args.cache).dir().to_path_buf(),
     });
+    let auditor = match args.audit_sample {
+        Some(sample) => Some(
+            Auditor::start(
+                super::audit::open_replayer(&path)?,
+                sample,
+                Arc::clone(state.metrics()),
+            )
+            .map_err(|e| CliError::failed(format!("starting the auditor: {e}")))?,
+        ),
+        None => None,
+    };
     eprintln!("[api on http://{addr}: model {name} ({id}); /health is 503 until it is ready]");
 
     let loading = Arc::clone(&state);
@@ -183,7 +201,7 @@ pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
                 Backend::Remote { nodes, session }
             }
         };
-        loading.ready(served.engine(backend, proving));
+        loading.ready(served.engine(backend, proving, auditor));
         eprintln!("[api ready]");
     });
     runtime

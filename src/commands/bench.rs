@@ -32,7 +32,7 @@ fn api(args: BenchApiArgs) -> Result<ExitCode, CliError> {
     set_threads(args.threads);
     let mut served = super::api::ServedModel::read(&args.model.path(), None)?;
     let model = served.load(&Device::Cpu)?;
-    let engine = served.engine(::api::engine::Backend::Local(Arc::new(model)), None);
+    let engine = served.engine(::api::engine::Backend::Local(Arc::new(model)), None, None);
     let report = harness::api_bench::run(
         engine,
         PROMPT,

@@ -1,0 +1,107 @@
+//! Audits of answers from a chain of signing nodes, in the background: a
+//! thread of its own re-executes `sample` randomly drawn forward positions
+//! of each answer against the nodes' audit trails (`audit::audit`, as
+//! `zkinfer audit --transcript T --sample K` does) and counts the verdicts
+//! in the metrics. At most [`QUEUE`] answers wait; past that an answer is
+//! not audited (counted as skipped), so the queue never grows.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit::fraud::{Replayer, Verdict};
+use audit::{audit, AuditOptions};
+use transcript::{Nonce, Transcript};
+
+use crate::metrics::Metrics;
+
+/// Answers waiting for an audit at most.
+pub const QUEUE: usize = 16;
+
+/// The auditing thread's door.
+pub struct Auditor {
+    queue: SyncSender<Transcript>,
+    metrics: Arc<Metrics>,
+}
+
+impl Auditor {
+    /// Starts the thread, re-executing with `replayer` (the model's
+    /// weights); `sample` positions per answer.
+    pub fn start(
+        mut replayer: Replayer,
+        sample: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Auditor> {
+        let (queue, answers) = sync_channel::<Transcript>(QUEUE);
+        let counts = Arc::clone(&metrics);
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        eprintln!("[api: audits off: {e}]");
+                        return;
+                    }
+                };
+                for transcript in answers {
+                    let options = AuditOptions {
+                        positions: Some(sample_positions(&transcript, sample)),
+                        io_timeout: Duration::from_secs(30),
+                    };
+                    let dir = Path::new(".");
+                    let verdict =
+                        match runtime.block_on(audit(&transcript, dir, &mut replayer, &options)) {
+                            Ok(report) => match report.verdict {
+                                Verdict::Accept => "accept",
+                                Verdict::Ambiguous => "ambiguous",
+                                Verdict::Reject => "reject",
+                            },
+                            Err(e) => {
+                                eprintln!(
+                                    "[api: audit of request {} failed: {e}]",
+                                    transcript.request_id
+                                );
+                                "failed"
+                            }
+                        };
+                    counts.audit(verdict);
+                }
+            })?;
+        Ok(Auditor { queue, metrics })
+    }
+
+    /// Queues `transcript` for an audit (or counts it skipped).
+    pub fn submit(&self, transcript: Transcript) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.queue.try_send(transcript)
+        {
+            self.metrics.audit("skipped");
+        }
+    }
+}
+
+/// `k` forward positions of the answer's hops, drawn with fresh randomness
+/// so that a node cannot know which of its forwards will be re-executed.
+fn sample_positions(transcript: &Transcript, k: usize) -> BTreeSet<u64> {
+    let mut left: Vec<u64> = transcript
+        .hops
+        .iter()
+        .map(|h| h.position)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let seed = Nonce::fresh();
+    let mut chosen = BTreeSet::new();
+    for i in 0..k.min(left.len()) {
+        let draw = blake3::hash(&[&seed.0[..], &(i as u64).to_le_bytes()].concat());
+        let r = u64::from_le_bytes(draw.as_bytes()[..8].try_into().expect("8 bytes"));
+        chosen.insert(left.swap_remove((r % left.len() as u64) as usize));
+    }
+    chosen
+}
