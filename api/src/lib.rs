@@ -411,9 +411,8 @@ async fn start(
         Arc::clone(&state.store),
         Arc::clone(&state.metrics),
     );
-    let tokenizer_engine = Arc::clone(&engine);
     if stream {
-        Ok(answer.stream(events, tokenizer_engine, Arc::clone(&state.metrics)))
+        Ok(answer.stream(events, Arc::clone(&engine), Arc::clone(&state.metrics)))
     } else {
         answer.whole(events, &engine, &state.metrics).await
     }
