@@ -132,6 +132,10 @@ impl Engine {
     ) -> mpsc::Receiver<Event> {
         let (events, receiver) = mpsc::channel(64);
         let engine = Arc::clone(self);
+        // Counted from here, so that a generation is running as soon as its
+        // slot is taken.
+        metrics.started();
+        let counts = Arc::clone(&metrics);
         let run = move || engine.run(&id, prompt, checked, permits, events, &store, &metrics);
         if let Err(e) = std::thread::Builder::new()
             .name("generation".into())
@@ -139,6 +143,7 @@ impl Engine {
         {
             // The receiver sees the channel closed with no Done: a failed answer.
             eprintln!("[api: no thread for a generation: {e}]");
+            counts.ended(0, 0, Duration::ZERO);
         }
         receiver
     }
@@ -183,7 +188,6 @@ impl Engine {
             id,
             metrics,
         };
-        metrics.started();
         let result = self.generate(prompt, &options, &mut streamer);
         if !streamer.generated {
             metrics.ended(prompt_tokens, streamer.tokens, streamer.started.elapsed());
