@@ -5,15 +5,14 @@
 //! in the metrics. At most [`QUEUE`] answers wait; past that an answer is
 //! not audited (counted as skipped), so the queue never grows.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
 use audit::fraud::{Replayer, Verdict};
-use audit::{audit, AuditOptions};
-use transcript::{Nonce, Transcript};
+use audit::{audit, sample_positions, AuditOptions};
+use transcript::Transcript;
 
 use crate::metrics::Metrics;
 
@@ -50,8 +49,17 @@ impl Auditor {
                     }
                 };
                 for transcript in answers {
+                    let hops = transcript.hops.iter().map(|h| h.position).collect();
+                    let positions = match sample_positions(&hops, sample) {
+                        Ok(positions) => positions,
+                        Err(e) => {
+                            eprintln!("[api: no audit: the system's random source: {e}]");
+                            counts.audit("failed");
+                            continue;
+                        }
+                    };
                     let options = AuditOptions {
-                        positions: Some(sample_positions(&transcript, sample)),
+                        positions: Some(positions),
                         io_timeout: Duration::from_secs(30),
                     };
                     let dir = Path::new(".");
@@ -84,24 +92,4 @@ impl Auditor {
             self.metrics.audit("skipped");
         }
     }
-}
-
-/// `k` forward positions of the answer's hops, drawn with fresh randomness
-/// so that a node cannot know which of its forwards will be re-executed.
-fn sample_positions(transcript: &Transcript, k: usize) -> BTreeSet<u64> {
-    let mut left: Vec<u64> = transcript
-        .hops
-        .iter()
-        .map(|h| h.position)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let seed = Nonce::fresh();
-    let mut chosen = BTreeSet::new();
-    for i in 0..k.min(left.len()) {
-        let draw = blake3::hash(&[&seed.0[..], &(i as u64).to_le_bytes()].concat());
-        let r = u64::from_le_bytes(draw.as_bytes()[..8].try_into().expect("8 bytes"));
-        chosen.insert(left.swap_remove((r % left.len() as u64) as usize));
-    }
-    chosen
 }

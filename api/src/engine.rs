@@ -349,13 +349,7 @@ impl Observer for Streamer<'_> {
         } else {
             FinishReason::Length
         };
-        let proof_positions = match transcript.proving {
-            None => Vec::new(),
-            Some(ProvingPolicy::All) => transcript.token_positions().collect(),
-            Some(ProvingPolicy::Challenged { challenges }) => {
-                transcript.challenged_positions(challenges)
-            }
-        };
+        let proof_positions = transcript.required_positions(transcript.proving);
         let proofs = if transcript.proving.is_some() {
             ProofState::Pending {
                 positions: proof_positions.clone(),

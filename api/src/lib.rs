@@ -263,9 +263,9 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Respons
         check_model(&engine, request.sampling.model.as_deref())?;
         let checked = request.check(state.config.max_tokens)?;
         let prompt = match request.prompt {
-            PromptInput::Text(text) => text_prompt(&engine, text),
+            PromptInput::Text(text) => Prompt::encode(&engine.tokenizer, &text),
             PromptInput::Texts(mut texts) if texts.len() == 1 => {
-                text_prompt(&engine, texts.remove(0))
+                Prompt::encode(&engine.tokenizer, &texts.remove(0))
             }
             PromptInput::Tokens(tokens) => token_prompt(&engine, tokens)?,
             PromptInput::TokenLists(mut lists) if lists.len() == 1 => {
@@ -302,14 +302,6 @@ fn check_model(engine: &Engine, asked: Option<&str>) -> Result<(), ApiError> {
             engine.name
         ))
         .with_code("model_not_found")),
-    }
-}
-
-/// A completion's text into a prompt, as written, with BOS first.
-fn text_prompt(engine: &Engine, text: String) -> Prompt {
-    Prompt {
-        tokens: engine.tokenizer.encode(&text, true),
-        text,
     }
 }
 

@@ -9,14 +9,16 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use circuits::fixed_point;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use transcript::Nonce;
 
 /// Temperatures are proven at multiples of this (docs/statement.md).
-pub const TEMPERATURE_STEP: f64 = 0.001;
+pub const TEMPERATURE_STEP: f64 = 1.0 / fixed_point::TEMPERATURE_SCALE as f64;
 /// The largest temperature a circuit exists for.
-pub const MAX_TEMPERATURE: f64 = 2.0;
+pub const MAX_TEMPERATURE: f64 =
+    fixed_point::MAX_TEMPERATURE as f64 / fixed_point::TEMPERATURE_SCALE as f64;
 
 /// An error as OpenAI's API answers it: a status and
 /// `{"error": {"message", "type", "param", "code"}}`.

@@ -3,9 +3,9 @@
 //! stand.
 
 use serde_json::{json, Value};
+use transcript::binding;
 use transcript::Transcript;
 use verifier::hex;
-use verifier::receipt::{self, Signature};
 
 use crate::store::ProofState;
 
@@ -47,19 +47,14 @@ pub fn verification(
 /// generation's thread).
 pub fn receipts(transcript: &Transcript) -> Value {
     let summary = transcript::answer::receipt_summary(transcript).ok();
-    let aggregate = match &transcript.receipts_signature {
-        None => "unsigned".to_string(),
-        Some(hex) => match (transcript.receipts(), Signature::from_hex(hex)) {
-            (Ok(signed), Ok(signature)) if receipt::verify_aggregate(&signed, &signature) => {
-                "verified".to_string()
-            }
-            (Ok(signed), Ok(_)) => format!(
-                "failed: it does not verify against the {} hop receipts",
-                signed.len()
-            ),
-            (Err(e), _) => format!("failed: {e}"),
-            (_, Err(e)) => format!("failed: {e}"),
-        },
+    let aggregate = match (
+        &transcript.receipts_signature,
+        binding::aggregate(transcript),
+    ) {
+        (None, _) => "unsigned".to_string(),
+        (Some(_), Ok(failures)) if failures.is_empty() => "verified".to_string(),
+        (Some(_), Ok(failures)) => format!("failed: {}", failures.join("; ")),
+        (Some(_), Err(e)) => format!("failed: {e}"),
     };
     json!({
         "signed_hops": summary.as_ref().map(|s| s.signed_hops),

@@ -54,6 +54,24 @@ use transcript::Transcript;
 use wire::transport::NodeLink;
 use wire::{Boundary, ForwardInput, Frame, Message, SignedStep};
 
+/// `k` distinct positions of `all`, drawn with the system's randomness, so
+/// that a node cannot know which of its forwards will be re-executed.
+pub fn sample_positions(
+    all: &BTreeSet<u64>,
+    k: usize,
+) -> Result<BTreeSet<u64>, <rand::rngs::SysRng as rand_core::TryRng>::Error> {
+    use rand_core::TryRng;
+    let mut left: Vec<u64> = all.iter().copied().collect();
+    let mut chosen = BTreeSet::new();
+    while chosen.len() < k && !left.is_empty() {
+        let mut bytes = [0u8; 8];
+        rand::rngs::SysRng.try_fill_bytes(&mut bytes)?;
+        let i = (u64::from_le_bytes(bytes) % left.len() as u64) as usize;
+        chosen.insert(left.swap_remove(i));
+    }
+    Ok(chosen)
+}
+
 /// What to audit.
 #[derive(Clone, Debug, Default)]
 pub struct AuditOptions {

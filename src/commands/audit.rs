@@ -1,14 +1,11 @@
 //! `zkinfer audit`: re-execute a transcript's hops against its nodes
 //! (`audit`), or run the cheat suite (`harness::cheats`).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use rand::rngs::SysRng;
-use rand_core::TryRng;
 use serde_json::json;
 
 use audit::fraud::{FraudProof, Replayer, Verdict};
@@ -34,10 +31,10 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, CliError> {
     let model = args.model.clone().unwrap_or_else(packaged_model_path);
     let mut replayer = open_replayer(&model)?;
     let positions = match args.sample {
-        Some(k) => Some(sample(
-            &transcript.hops.iter().map(|h| h.position).collect(),
-            k,
-        )?),
+        Some(k) => Some(
+            audit::sample_positions(&transcript.hops.iter().map(|h| h.position).collect(), k)
+                .map_err(|e| CliError::failed(format!("the system's random source: {e}")))?,
+        ),
         None if args.positions.is_empty() => None,
         None => Some(args.positions.iter().copied().collect()),
     };
@@ -102,21 +99,6 @@ pub fn open_replayer(model: &Path) -> Result<Replayer, CliError> {
             model.display()
         ))
     })
-}
-
-/// `k` distinct positions of `all`, drawn with the system's randomness.
-fn sample(all: &BTreeSet<u64>, k: usize) -> Result<BTreeSet<u64>, CliError> {
-    let mut left: Vec<u64> = all.iter().copied().collect();
-    let mut chosen = BTreeSet::new();
-    while chosen.len() < k && !left.is_empty() {
-        let mut bytes = [0u8; 8];
-        SysRng
-            .try_fill_bytes(&mut bytes)
-            .map_err(|e| CliError::failed(format!("the system's random source: {e}")))?;
-        let i = (u64::from_le_bytes(bytes) % left.len() as u64) as usize;
-        chosen.insert(left.swap_remove(i));
-    }
-    Ok(chosen)
 }
 
 fn write_fraud_proofs(

@@ -153,7 +153,9 @@ fn hop_signatures(transcript: &Transcript) -> Result<Vec<String>, String> {
     Ok(failures)
 }
 
-fn aggregate(transcript: &Transcript) -> Result<Vec<String>, String> {
+/// The "aggregate signature" check: what is wrong with the transcript's
+/// aggregate of its hop signatures (nothing when there are no receipts).
+pub fn aggregate(transcript: &Transcript) -> Result<Vec<String>, String> {
     let signed = transcript.receipts().map_err(|e| e.to_string())?;
     let Some(hex) = &transcript.receipts_signature else {
         return Ok(if signed.is_empty() {
