@@ -70,7 +70,7 @@ pub enum Command {
     /// bisect a disputed hop to the first bad layer (a fraud proof). Exit 0 if every hop is
     /// accepted, 1 if any is rejected or a receipt check fails, 2 if unreadable, 3 if ambiguous.
     #[command(
-        after_help = "Examples:\n  zkinfer audit --transcript t.json\n  zkinfer audit --transcript t.json --sample 8 --json\n  zkinfer audit --transcript t.json --positions 0,12,13 --fraud-proofs proofs/\n  zkinfer audit --report        (the cheat suite: which route catches which cheat)\n\nThe nodes keep what an audit needs for `zkinfer serve --audit-window` seconds (default 600)."
+        after_help = "Examples:\n  zkinfer audit --transcript t.json\n  zkinfer audit --transcript t.json --sample 8 --json\n  zkinfer audit --transcript t.json --positions 0,12,13 --fraud-proofs proofs/\n  zkinfer audit --report        (the cheat suite: which route catches which cheat)\n  zkinfer audit --fraud-proof t.fraud-0.json --sign-verdict auditor.key --ledger 0x5FbD.. --result ID\n                                (a committee verdict for `zkinfer ledger challenge committee`)\n\nThe nodes keep what an audit needs for `zkinfer serve --audit-window` seconds (default 600)."
     )]
     Audit(AuditArgs),
     /// Stakes, pending results and their challenge windows in a ledger file (docs/ledger.md).
@@ -83,8 +83,8 @@ pub struct AuditArgs {
     #[arg(
         long,
         value_name = "FILE",
-        required_unless_present = "report",
-        conflicts_with = "report"
+        required_unless_present_any = ["report", "fraud_proof"],
+        conflicts_with_all = ["report", "fraud_proof"]
     )]
     pub transcript: Option<PathBuf>,
     /// The model to re-execute with [default: the packaged model]. With --report: run the cheat
@@ -116,8 +116,24 @@ pub struct AuditArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "report")]
     pub bundle: Option<PathBuf>,
     /// Run the cheat suite instead (tiny random models, or --model) and print the detection table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fraud_proof")]
     pub report: bool,
+    /// Re-execute this fraud proof (as `verify --fraud-proof` does) and, when it holds, sign the
+    /// committee verdict that the ledger slashes on (with --sign-verdict, --ledger, --result).
+    #[arg(long, value_name = "FILE", requires_all = ["sign_verdict", "ledger", "result"])]
+    pub fraud_proof: Option<PathBuf>,
+    /// The auditor's key file (`zkinfer keygen`, registered with `zkinfer ledger register`).
+    #[arg(long, value_name = "FILE", requires = "fraud_proof")]
+    pub sign_verdict: Option<PathBuf>,
+    /// The ledger contract's address (`zkinfer ledger show` prints it).
+    #[arg(long, value_name = "ADDRESS", requires = "fraud_proof")]
+    pub ledger: Option<String>,
+    /// The id of the result the fraud proof is against (as `zkinfer ledger submit` took it).
+    #[arg(long, value_name = "ID", requires = "fraud_proof")]
+    pub result: Option<String>,
+    /// Where to write the signed verdict [default: next to the fraud proof, as F.verdict.json].
+    #[arg(long, value_name = "FILE", requires = "fraud_proof")]
+    pub verdict_out: Option<PathBuf>,
     /// Honest tokens the cheat suite generates and audits, with --report.
     #[arg(long, default_value_t = 1000, value_name = "N", requires = "report")]
     pub honest_tokens: usize,
@@ -721,13 +737,29 @@ pub struct CostArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  zkinfer ledger --file stakes.json init --window-s 3600 --min-stake 100\n  zkinfer ledger --file stakes.json deposit $(zkinfer keygen --out node.key) 500\n  zkinfer ledger --file stakes.json submit $(b3sum --no-names t.json) NODE_KEY...\n  zkinfer ledger --file stakes.json finalize\n  zkinfer ledger --file stakes.json show --json"
+    group(clap::ArgGroup::new("chain").args(["state", "rpc"])),
+    after_help = "The ledger is a contract (ledger/contracts/Ledger.sol, docs/ledger.md). --state runs it in an\nEVM in this process, its state in FILE (locked while in use); --rpc on any Ethereum JSON-RPC\nendpoint. Amounts are in wei. --from dev:N is development account N (0-9) that anvil and the\nembedded chain fund; on a public chain give a file holding your account's hex secret key.\n\nExamples:\n  zkinfer ledger --state ledger.json init --window-s 3600 --min-stake 100\n  zkinfer ledger --state ledger.json --from dev:1 register --key node.key\n  zkinfer ledger --state ledger.json --from dev:1 deposit 500\n  zkinfer ledger --state ledger.json submit $(b3sum --no-names t.json) NODE_ADDRESS_OR_KEY...\n  zkinfer ledger --state ledger.json --from dev:4 challenge committee ID --verdict v1.json --verdict v2.json\n  zkinfer ledger --state ledger.json finalize\n  zkinfer ledger --rpc http://127.0.0.1:8545 --contract 0x5FbD.. show --json"
 )]
 pub struct LedgerArgs {
-    /// The ledger file (JSON; created by `init`, or with the default rules by the first change).
+    /// Run the contract in this process, its state in FILE (created by `init`).
     #[arg(long, value_name = "FILE")]
-    pub file: PathBuf,
-    /// The time of the operation in unix seconds [default: the system clock].
+    pub state: Option<PathBuf>,
+    /// Run the contract on this Ethereum JSON-RPC endpoint.
+    #[arg(long, value_name = "URL")]
+    pub rpc: Option<String>,
+    /// The ledger contract's address, with --rpc (`init` prints it).
+    #[arg(long, value_name = "ADDRESS", requires = "rpc")]
+    pub contract: Option<String>,
+    /// The account that sends: dev:N, or a file holding a hex secp256k1 secret key.
+    #[arg(
+        long,
+        global = true,
+        default_value = "dev:0",
+        value_name = "dev:N|FILE"
+    )]
+    pub from: String,
+    /// The block time of the operation in unix seconds [default: the chain's own clock]. A
+    /// chain's clock never goes back; a public chain refuses any.
     #[arg(long, global = true, value_name = "UNIX_S")]
     pub now: Option<u64>,
     #[command(subcommand)]
@@ -736,48 +768,75 @@ pub struct LedgerArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
-    /// Create an empty ledger with these rules (refuses an existing file).
+    /// Deploy a ledger contract with these rules; prints its address and rules.
     Init {
-        /// How long a result can be challenged after submission, in seconds.
+        /// How long a result can be challenged after submission, in seconds (at most ten years).
         #[arg(long, default_value_t = Params::default().challenge_window_s)]
         window_s: u64,
-        /// What a valid fraud proof takes from the accused node's stake.
+        /// What a valid challenge takes from the accused node's stake.
         #[arg(long, default_value_t = Params::default().slash_amount)]
-        slash: u64,
-        /// What a challenger must hold, and loses if its fraud proof is invalid.
+        slash: u128,
+        /// What a challenger must hold, and loses if its evidence fails.
         #[arg(long, default_value_t = Params::default().challenge_bond)]
-        bond: u64,
-        /// The stake each node of a submitted result must hold.
+        bond: u128,
+        /// The stake each node of a submitted result, and each auditor of a verdict, must hold.
         #[arg(long, default_value_t = Params::default().min_stake)]
-        min_stake: u64,
+        min_stake: u128,
+        /// How many auditors must sign a verdict for committee slashing.
+        #[arg(long, default_value_t = Params::default().committee_threshold)]
+        threshold: u32,
     },
-    /// Add to an account's stake.
-    Deposit { account: String, amount: u64 },
-    /// Take from an account's stake (refused while a pending result locks it).
-    Withdraw { account: String, amount: u64 },
-    /// Record a result and the nodes accountable for it; prints its challenge deadline.
+    /// Bind the sending account to a node's (or auditor's) BLS key, with a proof of possession.
+    Register {
+        /// The key file (`zkinfer keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Stake AMOUNT wei of the sending account's funds; prints the new stake.
+    Deposit { amount: u128 },
+    /// Take AMOUNT wei of stake back (refused while a pending result locks it); prints the stake left.
+    Withdraw { amount: u128 },
+    /// Record a result (its transcript's 32-byte digest in hex) and the nodes accountable for it,
+    /// each an address or a registered BLS public key; prints its challenge deadline.
     Submit {
         id: String,
         #[arg(required = true)]
         nodes: Vec<String>,
     },
-    /// Challenge a pending result with a fraud proof (`zkinfer audit`): a valid one slashes the
-    /// node it names, an invalid one costs the challenger its bond.
-    Challenge {
-        id: String,
-        challenger: String,
-        /// The fraud proof file.
-        #[arg(long, value_name = "FILE")]
-        fraud_proof: PathBuf,
-        /// The model to re-execute the step with [default: the packaged model].
-        #[arg(long, value_name = "FILE")]
-        model: Option<PathBuf>,
-    },
-    /// Make final the results whose challenge window has closed; prints their ids.
+    /// Slash a node with evidence: a valid challenge slashes, evidence that fails costs the bond.
+    #[command(subcommand)]
+    Challenge(ChallengeCommand),
+    /// Record as final the results whose challenge window has closed; prints their ids.
     Finalize,
-    /// Print the rules, balances, results and (with --json) the event log.
+    /// Print the sending account's address.
+    Account,
+    /// Print the rules, stakes and results.
     Show {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChallengeCommand {
+    /// Two hop receipts one node signed for one input with different outputs (the contract checks
+    /// the signatures itself).
+    Equivocation {
+        /// The evidence file (docs/ledger.md).
+        #[arg(long, value_name = "FILE")]
+        evidence: PathBuf,
+        /// Send evidence that fails the local check too (the contract will burn the bond).
+        #[arg(long)]
+        unchecked: bool,
+    },
+    /// Auditors' verdicts that a fraud proof against a node of result ID holds (`zkinfer audit
+    /// --fraud-proof F --sign-verdict KEY`); at least the committee threshold of them.
+    Committee {
+        id: String,
+        #[arg(long = "verdict", required = true, value_name = "FILE")]
+        verdicts: Vec<PathBuf>,
+        /// Send verdicts that fail the local check too (the contract will burn the bond).
+        #[arg(long)]
+        unchecked: bool,
     },
 }

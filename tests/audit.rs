@@ -1,5 +1,5 @@
-//! `zkinfer audit`, `zkinfer verify --fraud-proof` and `zkinfer ledger
-//! challenge` end to end: two signing nodes of the tiny random Gemma 3 run
+//! `zkinfer audit`, `zkinfer verify --fraud-proof` and committee slashing
+//! through `zkinfer ledger` end to end: two signing nodes of the tiny random Gemma 3 run
 //! in this process (one of them tampers with layer 5 at one position, as
 //! `zkinfer serve` never does), the CLI audits what the client wrote.
 
@@ -8,6 +8,7 @@ use std::process::Command;
 
 use harness::cheats::{Cheat, LiveChain, Models, Run};
 use serde_json::Value;
+use verifier::receipt::SecretKey;
 
 fn scratch() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("zkinfer-audit-cli-{}", std::process::id()));
@@ -159,87 +160,147 @@ fn audit_accepts_honest_chains_and_a_fraud_proof_slashes_a_cheating_node() {
         "{verdict}"
     );
 
-    // The ledger: a forged proof costs the challenger its bond, the real
-    // one slashes the node inside the window, and not after it.
-    let ledger = dir.join("stakes.json");
-    let l = s(&ledger);
-    let ledger_cmd = |now: &str, rest: &[&str]| {
-        let mut args = vec!["ledger", "--file", l, "--now", now];
+    // The ledger: auditors sign a committee verdict only for a fraud proof that
+    // holds; two verdicts slash the node inside the window, and not after it.
+    let state = dir.join("ledger.json");
+    let ledger_cmd = |from: &str, now: u64, rest: &[&str]| {
+        let now = now.to_string();
+        let mut args = vec![
+            "ledger",
+            "--state",
+            s(&state),
+            "--from",
+            from,
+            "--now",
+            &now,
+        ];
         args.extend_from_slice(rest);
         zkinfer(&args)
     };
-    let ok = |r: (i32, Value, String)| assert_eq!(r.0, 0, "{}", r.2);
-    ok(ledger_cmd(
-        "1000",
-        &[
-            "init",
-            "--window-s",
-            "100",
-            "--slash",
-            "100",
-            "--bond",
-            "10",
-            "--min-stake",
-            "100",
-        ],
+    let ok = |r: (i32, Value, String)| {
+        assert_eq!(r.0, 0, "{}", r.2);
+        r.1
+    };
+    let init = ok(ledger_cmd(
+        "dev:0",
+        1000,
+        &["init", "--window-s", "100", "--threshold", "2"],
     ));
-    ok(ledger_cmd("1000", &["deposit", &accused, "500"]));
-    ok(ledger_cmd("1000", &["deposit", "alice", "50"]));
-    ok(ledger_cmd("1000", &["submit", "tampered", &accused]));
-    ok(ledger_cmd("1000", &["submit", "later", &accused]));
-    ok(ledger_cmd(
-        "1010",
-        &[
-            "challenge",
-            "tampered",
-            "alice",
+    let contract = init["contract"].as_str().expect("contract").to_string();
+    // The accused node's key is the harness's (seed of its index); it registers it.
+    let accused_key = (1..=4u8)
+        .filter_map(|n| SecretKey::from_seed(&[n; 32]))
+        .find(|k| k.public().to_hex() == accused)
+        .expect("the accused is one of the harness's nodes");
+    let key_file = |name: &str, key: &SecretKey| {
+        let path = dir.join(name);
+        std::fs::write(&path, key.to_hex()).expect("write key");
+        path
+    };
+    let auditors = [20u8, 21].map(|n| SecretKey::from_seed(&[n; 32]).expect("key"));
+    let keys = [
+        key_file("accused.key", &accused_key),
+        key_file("auditor1.key", &auditors[0]),
+        key_file("auditor2.key", &auditors[1]),
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let from = format!("dev:{}", i + 1);
+        ok(ledger_cmd(&from, 1001, &["register", "--key", s(key)]));
+        ok(ledger_cmd(
+            &from,
+            1001,
+            &["deposit", if i == 0 { "500" } else { "100" }],
+        ));
+    }
+    ok(ledger_cmd("dev:4", 1001, &["deposit", "50"]));
+    let tampered = blake3::hash(&std::fs::read(&path).expect("transcript"))
+        .to_hex()
+        .to_string();
+    let later = "bb".repeat(32);
+    ok(ledger_cmd("dev:0", 1002, &["submit", &tampered, &accused]));
+    ok(ledger_cmd("dev:0", 1002, &["submit", &later, &accused]));
+    let sign = |proof: &Path, auditor: &Path, result: &str, out: &Path| {
+        zkinfer(&[
+            "audit",
             "--fraud-proof",
-            s(&forged),
+            s(proof),
             "--model",
             model,
-        ],
-    ));
-    ok(ledger_cmd(
-        "1020",
-        &[
-            "challenge",
-            "tampered",
-            "alice",
-            "--fraud-proof",
-            s(&proof_path),
-            "--model",
-            model,
-        ],
-    ));
-    let (code, after_window, _) = ledger_cmd(
-        "1200",
-        &[
-            "challenge",
-            "later",
-            "alice",
-            "--fraud-proof",
-            s(&proof_path),
-            "--model",
-            model,
-        ],
-    );
-    assert_eq!(code, 1, "{after_window}");
-    ok(ledger_cmd("1200", &["finalize"]));
-    let (_, state, _) = ledger_cmd("1200", &["show", "--json"]);
-    assert_eq!(state["balances"][accused.as_str()], 400, "{state}");
-    // 50 - 10 (forged proof's bond) + 50 (half of the 100 slashed).
-    assert_eq!(state["balances"]["alice"], 90, "{state}");
+            "--sign-verdict",
+            s(auditor),
+            "--ledger",
+            &contract,
+            "--result",
+            result,
+            "--verdict-out",
+            s(out),
+        ])
+    };
+    // An auditor signs nothing for the forged proof.
+    let no_verdict = dir.join("forged.verdict.json");
+    let (code, _, text) = sign(&forged, &keys[1], &tampered, &no_verdict);
+    assert_eq!(code, 1, "{text}");
     assert!(
-        state["results"]["tampered"]["state"]
-            .to_string()
-            .contains("slashed"),
-        "{state}"
+        text.contains("no verdict signed") && !no_verdict.exists(),
+        "{text}"
     );
-    assert!(
-        state["results"]["later"]["state"]
-            .to_string()
-            .contains("final"),
-        "{state}"
+    let verdicts: Vec<PathBuf> = (1..=2)
+        .map(|i| {
+            let out = dir.join(format!("verdict{i}.json"));
+            let (code, _, text) = sign(&proof_path, &keys[i], &tampered, &out);
+            assert_eq!(code, 0, "{text}");
+            out
+        })
+        .collect();
+    let outcome = ok(ledger_cmd(
+        "dev:4",
+        1020,
+        &[
+            "challenge",
+            "committee",
+            &tampered,
+            "--verdict",
+            s(&verdicts[0]),
+            "--verdict",
+            s(&verdicts[1]),
+        ],
+    ));
+    assert_eq!(outcome["outcome"], "slashed", "{outcome}");
+    let late: Vec<PathBuf> = (1..=2)
+        .map(|i| {
+            let out = dir.join(format!("late{i}.json"));
+            assert_eq!(sign(&proof_path, &keys[i], &later, &out).0, 0);
+            out
+        })
+        .collect();
+    let (code, _, text) = ledger_cmd(
+        "dev:4",
+        1200,
+        &[
+            "challenge",
+            "committee",
+            &later,
+            "--verdict",
+            s(&late[0]),
+            "--verdict",
+            s(&late[1]),
+        ],
     );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("is final"), "{text}");
+    ok(ledger_cmd("dev:0", 1200, &["finalize"]));
+    let state = ok(ledger_cmd("dev:0", 1200, &["show", "--json"]));
+    let accounts = state["accounts"].as_array().expect("accounts");
+    assert_eq!(accounts[0]["key"], accused, "{state}");
+    assert_eq!(accounts[0]["balance"], "400", "{state}");
+    // 50 + 50 (half of the 100 slashed).
+    assert_eq!(accounts[3]["balance"], "100", "{state}");
+    let states: Vec<&str> = state["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states, ["slashed", "final"], "{state}");
     let _ = std::fs::remove_dir_all(dir);
 }

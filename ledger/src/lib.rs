@@ -1,696 +1,670 @@
-//! The stake ledger of the optimistic path: stakes, pending results, challenge
-//! windows and slashing.
+//! The stake ledger of the optimistic path, as a contract on an EVM chain.
 //!
-//! A node stakes (deposits) before its results are accepted. A submitted result
-//! stays *pending* for a challenge window; while it is pending, the stakes of its
-//! nodes are locked. A challenger who holds at least the challenge bond may present
-//! a fraud proof inside the window: if the proof checks and accuses one of the
-//! result's nodes, that node is slashed (half of the slashed amount rewards the
-//! challenger, the rest is burned) and the result is `Slashed`; otherwise the
-//! challenger's bond is burned and the result stays pending. A result whose window
-//! closed without a valid fraud proof is `Final`.
+//! Nodes stake and register the BLS key their receipts are signed with. A
+//! submitted result stays *pending* for a challenge window, and its nodes'
+//! stakes are locked while it is; a result whose window closed without a valid
+//! challenge is *final*. Two challenges slash a node: an equivocation (two
+//! receipts it signed for one hop input with different outputs, which the
+//! contract checks itself with the pairing precompile) and a committee verdict
+//! (a threshold of staked auditors who re-executed a fraud proof sign that it
+//! holds). A challenge whose evidence fails costs the challenger its bond.
 //!
-//! Time is always an explicit `now` (unix seconds) argument, so tests drive the
-//! clock. Every state change appends an [`Event`] to the ledger's log. The ledger
-//! lives in one JSON file written atomically ([`Ledger::save`]); the rules and the
-//! file format are in `docs/ledger.md`. This crate checks no proofs itself: the
-//! caller passes the checker to [`Ledger::challenge`].
+//! The rules live in one Solidity contract (`contracts/Ledger.sol`, its
+//! bytecode committed beside it). [`Ledger`] drives it on any [`Chain`]: the
+//! [`Embedded`] EVM in this process, state in a locked file, or an
+//! Ethereum JSON-RPC endpoint ([`Rpc`]). docs/ledger.md has the rules, the
+//! trust assumption of committee slashing, and the gas each operation costs.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+mod account;
+mod chain;
+pub mod contract;
+mod embedded;
+mod evidence;
+mod hex;
+mod rpc;
 
-use serde::{Deserialize, Serialize};
+use alloy_primitives::{FixedBytes, U256};
+use alloy_sol_types::{SolCall, SolEvent};
+use serde::Serialize;
+use verifier::receipt::{PublicKey, SecretKey, Signature};
 
-/// The version of the ledger file format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub use account::{Account, DEV_ACCOUNTS};
+pub use alloy_primitives::Address;
+pub use chain::{Chain, ChainError, Included};
+pub use embedded::Embedded;
+pub use evidence::{Equivocation, EvidenceError, SignedReceipt, SignedVerdict, MAX_EVIDENCE_BYTES};
+pub use rpc::Rpc;
 
-/// A node's BLS public key in hex (128 hex digits), or a challenger's name or key.
-pub type Account = String;
+use contract::ZkinferLedger as C;
 
-/// The id of a submitted result, e.g. the blake3 hex of its transcript.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ResultId(pub String);
+/// The latest time the ledger takes, in unix seconds (the last second of the year 9999).
+pub const MAX_TIME: u64 = 253_402_300_799;
+/// The longest challenge window the contract accepts: ten years.
+pub const MAX_WINDOW_S: u64 = 10 * 365 * 86_400;
+/// The most nodes a result names, and the most auditors on a verdict.
+pub const MAX_NODES: usize = 64;
 
-impl fmt::Display for ResultId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The rules of a ledger, fixed when it is created and stored in its file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The rules of a ledger, fixed when its contract is deployed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Params {
     /// How long after submission a result can be challenged, in seconds.
     pub challenge_window_s: u64,
-    /// What a valid fraud proof takes from the accused node's stake (all of it if it holds less).
-    pub slash_amount: u64,
-    /// What a challenger must hold to challenge, and loses if its fraud proof is invalid.
-    pub challenge_bond: u64,
-    /// The stake each node of a submitted result must hold.
-    pub min_stake: u64,
+    /// What a valid challenge takes from the accused node's stake (all of it if it holds less).
+    pub slash_amount: u128,
+    /// What a challenger must hold to challenge, and loses if its evidence fails.
+    pub challenge_bond: u128,
+    /// The stake each node of a submitted result, and each auditor of a verdict, must hold.
+    pub min_stake: u128,
+    /// How many auditors must sign a verdict.
+    pub committee_threshold: u32,
 }
 
 impl Default for Params {
-    /// One hour of challenge window; a slash of 100 units, a bond of 10, a minimum stake of 100.
+    /// One hour of challenge window; a slash of 100 wei, a bond of 10, a minimum stake of
+    /// 100; verdicts of 2 auditors.
     fn default() -> Self {
         Params {
             challenge_window_s: 3600,
             slash_amount: 100,
             challenge_bond: 10,
             min_stake: 100,
+            committee_threshold: 2,
         }
     }
 }
 
+/// A result's id: the 32-byte digest of its transcript (64 hex digits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResultId(pub [u8; 32]);
+
+impl ResultId {
+    /// 64 hex digits, with or without `0x`; a zero id is refused.
+    pub fn parse(text: &str) -> Result<ResultId, LedgerError> {
+        let bytes = hex::decode(text).filter(|b| b.len() == 32).ok_or_else(|| {
+            LedgerError::Invalid(format!(
+                "result id {:?}: not 64 hex digits (a transcript's digest)",
+                printable(text)
+            ))
+        })?;
+        let id = ResultId(bytes.try_into().expect("32 bytes"));
+        if id.0 == [0; 32] {
+            return Err(LedgerError::Invalid("the result id is zero".into()));
+        }
+        Ok(id)
+    }
+}
+
+impl std::fmt::Display for ResultId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(&self.0))
+    }
+}
+
+impl Serialize for ResultId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Where a result stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ResultState {
     /// Challengeable until (not including) `challenge_deadline`.
     Pending { challenge_deadline: u64 },
-    /// The window closed at `at` without a valid fraud proof.
+    /// The window closed at `at` without a valid challenge.
     Final { at: u64 },
-    /// A valid fraud proof against `node` arrived at `at`.
+    /// A committee verdict against `node` arrived at `at`.
     Slashed {
-        node: Account,
-        challenger: Account,
+        node: Address,
+        challenger: Address,
         at: u64,
     },
 }
 
-/// A submitted result: who is accountable for it and where it stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A submitted result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Submission {
-    pub nodes: Vec<Account>,
+    pub id: ResultId,
+    pub nodes: Vec<Address>,
     pub submitted_at: u64,
     #[serde(flatten)]
     pub state: ResultState,
 }
 
-/// Why a fraud proof was rejected.
+/// An account the ledger knows: a balance, and for a node its key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rejection {
-    /// The checker refused the proof, with its reason.
-    InvalidProof(String),
-    /// The proof accuses a node that is not accountable for this result.
-    NotAmongNodes { accused: Account },
+pub struct AccountView {
+    pub address: Address,
+    #[serde(serialize_with = "decimal")]
+    pub balance: u128,
+    /// The registered BLS public key (hex), for a node or auditor.
+    pub key: Option<String>,
+    /// Until when a pending result locks the stake.
+    pub locked_until: Option<u64>,
 }
 
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::InvalidProof(reason) => write!(f, "invalid fraud proof: {reason}"),
-            Rejection::NotAmongNodes { accused } => {
-                write!(
-                    f,
-                    "the proof accuses {accused}, which is not a node of this result"
-                )
-            }
-        }
-    }
+/// Everything the contract holds, as of now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub contract: Address,
+    pub params: Params,
+    #[serde(serialize_with = "decimal")]
+    pub burned: u128,
+    pub accounts: Vec<AccountView>,
+    pub results: Vec<Submission>,
 }
 
-/// What a challenge did.
+/// What a challenge came to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ChallengeOutcome {
-    /// The fraud proof was valid: `slashed` left the node's stake, `reward` went to
-    /// the challenger and `burned` was destroyed (`reward + burned == slashed`).
+    /// The evidence held: `node` lost `slashed`, of which `reward` went to the challenger.
     Slashed {
-        node: Account,
-        slashed: u64,
-        reward: u64,
-        burned: u64,
+        node: Address,
+        #[serde(serialize_with = "decimal")]
+        slashed: u128,
+        #[serde(serialize_with = "decimal")]
+        reward: u128,
     },
-    /// The fraud proof was invalid: the challenger's bond was burned; the result is unchanged.
-    Rejected { reason: Rejection, bond_burned: u64 },
-}
-
-/// One change of the ledger, with the time it was made.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub at: u64,
-    #[serde(flatten)]
-    pub kind: EventKind,
-}
-
-/// What changed. Balances are the account's balance after the change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum EventKind {
-    Deposit {
-        account: Account,
-        amount: u64,
-        balance: u64,
-    },
-    Withdraw {
-        account: Account,
-        amount: u64,
-        balance: u64,
-    },
-    Submit {
-        id: ResultId,
-        nodes: Vec<Account>,
-        challenge_deadline: u64,
-    },
-    Final {
-        id: ResultId,
-    },
-    Slash {
-        id: ResultId,
-        node: Account,
-        challenger: Account,
-        slashed: u64,
-        reward: u64,
-        burned: u64,
-    },
-    ChallengeRejected {
-        id: ResultId,
-        challenger: Account,
+    /// The evidence failed: the challenger's bond was burned.
+    Rejected {
         reason: String,
-        bond_burned: u64,
+        #[serde(serialize_with = "decimal")]
+        bond_burned: u128,
     },
 }
 
-/// A refused operation (nothing changed but, possibly, results whose window had
-/// closed becoming final) or a ledger file that cannot be read or written.
+/// Why a ledger operation did not happen. Nothing was applied in any case.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("writing {path}: {source} (the previous file, if any, is unchanged)")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("{path} is not a valid ledger file ({source}); restore it from a backup, or move it away to start an empty ledger")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("{path} is a ledger file of format version {found}; this build reads version {FORMAT_VERSION}: use a zkinfer that matches it")]
-    Version { path: PathBuf, found: u32 },
-    #[error("an account name must not be empty")]
-    EmptyAccount,
-    #[error("a result id must not be empty")]
-    EmptyResultId,
-    #[error("an amount must be positive")]
-    ZeroAmount,
-    #[error("depositing {amount} would overflow the balance of {account}")]
-    Overflow { account: Account, amount: u64 },
-    #[error("{account} holds {balance}, cannot withdraw {amount}")]
-    InsufficientBalance {
-        account: Account,
-        balance: u64,
-        amount: u64,
-    },
-    #[error("the stake of {account} is locked by {pending} pending result(s) until {until}; withdraw at or after {until}")]
-    Locked {
-        account: Account,
-        pending: usize,
-        until: u64,
-    },
-    #[error("result {0} was already submitted; submit each result once")]
-    DuplicateResult(ResultId),
-    #[error("result {0} names no nodes; a result needs the nodes accountable for it")]
-    NoNodes(ResultId),
-    #[error("result {id} names node {node} twice")]
-    DuplicateNode { id: ResultId, node: Account },
-    #[error("node {node} stakes {stake}, below the minimum of {min_stake}; deposit at least {} more before submitting its results", min_stake - stake)]
-    StakeTooLow {
-        node: Account,
-        stake: u64,
-        min_stake: u64,
-    },
-    #[error("no result {0} in this ledger; check the id (`zkinfer ledger show` lists them)")]
-    UnknownResult(ResultId),
-    #[error("result {id} became final at {at} (now {now}): its challenge window is closed")]
-    WindowClosed { id: ResultId, at: u64, now: u64 },
-    #[error("result {id} was already slashed (node {node}); a result is slashed once")]
-    AlreadySlashed { id: ResultId, node: Account },
-    #[error("challenger {challenger} holds {balance}, a challenge needs a bond of {bond}; deposit {} more first", bond - balance)]
-    BondTooLow {
-        challenger: Account,
-        balance: u64,
-        bond: u64,
-    },
+    /// The contract refused: its reason in words.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Bad input, refused before anything was sent.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Chain(String),
+    #[error("{0} holds no zkinfer ledger contract")]
+    NotALedger(Address),
 }
 
-/// The file's contents.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Book {
-    format_version: u32,
-    params: Params,
-    balances: BTreeMap<Account, u64>,
-    /// Everything slashed or forfeited that went to no one.
-    burned: u64,
-    results: BTreeMap<ResultId, Submission>,
-    events: Vec<Event>,
+impl From<ChainError> for LedgerError {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::Reverted(data) => LedgerError::Refused(contract::revert_reason(&data)),
+            other => LedgerError::Chain(other.to_string()),
+        }
+    }
 }
 
-/// A stake ledger backed by one JSON file.
-///
-/// Operations change the ledger in memory; [`save`](Ledger::save) writes it. Every
-/// operation that takes `now` first makes final the results whose window closed by
-/// `now` (as [`finalize`](Ledger::finalize) does). One process at a time may own a
-/// ledger file: two writers lose each other's changes.
-#[derive(Clone, Debug)]
-pub struct Ledger {
-    path: PathBuf,
-    book: Book,
+/// The ledger contract at one address on one chain.
+pub struct Ledger<Ch> {
+    chain: Ch,
+    address: Address,
+    last_gas: u64,
 }
 
-impl Ledger {
-    /// An empty ledger with these rules, to be saved at `path`. Touches no file.
-    pub fn new(path: impl Into<PathBuf>, params: Params) -> Ledger {
-        Ledger {
-            path: path.into(),
-            book: Book {
-                format_version: FORMAT_VERSION,
-                params,
-                balances: BTreeMap::new(),
-                burned: 0,
-                results: BTreeMap::new(),
-                events: Vec::new(),
+impl<Ch: Chain> Ledger<Ch> {
+    /// Deploys a new ledger contract with these rules.
+    pub fn deploy(
+        mut chain: Ch,
+        from: &Account,
+        params: Params,
+    ) -> Result<Ledger<Ch>, LedgerError> {
+        check_params(&params)?;
+        let mut code = contract::bytecode();
+        code.extend_from_slice(&alloy_sol_types::SolConstructor::abi_encode(
+            &C::constructorCall {
+                window: params.challenge_window_s,
+                slashBy: U256::from(params.slash_amount),
+                bond: U256::from(params.challenge_bond),
+                stake: U256::from(params.min_stake),
+                threshold: params.committee_threshold,
             },
-        }
-    }
-
-    /// Reads the ledger at `path`, or an empty one with [`Params::default`] if there
-    /// is no file there (it is created by the first [`save`](Ledger::save)).
-    pub fn open(path: impl Into<PathBuf>) -> Result<Ledger, LedgerError> {
-        let path = path.into();
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Ledger::new(path, Params::default()))
-            }
-            Err(source) => return Err(LedgerError::Read { path, source }),
-        };
-        // The version first, so a future format is reported as such, not as corrupt.
-        #[derive(Deserialize)]
-        struct Version {
-            format_version: u32,
-        }
-        match serde_json::from_slice::<Version>(&bytes) {
-            Ok(v) if v.format_version != FORMAT_VERSION => {
-                return Err(LedgerError::Version {
-                    path,
-                    found: v.format_version,
-                })
-            }
-            Ok(_) => {}
-            Err(source) => return Err(LedgerError::Corrupt { path, source }),
-        }
-        match serde_json::from_slice::<Book>(&bytes) {
-            Ok(book) => Ok(Ledger { path, book }),
-            Err(source) => Err(LedgerError::Corrupt { path, source }),
-        }
-    }
-
-    /// Writes the ledger to its file atomically: a temporary file in the same
-    /// directory, flushed to disk, then renamed over the old file, so a crash leaves
-    /// either the old ledger or the new one, never a mix.
-    pub fn save(&self) -> Result<(), LedgerError> {
-        let bytes = serde_json::to_vec_pretty(&self.book).expect("a ledger always serializes");
-        write_atomic(&self.path, &bytes).map_err(|source| LedgerError::Write {
-            path: self.path.clone(),
-            source,
+        ));
+        let included = chain.send(from, None, U256::ZERO, code)?;
+        let address = included
+            .created
+            .ok_or_else(|| LedgerError::Chain("the deployment created no contract".into()))?;
+        Ok(Ledger {
+            chain,
+            address,
+            last_gas: included.gas_used,
         })
     }
 
-    /// The file this ledger is saved to.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The ledger contract at `address` (checked: it answers as one).
+    pub fn at(chain: Ch, address: Address) -> Result<Ledger<Ch>, LedgerError> {
+        let mut ledger = Ledger {
+            chain,
+            address,
+            last_gas: 0,
+        };
+        ledger
+            .params()
+            .map_err(|_| LedgerError::NotALedger(address))?;
+        Ok(ledger)
     }
 
-    pub fn params(&self) -> &Params {
-        &self.book.params
+    pub fn address(&self) -> Address {
+        self.address
     }
 
-    /// What `account` holds (0 if it never deposited).
-    pub fn balance(&self, account: &str) -> u64 {
-        self.book.balances.get(account).copied().unwrap_or(0)
+    pub fn chain(&mut self) -> &mut Ch {
+        &mut self.chain
     }
 
-    /// Every account with a balance entry.
-    pub fn balances(&self) -> &BTreeMap<Account, u64> {
-        &self.book.balances
+    pub fn into_chain(self) -> Ch {
+        self.chain
     }
 
-    /// The total slashed or forfeited that went to no one.
-    pub fn burned(&self) -> u64 {
-        self.book.burned
+    /// The gas the last transaction used.
+    pub fn last_gas(&self) -> u64 {
+        self.last_gas
     }
 
-    pub fn state(&self, id: &ResultId) -> Option<&ResultState> {
-        self.book.results.get(id).map(|s| &s.state)
-    }
-
-    pub fn result(&self, id: &ResultId) -> Option<&Submission> {
-        self.book.results.get(id)
-    }
-
-    pub fn results(&self) -> &BTreeMap<ResultId, Submission> {
-        &self.book.results
-    }
-
-    /// Every change, oldest first.
-    pub fn events(&self) -> &[Event] {
-        &self.book.events
-    }
-
-    /// The latest challenge deadline among the pending results `account` is a node
-    /// of, as of the last operation; `None` if its stake is not locked.
-    pub fn locked_until(&self, account: &str) -> Option<u64> {
-        self.book
-            .results
-            .values()
-            .filter(|s| s.nodes.iter().any(|n| n == account))
-            .filter_map(|s| match s.state {
-                ResultState::Pending { challenge_deadline } => Some(challenge_deadline),
-                _ => None,
-            })
-            .max()
-    }
-
-    /// Adds `amount` to the stake of `account`; returns its new balance.
-    pub fn deposit(&mut self, account: &str, amount: u64, now: u64) -> Result<u64, LedgerError> {
-        check_account(account)?;
-        if amount == 0 {
-            return Err(LedgerError::ZeroAmount);
+    /// Runs what follows at this time (unix seconds; a chain's clock never goes back).
+    pub fn set_time(&mut self, now: u64) -> Result<(), LedgerError> {
+        if now > MAX_TIME {
+            return Err(LedgerError::Invalid(format!(
+                "time {now} is past the year 9999 ({MAX_TIME})"
+            )));
         }
-        self.finalize(now);
-        let balance =
-            self.balance(account)
-                .checked_add(amount)
-                .ok_or_else(|| LedgerError::Overflow {
-                    account: account.to_string(),
-                    amount,
-                })?;
-        self.book.balances.insert(account.to_string(), balance);
-        self.log(
-            now,
-            EventKind::Deposit {
-                account: account.to_string(),
-                amount,
-                balance,
+        Ok(self.chain.set_time(now)?)
+    }
+
+    pub fn params(&mut self) -> Result<Params, LedgerError> {
+        Ok(Params {
+            challenge_window_s: self.view(C::challengeWindowCall {})?,
+            slash_amount: to_u128(self.view(C::slashAmountCall {})?),
+            challenge_bond: to_u128(self.view(C::challengeBondCall {})?),
+            min_stake: to_u128(self.view(C::minStakeCall {})?),
+            committee_threshold: self.view(C::committeeThresholdCall {})?,
+        })
+    }
+
+    /// Adds `amount` wei from `from`'s funds to its stake; returns the new stake.
+    pub fn deposit(&mut self, from: &Account, amount: u128) -> Result<u128, LedgerError> {
+        positive(amount)?;
+        let funds = self.chain.balance(from.address())?;
+        if funds < U256::from(amount) {
+            return Err(LedgerError::Invalid(format!(
+                "{} holds {funds} wei, less than {amount}",
+                from.address()
+            )));
+        }
+        self.transact(from, U256::from(amount), C::depositCall {})?;
+        self.balance(from.address())
+    }
+
+    /// Pays `amount` of `from`'s stake back to it; returns the stake left.
+    pub fn withdraw(&mut self, from: &Account, amount: u128) -> Result<u128, LedgerError> {
+        positive(amount)?;
+        self.transact(
+            from,
+            U256::ZERO,
+            C::withdrawCall {
+                amount: U256::from(amount),
             },
-        );
-        Ok(balance)
+        )?;
+        self.balance(from.address())
     }
 
-    /// Takes `amount` out of the stake of `account`; returns its new balance.
-    /// Refused while `account` is a node of a pending result: its stake answers for
-    /// that result until the challenge window closes.
-    pub fn withdraw(&mut self, account: &str, amount: u64, now: u64) -> Result<u64, LedgerError> {
-        check_account(account)?;
-        if amount == 0 {
-            return Err(LedgerError::ZeroAmount);
-        }
-        self.finalize(now);
-        if let Some(until) = self.locked_until(account) {
-            let pending = self
-                .book
-                .results
-                .values()
-                .filter(|s| {
-                    matches!(s.state, ResultState::Pending { .. })
-                        && s.nodes.iter().any(|n| n == account)
-                })
-                .count();
-            return Err(LedgerError::Locked {
-                account: account.to_string(),
-                pending,
-                until,
-            });
-        }
-        let held = self.balance(account);
-        let balance = held
-            .checked_sub(amount)
-            .ok_or_else(|| LedgerError::InsufficientBalance {
-                account: account.to_string(),
-                balance: held,
-                amount,
-            })?;
-        self.book.balances.insert(account.to_string(), balance);
-        self.log(
-            now,
-            EventKind::Withdraw {
-                account: account.to_string(),
-                amount,
-                balance,
+    pub fn balance(&mut self, account: Address) -> Result<u128, LedgerError> {
+        Ok(to_u128(self.view(C::balanceOfCall(account))?))
+    }
+
+    /// Registers `key` as `from`'s node key, with its proof of possession.
+    pub fn register(&mut self, from: &Account, key: &SecretKey) -> Result<(), LedgerError> {
+        let public = key.public();
+        let pop = key.sign(&verifier::receipt::Possession {
+            account: from.address().into(),
+        });
+        self.transact(
+            from,
+            U256::ZERO,
+            C::registerCall {
+                pubkey: public.to_bytes().to_vec().into(),
+                g2: public.to_evm().map(U256::from_be_bytes),
+                pop: pop.to_evm().map(U256::from_be_bytes),
             },
-        );
-        Ok(balance)
+        )
     }
 
-    /// Records a result the `nodes` are accountable for; each must hold at least
-    /// `min_stake`. Returns its challenge deadline, `now + challenge_window_s`.
+    /// The account a BLS key is registered to.
+    pub fn node_of_key(&mut self, key: &PublicKey) -> Result<Option<Address>, LedgerError> {
+        let hash = alloy_primitives::keccak256(key.to_bytes());
+        let node = self.view(C::nodeOfKeyCall(hash))?;
+        Ok((node != Address::ZERO).then_some(node))
+    }
+
+    /// Records a result and the nodes accountable for it; returns its challenge deadline.
     pub fn submit(
         &mut self,
+        from: &Account,
         id: ResultId,
-        nodes: Vec<Account>,
-        now: u64,
+        nodes: &[Address],
     ) -> Result<u64, LedgerError> {
-        if id.0.is_empty() {
-            return Err(LedgerError::EmptyResultId);
+        if nodes.is_empty() || nodes.len() > MAX_NODES {
+            return Err(LedgerError::Invalid(format!(
+                "a result names 1 to {MAX_NODES} nodes, not {}",
+                nodes.len()
+            )));
         }
-        if self.book.results.contains_key(&id) {
-            return Err(LedgerError::DuplicateResult(id));
-        }
-        if nodes.is_empty() {
-            return Err(LedgerError::NoNodes(id));
-        }
-        for (i, node) in nodes.iter().enumerate() {
-            check_account(node)?;
-            if nodes[..i].contains(node) {
-                return Err(LedgerError::DuplicateNode {
-                    id,
-                    node: node.clone(),
-                });
-            }
-            let stake = self.balance(node);
-            if stake < self.book.params.min_stake {
-                return Err(LedgerError::StakeTooLow {
-                    node: node.clone(),
-                    stake,
-                    min_stake: self.book.params.min_stake,
-                });
-            }
-        }
-        self.finalize(now);
-        let challenge_deadline = now.saturating_add(self.book.params.challenge_window_s);
-        self.book.results.insert(
-            id.clone(),
-            Submission {
-                nodes: nodes.clone(),
-                submitted_at: now,
+        self.transact(
+            from,
+            U256::ZERO,
+            C::submitCall {
+                id: FixedBytes(id.0),
+                accountable: nodes.to_vec(),
+            },
+        )?;
+        match self.result(id)? {
+            Some(Submission {
                 state: ResultState::Pending { challenge_deadline },
-            },
-        );
-        self.log(
-            now,
-            EventKind::Submit {
-                id,
-                nodes,
-                challenge_deadline,
-            },
-        );
-        Ok(challenge_deadline)
+                ..
+            }) => Ok(challenge_deadline),
+            other => Err(LedgerError::Chain(format!(
+                "the submitted result reads {other:?}"
+            ))),
+        }
     }
 
-    /// Presents a fraud proof against result `id`.
-    ///
-    /// Refused (an error, nothing charged, `check` not called) if the result is
-    /// unknown, final (`now` at or after its deadline) or already slashed, or if
-    /// `challenger` holds less than the challenge bond. Otherwise `check` verifies
-    /// `proof` and returns the accused node's key:
-    /// - the proof is valid and the accused is a node of the result: the node loses
-    ///   `min(slash_amount, its stake)`, half of it (rounded down) goes to the
-    ///   challenger, the rest is burned, and the result becomes `Slashed`;
-    /// - `check` fails, or the accused is not a node of the result: the challenger's
-    ///   bond is burned and the result stays pending.
-    pub fn challenge<P, E: std::fmt::Display>(
-        &mut self,
-        id: &ResultId,
-        challenger: &str,
-        proof: &P,
-        check: impl FnOnce(&P) -> Result<Account, E>,
-        now: u64,
-    ) -> Result<ChallengeOutcome, LedgerError> {
-        check_account(challenger)?;
-        self.finalize(now);
-        let submission = self
-            .book
-            .results
-            .get(id)
-            .ok_or_else(|| LedgerError::UnknownResult(id.clone()))?;
-        match &submission.state {
-            ResultState::Pending { .. } => {}
-            ResultState::Final { at } => {
-                return Err(LedgerError::WindowClosed {
-                    id: id.clone(),
-                    at: *at,
-                    now,
-                })
-            }
-            ResultState::Slashed { node, .. } => {
-                return Err(LedgerError::AlreadySlashed {
-                    id: id.clone(),
-                    node: node.clone(),
-                })
+    /// Records every result whose window has closed as final; returns their ids.
+    pub fn finalize(&mut self, from: &Account) -> Result<Vec<ResultId>, LedgerError> {
+        let mut done = Vec::new();
+        let mut gas = 0;
+        for id in self.result_ids()? {
+            let raw: (u8, u64) = {
+                let r = self.view(C::resultOfCall {
+                    id: FixedBytes(id.0),
+                })?;
+                (r.state, r.deadline)
+            };
+            // Final by time but not yet recorded: the stored state is still pending.
+            if raw.0 == 2 && self.stored_pending(id)? {
+                self.transact(
+                    from,
+                    U256::ZERO,
+                    C::finalizeCall {
+                        id: FixedBytes(id.0),
+                    },
+                )?;
+                gas += self.last_gas;
+                done.push(id);
             }
         }
-        let bond = self.book.params.challenge_bond;
-        let held = self.balance(challenger);
-        if held < bond {
-            return Err(LedgerError::BondTooLow {
-                challenger: challenger.to_string(),
-                balance: held,
-                bond,
+        self.last_gas = gas;
+        Ok(done)
+    }
+
+    /// Slashes the signer of two receipts for one hop input with different outputs.
+    pub fn challenge_equivocation(
+        &mut self,
+        from: &Account,
+        evidence: &Equivocation,
+    ) -> Result<ChallengeOutcome, LedgerError> {
+        let node = self.node_of_key(&evidence.signer)?.ok_or_else(|| {
+            LedgerError::Refused(format!(
+                "key {} is registered to no account",
+                evidence.signer.to_hex()
+            ))
+        })?;
+        let [a, b] = &evidence.receipts;
+        let call = C::challengeEquivocationCall {
+            node,
+            a: a.message(&evidence.signer).into(),
+            sigA: a.signature.to_evm().map(U256::from_be_bytes),
+            b: b.message(&evidence.signer).into(),
+            sigB: b.signature.to_evm().map(U256::from_be_bytes),
+        };
+        self.challenge(from, call)
+    }
+
+    /// Slashes `accused`, a node of result `id`, on auditors' verdicts (at
+    /// least the threshold, all naming this ledger, `id` and `accused`).
+    pub fn challenge_committee(
+        &mut self,
+        from: &Account,
+        id: ResultId,
+        verdicts: &[SignedVerdict],
+    ) -> Result<ChallengeOutcome, LedgerError> {
+        let first = verdicts
+            .first()
+            .ok_or_else(|| LedgerError::Invalid("no verdicts".into()))?;
+        if verdicts.len() > MAX_NODES {
+            return Err(LedgerError::Invalid(format!(
+                "more than {MAX_NODES} verdicts"
+            )));
+        }
+        for v in verdicts {
+            if v.verdict.ledger != self.address.0 .0 || v.verdict.result != id.0 {
+                return Err(LedgerError::Invalid(format!(
+                    "a verdict by {} is for another ledger or result",
+                    v.auditor.to_hex()
+                )));
+            }
+            if v.verdict.accused != first.verdict.accused {
+                return Err(LedgerError::Invalid(
+                    "the verdicts accuse different nodes".into(),
+                ));
+            }
+        }
+        let accused = self.node_of_key(&first.verdict.accused)?.ok_or_else(|| {
+            LedgerError::Refused("the accused key is registered to no account".into())
+        })?;
+        let mut auditors = Vec::with_capacity(verdicts.len());
+        for v in verdicts {
+            let address = self.node_of_key(&v.auditor)?.ok_or_else(|| {
+                LedgerError::Refused(format!(
+                    "auditor key {} is registered to no account",
+                    v.auditor.to_hex()
+                ))
+            })?;
+            auditors.push((address, v.signature));
+        }
+        auditors.sort_by_key(|(a, _)| *a);
+        auditors.dedup_by_key(|(a, _)| *a);
+        let signature = Signature::aggregate(auditors.iter().map(|(_, s)| s));
+        let call = C::challengeByCommitteeCall {
+            id: FixedBytes(id.0),
+            accused,
+            auditors: auditors.iter().map(|(a, _)| *a).collect(),
+            signature: signature.to_evm().map(U256::from_be_bytes),
+        };
+        self.challenge(from, call)
+    }
+
+    /// One result, as of now.
+    pub fn result(&mut self, id: ResultId) -> Result<Option<Submission>, LedgerError> {
+        let r = self.view(C::resultOfCall {
+            id: FixedBytes(id.0),
+        })?;
+        let state = match r.state {
+            0 => return Ok(None),
+            1 => ResultState::Pending {
+                challenge_deadline: r.deadline,
+            },
+            2 => ResultState::Final { at: r.settledAt },
+            _ => ResultState::Slashed {
+                node: r.slashedNode,
+                challenger: r.challenger,
+                at: r.settledAt,
+            },
+        };
+        Ok(Some(Submission {
+            id,
+            nodes: r.accountable,
+            submitted_at: r.submittedAt,
+            state,
+        }))
+    }
+
+    /// Everything the contract holds.
+    pub fn snapshot(&mut self) -> Result<Snapshot, LedgerError> {
+        let params = self.params()?;
+        let burned = to_u128(self.view(C::burnedCall {})?);
+        let count = to_u64(self.view(C::accountCountCall {})?);
+        let mut accounts = Vec::new();
+        for i in 0..count {
+            let address = self.view(C::accountAtCall { i: U256::from(i) })?;
+            let key = self.view(C::publicKeyOfCall { node: address })?;
+            let until = self.view(C::lockedUntilCall { account: address })?;
+            accounts.push(AccountView {
+                address,
+                balance: self.balance(address)?,
+                key: (!key.is_empty()).then(|| hex::encode(&key)),
+                locked_until: (until != 0).then_some(until),
             });
         }
-        let verdict = match check(proof) {
-            Err(reason) => Err(Rejection::InvalidProof(reason.to_string())),
-            Ok(accused) if !submission.nodes.contains(&accused) => {
-                Err(Rejection::NotAmongNodes { accused })
-            }
-            Ok(accused) => Ok(accused),
-        };
-        match verdict {
-            Ok(node) => {
-                let stake = self.balance(&node);
-                let slashed = stake.min(self.book.params.slash_amount);
-                let reward = slashed / 2;
-                let burned = slashed - reward;
-                self.book.balances.insert(node.clone(), stake - slashed);
-                // Cannot overflow: the reward comes out of balances that fit in a u64 together.
-                *self
-                    .book
-                    .balances
-                    .entry(challenger.to_string())
-                    .or_insert(0) += reward;
-                self.book.burned = self.book.burned.saturating_add(burned);
-                if let Some(s) = self.book.results.get_mut(id) {
-                    s.state = ResultState::Slashed {
-                        node: node.clone(),
-                        challenger: challenger.to_string(),
-                        at: now,
-                    };
-                }
-                self.log(
-                    now,
-                    EventKind::Slash {
-                        id: id.clone(),
-                        node: node.clone(),
-                        challenger: challenger.to_string(),
-                        slashed,
-                        reward,
-                        burned,
-                    },
-                );
-                Ok(ChallengeOutcome::Slashed {
-                    node,
-                    slashed,
-                    reward,
-                    burned,
-                })
-            }
-            Err(reason) => {
-                self.book
-                    .balances
-                    .insert(challenger.to_string(), held - bond);
-                self.book.burned = self.book.burned.saturating_add(bond);
-                self.log(
-                    now,
-                    EventKind::ChallengeRejected {
-                        id: id.clone(),
-                        challenger: challenger.to_string(),
-                        reason: reason.to_string(),
-                        bond_burned: bond,
-                    },
-                );
-                Ok(ChallengeOutcome::Rejected {
-                    reason,
-                    bond_burned: bond,
-                })
-            }
+        let mut results = Vec::new();
+        for id in self.result_ids()? {
+            results.extend(self.result(id)?);
+        }
+        Ok(Snapshot {
+            contract: self.address,
+            params,
+            burned,
+            accounts,
+            results,
+        })
+    }
+
+    fn result_ids(&mut self) -> Result<Vec<ResultId>, LedgerError> {
+        let count = to_u64(self.view(C::resultCountCall {})?);
+        (0..count)
+            .map(|i| {
+                Ok(ResultId(
+                    self.view(C::resultIdAtCall { i: U256::from(i) })?.0,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether the stored state (not the time-derived one) is still pending.
+    fn stored_pending(&mut self, id: ResultId) -> Result<bool, LedgerError> {
+        // `finalize` itself tells: it reverts with NotPending once recorded.
+        let data = C::finalizeCall {
+            id: FixedBytes(id.0),
+        }
+        .abi_encode();
+        match self.chain.call(self.address, data) {
+            Ok(_) => Ok(true),
+            Err(ChainError::Reverted(_)) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// Makes final every pending result whose challenge deadline is at or before
-    /// `now`; returns those that became final in this call.
-    pub fn finalize(&mut self, now: u64) -> Vec<ResultId> {
-        let mut done = Vec::new();
-        for (id, s) in self.book.results.iter_mut() {
-            if let ResultState::Pending { challenge_deadline } = s.state {
-                if challenge_deadline <= now {
-                    s.state = ResultState::Final {
-                        at: challenge_deadline,
-                    };
-                    done.push(id.clone());
-                }
+    fn challenge<Call: SolCall>(
+        &mut self,
+        from: &Account,
+        call: Call,
+    ) -> Result<ChallengeOutcome, LedgerError> {
+        let included = self.send(from, U256::ZERO, call)?;
+        for log in &included.logs {
+            if let Ok(e) = C::Slashed::decode_log(log) {
+                return Ok(ChallengeOutcome::Slashed {
+                    node: e.node,
+                    slashed: to_u128(e.slashed),
+                    reward: to_u128(e.reward),
+                });
+            }
+            if let Ok(e) = C::ChallengeRejected::decode_log(log) {
+                return Ok(ChallengeOutcome::Rejected {
+                    reason: e.reason.clone(),
+                    bond_burned: to_u128(e.bondBurned),
+                });
             }
         }
-        for id in &done {
-            self.log(now, EventKind::Final { id: id.clone() });
-        }
-        done
+        Err(LedgerError::Chain(
+            "the challenge emitted no outcome".into(),
+        ))
     }
 
-    fn log(&mut self, at: u64, kind: EventKind) {
-        self.book.events.push(Event { at, kind });
+    fn transact<Call: SolCall>(
+        &mut self,
+        from: &Account,
+        value: U256,
+        call: Call,
+    ) -> Result<(), LedgerError> {
+        self.send(from, value, call).map(|_| ())
+    }
+
+    fn send<Call: SolCall>(
+        &mut self,
+        from: &Account,
+        value: U256,
+        call: Call,
+    ) -> Result<Included, LedgerError> {
+        let included = self
+            .chain
+            .send(from, Some(self.address), value, call.abi_encode())?;
+        self.last_gas = included.gas_used;
+        Ok(included)
+    }
+
+    fn view<Call: SolCall>(&mut self, call: Call) -> Result<Call::Return, LedgerError> {
+        let out = self.chain.call(self.address, call.abi_encode())?;
+        Call::abi_decode_returns(&out).map_err(|_| {
+            LedgerError::Chain(format!("{} answered something unexpected", self.address))
+        })
     }
 }
 
-fn check_account(account: &str) -> Result<(), LedgerError> {
-    if account.is_empty() {
-        Err(LedgerError::EmptyAccount)
-    } else {
-        Ok(())
+fn check_params(p: &Params) -> Result<(), LedgerError> {
+    if p.challenge_window_s == 0 || p.challenge_window_s > MAX_WINDOW_S {
+        return Err(LedgerError::Invalid(format!(
+            "the challenge window must be 1 to {MAX_WINDOW_S} s (ten years), not {}",
+            p.challenge_window_s
+        )));
     }
-}
-
-/// Writes `bytes` to a temporary file next to `path`, flushes it to disk, renames
-/// it over `path` and flushes the directory. On failure the temporary file is removed.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the ledger path names no file")
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if p.committee_threshold == 0 || p.committee_threshold as usize > MAX_NODES {
+        return Err(LedgerError::Invalid(format!(
+            "the committee threshold must be 1 to {MAX_NODES}, not {}",
+            p.committee_threshold
+        )));
     }
-    result
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
+    if p.min_stake == 0 {
+        return Err(LedgerError::Invalid(
+            "the min stake must be positive".into(),
+        ));
+    }
     Ok(())
+}
+
+fn positive(amount: u128) -> Result<(), LedgerError> {
+    if amount == 0 {
+        return Err(LedgerError::Invalid("the amount must be positive".into()));
+    }
+    Ok(())
+}
+
+/// Text fit to print: control characters escaped, at most 80 characters.
+pub fn printable(text: &str) -> String {
+    let escaped: String = text
+        .chars()
+        .take(80)
+        .flat_map(char::escape_default)
+        .collect();
+    if text.chars().count() > 80 {
+        format!("{escaped}…")
+    } else {
+        escaped
+    }
+}
+
+fn to_u128(v: U256) -> u128 {
+    v.try_into().unwrap_or(u128::MAX)
+}
+
+fn to_u64(v: U256) -> u64 {
+    v.try_into().unwrap_or(u64::MAX)
+}
+
+fn decimal<S: serde::Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 #[cfg(test)]

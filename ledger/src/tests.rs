@@ -1,536 +1,449 @@
-//! The rules of the ledger, with a fake fraud proof and a clock the tests drive.
+//! The contract's rules on the embedded chain. `tests/ledger.rs` runs the same
+//! through the CLI on both the embedded chain and a local anvil.
+
+use std::path::PathBuf;
+
+use verifier::receipt::SecretKey;
 
 use super::*;
 
-/// Stands in for a real fraud proof: `check` accepts it iff `valid`.
-struct FakeProof {
-    accused: Account,
-    valid: bool,
-}
+struct Scratch(PathBuf);
 
-fn check(p: &FakeProof) -> Result<Account, String> {
-    if p.valid {
-        Ok(p.accused.clone())
-    } else {
-        Err("receipts do not conflict".to_string())
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("zkinfer-ledger-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    fn state(&self) -> PathBuf {
+        self.0.join("ledger.json")
     }
 }
 
-fn proof(accused: &str, valid: bool) -> FakeProof {
-    FakeProof {
-        accused: accused.to_string(),
-        valid,
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-const PARAMS: Params = Params {
-    challenge_window_s: 100,
-    slash_amount: 60,
-    challenge_bond: 10,
-    min_stake: 50,
-};
-const T0: u64 = 1_000;
-
-fn rid(s: &str) -> ResultId {
-    ResultId(s.to_string())
+fn dev(i: usize) -> Account {
+    Account::dev(i).expect("a dev account")
 }
 
-/// A ledger where nodes a and b stake 100, challenger c holds 20, and result r
-/// (nodes a, b) was submitted at T0, so its deadline is T0 + 100.
-fn ledger() -> Ledger {
-    let mut l = Ledger::new("unused.json", PARAMS);
-    l.deposit("a", 100, T0).unwrap();
-    l.deposit("b", 100, T0).unwrap();
-    l.deposit("c", 20, T0).unwrap();
-    assert_eq!(
-        l.submit(rid("r"), vec!["a".into(), "b".into()], T0)
-            .unwrap(),
-        T0 + 100
-    );
+fn bls(n: u8) -> SecretKey {
+    SecretKey::from_seed(&[n; 32]).expect("non-zero")
+}
+
+const T0: u64 = 1_800_000_000;
+
+/// A ledger with nodes dev 1..=3 registered (keys 1..=3) and staked 500, and
+/// challenger dev 4 holding 50.
+fn ledger(scratch: &Scratch) -> Ledger<Embedded> {
+    let chain = Embedded::open(scratch.state()).expect("chain");
+    let mut chain = chain;
+    chain.set_time(T0).expect("time");
+    let mut l = Ledger::deploy(chain, &dev(0), Params::default()).expect("deploy");
+    for i in 1..=3 {
+        l.register(&dev(i), &bls(i as u8)).expect("register");
+        l.deposit(&dev(i), 500).expect("deposit");
+    }
+    l.deposit(&dev(4), 50).expect("deposit");
     l
 }
 
-fn never_called(_: &FakeProof) -> Result<Account, String> {
-    panic!("a refused challenge must not check the proof")
+fn id(n: u8) -> ResultId {
+    ResultId([n; 32])
 }
 
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ledger-test-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+fn refused(e: Result<impl std::fmt::Debug, LedgerError>) -> String {
+    match e {
+        Err(LedgerError::Refused(reason)) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
 #[test]
-fn finalizes_at_the_deadline_and_not_before() {
-    let mut l = ledger();
-    assert!(l.finalize(T0 + 99).is_empty());
-    assert_eq!(
-        l.state(&rid("r")),
-        Some(&ResultState::Pending {
-            challenge_deadline: T0 + 100
-        })
-    );
-    assert_eq!(l.finalize(T0 + 100), vec![rid("r")]);
-    assert_eq!(
-        l.state(&rid("r")),
-        Some(&ResultState::Final { at: T0 + 100 })
-    );
-    // Once only.
-    assert!(l.finalize(T0 + 500).is_empty());
-    assert_eq!(
-        l.events().last(),
-        Some(&Event {
-            at: T0 + 100,
-            kind: EventKind::Final { id: rid("r") }
-        })
-    );
-}
-
-#[test]
-fn finalize_after_the_deadline_records_the_deadline() {
-    let mut l = ledger();
-    assert_eq!(l.finalize(T0 + 5_000), vec![rid("r")]);
-    assert_eq!(
-        l.state(&rid("r")),
-        Some(&ResultState::Final { at: T0 + 100 })
-    );
-}
-
-#[test]
-fn valid_fraud_proof_inside_the_window_slashes_and_rewards() {
-    let mut l = ledger();
-    let out = l
-        .challenge(&rid("r"), "c", &proof("b", true), check, T0 + 99)
-        .unwrap();
-    assert_eq!(
-        out,
-        ChallengeOutcome::Slashed {
-            node: "b".into(),
-            slashed: 60,
-            reward: 30,
-            burned: 30
-        }
-    );
-    assert_eq!(l.balance("b"), 40);
-    assert_eq!(l.balance("a"), 100);
-    assert_eq!(l.balance("c"), 20 + 30);
-    assert_eq!(l.burned(), 30);
-    assert_eq!(
-        l.state(&rid("r")),
-        Some(&ResultState::Slashed {
-            node: "b".into(),
-            challenger: "c".into(),
-            at: T0 + 99
-        })
-    );
-    // A slashed result never becomes final, and its nodes may withdraw.
-    assert!(l.finalize(T0 + 1_000).is_empty());
-    assert_eq!(l.withdraw("a", 100, T0 + 99).unwrap(), 0);
-    assert!(matches!(
-        l.events().iter().rev().nth(1).map(|e| &e.kind),
-        Some(EventKind::Slash {
-            slashed: 60,
-            reward: 30,
-            burned: 30,
-            ..
-        })
-    ));
-}
-
-#[test]
-fn slash_takes_at_most_the_stake() {
-    let mut l = Ledger::new(
-        "unused.json",
-        Params {
-            slash_amount: 1_000,
-            ..PARAMS
-        },
-    );
-    l.deposit("a", 51, T0).unwrap();
-    l.deposit("c", 10, T0).unwrap();
-    l.submit(rid("r"), vec!["a".into()], T0).unwrap();
-    let out = l
-        .challenge(&rid("r"), "c", &proof("a", true), check, T0 + 1)
-        .unwrap();
-    assert_eq!(
-        out,
-        ChallengeOutcome::Slashed {
-            node: "a".into(),
-            slashed: 51,
-            reward: 25,
-            burned: 26
-        }
-    );
-    assert_eq!(l.balance("a"), 0);
-    assert_eq!(l.balance("c"), 35);
-}
-
-#[test]
-fn fraud_proof_after_the_window_is_refused() {
-    let mut l = ledger();
-    // Exactly at the deadline the result is final: the window is [T0, T0 + 100).
-    let err = l
-        .challenge(&rid("r"), "c", &proof("b", true), never_called, T0 + 100)
-        .unwrap_err();
-    assert!(
-        matches!(err, LedgerError::WindowClosed { ref id, at, now } if *id == rid("r") && at == T0 + 100 && now == T0 + 100),
-        "{err}"
-    );
-    assert_eq!(
-        l.state(&rid("r")),
-        Some(&ResultState::Final { at: T0 + 100 })
-    );
-    assert_eq!((l.balance("b"), l.balance("c"), l.burned()), (100, 20, 0));
-}
-
-#[test]
-fn invalid_fraud_proof_costs_the_bond_and_leaves_the_result_pending() {
-    let mut l = ledger();
-    let out = l
-        .challenge(&rid("r"), "c", &proof("b", false), check, T0 + 50)
-        .unwrap();
-    assert_eq!(
-        out,
-        ChallengeOutcome::Rejected {
-            reason: Rejection::InvalidProof("receipts do not conflict".into()),
-            bond_burned: 10
-        }
-    );
-    assert_eq!(l.balance("c"), 10);
-    assert_eq!(l.balance("b"), 100);
-    assert_eq!(l.burned(), 10);
-    assert_eq!(
-        l.state(&rid("r")),
-        Some(&ResultState::Pending {
-            challenge_deadline: T0 + 100
-        })
-    );
-    assert!(matches!(
-        l.events().last().map(|e| &e.kind),
-        Some(EventKind::ChallengeRejected {
-            bond_burned: 10,
-            ..
-        })
-    ));
-    // A later valid proof still slashes.
-    assert!(matches!(
-        l.challenge(&rid("r"), "c", &proof("a", true), check, T0 + 60),
-        Ok(ChallengeOutcome::Slashed { .. })
-    ));
-}
-
-#[test]
-fn accused_not_among_the_nodes_is_invalid() {
-    let mut l = ledger();
-    l.deposit("x", 100, T0).unwrap();
-    let out = l
-        .challenge(&rid("r"), "c", &proof("x", true), check, T0 + 50)
-        .unwrap();
-    assert_eq!(
-        out,
-        ChallengeOutcome::Rejected {
-            reason: Rejection::NotAmongNodes {
-                accused: "x".into()
-            },
-            bond_burned: 10
-        }
-    );
-    assert_eq!((l.balance("x"), l.balance("c")), (100, 10));
-    assert!(matches!(
-        l.state(&rid("r")),
-        Some(ResultState::Pending { .. })
-    ));
-}
-
-#[test]
-fn challenger_without_the_bond_is_refused() {
-    let mut l = ledger();
-    l.deposit("poor", 9, T0).unwrap();
-    let err = l
-        .challenge(&rid("r"), "poor", &proof("a", true), never_called, T0 + 1)
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LedgerError::BondTooLow {
-                balance: 9,
-                bond: 10,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(err.to_string().contains("deposit 1 more"), "{err}");
-    assert_eq!(l.balance("poor"), 9);
-}
-
-#[test]
-fn unknown_result_is_refused() {
-    let mut l = ledger();
-    let err = l
-        .challenge(&rid("nope"), "c", &proof("a", true), never_called, T0)
-        .unwrap_err();
-    assert!(matches!(err, LedgerError::UnknownResult(ref id) if *id == rid("nope")));
-}
-
-#[test]
-fn node_under_min_stake_cannot_be_part_of_a_result() {
-    let mut l = ledger();
-    l.deposit("low", 49, T0).unwrap();
-    let err = l
-        .submit(rid("s"), vec!["a".into(), "low".into()], T0)
-        .unwrap_err();
-    assert!(
-        matches!(err, LedgerError::StakeTooLow { ref node, stake: 49, min_stake: 50 } if node == "low"),
-        "{err}"
-    );
-    assert!(err.to_string().contains("deposit at least 1 more"), "{err}");
-    // Never deposited at all.
-    assert!(matches!(
-        l.submit(rid("s"), vec!["ghost".into()], T0),
-        Err(LedgerError::StakeTooLow { stake: 0, .. })
-    ));
-    assert_eq!(l.state(&rid("s")), None);
-    // Exactly the minimum is enough.
-    l.deposit("low", 1, T0).unwrap();
-    l.submit(rid("s"), vec!["low".into()], T0).unwrap();
-}
-
-#[test]
-fn malformed_submissions_are_refused() {
-    let mut l = ledger();
-    assert!(matches!(
-        l.submit(rid("r"), vec!["a".into()], T0),
-        Err(LedgerError::DuplicateResult(_))
-    ));
-    assert!(matches!(
-        l.submit(rid("s"), vec![], T0),
-        Err(LedgerError::NoNodes(_))
-    ));
-    assert!(matches!(
-        l.submit(rid("s"), vec!["a".into(), "a".into()], T0),
-        Err(LedgerError::DuplicateNode { ref node, .. }) if node == "a"
-    ));
-    assert!(matches!(
-        l.submit(rid(""), vec!["a".into()], T0),
-        Err(LedgerError::EmptyResultId)
-    ));
-    assert!(matches!(
-        l.deposit("a", 0, T0),
-        Err(LedgerError::ZeroAmount)
-    ));
-    assert!(matches!(
-        l.deposit("", 1, T0),
-        Err(LedgerError::EmptyAccount)
-    ));
-}
-
-#[test]
-fn withdraw_refused_while_locked() {
-    let mut l = ledger();
-    // A second pending result extends the lock.
-    l.submit(rid("r2"), vec!["a".into()], T0 + 50).unwrap();
-    let err = l.withdraw("a", 1, T0 + 99).unwrap_err();
-    assert!(
-        matches!(err, LedgerError::Locked { pending: 2, until, .. } if until == T0 + 150),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("withdraw at or after 1150"),
-        "{err}"
-    );
-    // r is final at T0 + 100; r2 still locks a, but no longer b.
-    assert!(matches!(
-        l.withdraw("a", 1, T0 + 100),
-        Err(LedgerError::Locked { pending: 1, .. })
-    ));
-    assert_eq!(l.withdraw("b", 100, T0 + 100).unwrap(), 0);
-    assert_eq!(l.withdraw("a", 30, T0 + 150).unwrap(), 70);
-    assert!(matches!(
-        l.withdraw("a", 71, T0 + 150),
-        Err(LedgerError::InsufficientBalance {
-            balance: 70,
-            amount: 71,
-            ..
-        })
-    ));
-    // A challenger is not locked by anything.
-    assert_eq!(l.withdraw("c", 20, T0).unwrap(), 0);
-}
-
-#[test]
-fn double_slashing_refused() {
-    let mut l = ledger();
-    l.challenge(&rid("r"), "c", &proof("a", true), check, T0 + 1)
-        .unwrap();
-    let before = (l.balance("a"), l.balance("b"), l.balance("c"), l.burned());
-    for accused in ["a", "b"] {
-        let err = l
-            .challenge(&rid("r"), "c", &proof(accused, true), never_called, T0 + 2)
-            .unwrap_err();
-        assert!(
-            matches!(err, LedgerError::AlreadySlashed { ref node, .. } if node == "a"),
-            "{err}"
-        );
-    }
-    assert_eq!(
-        before,
-        (l.balance("a"), l.balance("b"), l.balance("c"), l.burned())
-    );
-}
-
-#[test]
-fn every_change_is_logged() {
-    let mut l = ledger();
-    l.challenge(&rid("r"), "c", &proof("a", false), check, T0 + 1)
-        .unwrap();
-    l.finalize(T0 + 100);
-    l.withdraw("a", 10, T0 + 100).unwrap();
-    let kinds: Vec<&str> = l
-        .events()
-        .iter()
-        .map(|e| match e.kind {
-            EventKind::Deposit { .. } => "deposit",
-            EventKind::Withdraw { .. } => "withdraw",
-            EventKind::Submit { .. } => "submit",
-            EventKind::Final { .. } => "final",
-            EventKind::Slash { .. } => "slash",
-            EventKind::ChallengeRejected { .. } => "rejected",
-        })
-        .collect();
-    assert_eq!(
-        kinds,
-        ["deposit", "deposit", "deposit", "submit", "rejected", "final", "withdraw"]
-    );
-    assert_eq!(
-        l.events()[6],
-        Event {
-            at: T0 + 100,
-            kind: EventKind::Withdraw {
-                account: "a".into(),
-                amount: 10,
-                balance: 90
-            }
-        }
-    );
-}
-
-#[test]
-fn save_open_round_trip() {
-    let dir = TempDir::new("round-trip");
-    let path = dir.0.join("ledger.json");
-    // Absent: an empty ledger with the default rules, and no file until saved.
-    let empty = Ledger::open(&path).unwrap();
-    assert_eq!(*empty.params(), Params::default());
-    assert!(empty.results().is_empty() && empty.events().is_empty());
-    assert!(!path.exists());
-
-    let mut l = ledger();
-    l.path = path.clone();
-    l.challenge(&rid("r"), "c", &proof("b", true), check, T0 + 1)
-        .unwrap();
-    l.submit(rid("r2"), vec!["a".into()], T0 + 2).unwrap();
-    l.save().unwrap();
-    let back = Ledger::open(&path).unwrap();
-    assert_eq!(back.book, l.book);
-    assert_eq!(back.path(), path);
-    // Saved over an existing file, nothing else is left in the directory.
-    let mut back = back;
-    back.finalize(T0 + 1_000);
-    back.save().unwrap();
-    assert_eq!(Ledger::open(&path).unwrap().book, back.book);
-    let names: Vec<_> = fs::read_dir(&dir.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, ["ledger.json"]);
-    // The file is plain JSON an operator can read.
-    let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    assert_eq!(json["format_version"], FORMAT_VERSION);
-    assert_eq!(json["balances"]["b"], 40);
-    assert_eq!(json["results"]["r"]["state"], "slashed");
-    assert_eq!(json["results"]["r2"]["state"], "final");
-    assert_eq!(json["events"][0]["event"], "deposit");
-}
-
-#[test]
-fn failed_save_keeps_the_old_file_and_leaves_no_temp_file() {
-    let dir = TempDir::new("failed-save");
-    let path = dir.0.join("ledger.json");
-    let mut l = ledger();
-    l.path = path.clone();
-    l.save().unwrap();
-    let old = fs::read(&path).unwrap();
-    // A directory where the file should go: the rename fails.
-    let blocked = dir.0.join("blocked.json");
-    fs::create_dir(&blocked).unwrap();
-    fs::write(blocked.join("keep"), b"x").unwrap();
-    let mut other = l.clone();
-    other.path = blocked.clone();
-    let err = other.save().unwrap_err();
-    assert!(matches!(err, LedgerError::Write { .. }), "{err}");
-    assert_eq!(fs::read(&path).unwrap(), old);
-    let mut names: Vec<_> = fs::read_dir(&dir.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["blocked.json", "ledger.json"]);
-}
-
-#[test]
-fn stale_temp_file_does_not_matter() {
-    // A writer that died before its rename leaves a temp file; the ledger is the old one.
-    let dir = TempDir::new("stale-temp");
-    let path = dir.0.join("ledger.json");
-    let mut l = ledger();
-    l.path = path.clone();
-    l.save().unwrap();
-    fs::write(dir.0.join(".ledger.json.tmp1"), b"{\"format_vers").unwrap();
-    assert_eq!(Ledger::open(&path).unwrap().book, l.book);
-}
-
-#[test]
-fn corrupt_file_gives_a_clear_error() {
-    let dir = TempDir::new("corrupt");
-    let path = dir.0.join("ledger.json");
-    let mut l = ledger();
-    l.path = path.clone();
-    l.save().unwrap();
-    let good = fs::read(&path).unwrap();
+fn deploy_keeps_the_rules_and_refuses_bad_ones() {
+    let s = Scratch::new("rules");
+    let mut l = ledger(&s);
+    assert_eq!(l.params().expect("params"), Params::default());
     for bad in [
-        &good[..good.len() / 2],
-        b"",
-        b"not json",
-        b"{\"format_version\": 1}",
+        Params {
+            challenge_window_s: 0,
+            ..Params::default()
+        },
+        Params {
+            challenge_window_s: MAX_WINDOW_S + 1,
+            ..Params::default()
+        },
+        Params {
+            committee_threshold: 0,
+            ..Params::default()
+        },
+        Params {
+            min_stake: 0,
+            ..Params::default()
+        },
     ] {
-        fs::write(&path, bad).unwrap();
-        let err = Ledger::open(&path).unwrap_err();
-        assert!(matches!(err, LedgerError::Corrupt { .. }), "{err}");
-        let msg = err.to_string();
-        assert!(
-            msg.contains(&path.display().to_string())
-                && msg.contains("not a valid ledger file")
-                && msg.contains("restore it from a backup"),
-            "{msg}"
-        );
+        let chain = Embedded::open(s.0.join("other.json")).expect("chain");
+        assert!(matches!(
+            Ledger::deploy(chain, &dev(0), bad),
+            Err(LedgerError::Invalid(_))
+        ));
     }
-    fs::write(&path, br#"{"format_version": 7}"#).unwrap();
-    let err = Ledger::open(&path).unwrap_err();
-    assert!(
-        matches!(err, LedgerError::Version { found: 7, .. }),
-        "{err}"
+    assert!(matches!(
+        l.set_time(MAX_TIME + 1),
+        Err(LedgerError::Invalid(_))
+    ));
+}
+
+#[test]
+fn stakes_move_and_lock_while_a_result_is_pending() {
+    let s = Scratch::new("stake");
+    let mut l = ledger(&s);
+    assert_eq!(l.withdraw(&dev(1), 100).expect("withdraw"), 400);
+    assert_eq!(
+        refused(l.withdraw(&dev(1), 401)),
+        "the balance is 400, short of 401"
     );
+    let deadline = l
+        .submit(&dev(4), id(1), &[dev(1).address(), dev(2).address()])
+        .expect("submit");
+    assert_eq!(deadline, T0 + 3600);
+    assert_eq!(
+        refused(l.withdraw(&dev(1), 1)),
+        format!("the stake is locked by a pending result until {deadline}")
+    );
+    l.set_time(deadline).expect("time");
+    assert_eq!(l.withdraw(&dev(1), 1).expect("withdraw"), 399);
+    assert!(matches!(
+        l.deposit(&dev(1), 0),
+        Err(LedgerError::Invalid(_))
+    ));
+}
+
+#[test]
+fn submissions_need_registered_staked_distinct_nodes_and_a_new_id() {
+    let s = Scratch::new("submit");
+    let mut l = ledger(&s);
+    let (n1, n4) = (dev(1).address(), dev(4).address());
+    assert_eq!(
+        refused(l.submit(&dev(0), id(1), &[n4])),
+        format!("{n4} has registered no key")
+    );
+    l.register(&dev(5), &bls(5)).expect("register");
+    assert_eq!(
+        refused(l.submit(&dev(0), id(1), &[dev(5).address()])),
+        "the balance is 0, short of 100"
+    );
+    assert_eq!(
+        refused(l.submit(&dev(0), id(1), &[n1, n1])),
+        "a node is named twice"
+    );
+    l.submit(&dev(0), id(1), &[n1]).expect("submit");
+    assert_eq!(
+        refused(l.submit(&dev(0), id(1), &[n1])),
+        "this result id was submitted before"
+    );
+    assert!(matches!(
+        l.submit(&dev(0), id(2), &[]),
+        Err(LedgerError::Invalid(_))
+    ));
+}
+
+#[test]
+fn registration_needs_a_proof_of_possession_for_this_address() {
+    let s = Scratch::new("register");
+    let mut l = ledger(&s);
+    assert_eq!(
+        refused(l.register(&dev(1), &bls(9))),
+        "this account already registered a key"
+    );
+    assert_eq!(
+        refused(l.register(&dev(5), &bls(1))),
+        format!("this key is registered to {}", dev(1).address())
+    );
+    // A proof of possession made for another address does not register.
+    let key = bls(6);
+    let public = key.public();
+    let pop = key.sign(&verifier::receipt::Possession {
+        account: dev(7).address().into(),
+    });
+    let call = C::registerCall {
+        pubkey: public.to_bytes().to_vec().into(),
+        g2: public.to_evm().map(U256::from_be_bytes),
+        pop: pop.to_evm().map(U256::from_be_bytes),
+    };
+    assert_eq!(
+        refused(l.transact(&dev(6), U256::ZERO, call.clone())),
+        "the proof of possession does not verify"
+    );
+    // Another point than the compressed key names.
+    let mut mismatched = call;
+    mismatched.g2 = bls(8).public().to_evm().map(U256::from_be_bytes);
+    assert_eq!(
+        refused(l.transact(&dev(6), U256::ZERO, mismatched)),
+        "the point does not compress to the public key"
+    );
+    l.register(&dev(7), &key).expect("its own address");
+    assert_eq!(
+        l.node_of_key(&public).expect("lookup"),
+        Some(dev(7).address())
+    );
+}
+
+#[test]
+fn results_finalize_after_the_window_and_are_then_beyond_challenge() {
+    let s = Scratch::new("final");
+    let mut l = ledger(&s);
+    let deadline = l
+        .submit(&dev(0), id(1), &[dev(1).address()])
+        .expect("submit");
+    l.set_time(deadline - 1).expect("time");
+    assert_eq!(l.finalize(&dev(0)).expect("finalize"), vec![]);
+    l.set_time(deadline).expect("time");
+    assert_eq!(l.finalize(&dev(0)).expect("finalize"), vec![id(1)]);
+    assert_eq!(l.finalize(&dev(0)).expect("finalize"), vec![]);
+    assert_eq!(
+        l.result(id(1)).expect("read").map(|r| r.state),
+        Some(ResultState::Final { at: deadline })
+    );
+    let verdicts = verdicts(&l, id(1), 1, &[2, 3]);
+    assert_eq!(
+        refused(l.challenge_committee(&dev(4), id(1), &verdicts)),
+        format!("result {} is final", alloy_primitives::B256::from(id(1).0))
+    );
+}
+
+fn verdicts(
+    l: &Ledger<Embedded>,
+    result: ResultId,
+    accused: u8,
+    auditors: &[u8],
+) -> Vec<SignedVerdict> {
+    auditors
+        .iter()
+        .map(|&a| SignedVerdict::sign(&bls(a), l.address().0 .0, result.0, bls(accused).public()))
+        .collect()
+}
+
+#[test]
+fn a_committee_verdict_slashes_and_a_false_one_costs_the_bond() {
+    let s = Scratch::new("committee");
+    let mut l = ledger(&s);
+    l.submit(&dev(0), id(1), &[dev(1).address()])
+        .expect("submit");
+    // One auditor is fewer than the threshold of two.
+    let one = verdicts(&l, id(1), 1, &[2]);
+    assert_eq!(
+        l.challenge_committee(&dev(4), id(1), &one)
+            .expect("challenge"),
+        ChallengeOutcome::Rejected {
+            reason: "fewer auditors than the threshold".into(),
+            bond_burned: 10
+        }
+    );
+    // A verdict signed for another result.
+    let mut forged = verdicts(&l, id(1), 1, &[2, 3]);
+    forged[1].signature = verdicts(&l, id(9), 1, &[3])[0].signature;
+    assert_eq!(
+        l.challenge_committee(&dev(4), id(1), &forged)
+            .expect("challenge"),
+        ChallengeOutcome::Rejected {
+            reason: "the committee's signature does not verify".into(),
+            bond_burned: 10
+        }
+    );
+    // The accused cannot vouch for its own slashing, nor can an unstaked auditor.
+    let own = verdicts(&l, id(1), 1, &[1, 2]);
+    assert_eq!(
+        l.challenge_committee(&dev(4), id(1), &own)
+            .expect("challenge"),
+        ChallengeOutcome::Rejected {
+            reason: "the accused cannot audit itself".into(),
+            bond_burned: 10
+        }
+    );
+    l.register(&dev(5), &bls(5)).expect("register");
+    let unstaked = verdicts(&l, id(1), 1, &[2, 5]);
+    assert_eq!(
+        l.challenge_committee(&dev(4), id(1), &unstaked)
+            .expect("challenge"),
+        ChallengeOutcome::Rejected {
+            reason: "an auditor holds less than the min stake".into(),
+            bond_burned: 10
+        }
+    );
+    assert_eq!(l.balance(dev(4).address()).expect("balance"), 10);
+    let good = verdicts(&l, id(1), 1, &[3, 2]);
+    assert_eq!(
+        l.challenge_committee(&dev(4), id(1), &good)
+            .expect("challenge"),
+        ChallengeOutcome::Slashed {
+            node: dev(1).address(),
+            slashed: 100,
+            reward: 50
+        }
+    );
+    assert_eq!(l.balance(dev(1).address()).expect("balance"), 400);
+    assert_eq!(l.balance(dev(4).address()).expect("balance"), 60);
+    assert!(matches!(
+        l.result(id(1)).expect("read").map(|r| r.state),
+        Some(ResultState::Slashed { node, .. }) if node == dev(1).address()
+    ));
+    // Slashed once; its node's stake is no longer locked by it.
+    assert_eq!(
+        refused(l.challenge_committee(&dev(4), id(1), &good)),
+        format!(
+            "result {} is slashed",
+            alloy_primitives::B256::from(id(1).0)
+        )
+    );
+    assert_eq!(l.withdraw(&dev(1), 400).expect("withdraw"), 0);
+    // Nothing is created or lost: balances plus burned equal deposits minus withdrawals.
+    let snap = l.snapshot().expect("snapshot");
+    let held: u128 = snap.accounts.iter().map(|a| a.balance).sum();
+    assert_eq!(held + snap.burned, 3 * 500 + 50 - 400);
+    assert_eq!(snap.burned, 4 * 10 + 50);
+}
+
+#[test]
+fn a_challenger_without_the_bond_is_refused_with_nothing_charged() {
+    let s = Scratch::new("bond");
+    let mut l = ledger(&s);
+    l.submit(&dev(0), id(1), &[dev(1).address()])
+        .expect("submit");
+    let good = verdicts(&l, id(1), 1, &[2, 3]);
+    assert_eq!(
+        refused(l.challenge_committee(&dev(6), id(1), &good)),
+        "the challenger holds 0, less than the bond of 10"
+    );
+    assert_eq!(
+        refused(l.challenge_committee(&dev(4), id(7), &verdicts(&l, id(7), 1, &[2, 3]))),
+        format!(
+            "no result {} was submitted",
+            alloy_primitives::B256::from(id(7).0)
+        )
+    );
+    assert_eq!(l.snapshot().expect("snapshot").burned, 0);
+}
+
+#[test]
+fn equivocation_slashes_once_and_forged_evidence_costs_the_bond() {
+    let s = Scratch::new("equivocation");
+    let mut l = ledger(&s);
+    let evidence = super::evidence::tests::equivocation(&bls(2));
+    // Signatures made by the Rust code verify in the contract.
+    assert_eq!(
+        l.challenge_equivocation(&dev(4), &evidence)
+            .expect("challenge"),
+        ChallengeOutcome::Slashed {
+            node: dev(2).address(),
+            slashed: 100,
+            reward: 50
+        }
+    );
+    assert_eq!(
+        refused(l.challenge_equivocation(&dev(4), &evidence)),
+        "this equivocation was slashed before"
+    );
+    // A tampered signature, equal outputs, another signer's receipt: each burns the bond.
+    type Tamper = fn(&mut Equivocation);
+    let cases: [(Tamper, &str); 4] = [
+        (
+            |e| e.receipts[1].receipt.output[0] ^= 1,
+            "the second signature does not verify",
+        ),
+        (
+            |e| e.receipts[1] = e.receipts[0].clone(),
+            "the outputs are equal",
+        ),
+        (
+            |e| e.receipts[0].receipt.position += 1,
+            "the receipts are for different hops",
+        ),
+        (
+            |e| e.receipts[0].signature = bls(4).sign(&e.receipts[0].receipt),
+            "the first signature does not verify",
+        ),
+    ];
+    for (i, (tamper, reason)) in cases.into_iter().enumerate() {
+        let mut forged = super::evidence::tests::equivocation(&bls(3));
+        forged.receipts[0].receipt.request_id += i as u64 + 1;
+        forged.receipts[1].receipt.request_id += i as u64 + 1;
+        forged.receipts = forged.receipts.map(|r| SignedReceipt {
+            signature: bls(3).sign(&r.receipt),
+            ..r
+        });
+        tamper(&mut forged);
+        let before = l.balance(dev(4).address()).expect("balance");
+        assert_eq!(
+            l.challenge_equivocation(&dev(4), &forged)
+                .expect("challenge"),
+            ChallengeOutcome::Rejected {
+                reason: reason.into(),
+                bond_burned: 10
+            },
+            "{reason}"
+        );
+        assert_eq!(l.balance(dev(4).address()).expect("balance"), before - 10);
+    }
+    assert_eq!(l.balance(dev(3).address()).expect("balance"), 500);
+}
+
+#[test]
+fn concurrent_deposits_on_one_state_file_all_land() {
+    let s = Scratch::new("concurrent");
+    let address = ledger(&s).address();
+    let rounds = 20;
+    let threads: Vec<_> = (5..7)
+        .map(|i| {
+            let path = s.state();
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    let chain = Embedded::open(&path).expect("open");
+                    let mut l = Ledger::at(chain, address).expect("ledger");
+                    l.deposit(&dev(i), 1).expect("deposit");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let mut l = Ledger::at(Embedded::open(s.state()).expect("open"), address).expect("ledger");
+    assert_eq!(l.balance(dev(5).address()).expect("balance"), rounds);
+    assert_eq!(l.balance(dev(6).address()).expect("balance"), rounds);
+    assert!(!s.0.join(".ledger.json.tmp").exists());
+}
+
+#[test]
+fn a_state_file_that_is_not_one_is_reported_and_left_alone() {
+    let s = Scratch::new("corrupt");
+    for (text, why) in [
+        ("{", "not a ledger state file"),
+        (
+            r#"{"format_version": 9, "chain_id": 31337, "time": 0, "block": 0, "contract": null, "accounts": {}}"#,
+            "format version 9",
+        ),
+        (
+            r#"{"format_version": 1, "chain_id": 31337, "time": 0, "block": 0, "contract": null, "accounts": {}, "x": 1}"#,
+            "unknown field",
+        ),
+    ] {
+        std::fs::write(s.state(), text).expect("write");
+        match Embedded::open(s.state()) {
+            Err(ChainError::State(message)) => assert!(message.contains(why), "{message}"),
+            other => panic!("{text}: {:?}", other.map(|_| ())),
+        }
+        assert_eq!(std::fs::read_to_string(s.state()).expect("read"), text);
+    }
+    // A temporary file left by a killed writer is removed by the next open.
+    std::fs::remove_file(s.state()).expect("remove");
+    std::fs::write(s.0.join(".ledger.json.tmp"), "partial").expect("write");
+    drop(Embedded::open(s.state()).expect("open"));
+    assert!(!s.0.join(".ledger.json.tmp").exists());
 }

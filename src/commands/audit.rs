@@ -23,6 +23,9 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, CliError> {
     if args.report {
         return report(&args);
     }
+    if let Some(proof) = &args.fraud_proof {
+        return sign_verdict(&args, proof);
+    }
     let path = args
         .transcript
         .as_deref()
@@ -219,4 +222,37 @@ fn report(args: &AuditArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `zkinfer audit --fraud-proof F --sign-verdict KEY`: re-executes the fraud
+/// proof and signs the committee verdict only when it holds (exit 1 if not).
+fn sign_verdict(args: &AuditArgs, proof_path: &Path) -> Result<ExitCode, CliError> {
+    let (Some(key), Some(ledger), Some(result)) = (&args.sign_verdict, &args.ledger, &args.result)
+    else {
+        return Err(CliError::unreadable(
+            "--fraud-proof needs --sign-verdict KEY, --ledger ADDRESS and --result ID",
+        ));
+    };
+    let proof = super::verify::read_fraud_proof(proof_path)?;
+    let model = args.model.clone().unwrap_or_else(packaged_model_path);
+    let mut replayer = open_replayer(&model)?;
+    let verdict = proof
+        .check(&mut replayer)
+        .map_err(|e| CliError::failed(format!("re-executing the step: {e}")))?;
+    if !verdict.valid {
+        println!("no fraud shown: {}; no verdict signed", verdict.reason);
+        return Ok(ExitCode::from(1));
+    }
+    let out = args
+        .verdict_out
+        .clone()
+        .unwrap_or_else(|| proof_path.with_extension("verdict.json"));
+    super::ledger::sign_verdict(&proof.signer, key, ledger, result, &out)?;
+    println!("fraud shown: {}", verdict.reason);
+    println!(
+        "verdict against node {} written to {}",
+        proof.signer,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

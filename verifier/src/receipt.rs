@@ -15,13 +15,23 @@
 //! - Aggregate: `σ = Σ σ_i`; valid iff `e(σ, G2) = Π e(H(m_i), X_i)`. Each
 //!   message starts with its signer's public key (message augmentation), so
 //!   a rogue key cannot cancel an honest one, and every message is distinct.
-//! - `H`, hash to G1 by try-and-increment: for `c = 0, 1, …`, `x = ` the
-//!   64-byte blake3 XOF of `"zkinfer.bls.h2c.v1" || c (u32 LE) || m`,
-//!   reduced mod p; the first `x` with `x³ + 3` a square gives the point
-//!   `(x, y)` with `y` the square root whose integer value is even. Half of
-//!   all `x` succeed, so a message takes two tries on average; the loop is
-//!   not constant-time, which is harmless for public messages. BN254's G1
-//!   has cofactor 1: every curve point is in the group.
+//! - `H`, hash to G1 by try-and-increment: for `c = 0, 1, …`, `x = `
+//!   `keccak256(d || c || 0x00 || m) || keccak256(d || c || 0x01 || m)` read
+//!   as a 512-bit big-endian integer and reduced mod p, with `d =
+//!   "zkinfer.bls.h2c.v2"` and `c` a u32 LE; the first `x` with `x³ + 3` a
+//!   square gives the point `(x, y)` with `y` the square root whose integer
+//!   value is even. Half of all `x` succeed, so a message takes two tries on
+//!   average; the loop is not constant-time, which is harmless for public
+//!   messages. BN254's G1 has cofactor 1: every curve point is in the group.
+//!   Keccak is the EVM's own hash, so the ledger contract (docs/ledger.md)
+//!   recomputes `H` for a few thousand gas.
+//! - Message `m` of a proof of possession ([`Possession`], signed once when a
+//!   node registers with the ledger contract): `"zkinfer.pop.v1"`, the
+//!   signer's public key, the 20-byte account address it registers.
+//! - Message `m` of an audit verdict ([`Verdict`], signed by an auditor of a
+//!   committee that found a fraud proof valid): `"zkinfer.verdict.v1"`, the
+//!   signer's public key, the ledger contract's address (20), the result id
+//!   (32) and the accused node's public key (64).
 //! - Message `m` of a receipt: `"zkinfer.receipt.v1"`, the signer's public
 //!   key (64 bytes compressed), model id (32), layer start and end (u32 LE
 //!   each), request id and position (u64 LE each), input and output digests
@@ -39,7 +49,9 @@
 //!   count (u32 LE), then per step its position (u64 LE) and the logits
 //!   digest (32).
 //! - Encodings: arkworks' compressed canonical serialization (G1 32 bytes,
-//!   G2 64, Fr 32), as lowercase hex in files and transcripts.
+//!   G2 64, Fr 32), as lowercase hex in files and transcripts. The EVM's
+//!   precompiles take points uncompressed as 32-byte big-endian words: G1 as
+//!   `(x, y)`, G2 as `(x.c1, x.c0, y.c1, y.c0)` (`to_evm`).
 
 use ark_bn254::{Bn254, Fq, Fr, G1Affine, G1Projective, G2Affine, G2Projective};
 use ark_ec::pairing::Pairing;
@@ -89,6 +101,25 @@ pub struct ProofReceipt {
     /// Per proven step, in the proof's order: the token's position and the
     /// output digest of the head's receipt for the forward before it.
     pub steps: Vec<(u64, [u8; 32])>,
+}
+
+/// What a node signs once, when it registers its key with the ledger
+/// contract: the key's holder binds it to this account address, so nobody
+/// registers a key they do not hold (which would also let a rogue key
+/// cancel others in an aggregate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Possession {
+    pub account: [u8; 20],
+}
+
+/// What an auditor signs when it re-executed a fraud proof and found it
+/// valid: the node `accused` computed result `result` falsely. The ledger
+/// contract at `ledger` slashes on the aggregate of a threshold of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub ledger: [u8; 20],
+    pub result: [u8; 32],
+    pub accused: PublicKey,
 }
 
 /// One step of a hop over layers `start..end`: into the first layer
@@ -230,6 +261,13 @@ impl PublicKey {
     fn bytes(&self) -> Vec<u8> {
         self.to_bytes().to_vec()
     }
+
+    /// The point as the EVM's pairing precompile reads it: `x.c1, x.c0,
+    /// y.c1, y.c0`, each 32 bytes big-endian.
+    pub fn to_evm(&self) -> [[u8; 32]; 4] {
+        let (x, y) = self.0.xy().expect("a public key is never the identity");
+        [be_word(x.c1), be_word(x.c0), be_word(y.c1), be_word(y.c0)]
+    }
 }
 
 impl Signature {
@@ -257,10 +295,43 @@ impl Signature {
             .map_err(|_| KeyError::Encoding("signature"))
     }
 
+    /// The point as the EVM's precompiles read it: `x, y`, each 32 bytes
+    /// big-endian; the identity is `(0, 0)`.
+    pub fn to_evm(&self) -> [[u8; 32]; 2] {
+        match self.0.xy() {
+            Some((x, y)) => [be_word(x), be_word(y)],
+            None => [[0; 32]; 2],
+        }
+    }
+
     /// The sum of `signatures` (the identity for none).
     pub fn aggregate<'a>(signatures: impl IntoIterator<Item = &'a Signature>) -> Signature {
         let sum: G1Projective = signatures.into_iter().map(|s| s.0.into_group()).sum();
         Signature(sum.into_affine())
+    }
+}
+
+impl Statement for Possession {
+    /// The signed message (see the module docs).
+    fn message(&self, signer: &PublicKey) -> Vec<u8> {
+        let mut m = Vec::with_capacity(14 + 64 + 20);
+        m.extend_from_slice(b"zkinfer.pop.v1");
+        m.extend_from_slice(&signer.bytes());
+        m.extend_from_slice(&self.account);
+        m
+    }
+}
+
+impl Statement for Verdict {
+    /// The signed message (see the module docs).
+    fn message(&self, signer: &PublicKey) -> Vec<u8> {
+        let mut m = Vec::with_capacity(18 + 64 + 20 + 32 + 64);
+        m.extend_from_slice(b"zkinfer.verdict.v1");
+        m.extend_from_slice(&signer.bytes());
+        m.extend_from_slice(&self.ledger);
+        m.extend_from_slice(&self.result);
+        m.extend_from_slice(&self.accused.bytes());
+        m
     }
 }
 
@@ -344,15 +415,19 @@ pub fn verify_aggregate<S: Statement>(signed: &[(PublicKey, S)], signature: &Sig
 
 /// Try-and-increment hash to G1 (see the module docs).
 pub fn hash_to_g1(message: &[u8]) -> G1Affine {
+    use tiny_keccak::{Hasher, Keccak};
     let b = Fq::from(3u64);
     for counter in 0u32.. {
-        let mut h = blake3::Hasher::new();
-        h.update(b"zkinfer.bls.h2c.v1");
-        h.update(&counter.to_le_bytes());
-        h.update(message);
         let mut wide = [0u8; 64];
-        h.finalize_xof().fill(&mut wide);
-        let x = Fq::from_le_bytes_mod_order(&wide);
+        for (half, out) in wide.chunks_exact_mut(32).enumerate() {
+            let mut h = Keccak::v256();
+            h.update(b"zkinfer.bls.h2c.v2");
+            h.update(&counter.to_le_bytes());
+            h.update(&[half as u8]);
+            h.update(message);
+            h.finalize(out);
+        }
+        let x = Fq::from_be_bytes_mod_order(&wide);
         let Some(y) = (x * x * x + b).sqrt() else {
             continue;
         };
@@ -362,6 +437,13 @@ pub fn hash_to_g1(message: &[u8]) -> G1Affine {
         return point;
     }
     unreachable!("half of all x are on the curve")
+}
+
+fn be_word(value: Fq) -> [u8; 32] {
+    let bytes = value.into_bigint().to_bytes_be();
+    let mut out = [0u8; 32];
+    out[32 - bytes.len()..].copy_from_slice(&bytes);
+    out
 }
 
 fn hex_of(value: &impl CanonicalSerialize) -> String {
@@ -421,7 +503,7 @@ mod tests {
     }
 
     const PINNED_PK: &str = "97d885604c244aea12ad33f32bd5d9c387117bb987ac3cd4f0c313d0083dff0df0d6219bad204193b707127fb3badd3e6f0e14b05fe396f00d98b7d6d14ed012";
-    const PINNED_SIG: &str = "efb22b33856227158142f3c01721f35e7579a856fc6f19abf0a4a192a753cf9c";
+    const PINNED_SIG: &str = "a0df4bd6dd3b1eb662b333d3448097a641bfe1cb9088f9e203c4929711ea689e";
 
     #[test]
     fn hash_to_g1_gives_distinct_points_on_the_curve() {
@@ -527,6 +609,33 @@ mod tests {
             change(&mut other);
             assert!(!verify(&a.public(), &other, &sig), "{other:?}");
         }
+    }
+
+    #[test]
+    fn verdicts_and_possessions_sign_every_field() {
+        let a = key(5);
+        let v = Verdict {
+            ledger: [1; 20],
+            result: [2; 32],
+            accused: key(6).public(),
+        };
+        let sig = a.sign(&v);
+        assert!(verify(&a.public(), &v, &sig));
+        let changes: [fn(&mut Verdict); 3] = [
+            |v| v.ledger[19] ^= 1,
+            |v| v.result[0] ^= 1,
+            |v| v.accused = key(7).public(),
+        ];
+        for change in changes {
+            let mut other = v;
+            change(&mut other);
+            assert!(!verify(&a.public(), &other, &sig), "{other:?}");
+        }
+        let pop = Possession { account: [3; 20] };
+        let sig = a.sign(&pop);
+        assert!(verify(&a.public(), &pop, &sig));
+        assert!(!verify(&a.public(), &Possession { account: [4; 20] }, &sig));
+        assert!(!verify(&key(6).public(), &pop, &sig));
     }
 
     #[test]
