@@ -741,7 +741,8 @@ pub struct CostArgs {
     after_help = "The ledger is a contract (ledger/contracts/Ledger.sol, docs/ledger.md). --state runs it in an\nEVM in this process, its state in FILE (locked while in use); --rpc on any Ethereum JSON-RPC\nendpoint. Amounts are in wei. --from dev:N is development account N (0-9) that anvil and the\nembedded chain fund; on a public chain give a file holding your account's hex secret key.\n\nExamples:\n  zkinfer ledger --state ledger.json init --window-s 3600 --min-stake 100\n  zkinfer ledger --state ledger.json --from dev:1 register --key node.key\n  zkinfer ledger --state ledger.json --from dev:1 deposit 500\n  zkinfer ledger --state ledger.json submit $(b3sum --no-names t.json) NODE_ADDRESS_OR_KEY...\n  zkinfer ledger --state ledger.json --from dev:4 challenge committee ID --verdict v1.json --verdict v2.json\n  zkinfer ledger --state ledger.json finalize\n  zkinfer ledger --rpc http://127.0.0.1:8545 --contract 0x5FbD.. show --json"
 )]
 pub struct LedgerArgs {
-    /// Run the contract in this process, its state in FILE (created by `init`).
+    /// Run the contract in this process, its state in FILE (created by `init`) [default:
+    /// ledger.json, when --rpc is not given].
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
     /// Run the contract on this Ethereum JSON-RPC endpoint.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ledger::{Equivocation, SignedReceipt, SignedVerdict};
+use ledger::{Equivocation, SignedVerdict};
 use serde_json::Value;
 use verifier::receipt::{Receipt, SecretKey};
 
@@ -266,20 +266,11 @@ fn scenario(backend: &Backend, contract: &str, dir: &Path) {
         input: [1; 32],
         output: [2; 32],
     };
-    let signed = |r: Receipt| SignedReceipt {
-        signature: keys[1].sign(&r),
-        receipt: r,
+    let other = Receipt {
+        output: [3; 32],
+        ..receipt
     };
-    let mut evidence = Equivocation {
-        signer: keys[1].public(),
-        receipts: [
-            signed(receipt),
-            signed(Receipt {
-                output: [3; 32],
-                ..receipt
-            }),
-        ],
-    };
+    let mut evidence = Equivocation::signed(&keys[1], [receipt, other]);
     let file = dir.join("equivocation.json");
     std::fs::write(&file, evidence.to_json()).expect("write");
     let outcome: Value = serde_json::from_str(&backend.ok(
@@ -290,12 +281,11 @@ fn scenario(backend: &Backend, contract: &str, dir: &Path) {
     .expect("json");
     assert_eq!(outcome["outcome"], "slashed", "{outcome}");
     // Another request (not slashed yet), its second output no longer what was signed.
-    evidence.receipts = evidence.receipts.map(|r| {
-        signed(Receipt {
-            request_id: 42,
-            ..r.receipt
-        })
-    });
+    let another = |r: Receipt| Receipt {
+        request_id: 42,
+        ..r
+    };
+    evidence = Equivocation::signed(&keys[1], [another(receipt), another(other)]);
     evidence.receipts[1].receipt.output[0] ^= 1;
     std::fs::write(&file, evidence.to_json()).expect("write");
     let kept = backend.refused(
@@ -501,6 +491,54 @@ fn a_chain_that_is_down_or_not_a_ledger_is_a_clear_error() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains('\u{1b}'), "{stderr}");
     }
+    let fresh = Backend::new(vec!["--state".into(), s(&dir.0.join("fresh.json")).into()]);
+    for window in ["0", "315360001", "18446744073709551615"] {
+        let out = fresh.run("dev:0", None, &["init", "--window-s", window]);
+        assert_eq!(out.status.code(), Some(2), "{window}: {out:?}");
+    }
+    assert!(
+        !dir.0.join("fresh.json").exists(),
+        "a refused init writes nothing"
+    );
     let back = embedded.refused("dev:0", Some(T0 - 1), &["deposit", "1"]);
     assert!(back.contains("does not go back"), "{back}");
+}
+
+#[test]
+fn commands_killed_mid_write_leave_a_whole_state_and_no_temporary_file() {
+    let dir = Scratch::new("kills");
+    let state = dir.0.join("ledger.json");
+    let backend = Backend::new(vec!["--state".into(), s(&state).into()]);
+    init_json(&backend);
+    for i in 0..30u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zkinfer"))
+            .args([
+                "ledger",
+                "--state",
+                s(&state),
+                "--from",
+                "dev:5",
+                "deposit",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(i % 15));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Whatever each kill interrupted, the state reads whole and the next deposit lands on it.
+    let stake: u64 = backend
+        .ok("dev:5", None, &["deposit", "1"])
+        .parse()
+        .expect("stake");
+    assert!((1..=31).contains(&stake), "{stake}");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

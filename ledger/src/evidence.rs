@@ -80,6 +80,17 @@ struct VerdictJson {
 }
 
 impl Equivocation {
+    /// The evidence of `signer` having signed both receipts.
+    pub fn signed(signer: &SecretKey, receipts: [Receipt; 2]) -> Equivocation {
+        Equivocation {
+            signer: signer.public(),
+            receipts: receipts.map(|receipt| SignedReceipt {
+                signature: signer.sign(&receipt),
+                receipt,
+            }),
+        }
+    }
+
     /// Whether the evidence is an equivocation at all: one slot, two outputs,
     /// both signatures valid. The contract checks the same; this catches a
     /// mistake before the bond is at stake.
@@ -233,13 +244,7 @@ pub(crate) mod tests {
             output: [3; 32],
             ..receipt
         };
-        Equivocation {
-            signer: signer.public(),
-            receipts: [receipt, other].map(|receipt| SignedReceipt {
-                signature: signer.sign(&receipt),
-                receipt,
-            }),
-        }
+        Equivocation::signed(signer, [receipt, other])
     }
 
     #[test]

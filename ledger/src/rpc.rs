@@ -3,6 +3,9 @@
 //! Transactions are signed here (legacy, EIP-155) and sent raw, so the
 //! endpoint needs no unlocked accounts. Concurrent senders from one account
 //! race for nonces; a nonce another sender took is retried with the next.
+//! Two identical transactions at one nonce are one to the chain ("already
+//! known"), so that answer is retried at the next nonce too: each command's
+//! transaction is sent once per nonce, never twice at the same one.
 
 use std::time::{Duration, Instant};
 

@@ -20,60 +20,63 @@ pub fn run(args: LedgerArgs) -> Result<ExitCode, CliError> {
         println!("{}", from.address());
         return Ok(ExitCode::SUCCESS);
     }
-    match (&args.state, &args.rpc) {
-        (Some(state), _) => {
-            let mut chain =
-                Embedded::open(state).map_err(|e| CliError::unreadable(e.to_string()))?;
-            if let Some(now) = args.now {
-                check_time(now)?;
-                chain.set_time(now).map_err(chain_error)?;
-            }
-            if let LedgerCommand::Init { .. } = args.command {
-                if let Some(existing) = chain.contract() {
-                    return Err(CliError::failed(format!(
-                        "{} already holds the ledger at {existing}; init never replaces one",
-                        state.display()
-                    )));
-                }
-                let ledger = init(chain, &from, &args.command)?;
-                let address = ledger.address();
-                let mut chain = ledger.into_chain();
-                chain.set_contract(address).map_err(chain_error)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let address = chain.contract().ok_or_else(|| {
-                CliError::failed(format!(
-                    "{} holds no ledger yet: run `zkinfer ledger --state {} init` first",
-                    state.display(),
-                    state.display()
-                ))
-            })?;
-            let ledger = Ledger::at(chain, address).map_err(error)?;
-            operate(ledger, &from, args.command)
-        }
-        (None, Some(url)) => {
-            let mut chain = Rpc::connect(url).map_err(chain_error)?;
-            if let Some(now) = args.now {
-                check_time(now)?;
-                chain.set_time(now).map_err(chain_error)?;
-            }
-            if let LedgerCommand::Init { .. } = args.command {
-                init(chain, &from, &args.command)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let contract = args.contract.as_deref().ok_or_else(|| {
-                CliError::unreadable(
-                    "name the ledger contract with --contract ADDRESS (`init` printed it)",
-                )
-            })?;
-            let ledger =
-                Ledger::at(chain, parse_address(contract, "--contract")?).map_err(error)?;
-            operate(ledger, &from, args.command)
-        }
-        (None, None) => Err(CliError::unreadable(
-            "name the chain with --state FILE or --rpc URL",
-        )),
+    if let Some(now) = args.now {
+        check_time(now)?;
     }
+    match (args.state.clone(), args.rpc.clone()) {
+        (state, None) => on_embedded(&state.unwrap_or_else(|| "ledger.json".into()), &from, args),
+        (None, Some(url)) => on_rpc(&url, &from, args),
+        (Some(_), Some(_)) => unreachable!("clap refuses --state with --rpc"),
+    }
+}
+
+/// The embedded EVM: the contract's address is kept in its state file.
+fn on_embedded(state: &Path, from: &Account, args: LedgerArgs) -> Result<ExitCode, CliError> {
+    let mut chain = Embedded::open(state).map_err(|e| CliError::unreadable(e.to_string()))?;
+    if let Some(now) = args.now {
+        chain.set_time(now).map_err(chain_error)?;
+    }
+    if let LedgerCommand::Init { .. } = args.command {
+        if let Some(existing) = chain.contract() {
+            return Err(CliError::failed(format!(
+                "{} already holds the ledger at {existing}; init never replaces one",
+                state.display()
+            )));
+        }
+        let ledger = init(chain, from, &args.command)?;
+        let address = ledger.address();
+        ledger
+            .into_chain()
+            .set_contract(address)
+            .map_err(chain_error)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let address = chain.contract().ok_or_else(|| {
+        CliError::failed(format!(
+            "{} holds no ledger yet: run `zkinfer ledger --state {} init` first",
+            state.display(),
+            state.display()
+        ))
+    })?;
+    let ledger = Ledger::at(chain, address).map_err(error)?;
+    operate(ledger, from, args.command)
+}
+
+/// A JSON-RPC endpoint: the contract's address comes with --contract.
+fn on_rpc(url: &str, from: &Account, args: LedgerArgs) -> Result<ExitCode, CliError> {
+    let mut chain = Rpc::connect(url).map_err(chain_error)?;
+    if let Some(now) = args.now {
+        chain.set_time(now).map_err(chain_error)?;
+    }
+    if let LedgerCommand::Init { .. } = args.command {
+        init(chain, from, &args.command)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let contract = args.contract.as_deref().ok_or_else(|| {
+        CliError::unreadable("name the ledger contract with --contract ADDRESS (`init` printed it)")
+    })?;
+    let ledger = Ledger::at(chain, parse_address(contract, "--contract")?).map_err(error)?;
+    operate(ledger, from, args.command)
 }
 
 fn init<C: Chain>(
