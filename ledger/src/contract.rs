@@ -53,7 +53,7 @@ pub fn revert_reason(data: &[u8]) -> String {
 }
 
 /// The contract's `State` enum in words.
-pub fn state_name(state: u8) -> &'static str {
+fn state_name(state: u8) -> &'static str {
     match state {
         1 => "pending",
         2 => "final",

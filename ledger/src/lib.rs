@@ -377,14 +377,7 @@ impl<Ch: Chain> Ledger<Ch> {
         let mut done = Vec::new();
         let mut gas = 0;
         for id in self.result_ids()? {
-            let raw: (u8, u64) = {
-                let r = self.view(C::resultOfCall {
-                    id: FixedBytes(id.0),
-                })?;
-                (r.state, r.deadline)
-            };
-            // Final by time but not yet recorded: the stored state is still pending.
-            if raw.0 == 2 && self.stored_pending(id)? {
+            if self.finalizable(id)? {
                 self.transact(
                     from,
                     U256::ZERO,
@@ -543,9 +536,9 @@ impl<Ch: Chain> Ledger<Ch> {
             .collect()
     }
 
-    /// Whether the stored state (not the time-derived one) is still pending.
-    fn stored_pending(&mut self, id: ResultId) -> Result<bool, LedgerError> {
-        // `finalize` itself tells: it reverts with NotPending once recorded.
+    /// Whether `finalize` would record `id` now: its window has closed and
+    /// no earlier `finalize` recorded it (a read-only run of the call tells).
+    fn finalizable(&mut self, id: ResultId) -> Result<bool, LedgerError> {
         let data = C::finalizeCall {
             id: FixedBytes(id.0),
         }
