@@ -25,7 +25,7 @@ use models::Model;
 use node::NodeConfig;
 use serde_json::Value;
 use transcript::{Nonce, ProvingPolicy, Transcript};
-use verifier::answer::{check_answer, Verdict};
+use verifier::answer::{check_answer, LogitOpening, Verdict};
 use verifier::receipt::SecretKey;
 use verifier::ParamsCache;
 use wire::Encoding;
@@ -404,6 +404,15 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     assert_eq!(code, 1, "{report} {err}");
     assert_eq!(report["verdict"], "reject", "{report}");
     assert_eq!(report["proofs"][0]["opening"], "other logits", "{report}");
+    // The head's proof receipt signs the seed: the reseeded bundle is not what
+    // it attested, so a third party cannot make an honest opening look false.
+    let attested = digests_only.attested_openings(&bundle);
+    assert!(
+        attested.iter().all(|o| *o == LogitOpening::Attested),
+        "{attested:?}"
+    );
+    let attested = digests_only.attested_openings(&reseeded);
+    assert_eq!(attested[0], LogitOpening::Differs, "{attested:?}");
 
     // A head hop's logits digest changed: its receipt no longer verifies,
     // and neither does the proof receipt that names it.

@@ -56,9 +56,10 @@ struct Finished {
 }
 
 /// What a proof's receipt names besides the node: the digest of the proof's
-/// logit commitments and its steps' positions and logits digests.
+/// logit commitments, its seed, and its steps' positions and logits digests.
 struct ProofNames {
     commitments: [u8; 32],
+    seed: [u8; 32],
     steps: Vec<(u64, [u8; 32])>,
 }
 
@@ -242,15 +243,22 @@ impl ProofService {
                     finished
                         .proofs
                         .into_iter()
-                        .map(|ProofNames { commitments, steps }| {
-                            let receipt = ProofReceipt {
-                                model_id: model_id.0,
-                                request_id: request,
-                                commitments,
-                                steps,
-                            };
-                            key.sign(&receipt).to_bytes()
-                        })
+                        .map(
+                            |ProofNames {
+                                 commitments,
+                                 seed,
+                                 steps,
+                             }| {
+                                let receipt = ProofReceipt {
+                                    model_id: model_id.0,
+                                    request_id: request,
+                                    commitments,
+                                    seed,
+                                    steps,
+                                };
+                                key.sign(&receipt).to_bytes()
+                            },
+                        )
                         .collect()
                 }),
                 bytes: finished.bytes,
@@ -441,7 +449,11 @@ fn prove_batch(
                         .filter(|(p, _)| *p == i)
                         .map(|(_, s)| (s.position, digests[&s.position]))
                         .collect();
-                    ProofNames { commitments, steps }
+                    ProofNames {
+                        commitments,
+                        seed: proof.seed,
+                        steps,
+                    }
                 })
                 .collect();
             let bytes = bundle.to_bytes();

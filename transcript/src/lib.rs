@@ -773,6 +773,7 @@ impl Transcript {
                         model_id: model_id?,
                         request_id: request_id?,
                         commitments,
+                        seed: proof.seed,
                         steps,
                     };
                     let signer = PublicKey::from_hex(signer?).ok()?;

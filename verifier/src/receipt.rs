@@ -45,9 +45,9 @@
 //!   reading as a hop receipt and the other way round.
 //! - Message `m` of a proof receipt ([`ProofReceipt`], signed by a proving
 //!   head node per proof): `"zkinfer.proof.v1"`, the signer's public key,
-//!   model id, request id (u64 LE), the commitments digest (32), the step
-//!   count (u32 LE), then per step its position (u64 LE) and the logits
-//!   digest (32).
+//!   model id, request id (u64 LE), the commitments digest (32), the
+//!   proof's seed (32), the step count (u32 LE), then per step its position
+//!   (u64 LE) and the logits digest (32).
 //! - Encodings: arkworks' compressed canonical serialization (G1 32 bytes,
 //!   G2 64, Fr 32), as lowercase hex in files and transcripts. The EVM's
 //!   precompiles take points uncompressed as 32-byte big-endian words: G1 as
@@ -91,13 +91,17 @@ pub struct StepReceipt {
 /// its hop receipts signed, step by step. With it a client that never saw
 /// the logits knows the proof is about the head's signed output; an auditor
 /// holding the logits checks the opening, and a false one is the head's
-/// signed lie.
+/// signed lie. The seed (the proof's randomness, which the opening needs) is
+/// signed too: otherwise anyone could change a bundle's seed and make an
+/// honest head's opening look false.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProofReceipt {
     pub model_id: [u8; 32],
     /// The chain request id the forwards were served under.
     pub request_id: u64,
     pub commitments: [u8; 32],
+    /// The proof's seed, as its bundle holds it.
+    pub seed: [u8; 32],
     /// Per proven step, in the proof's order: the token's position and the
     /// output digest of the head's receipt for the forward before it.
     pub steps: Vec<(u64, [u8; 32])>,
@@ -373,12 +377,13 @@ impl Statement for StepReceipt {
 impl Statement for ProofReceipt {
     /// The signed message (see the module docs).
     fn message(&self, signer: &PublicKey) -> Vec<u8> {
-        let mut m = Vec::with_capacity(16 + 64 + 32 + 8 + 32 + 4 + 40 * self.steps.len());
+        let mut m = Vec::with_capacity(16 + 64 + 32 + 8 + 64 + 4 + 40 * self.steps.len());
         m.extend_from_slice(b"zkinfer.proof.v1");
         m.extend_from_slice(&signer.bytes());
         m.extend_from_slice(&self.model_id);
         m.extend_from_slice(&self.request_id.to_le_bytes());
         m.extend_from_slice(&self.commitments);
+        m.extend_from_slice(&self.seed);
         m.extend_from_slice(&(self.steps.len() as u32).to_le_bytes());
         for (position, logits) in &self.steps {
             m.extend_from_slice(&position.to_le_bytes());
@@ -590,15 +595,17 @@ mod tests {
             model_id: [7; 32],
             request_id: 41,
             commitments: [3; 32],
+            seed: [4; 32],
             steps: vec![(5, [1; 32]), (9, [2; 32])],
         };
         let sig = a.sign(&r);
         assert!(verify(&a.public(), &r, &sig));
         assert!(!verify(&key(9).public(), &r, &sig));
-        let changes: [fn(&mut ProofReceipt); 7] = [
+        let changes: [fn(&mut ProofReceipt); 8] = [
             |r| r.model_id[0] ^= 1,
             |r| r.request_id += 1,
             |r| r.commitments[31] ^= 1,
+            |r| r.seed[0] ^= 1,
             |r| r.steps[1].0 += 1,
             |r| r.steps[0].1[0] ^= 1,
             |r| r.steps.swap(0, 1),
