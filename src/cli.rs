@@ -120,16 +120,18 @@ pub struct AuditArgs {
     pub report: bool,
     /// Re-execute this fraud proof (as `verify --fraud-proof` does) and, when it holds, sign the
     /// committee verdict that the ledger slashes on (with --sign-verdict, --ledger, --result).
-    #[arg(long, value_name = "FILE", requires_all = ["sign_verdict", "ledger", "result"])]
+    #[arg(long, value_name = "FILE", requires = "sign_verdict")]
     pub fraud_proof: Option<PathBuf>,
-    /// The auditor's key file (`zkinfer keygen`, registered with `zkinfer ledger register`).
-    #[arg(long, value_name = "FILE", requires = "fraud_proof")]
+    /// Sign, with this auditor key (`zkinfer keygen`, registered with `zkinfer ledger register`),
+    /// a committee verdict against every node the audit proves false: the signer of each fraud
+    /// proof, and a head whose signed proof receipt does not open to the logits it signed.
+    #[arg(long, value_name = "FILE", requires_all = ["ledger", "result"])]
     pub sign_verdict: Option<PathBuf>,
     /// The ledger contract's address (`zkinfer ledger show` prints it).
-    #[arg(long, value_name = "ADDRESS", requires = "fraud_proof")]
+    #[arg(long, value_name = "ADDRESS", requires = "sign_verdict")]
     pub ledger: Option<String>,
-    /// The id of the result the fraud proof is against (as `zkinfer ledger submit` took it).
-    #[arg(long, value_name = "ID", requires = "fraud_proof")]
+    /// The id of the result the verdict is about (as `zkinfer ledger submit` took it).
+    #[arg(long, value_name = "ID", requires = "sign_verdict")]
     pub result: Option<String>,
     /// Where to write the signed verdict [default: next to the fraud proof, as F.verdict.json].
     #[arg(long, value_name = "FILE", requires = "fraud_proof")]

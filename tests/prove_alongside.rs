@@ -413,6 +413,76 @@ fn challenged_tokens_are_proven_by_the_head_node_and_verified_against_the_transc
     );
     let attested = digests_only.attested_openings(&reseeded);
     assert_eq!(attested[0], LogitOpening::Differs, "{attested:?}");
+    // An auditor that signs verdicts accuses nobody for a bundle the head never
+    // attested, and the head when it signed a receipt for the false opening.
+    let (ledger, result) = (format!("0x{}", "ab".repeat(20)), "cd".repeat(32));
+    let auditor = dir.join("auditor.key");
+    std::fs::write(
+        &auditor,
+        SecretKey::from_seed(&[9; 32]).expect("key").to_hex(),
+    )
+    .expect("key");
+    let audit_signing = |transcript: &Path, bundle: &Path| {
+        zkinfer(&[
+            "audit",
+            "--transcript",
+            transcript.to_str().expect("utf-8"),
+            "--model",
+            model_path.to_str().expect("utf-8"),
+            "--bundle",
+            bundle.to_str().expect("utf-8"),
+            "--sign-verdict",
+            auditor.to_str().expect("utf-8"),
+            "--ledger",
+            &ledger,
+            "--result",
+            &result,
+            "--json",
+        ])
+    };
+    let (code, report, err) = audit_signing(&slim_path, &reseeded_path);
+    assert_eq!(code, 1, "{report} {err}");
+    assert_eq!(report["verdicts"], serde_json::json!([]), "{report}");
+    let head_key = SecretKey::from_seed(&[SPLIT as u8 + 1; 32]).expect("the head's key");
+    let mut lying = digests_only.clone();
+    let steps: Vec<(u64, [u8; 32])> = reseeded.proofs[0]
+        .steps
+        .iter()
+        .map(|s| {
+            let hop = lying.head_hop_before(s.position).expect("head hop");
+            let digest = verifier::parse_hex(&hop.output_blake3, 32).expect("hex");
+            (s.position, digest.try_into().expect("32 bytes"))
+        })
+        .collect();
+    let request_id = lying
+        .head_hop_before(steps[0].0)
+        .and_then(|h| h.receipt.as_ref())
+        .expect("a signed head hop")
+        .request_id;
+    let commitments =
+        circuits::opening::proof_commitments_digest(reseeded.shape, &reseeded.proofs[0].bytes)
+            .expect("commitments");
+    let receipt = verifier::receipt::ProofReceipt {
+        model_id: verifier::parse_hex(&lying.model_id, 32)
+            .expect("hex")
+            .try_into()
+            .expect("32"),
+        request_id,
+        commitments,
+        seed: reseeded.proofs[0].seed,
+        steps,
+    };
+    lying.proof_receipts[0].signature = head_key.sign(&receipt).to_hex();
+    let lying_path = dir.join("lying.json");
+    std::fs::write(&lying_path, serde_json::to_vec(&lying).expect("json")).expect("write");
+    let (code, report, err) = audit_signing(&lying_path, &reseeded_path);
+    assert_eq!(code, 1, "{report} {err}");
+    let verdicts = report["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 1, "{report}");
+    let verdict = std::fs::read(verdicts[0].as_str().expect("path")).expect("verdict");
+    let verdict = ledger::SignedVerdict::parse(&verdict).expect("a verdict");
+    assert!(verdict.verifies());
+    assert_eq!(verdict.verdict.accused, head_key.public());
 
     // A head hop's logits digest changed: its receipt no longer verifies,
     // and neither does the proof receipt that names it.

@@ -1,6 +1,7 @@
 //! `zkinfer audit`: re-execute a transcript's hops against its nodes
 //! (`audit`), or run the cheat suite (`harness::cheats`).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use serde_json::json;
 use audit::fraud::{FraudProof, Replayer, Verdict};
 use audit::{audit, AuditOptions, AuditReport};
 use harness::cheats::{run_suite, SuiteOptions};
+use transcript::Transcript;
 use verifier::answer::LogitOpening;
 use verifier::Bundle;
 
@@ -66,14 +68,31 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, CliError> {
         }
         None => None,
     };
-    let written = write_fraud_proofs(&report.fraud_proofs, path, args.fraud_proofs.as_deref())?;
-    print_report(
-        &report,
-        bundle.as_ref().zip(openings.as_deref()),
-        &written,
-        start.elapsed(),
-        args.json,
-    );
+    let proofs = bundle.as_ref().zip(openings.as_deref());
+    let dir = args
+        .fraud_proofs
+        .clone()
+        .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
+    let stem = path
+        .file_stem()
+        .map_or("transcript".into(), |s| s.to_string_lossy().into_owned());
+    let written = Written {
+        fraud_proofs: write_fraud_proofs(&report.fraud_proofs, &dir, &stem)?,
+        verdicts: match (&args.sign_verdict, &args.ledger, &args.result) {
+            (Some(key), Some(ledger), Some(result)) => {
+                let accused = accused_nodes(&report, &transcript, proofs);
+                let mut verdicts = Vec::new();
+                for (i, node) in accused.iter().enumerate() {
+                    let out = dir.join(format!("{stem}.verdict-{i}.json"));
+                    super::ledger::sign_verdict(node, key, ledger, result, &out)?;
+                    verdicts.push(out);
+                }
+                verdicts
+            }
+            _ => Vec::new(),
+        },
+    };
+    print_report(&report, proofs, &written, start.elapsed(), args.json);
     Ok(exit_code(report.verdict))
 }
 
@@ -104,19 +123,51 @@ pub fn open_replayer(model: &Path) -> Result<Replayer, CliError> {
     })
 }
 
+/// What an audit wrote: fraud proofs, and (with --sign-verdict) verdicts.
+struct Written {
+    fraud_proofs: Vec<PathBuf>,
+    verdicts: Vec<PathBuf>,
+}
+
+/// The keys of the nodes the audit proved false: each fraud proof's signer
+/// (checked by re-execution), and each head whose proof receipt verifies for
+/// a proof that does not open to the logits it revealed. A proof that fails
+/// to open without such a receipt (a bundle someone else changed) accuses
+/// nobody.
+fn accused_nodes(
+    report: &AuditReport,
+    transcript: &Transcript,
+    proofs: Option<(&Bundle, &[LogitOpening])>,
+) -> BTreeSet<String> {
+    let mut accused: BTreeSet<String> = report
+        .fraud_proofs
+        .iter()
+        .map(|p| p.signer.clone())
+        .collect();
+    if let Some((bundle, openings)) = proofs {
+        let attested = transcript.attested_openings(bundle);
+        for (i, (opening, attested)) in openings.iter().zip(&attested).enumerate() {
+            if *opening != LogitOpening::Differs || *attested != LogitOpening::Attested {
+                continue;
+            }
+            let head = bundle
+                .steps()
+                .find(|(p, _)| *p == i)
+                .and_then(|(_, step)| transcript.head_hop_before(step.position))
+                .and_then(|hop| hop.receipt.as_ref());
+            accused.extend(head.map(|r| r.signer.clone()));
+        }
+    }
+    accused
+}
+
 fn write_fraud_proofs(
     proofs: &[FraudProof],
-    transcript: &Path,
-    dir: Option<&Path>,
+    dir: &Path,
+    stem: &str,
 ) -> Result<Vec<PathBuf>, CliError> {
-    let stem = transcript
-        .file_stem()
-        .map_or("transcript".into(), |s| s.to_string_lossy().into_owned());
-    let dir = dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| transcript.parent().unwrap_or(Path::new(".")).to_path_buf());
     if !proofs.is_empty() {
-        std::fs::create_dir_all(&dir)
+        std::fs::create_dir_all(dir)
             .map_err(|e| CliError::failed(format!("creating {}: {e}", dir.display())))?;
     }
     proofs
@@ -135,7 +186,7 @@ fn write_fraud_proofs(
 fn print_report(
     report: &AuditReport,
     proofs: Option<(&Bundle, &[LogitOpening])>,
-    written: &[PathBuf],
+    written: &Written,
     elapsed: Duration,
     as_json: bool,
 ) {
@@ -161,7 +212,8 @@ fn print_report(
                 "positions": positions,
                 "opening": opening,
             })).collect::<Vec<_>>(),
-            "fraud_proofs": written,
+            "fraud_proofs": written.fraud_proofs,
+            "verdicts": written.verdicts,
             "seconds": elapsed.as_secs_f64(),
         });
         println!("{out}");
@@ -173,10 +225,16 @@ fn print_report(
     for (positions, opening) in &openings {
         println!("proof of positions {positions:?} against the head's revealed logits: {opening}");
     }
-    for path in written {
+    for path in &written.fraud_proofs {
         println!(
             "fraud proof written to {} (check it: zkinfer verify --fraud-proof {})",
             path.display(),
+            path.display()
+        );
+    }
+    for path in &written.verdicts {
+        println!(
+            "verdict written to {} (for zkinfer ledger challenge committee)",
             path.display()
         );
     }
