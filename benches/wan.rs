@@ -68,7 +68,7 @@ fn setup() -> Result<Setup, Error> {
         runtime.spawn(serve(listener, Arc::new(model), config));
         let proxy = runtime.block_on(WanProxy::start(addr, LinkSettings::default()))?;
         hops.push(Hop {
-            addr: proxy.addr,
+            addr: proxy.addr.into(),
             layers,
         });
         proxies.push(proxy);

@@ -197,7 +197,10 @@ fn main() -> Result<(), Error> {
         };
         println!("node {addr}: layers {}..{}", layers.start, layers.end);
         nodes.spawn(serve(listener, Arc::new(model), config));
-        hops.push(Hop { addr, layers });
+        hops.push(Hop {
+            addr: addr.into(),
+            layers,
+        });
     }
     let keys = Instant::now();
     eprintln!(

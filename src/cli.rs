@@ -35,12 +35,12 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Generate text with a model in this process, streaming it as it is produced.
     #[command(
-        after_help = "Examples:\n  zkinfer generate --prompt \"The quick brown fox\" --max-tokens 32\n  zkinfer generate --prompt \"Once upon a time\" --temperature 0.8 --seed 7 --records records.json\n  zkinfer generate --nodes nodes.toml --activations f16 --prompt \"Hello\"\n  zkinfer generate --nodes nodes.toml --prompt \"Hello\" --transcript t.json --prove challenged --bundle t.zkp\n  zkinfer generate --nodes nodes.toml --prompt \"def f(x):\" --speculative 4\n\nnodes.toml:\n  [[node]]\n  addr = \"127.0.0.1:7001\"\n  layers = \"0..9\"\n  [[node]]\n  addr = \"127.0.0.1:7002\"\n  layers = \"9..18\""
+        after_help = "Examples:\n  zkinfer generate --prompt \"The quick brown fox\" --max-tokens 32\n  zkinfer generate --prompt \"Once upon a time\" --temperature 0.8 --seed 7 --records records.json\n  zkinfer generate --nodes nodes.toml --activations f16 --prompt \"Hello\"\n  zkinfer generate --nodes nodes.toml --prompt \"Hello\" --transcript t.json --prove challenged --bundle t.zkp\n  zkinfer generate --nodes nodes.toml --prompt \"def f(x):\" --speculative 4\n  zkinfer generate --network --bootstrap /ip4/10.0.0.1/tcp/4000 --prompt \"Hello\"   (docs/network.md)\n\nnodes.toml:\n  [[node]]\n  addr = \"127.0.0.1:7001\"\n  layers = \"0..9\"\n  [[node]]\n  addr = \"127.0.0.1:7002\"\n  layers = \"9..18\""
     )]
     Generate(GenerateArgs),
     /// Serve a layer range of a model to `zkinfer generate --nodes` clients over TCP.
     #[command(
-        after_help = "Example (two nodes, then a client):\n  zkinfer serve --model tiny.gguf --layers 0..9 --listen 127.0.0.1:7001\n  zkinfer serve --model tiny.gguf --layers 9..18 --listen 127.0.0.1:7002 --prove\n  zkinfer generate --nodes nodes.toml --model tiny.gguf --prompt \"Hello\"\n\nPast --max-requests, --max-cache-mb, --max-receiving-mb or the connection limits a node answers\nBusy (error code 9) instead of growing."
+        after_help = "Example (two nodes, then a client):\n  zkinfer serve --model tiny.gguf --layers 0..9 --listen 127.0.0.1:7001\n  zkinfer serve --model tiny.gguf --layers 9..18 --listen 127.0.0.1:7002 --prove\n  zkinfer generate --nodes nodes.toml --model tiny.gguf --prompt \"Hello\"\n\nOn the libp2p network (docs/network.md):\n  zkinfer serve --layers 0..9 --listen 10.0.0.2:4001 --key node.key --network --bootstrap /ip4/10.0.0.1/tcp/4000\n\nPast --max-requests, --max-cache-mb, --max-receiving-mb or the connection limits a node answers\nBusy (error code 9) instead of growing."
     )]
     Serve(ServeArgs),
     /// Serve an OpenAI-compatible HTTP API (chat and text completions, streamed or whole) whose
@@ -75,6 +75,42 @@ pub enum Command {
     Audit(AuditArgs),
     /// Stakes, pending results and their challenge windows in a ledger file (docs/ledger.md).
     Ledger(LedgerArgs),
+    /// Run a bootstrap host of the libp2p network: a DHT server (and, with --relay, a circuit
+    /// relay) that serves no model. Nodes and clients join through its address (docs/network.md).
+    #[command(
+        after_help = "Example (a bootstrap host, a node, a client):\n  zkinfer bootstrap --listen 10.0.0.1:4000 --relay\n  zkinfer serve --layers 0..18 --listen 10.0.0.2:4001 --key node.key --network --bootstrap /ip4/10.0.0.1/tcp/4000\n  zkinfer generate --network --bootstrap /ip4/10.0.0.1/tcp/4000 --prompt \"Hello\""
+    )]
+    Bootstrap(BootstrapArgs),
+}
+
+/// Joining the libp2p network (docs/network.md).
+#[derive(Debug, Args)]
+pub struct NetworkArgs {
+    /// Use the libp2p network: Noise-encrypted, authenticated streams, peers found in its DHT.
+    #[arg(long)]
+    pub network: bool,
+    /// A host to join the network through (repeatable), e.g. `/ip4/10.0.0.1/tcp/4000`, with or
+    /// without its `/p2p/ID`.
+    #[arg(long, value_name = "MULTIADDR", requires = "network", value_parser = parse_multiaddr)]
+    pub bootstrap: Vec<network::host::Multiaddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Other bootstrap hosts to join (repeatable).
+    #[arg(long, value_name = "MULTIADDR", value_parser = parse_multiaddr)]
+    pub bootstrap: Vec<network::host::Multiaddr>,
+    /// Relay circuits for nodes that others cannot dial (`serve --via-relay`).
+    #[arg(long)]
+    pub relay: bool,
+}
+
+fn parse_multiaddr(text: &str) -> Result<network::host::Multiaddr, String> {
+    text.parse()
+        .map_err(|e| format!("{text:?} is not a multiaddr (e.g. /ip4/10.0.0.1/tcp/4000): {e}"))
 }
 
 #[derive(Debug, Args)]
@@ -189,8 +225,15 @@ pub struct GenerateArgs {
     /// cheaper by 20%), and on a node failure bans it for 60 s, moves to another node serving that
     /// range and replays the history; each change is one stderr line. The tokenizer and
     /// model id still come from --model (or the packaged model).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "network")]
     pub nodes: Option<PathBuf>,
+    /// With --network: find the nodes of the model in the DHT instead of a nodes file.
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// With --network: the model to find nodes of [default: the id of --model, whose tokenizer
+    /// is used]; a different id is refused.
+    #[arg(long, value_name = "ID", requires = "network")]
+    pub model_id: Option<String>,
     /// How hidden states travel between nodes (with --nodes). `auto`: f32 when every node is on
     /// loopback, q6o otherwise.
     #[arg(long, value_enum, default_value_t = ActivationEncoding::Auto, value_name = "ENC")]
@@ -349,6 +392,33 @@ pub struct ServeArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub capacity: CapacityArgs,
+    /// With --network: serve over libp2p on --listen (TCP with Noise and yamux) instead of plain
+    /// TCP, and announce this node in the DHT. Needs --key: the announcement binds the libp2p
+    /// identity (derived from the key) to the receipt key.
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Reserve a circuit on every bootstrap host that relays (`bootstrap --relay`) and announce
+    /// it: for a node behind NAT or a firewall.
+    #[arg(long, requires = "network")]
+    pub via_relay: bool,
+    /// The node's stake account on the ledger contract (`zkinfer ledger account`), announced.
+    #[arg(long, value_name = "0xADDRESS", requires = "network", value_parser = parse_account)]
+    pub stake_account: Option<[u8; 20]>,
+}
+
+fn parse_account(text: &str) -> Result<[u8; 20], String> {
+    let hex = text.strip_prefix("0x").unwrap_or(text);
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{text:?} is not 40 hex digits"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{text:?} is not 40 hex digits"))
 }
 
 #[derive(Debug, Args)]

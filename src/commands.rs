@@ -21,6 +21,7 @@ mod keys;
 mod ledger;
 mod model;
 mod output;
+mod p2p;
 mod prove;
 mod serve;
 mod throughput;
@@ -101,6 +102,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Keygen(args) => keys::keygen(args),
         Command::Audit(args) => audit::run(args),
         Command::Ledger(args) => ledger::run(args),
+        Command::Bootstrap(args) => p2p::bootstrap(args),
     }
 }
 

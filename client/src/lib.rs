@@ -15,13 +15,12 @@ pub mod routing;
 pub mod session;
 pub mod speculative;
 
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use models::model_id::ModelId;
 use transcript::HopDigest;
-use wire::transport::NodeLink;
+use wire::transport::{NodeAddr, NodeLink};
 use wire::{
     Activations, Encoding, ErrorCode, Forward, ForwardInput, Frame, HeadReply, Hello, Message,
     MessageType, Ping, ProofsReply, ProveStep, Sampled, TokenSampler, WireError,
@@ -99,7 +98,7 @@ impl HeadAnswer for HeadSample {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hop {
     /// The node's address.
-    pub addr: SocketAddr,
+    pub addr: NodeAddr,
     /// The layers it serves, `start..end`.
     pub layers: Range<usize>,
 }
@@ -119,7 +118,7 @@ pub enum ClientError {
     #[error("connecting to {addr}: {source}")]
     Connect {
         /// The node.
-        addr: SocketAddr,
+        addr: NodeAddr,
         /// Why.
         source: std::io::Error,
     },
@@ -127,7 +126,7 @@ pub enum ClientError {
     #[error("node {addr} (layers {layers:?}): {source}")]
     Node {
         /// The node.
-        addr: SocketAddr,
+        addr: NodeAddr,
         /// The layers it serves.
         layers: Range<usize>,
         /// What failed; [`WireError::Remote`] for an Error frame.
@@ -171,12 +170,12 @@ impl ClientError {
     /// The node to blame when this error means the node is dead, unreachable,
     /// lost the request or is full (I/O error, timeout, close, a bad answer,
     /// or an Error frame of kind Internal / UnknownRequest / WrongModel /
-    /// WrongLayers / Busy): the client should ban it and route around it. `None`
+    /// WrongLayers / Busy / Forbidden): the client should ban it and route around it. `None`
     /// for errors another node would repeat (e.g. Malformed: our request is
     /// wrong) and for usage or routing errors.
-    pub fn failed_node(&self) -> Option<SocketAddr> {
+    pub fn failed_node(&self) -> Option<NodeAddr> {
         match self {
-            ClientError::Connect { addr, .. } => Some(*addr),
+            ClientError::Connect { addr, .. } => Some(addr.clone()),
             ClientError::Node {
                 addr,
                 source: WireError::Remote { code, .. },
@@ -188,9 +187,10 @@ impl ClientError {
                     | ErrorCode::WrongModel
                     | ErrorCode::WrongLayers
                     | ErrorCode::Busy
+                    | ErrorCode::Forbidden
             )
-            .then_some(*addr),
-            ClientError::Node { addr, .. } => Some(*addr),
+            .then(|| addr.clone()),
+            ClientError::Node { addr, .. } => Some(addr.clone()),
             _ => None,
         }
     }
@@ -230,6 +230,18 @@ pub fn check_coverage(hops: &[Hop], layers: usize) -> Result<(), ClientError> {
         return Err(fail(problem));
     }
     Ok(())
+}
+
+/// The receipt key a node answered Hello with, if it is the one the node's
+/// announcement named (over libp2p): the transport authenticates the peer,
+/// the announcement binds the peer to its receipt key.
+fn expected_signer(hop: &Hop, signer: Option<[u8; 64]>) -> Result<Option<[u8; 64]>, WireError> {
+    match &hop.addr {
+        NodeAddr::Peer(route) if route.signer.is_some() && route.signer != signer => Err(
+            WireError::Malformed("the node's receipt key is not the one it announced".into()),
+        ),
+        _ => Ok(signer),
+    }
 }
 
 struct Link {
@@ -278,10 +290,10 @@ impl Chain {
         check_coverage(&hops, layers)?;
         let mut links = Vec::with_capacity(hops.len());
         for hop in hops {
-            let node = NodeLink::connect(hop.addr, io_timeout)
+            let node = NodeLink::connect(hop.addr.clone(), io_timeout)
                 .await
                 .map_err(|source| ClientError::Connect {
-                    addr: hop.addr,
+                    addr: hop.addr.clone(),
                     source,
                 })?;
             links.push(Link {
@@ -308,7 +320,11 @@ impl Chain {
                 .call(i, Frame::new(0, 0, Message::Hello(hello)))
                 .await?
             {
-                Message::HelloAck(ack) => chain.links[i].signer = ack.signer,
+                Message::HelloAck(ack) => {
+                    let signer = expected_signer(&chain.links[i].hop, ack.signer)
+                        .map_err(|source| chain.node_error(i, source))?;
+                    chain.links[i].signer = signer;
+                }
                 other => return Err(chain.unexpected(i, &other)),
             }
         }
@@ -340,14 +356,14 @@ impl Chain {
             )));
         }
         let fail = |source| ClientError::Node {
-            addr: standby.addr,
+            addr: standby.addr.clone(),
             layers: standby.layers.clone(),
             source,
         };
-        let mut node = NodeLink::connect(standby.addr, io_timeout)
+        let mut node = NodeLink::connect(standby.addr.clone(), io_timeout)
             .await
             .map_err(|source| ClientError::Connect {
-                addr: standby.addr,
+                addr: standby.addr.clone(),
                 source,
             })?;
         let hello = Hello {
@@ -355,7 +371,7 @@ impl Chain {
             layers: self.wire_layers(i)?,
         };
         let signer = match node.call(&Frame::new(0, 0, Message::Hello(hello))).await {
-            Ok(Message::HelloAck(ack)) => ack.signer,
+            Ok(Message::HelloAck(ack)) => expected_signer(&standby, ack.signer).map_err(fail)?,
             Ok(other) => {
                 let ty = other.message_type();
                 return Err(fail(WireError::Malformed(format!(
@@ -447,7 +463,7 @@ impl Chain {
                 ));
             }
             hops.push(HopDigest {
-                addr: link.hop.addr,
+                addr: link.hop.addr.to_string(),
                 layers: link.hop.layers.clone(),
                 input: sent,
                 output,
@@ -590,7 +606,7 @@ impl Chain {
     fn node_error(&self, i: usize, source: WireError) -> ClientError {
         let hop = &self.links[i].hop;
         ClientError::Node {
-            addr: hop.addr,
+            addr: hop.addr.clone(),
             layers: hop.layers.clone(),
             source,
         }
@@ -606,9 +622,40 @@ impl Chain {
 mod tests {
     use super::*;
 
+    struct NoDial;
+
+    impl wire::transport::Dial for NoDial {
+        fn open(&self, _: wire::transport::PeerKey) -> wire::transport::Opening {
+            Box::pin(async { Err(std::io::ErrorKind::Unsupported.into()) })
+        }
+    }
+
+    #[test]
+    fn a_peer_must_sign_with_the_key_it_announced() {
+        let announced = [3u8; 64];
+        let peer = Hop {
+            addr: NodeAddr::Peer(std::sync::Arc::new(wire::transport::PeerRoute {
+                key: wire::transport::PeerKey([1; 32]),
+                host: std::sync::Arc::new(NoDial),
+                signer: Some(announced),
+            })),
+            layers: 0..3,
+        };
+        assert_eq!(
+            expected_signer(&peer, Some(announced)).unwrap(),
+            Some(announced)
+        );
+        for other in [Some([4u8; 64]), None] {
+            let refused = expected_signer(&peer, other).unwrap_err();
+            assert_eq!(refused.code(), ErrorCode::Malformed, "{refused}");
+        }
+        // A TCP address binds no key: whatever the node signs with is taken.
+        assert_eq!(expected_signer(&hop(7001, 0..3), None).unwrap(), None);
+    }
+
     fn hop(port: u16, layers: Range<usize>) -> Hop {
         Hop {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)).into(),
             layers,
         }
     }

@@ -64,7 +64,7 @@ pub fn parse_nodes(text: &str) -> Result<Vec<Hop>, NodesError> {
                 source,
             })?;
             Ok(Hop {
-                addr: n.addr,
+                addr: n.addr.into(),
                 layers,
             })
         })
@@ -104,11 +104,17 @@ mod tests {
             hops,
             vec![
                 Hop {
-                    addr: "127.0.0.1:7001".parse().unwrap(),
+                    addr: "127.0.0.1:7001"
+                        .parse::<std::net::SocketAddr>()
+                        .unwrap()
+                        .into(),
                     layers: 0..9
                 },
                 Hop {
-                    addr: "127.0.0.1:7002".parse().unwrap(),
+                    addr: "127.0.0.1:7002"
+                        .parse::<std::net::SocketAddr>()
+                        .unwrap()
+                        .into(),
                     layers: 9..18
                 },
             ]

@@ -8,8 +8,8 @@
 //! `a -> b` weighted by its cost per token.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use wire::transport::NodeAddr;
 
 use crate::{ClientError, Hop};
 use wire::transport::NodeLink;
@@ -38,12 +38,15 @@ impl NodeCost {
 /// Measures a node on a connection of its own: a small ping for RTT, then a
 /// [`THROUGHPUT_PING_BYTES`] ping (echoed, so twice that crosses the link)
 /// for throughput.
-pub async fn measure(addr: SocketAddr, timeout: Duration) -> Result<NodeCost, ClientError> {
-    let mut link = NodeLink::connect(addr, timeout)
+pub async fn measure(addr: NodeAddr, timeout: Duration) -> Result<NodeCost, ClientError> {
+    let mut link = NodeLink::connect(addr.clone(), timeout)
         .await
-        .map_err(|source| ClientError::Connect { addr, source })?;
+        .map_err(|source| ClientError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     let node_error = |source| ClientError::Node {
-        addr,
+        addr: addr.clone(),
         layers: 0..0,
         source,
     };
@@ -81,8 +84,8 @@ async fn ping(link: &mut NodeLink, bytes: usize) -> Result<Duration, wire::WireE
 #[derive(Clone, Debug)]
 pub struct Router {
     candidates: Vec<Hop>,
-    costs: HashMap<SocketAddr, NodeCost>,
-    bans: HashMap<SocketAddr, Instant>,
+    costs: HashMap<NodeAddr, NodeCost>,
+    bans: HashMap<NodeAddr, Instant>,
     layers: usize,
     activation_bytes: usize,
 }
@@ -111,36 +114,36 @@ impl Router {
     }
 
     /// Records a measured cost for `addr`.
-    pub fn set_cost(&mut self, addr: SocketAddr, cost: NodeCost) {
+    pub fn set_cost(&mut self, addr: NodeAddr, cost: NodeCost) {
         self.costs.insert(addr, cost);
     }
 
     /// The last measured cost of `addr`.
-    pub fn cost(&self, addr: SocketAddr) -> Option<NodeCost> {
-        self.costs.get(&addr).copied()
+    pub fn cost(&self, addr: &NodeAddr) -> Option<NodeCost> {
+        self.costs.get(addr).copied()
     }
 
     /// Skips `addr` until `until`.
-    pub fn ban(&mut self, addr: SocketAddr, until: Instant) {
+    pub fn ban(&mut self, addr: NodeAddr, until: Instant) {
         self.bans.insert(addr, until);
     }
 
     /// Whether `addr` is banned at `now`.
-    pub fn is_banned(&self, addr: SocketAddr, now: Instant) -> bool {
-        self.bans.get(&addr).is_some_and(|&until| now < until)
+    pub fn is_banned(&self, addr: &NodeAddr, now: Instant) -> bool {
+        self.bans.get(addr).is_some_and(|&until| now < until)
     }
 
     /// Cost per token of one node; an unmeasured node counts as slow (1 s)
     /// so that measured nodes win but it can still fill a gap.
-    fn node_cost(&self, addr: SocketAddr) -> f64 {
+    fn node_cost(&self, addr: &NodeAddr) -> f64 {
         self.costs
-            .get(&addr)
+            .get(addr)
             .map_or(1.0, |c| c.per_token(self.activation_bytes))
     }
 
     /// Cost per token of a whole route.
     pub fn route_cost(&self, route: &[Hop]) -> f64 {
-        route.iter().map(|h| self.node_cost(h.addr)).sum()
+        route.iter().map(|h| self.node_cost(&h.addr)).sum()
     }
 
     /// The min-cost chain of unbanned nodes covering `0..layers` at `now`.
@@ -157,7 +160,7 @@ impl Router {
             .filter(|h| {
                 h.layers.start < h.layers.end
                     && h.layers.end <= layers
-                    && !self.is_banned(h.addr, now)
+                    && !self.is_banned(&h.addr, now)
             })
             .collect();
         // best[b]: cost to reach boundary b, and the edge that got there.
@@ -172,7 +175,7 @@ impl Router {
                 if hop.layers.start != b {
                     continue;
                 }
-                let d = dist[b] + self.node_cost(hop.addr);
+                let d = dist[b] + self.node_cost(&hop.addr);
                 let end = hop.layers.end;
                 if d < dist[end] {
                     dist[end] = d;
@@ -222,7 +225,7 @@ impl Router {
         let banned: Vec<String> = self
             .candidates
             .iter()
-            .filter(|h| self.is_banned(h.addr, now))
+            .filter(|h| self.is_banned(&h.addr, now))
             .map(|h| format!("{} ({}..{})", h.addr, h.layers.start, h.layers.end))
             .collect();
         ClientError::NoRoute {
@@ -240,7 +243,7 @@ mod tests {
 
     fn hop(port: u16, layers: Range<usize>) -> Hop {
         Hop {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)).into(),
             layers,
         }
     }

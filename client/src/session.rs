@@ -30,8 +30,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use wire::transport::NodeAddr;
 
 use crate::routing::{measure, NodeCost, Router};
 use crate::{Chain, ClientError, GreedyTokens, HeadAnswer, HeadSample, Hop, Logits};
@@ -101,7 +101,7 @@ pub enum SessionEvent {
     /// A node failed; the session moved to `route`.
     Failover {
         /// The node that failed.
-        failed: SocketAddr,
+        failed: NodeAddr,
         /// Why.
         reason: String,
         /// The new route.
@@ -187,7 +187,7 @@ pub struct Session {
     last_hops: Vec<HopDigest>,
     /// Typical time of a one-token forward per node (moving average), to
     /// notice a link that became slow before the next scheduled re-measure.
-    usual: HashMap<SocketAddr, Duration>,
+    usual: HashMap<String, Duration>,
     /// Changes whenever the head node does (a new chain, or its standby
     /// taking over): proofs asked of an earlier head must be asked again.
     head_epoch: u64,
@@ -340,7 +340,7 @@ impl Session {
     pub fn route_costs(&self) -> Vec<(Hop, Option<NodeCost>)> {
         self.route
             .iter()
-            .map(|hop| (hop.clone(), self.router.cost(hop.addr)))
+            .map(|hop| (hop.clone(), self.router.cost(&hop.addr)))
             .collect()
     }
 
@@ -424,7 +424,8 @@ impl Session {
                 self.head_epoch += 1;
             }
             let failed = promotion.failed.addr;
-            self.router.ban(failed, Instant::now() + self.config.ban);
+            self.router
+                .ban(failed.clone(), Instant::now() + self.config.ban);
             self.stats.failovers += 1;
             self.events.push(SessionEvent::Failover {
                 failed,
@@ -457,7 +458,7 @@ impl Session {
                     *usual = (*usual * 4 + now) / 5;
                 }
                 None => {
-                    self.usual.insert(hop.addr, now);
+                    self.usual.insert(hop.addr.clone(), now);
                 }
             }
         }
@@ -473,7 +474,8 @@ impl Session {
         let Some(failed) = error.failed_node() else {
             return Err(error);
         };
-        self.router.ban(failed, Instant::now() + self.config.ban);
+        self.router
+            .ban(failed.clone(), Instant::now() + self.config.ban);
         self.abandon_chain().await;
         self.stats.failovers += 1;
         let route = self.router.plan(Instant::now())?;
@@ -543,7 +545,7 @@ impl Session {
                 .router
                 .candidates()
                 .iter()
-                .filter(|c| c.layers == hop.layers && !self.router.is_banned(c.addr, now))
+                .filter(|c| c.layers == hop.layers && !self.router.is_banned(&c.addr, now))
                 .filter(|c| route.iter().all(|r| r.addr != c.addr))
                 .min_by(|a, b| {
                     let cost = |h: &Hop| self.router.route_cost(std::slice::from_ref(h));
@@ -551,7 +553,7 @@ impl Session {
                 })
                 .cloned();
             if let Some(standby) = standby {
-                let addr = standby.addr;
+                let addr = standby.addr.clone();
                 if chain
                     .add_standby(i, standby, self.config.io_timeout)
                     .await
@@ -567,20 +569,20 @@ impl Session {
     /// Pings every unbanned candidate; bans those that do not answer.
     async fn measure_all(&mut self) {
         let now = Instant::now();
-        let addrs: Vec<SocketAddr> = self
+        let addrs: Vec<NodeAddr> = self
             .router
             .candidates()
             .iter()
-            .map(|h| h.addr)
-            .filter(|&a| !self.router.is_banned(a, now))
+            .map(|h| h.addr.clone())
+            .filter(|a| !self.router.is_banned(a, now))
             .collect();
         let mut seen = Vec::new();
         for addr in addrs {
             if seen.contains(&addr) {
                 continue;
             }
-            seen.push(addr);
-            match measure(addr, self.config.io_timeout).await {
+            seen.push(addr.clone());
+            match measure(addr.clone(), self.config.io_timeout).await {
                 Ok(cost) => self.router.set_cost(addr, cost),
                 Err(_) => self.router.ban(addr, Instant::now() + self.config.ban),
             }

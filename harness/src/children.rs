@@ -53,7 +53,7 @@ impl ServeChild {
 
     pub fn hop(&self) -> Hop {
         Hop {
-            addr: self.addr,
+            addr: self.addr.into(),
             layers: self.layers.clone(),
         }
     }

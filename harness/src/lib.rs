@@ -9,4 +9,5 @@ pub mod children;
 pub mod conformance;
 pub mod loopback;
 pub mod netem;
+pub mod netns;
 pub mod runtime_bench;

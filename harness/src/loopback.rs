@@ -36,5 +36,8 @@ pub fn spawn_node(
     let addr = listener.local_addr()?;
     let layers = config.layers.clone();
     runtime.spawn(serve(listener, Arc::new(model), config));
-    Ok(Hop { addr, layers })
+    Ok(Hop {
+        addr: addr.into(),
+        layers,
+    })
 }

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +24,7 @@ use node::{serve_until, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use wire::transport::NodeAddr;
 use wire::Encoding;
 
 const LAYERS: usize = 7;
@@ -77,7 +77,10 @@ impl Node {
             let _ = stopped.await;
         }));
         Node {
-            hop: Hop { addr, layers },
+            hop: Hop {
+                addr: addr.into(),
+                layers,
+            },
             stop: Some(stop),
             task,
         }
@@ -180,7 +183,7 @@ impl AsyncHook for NoHook {
 struct KillAt<'a> {
     nodes: &'a mut [Node],
     kills: Vec<(usize, usize)>,
-    killed: Vec<SocketAddr>,
+    killed: Vec<NodeAddr>,
 }
 
 impl AsyncHook for KillAt<'_> {
@@ -201,7 +204,7 @@ impl AsyncHook for KillAt<'_> {
                 .find(|n| n.hop.addr == hop.addr)
                 .expect("a node of the test");
             node.kill().await;
-            self.killed.push(hop.addr);
+            self.killed.push(hop.addr.clone());
         }
     }
 }
@@ -287,7 +290,7 @@ async fn a_warm_standby_takes_over_a_dead_node_without_a_replay() {
         );
         // The same request on the same chain: nothing was replayed.
         assert_eq!(session.request_id(), 300);
-        let killed = hook.killed[0];
+        let killed = hook.killed[0].clone();
         assert!(session.route().iter().all(|h| h.addr != killed));
         session.end().await;
     })
@@ -342,17 +345,21 @@ async fn the_session_prefers_the_faster_node_and_reroutes_when_it_slows() {
         let c = Node::start(&model, 3..7).await;
         let slow = LinkSettings::rtt(Duration::from_millis(20));
         let fast = LinkSettings::default();
-        let link_a = WanProxy::start(a.hop.addr, slow).await.expect("proxy");
-        let link_b = WanProxy::start(b.hop.addr, fast).await.expect("proxy");
+        let link_a = WanProxy::start(a.hop.addr.socket().unwrap(), slow)
+            .await
+            .expect("proxy");
+        let link_b = WanProxy::start(b.hop.addr.socket().unwrap(), fast)
+            .await
+            .expect("proxy");
         let (via_a, via_b) = (link_a.addr, link_b.addr);
         // The slow one first: candidate order alone would pick it.
         let hops = vec![
             Hop {
-                addr: via_a,
+                addr: via_a.into(),
                 layers: 0..3,
             },
             Hop {
-                addr: via_b,
+                addr: via_b.into(),
                 layers: 0..3,
             },
             c.hop.clone(),
@@ -360,7 +367,7 @@ async fn the_session_prefers_the_faster_node_and_reroutes_when_it_slows() {
         let mut session = Session::connect(hops, LAYERS, model.id, config(), 400)
             .await
             .expect("connect");
-        assert_eq!(session.route()[0].addr, via_b, "the fast node first");
+        assert_eq!(session.route()[0].addr, via_b.into(), "the fast node first");
 
         /// Makes B slow and A fast after `at` tokens.
         struct Swap {
@@ -387,7 +394,11 @@ async fn the_session_prefers_the_faster_node_and_reroutes_when_it_slows() {
             .expect("generate");
         let events = print_events(&mut session);
         assert_eq!(tokens, expected);
-        assert_eq!(session.route()[0].addr, via_a, "moved to the now-fast node");
+        assert_eq!(
+            session.route()[0].addr,
+            via_a.into(),
+            "moved to the now-fast node"
+        );
         assert!(session.stats().reroutes >= 1, "{events:?}");
         assert_eq!(session.stats().failovers, 0);
         session.end().await;
@@ -471,10 +482,10 @@ async fn the_chain_reports_per_hop_digests_that_match_the_shards_and_survive_fai
         // the digests reported are those of the new chain's forward of the
         // fed token only.
         let token = argmax(&logits);
-        let used = digests[2].addr;
+        let used = digests[2].addr.clone();
         nodes
             .iter_mut()
-            .find(|n| n.hop.addr == used)
+            .find(|n| n.hop.addr.to_string() == used)
             .expect("node")
             .kill()
             .await;

@@ -59,7 +59,10 @@ async fn start_node(model: &TempModel, layers: Range<usize>) -> Hop {
     let addr = listener.local_addr().expect("addr");
     let config = NodeConfig::new(model.id, layers.clone());
     tokio::spawn(serve(listener, Arc::new(shard), config));
-    Hop { addr, layers }
+    Hop {
+        addr: addr.into(),
+        layers,
+    }
 }
 
 fn config(remeasure_every: usize) -> SessionConfig {
@@ -134,16 +137,20 @@ async fn a_link_that_turns_slow_is_left_within_a_few_tokens() {
         let a = start_node(&model, 3..7).await;
         let b = start_node(&model, 3..7).await;
         let fast = LinkSettings::rtt(Duration::from_millis(2));
-        let proxy_a = WanProxy::start(a.addr, fast).await.expect("proxy");
-        let proxy_b = WanProxy::start(b.addr, fast).await.expect("proxy");
+        let proxy_a = WanProxy::start(a.addr.socket().unwrap(), fast)
+            .await
+            .expect("proxy");
+        let proxy_b = WanProxy::start(b.addr.socket().unwrap(), fast)
+            .await
+            .expect("proxy");
         let candidates = vec![
             first,
             Hop {
-                addr: proxy_a.addr,
+                addr: proxy_a.addr.into(),
                 layers: 3..7,
             },
             Hop {
-                addr: proxy_b.addr,
+                addr: proxy_b.addr.into(),
                 layers: 3..7,
             },
         ];
@@ -156,7 +163,7 @@ async fn a_link_that_turns_slow_is_left_within_a_few_tokens() {
         // Remeasuring only every 1,000 tokens: only the latency watch can
         // trigger the move.
         let mut s = session(candidates, &model, 500, 1000).await;
-        let in_use = |s: &Session| s.route()[1].addr;
+        let in_use = |s: &Session| s.route()[1].addr.socket();
         let mut tokens = Vec::new();
         let mut slowed = None;
         let mut moved_after = None;
@@ -165,7 +172,7 @@ async fn a_link_that_turns_slow_is_left_within_a_few_tokens() {
             let token = node::greedy_token(&logits).expect("token");
             tokens.push(token);
             if i == 8 {
-                let proxy = if in_use(&s) == proxy_a.addr {
+                let proxy = if in_use(&s) == Some(proxy_a.addr) {
                     &proxy_a
                 } else {
                     &proxy_b
@@ -175,7 +182,7 @@ async fn a_link_that_turns_slow_is_left_within_a_few_tokens() {
             }
             logits = s.feed(&[token]).await.expect("feed");
             if let (Some(slow), None) = (slowed, moved_after) {
-                if in_use(&s) != slow {
+                if in_use(&s) != Some(slow) {
                     moved_after = Some(i - 8);
                 }
             }

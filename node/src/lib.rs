@@ -1,4 +1,5 @@
-//! The node: serves one layer range of one model over TCP.
+//! The node: serves one layer range of one model over TCP, or over libp2p
+//! streams (encrypted, the peer authenticated: `network`, docs/network.md).
 //!
 //! One task per connection reads frames one at a time and answers each
 //! (except `End`, which has no answer). Model work runs on tokio's blocking
@@ -64,8 +65,9 @@
 //!   `io_timeout` gets an Error (Malformed, "frame stalled") and is closed.
 //! - **Limits** (`Capacity`, `zkinfer serve --max-*`): past any of them the
 //!   node answers **Busy** (code 9) and holds nothing more. Connections in
-//!   all (256) and per IP address (32): one more gets Busy before any frame
-//!   and is closed. Bytes of frames being received (256 MiB): each frame's
+//!   all (256) and per peer (32; a peer is an IP address over TCP, a peer id
+//!   over libp2p, where each stream counts as a connection): one more gets
+//!   Busy before any frame and is closed. Bytes of frames being received (256 MiB): each frame's
 //!   whole length is reserved from its header before its payload is read, so
 //!   connections that stall inside large frames cannot add up past it; a
 //!   frame that does not fit gets Busy and the connection is closed. Requests
@@ -73,12 +75,18 @@
 //!   a Forward that would go past them gets Busy, and the request keeps what
 //!   it held. A signing node's audit trails (2 GiB): the least recently used
 //!   requests' trails are dropped first (`node::trail`).
+//! - **A request belongs to the peer that opened it** (its first Forward):
+//!   a Forward for it from another peer gets **Forbidden** (code 10), and an
+//!   End from another peer frees nothing. Audit frames (TraceRequest,
+//!   Reveal) and Prove are open to anyone: what they reveal is what the
+//!   receipts already commit to.
 
 pub mod proving;
 pub mod sampling;
 pub mod trail;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -87,7 +95,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::proving::ProofService;
 use crate::trail::{ForwardTrail, Trails};
@@ -95,7 +103,7 @@ use models::model_id::ModelId;
 use models::Model;
 use models::{Cache, FORWARD_CHUNK};
 use verifier::receipt::{Receipt, SecretKey};
-use wire::transport;
+use wire::transport::{self, Duplex, PeerKey};
 use wire::{
     Activations, Encoding, Forward, ForwardInput, Frame, HeadReply, HelloAck, Limits, Message,
     Output, Sampled, WireError,
@@ -167,7 +175,7 @@ impl NodeConfig {
 pub struct Capacity {
     /// Open connections in all.
     pub connections: usize,
-    /// Open connections from one IP address.
+    /// Open connections (libp2p: streams) from one [`Peer`].
     pub connections_per_peer: usize,
     /// Bytes of frames being received, over all connections (each frame's
     /// whole length is reserved once its header is read).
@@ -223,6 +231,25 @@ struct Slot {
     /// End and a restart while a Forward was in flight), so that a finishing
     /// Forward never puts its cache into a newer request.
     epoch: u64,
+    /// The peer that opened the request: the only one that may feed it.
+    owner: Peer,
+}
+
+/// Who is on the other end of a connection, as far as the transport can
+/// tell: an IP address over plain TCP, an authenticated peer over libp2p.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    Ip(IpAddr),
+    Key(PeerKey),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Ip(ip) => write!(f, "{ip}"),
+            Peer::Key(key) => write!(f, "peer {key}"),
+        }
+    }
 }
 
 /// Source of [`Slot::epoch`]s.
@@ -248,18 +275,18 @@ struct Shared {
     /// [`Capacity::frame_bytes`], in KiB permits.
     frame_budget: Arc<tokio::sync::Semaphore>,
     /// Open connections per peer address.
-    peers: Mutex<HashMap<IpAddr, usize>>,
+    peers: Mutex<HashMap<Peer, usize>>,
 }
 
 /// A connection counted against [`Capacity`]; uncounted when dropped.
 struct Admitted<'a> {
     shared: &'a Shared,
-    peer: IpAddr,
+    peer: Peer,
 }
 
 impl Shared {
     /// Counts a connection from `peer`, or says which limit it meets.
-    fn admit(&self, peer: IpAddr) -> Result<Admitted<'_>, WireError> {
+    fn admit(&self, peer: Peer) -> Result<Admitted<'_>, WireError> {
         let capacity = self.config.capacity;
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let open: usize = peers.values().sum();
@@ -312,6 +339,54 @@ pub async fn serve_until(
     config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
+    let listener = &listener;
+    let accept = move || async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((Peer::Ip(peer.ip()), Box::new(stream) as Box<dyn Duplex>));
+                }
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
+    serve_streams(accept, model, config, shutdown).await
+}
+
+/// Serves `model` on the wire streams libp2p peers open to this node's host
+/// (`network::Host::incoming`), until `shutdown` completes, the host stops
+/// or the task is dropped. Each stream is served as a TCP connection is,
+/// with its peer authenticated by the transport.
+pub async fn serve_network_until(
+    mut incoming: network::Incoming,
+    model: Arc<Model>,
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    let incoming = &tokio::sync::Mutex::new(&mut incoming);
+    let accept = move || async move {
+        let (key, stream) = incoming.lock().await.next().await?;
+        Some((Peer::Key(key), stream))
+    };
+    serve_streams(accept, model, config, shutdown).await
+}
+
+/// The server behind [`serve_until`] and [`serve_network_until`]: `accept`
+/// yields each new connection with its peer, `None` once no more come.
+async fn serve_streams<F, Fut>(
+    accept: F,
+    model: Arc<Model>,
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> io::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<(Peer, Box<dyn Duplex>)>>,
+{
     let wire_layers = to_wire(&config.layers)?;
     let trails = config.signer.is_some().then(|| {
         Trails::new(
@@ -349,20 +424,17 @@ pub async fn serve_until(
             () = &mut shutdown => return Ok(()),
             // Reap finished connections so the set does not grow forever.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+            accepted = accept() => match accepted {
+                Some((peer, stream)) => {
                     let shared = Arc::clone(&shared);
                     connections.spawn(async move {
-                        match shared.admit(peer.ip()) {
-                            Ok(_admitted) => connection(stream, &shared).await,
+                        match shared.admit(peer) {
+                            Ok(_admitted) => connection(stream, peer, &shared).await,
                             Err(busy) => refuse(stream, &busy, shared.config.io_timeout).await,
                         }
                     });
                 }
-                Err(e) => {
-                    eprintln!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                None => return Ok(()),
             },
         }
     }
@@ -405,13 +477,12 @@ async fn sweep(shared: Arc<Shared>) {
 }
 
 /// Answers `error` on a connection the node does not take, and closes it.
-async fn refuse(mut stream: TcpStream, error: &WireError, timeout: Duration) {
+async fn refuse(mut stream: Box<dyn Duplex>, error: &WireError, timeout: Duration) {
     let _ = transport::write_frame(&mut stream, &error.to_frame(0, 0), timeout).await;
 }
 
 /// Serves one connection until the peer leaves, times out or breaks framing.
-async fn connection(mut stream: TcpStream, shared: &Shared) {
-    let _ = stream.set_nodelay(true);
+async fn connection(mut stream: Box<dyn Duplex>, peer: Peer, shared: &Shared) {
     let config = &shared.config;
     loop {
         let start = transport::read_header(
@@ -462,7 +533,7 @@ async fn connection(mut stream: TcpStream, shared: &Shared) {
             }
         };
         let reply = match Frame::decode(&bytes, &config.limits) {
-            Ok(frame) => handle(shared, frame).await,
+            Ok(frame) => handle(shared, peer, frame).await,
             Err(e @ WireError::Checksum) => {
                 let _ =
                     transport::write_frame(&mut stream, &e.to_frame(id, pos), config.io_timeout)
@@ -483,7 +554,7 @@ async fn connection(mut stream: TcpStream, shared: &Shared) {
 }
 
 /// The answer to one well-formed frame, `None` for `End`.
-async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
+async fn handle(shared: &Shared, peer: Peer, frame: Frame) -> Option<Frame> {
     let (id, pos) = (frame.request_id, frame.position);
     let message = match frame.message {
         Message::Hello(hello) => match check_span(shared, &hello.model_id, &hello.layers) {
@@ -497,12 +568,18 @@ async fn handle(shared: &Shared, frame: Frame) -> Option<Frame> {
             }),
             Err(e) => return Some(e.to_frame(id, pos)),
         },
-        Message::Forward(forward) => match run_forward(shared, id, pos, forward).await {
+        Message::Forward(forward) => match run_forward(shared, peer, id, pos, forward).await {
             Ok(answer) => answer,
             Err(e) => return Some(e.to_frame(id, pos)),
         },
         Message::End => {
-            lock(&shared.caches).remove(&id);
+            let mut caches = lock(&shared.caches);
+            if caches.get(&id).is_some_and(|slot| slot.owner != peer) {
+                // Not the sender's to end.
+                return None;
+            }
+            caches.remove(&id);
+            drop(caches);
             if let Some(proving) = &shared.config.proving {
                 // No step can be asked for any more: keep only what is queued.
                 proving.forget_from(id, 0);
@@ -579,6 +656,7 @@ enum Input {
 
 async fn run_forward(
     shared: &Shared,
+    peer: Peer,
     id: u64,
     position: u64,
     forward: Forward,
@@ -637,7 +715,7 @@ async fn run_forward(
             "positions {position}..{end} are past the model's context of {context}"
         )));
     }
-    let (cache, epoch) = take_cache(shared, id, position, fed as usize)?;
+    let (cache, epoch) = take_cache(shared, peer, id, position, fed as usize)?;
     let model = Arc::clone(model);
     let (keep, fault) = (kept_input.is_some(), shared.config.fault());
     let joined = tokio::task::spawn_blocking(move || {
@@ -756,6 +834,7 @@ async fn run_forward(
 /// node's [`Capacity`] (else Busy, and the request keeps what it holds).
 fn take_cache(
     shared: &Shared,
+    peer: Peer,
     id: u64,
     position: u64,
     fed: usize,
@@ -776,6 +855,9 @@ fn take_cache(
         ))
     };
     let fits = needed <= capacity.cache_bytes;
+    if caches.get(&id).is_some_and(|slot| slot.owner != peer) {
+        return Err(WireError::NotYours(id));
+    }
     match caches.get_mut(&id) {
         None if position == 0 => {
             if caches.len() >= capacity.requests {
@@ -795,6 +877,7 @@ fn take_cache(
                     positions: end,
                     last_used: Instant::now(),
                     epoch,
+                    owner: peer,
                 },
             );
             Ok((Cache::new(), epoch))

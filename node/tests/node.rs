@@ -71,7 +71,10 @@ async fn fixture(name: &str) -> Fixture {
     let mut hops = Vec::new();
     for layers in [0..SPLIT, SPLIT..LAYERS] {
         let addr = start_node(&path, id, layers.clone()).await;
-        hops.push(Hop { addr, layers });
+        hops.push(Hop {
+            addr: addr.into(),
+            layers,
+        });
     }
     Fixture {
         _dir: dir,
@@ -304,7 +307,9 @@ async fn wrong_model_layers_and_input_kind_get_errors_and_the_node_goes_on() {
         let f = fixture("wrong").await;
         let other = ModelId([7; 32]);
         let tokens = || ForwardInput::Tokens(PROMPT.to_vec());
-        let mut s = TcpStream::connect(f.hops[0].addr).await.expect("connect");
+        let mut s = TcpStream::connect(f.hops[0].addr.socket().unwrap())
+            .await
+            .expect("connect");
         let cases = [
             (forward(other, 0..3, tokens()), ErrorCode::WrongModel),
             (forward(f.id, 0..4, tokens()), ErrorCode::WrongLayers),
@@ -343,7 +348,9 @@ async fn wrong_model_layers_and_input_kind_get_errors_and_the_node_goes_on() {
             assert_eq!(reply.request_id, 9);
         }
         // Tokens to a shard that takes hidden states.
-        let mut s2 = TcpStream::connect(f.hops[1].addr).await.expect("connect");
+        let mut s2 = TcpStream::connect(f.hops[1].addr.socket().unwrap())
+            .await
+            .expect("connect");
         let reply = exchange(&mut s2, Frame::new(9, 0, forward(f.id, 3..7, tokens()))).await;
         assert_eq!(error_code(&reply), Some(ErrorCode::Malformed));
         // The same connection still serves a valid request.
@@ -435,7 +442,9 @@ async fn mutated_frames_get_an_error_or_a_close_and_the_node_survives() {
                     bytes[at] = bytes[at].wrapping_add(1 + rng.below(255) as u8);
                 }
             }
-            let mut s = TcpStream::connect(f.hops[0].addr).await.expect("connect");
+            let mut s = TcpStream::connect(f.hops[0].addr.socket().unwrap())
+                .await
+                .expect("connect");
             // The node may close before taking everything: ignore write errors.
             let _ = s.write_all(&bytes).await;
             let _ = s.shutdown().await;
@@ -546,7 +555,10 @@ async fn nodes_serve_llama_shards() {
             let addr = listener.local_addr().expect("addr");
             let node_config = NodeConfig::new(id, layers.clone());
             tokio::spawn(serve(listener, Arc::new(open(layers.clone())), node_config));
-            hops.push(Hop { addr, layers });
+            hops.push(Hop {
+                addr: addr.into(),
+                layers,
+            });
         }
         let mut chain = Chain::connect(hops, config.layers, id, Encoding::F32, IO)
             .await

@@ -64,7 +64,11 @@ pub fn session_config(
     candidates: &[Hop],
 ) -> (SessionConfig, Encoding) {
     let encoding = match activations {
-        ActivationEncoding::Auto if candidates.iter().all(|h| h.addr.ip().is_loopback()) => {
+        ActivationEncoding::Auto
+            if candidates
+                .iter()
+                .all(|h| h.addr.socket().is_some_and(|s| s.ip().is_loopback())) =>
+        {
             Encoding::F32
         }
         ActivationEncoding::Auto | ActivationEncoding::Q6o => Encoding::Q6o,
@@ -81,7 +85,8 @@ pub fn session_config(
 }
 
 pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
-    if args.nodes.is_some() && args.compute.device != DeviceKind::Cpu {
+    let remote = args.nodes.is_some() || args.network.network;
+    if remote && args.compute.device != DeviceKind::Cpu {
         return Err(CliError::unreadable(
             "--device is for the in-process model: with --nodes each node picks its own (zkinfer serve --device)",
         ));
@@ -91,7 +96,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
     let (content, mut reader) = open_gguf(&path)?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let config = Model::shape_of(&content)?;
-    let model_id = if args.transcript.is_some() || args.nodes.is_some() {
+    let model_id = if args.transcript.is_some() || remote {
         Some(
             models::model_id::model_id(&content, &mut reader)
                 .map_err(|e| CliError::unreadable(format!("{}: {e}", path.display())))?,
@@ -104,13 +109,36 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         stdout: std::io::stdout().lock(),
         last_proven: None,
     };
-    let mut backend = match (&args.nodes, model_id) {
-        (Some(nodes), Some(id)) => {
-            let candidates = read_nodes(nodes)?;
+    // The libp2p host and its runtime live as long as the generation.
+    let mut _network = None;
+    let mut backend = match (remote, model_id) {
+        (true, Some(id)) => {
+            let (candidates, source) = match &args.nodes {
+                Some(nodes) => (read_nodes(nodes)?, nodes.display().to_string()),
+                None => {
+                    if let Some(wanted) = &args.model_id {
+                        if *wanted != id.to_string() {
+                            return Err(CliError::unreadable(format!(
+                                "--model-id {wanted} is not the id of {} ({id}), whose tokenizer this client uses",
+                                path.display()
+                            )));
+                        }
+                    }
+                    let runtime = super::serve::tokio_runtime()?;
+                    let (host, hops) = super::p2p::discover_nodes(
+                        &runtime,
+                        args.network.bootstrap.clone(),
+                        id,
+                        config.layers,
+                    )?;
+                    _network = Some((runtime, host));
+                    (hops, "the network".to_string())
+                }
+            };
             let (session, encoding) =
                 session_config(config.hidden, args.activations, args.standby, &candidates);
             let mut backend = Backend::remote(candidates, config.layers, id, session)
-                .map_err(|e| CliError::failed(format!("{}: {e}", nodes.display())))?;
+                .map_err(|e| CliError::failed(format!("{source}: {e}")))?;
             eprintln!("[activations {encoding:?}]");
             if let Backend::Remote { session, .. } = &mut backend {
                 for event in session.take_events() {
@@ -163,7 +191,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
         &mut console,
     )?;
     let _ = writeln!(console.stdout);
-    if args.nodes.is_some() {
+    if remote {
         let stats = backend.stats();
         eprintln!(
             "[{} failovers, {} reroutes]",

@@ -1,4 +1,5 @@
-//! `zkinfer serve`: serve a layer range of a model over TCP (see `node`).
+//! `zkinfer serve`: serve a layer range of a model over TCP or, with
+//! `--network`, over libp2p (see `node`, docs/network.md).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use candle_core::Device;
 use models::model_id::ModelId;
 use models::Model;
 use node::proving::{ProofService, ProvingConfig};
-use node::{serve, NodeConfig};
+use node::{serve, serve_network_until, NodeConfig};
 
 use super::model::open_gguf;
 use super::CliError;
@@ -29,6 +30,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     } else {
         None
     };
+    if args.network.network && args.key.is_none() {
+        return Err(CliError::unreadable(
+            "--network needs --key: the node's announcement binds its libp2p identity to its receipt key",
+        ));
+    }
+    let throughput = measure_throughput(&model);
     let config = NodeConfig {
         audit_window: Duration::from_secs(args.audit_window),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
@@ -44,6 +51,43 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         ..NodeConfig::new(id, args.layers.clone())
     };
     let runtime = tokio_runtime()?;
+    if args.network.network {
+        let signer = config.signer.clone().expect("checked above");
+        let offer = super::p2p::NodeOffer {
+            model_id: id,
+            layers: args.layers.clone(),
+            throughput,
+            stake_account: args.stake_account,
+        };
+        return runtime.block_on(async {
+            let (host, incoming) = super::p2p::start_node_host(
+                &signer,
+                args.listen,
+                args.network.bootstrap.clone(),
+                args.via_relay,
+                offer,
+            )
+            .await?;
+            for addr in host
+                .addresses()
+                .await
+                .map_err(|e| CliError::failed(e.to_string()))?
+            {
+                println!("listening on {addr}");
+            }
+            println!(
+                "peer {}: layers {}..{} of {} (model id {id}), {throughput:.0} rows/s",
+                host.peer_id(),
+                args.layers.start,
+                args.layers.end,
+                path.display()
+            );
+            serve_network_until(incoming, Arc::new(model), config, std::future::pending())
+                .await
+                .map_err(|e| CliError::failed(format!("serving on {}: {e}", args.listen)))?;
+            Ok(ExitCode::SUCCESS)
+        });
+    }
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -60,6 +104,27 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| CliError::failed(format!("serving on {addr}: {e}")))
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rows per second through the shard, from a few one-row forwards: what the
+/// node announces (its best of three, after one to warm up).
+fn measure_throughput(model: &Model) -> f32 {
+    let rows = || -> models::Result<f32> {
+        let x = candle_core::Tensor::zeros(
+            (1, 1, model.hidden_size()),
+            candle_core::DType::F32,
+            model.device(),
+        )?;
+        let mut best = f32::INFINITY;
+        for _ in 0..4 {
+            let mut cache = models::Cache::new();
+            let start = std::time::Instant::now();
+            model.forward_layers(&x, 0, &mut cache)?;
+            best = best.min(start.elapsed().as_secs_f32());
+        }
+        Ok(1.0 / best.max(1e-6))
+    };
+    rows().unwrap_or(0.0)
 }
 
 /// Starts the node's prover: keys are built on its own thread while the node

@@ -139,7 +139,6 @@ pub mod answer;
 pub mod binding;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -270,7 +269,8 @@ pub struct ProofReceiptRecord {
 /// payload bytes sent and of the `Output` data bytes received.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HopDigest {
-    pub addr: SocketAddr,
+    /// The node as `NodeAddr` prints it: `IP:PORT`, or `/p2p/PEER_ID` over libp2p.
+    pub addr: String,
     pub layers: Range<usize>,
     pub input: blake3::Hash,
     pub output: blake3::Hash,
@@ -290,7 +290,7 @@ impl HopRecord {
     pub fn remote(position: u64, digest: &HopDigest) -> HopRecord {
         HopRecord {
             position,
-            node: digest.addr.to_string(),
+            node: digest.addr.clone(),
             layers: [digest.layers.start, digest.layers.end],
             input_blake3: digest.input.to_hex().to_string(),
             output_blake3: digest.output.to_hex().to_string(),

@@ -30,6 +30,9 @@ pub enum ErrorCode {
     /// The node is at one of its limits (connections, bytes in flight,
     /// requests, KV cache): try later or another node.
     Busy = 9,
+    /// The request belongs to another peer: only the peer (or, over plain
+    /// TCP, the address) that opened a request may feed or end it.
+    Forbidden = 10,
 }
 
 impl ErrorCode {
@@ -50,6 +53,7 @@ impl ErrorCode {
             7 => ErrorCode::UnknownRequest,
             8 => ErrorCode::Internal,
             9 => ErrorCode::Busy,
+            10 => ErrorCode::Forbidden,
             _ => return None,
         })
     }
@@ -129,6 +133,9 @@ pub enum WireError {
     /// The node is at one of its limits.
     #[error("busy: {0}")]
     Busy(String),
+    /// The request was opened by another peer.
+    #[error("request {0} belongs to another peer")]
+    NotYours(u64),
     /// The peer answered with an error frame.
     #[error("peer reported {code:?}: {message}")]
     Remote {
@@ -163,6 +170,7 @@ impl WireError {
             WireError::WrongLayers { .. } => ErrorCode::WrongLayers,
             WireError::UnknownRequest(_) => ErrorCode::UnknownRequest,
             WireError::Busy(_) => ErrorCode::Busy,
+            WireError::NotYours(_) => ErrorCode::Forbidden,
             WireError::Remote { code, .. } => *code,
             WireError::Encode(_)
             | WireError::Internal(_)

@@ -144,7 +144,7 @@ fn wire_round_trips_every_message_and_encoding() {
             }),
         ));
     }
-    for code in 1..=8 {
+    for code in 1..=10 {
         let code = ErrorCode::from_u16(code).expect("known code");
         frames.push(Frame::new(
             3,
@@ -392,7 +392,7 @@ fn wire_error_codes_round_trip_and_map() {
     for n in 0..=20u16 {
         match ErrorCode::from_u16(n) {
             Some(code) => assert_eq!(code.as_u16(), n),
-            None => assert!(n == 0 || n > 8),
+            None => assert!(n == 0 || n > 10),
         }
     }
     let cases: Vec<(WireError, ErrorCode)> = vec![
@@ -429,6 +429,7 @@ fn wire_error_codes_round_trip_and_map() {
         (WireError::UnknownRequest(5), ErrorCode::UnknownRequest),
         (WireError::Internal("oom".into()), ErrorCode::Internal),
         (WireError::Busy("64 requests".into()), ErrorCode::Busy),
+        (WireError::NotYours(5), ErrorCode::Forbidden),
     ];
     for (err, code) in cases {
         assert_eq!(err.code(), code, "{err}");

@@ -8,11 +8,18 @@
 //! frame that stops part way as [`WireError::Stalled`].
 //!
 //! [`NodeLink`] is the one way a client, a router or an auditor talks to a
-//! node: a connection on which each frame gets one answer.
+//! node: a connection on which each frame gets one answer. A node is reached
+//! at a [`NodeAddr`]: a TCP address, or a libp2p peer reached through a
+//! [`Dial`] (the `network` crate's host), whose streams are encrypted and
+//! authenticate the peer.
 
+use std::fmt;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,21 +27,137 @@ use tokio::net::TcpStream;
 
 use crate::{Frame, Header, Limits, Message, WireError, HEADER_LEN};
 
+/// A byte stream both ways: a TCP connection or a libp2p stream.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// A libp2p peer's identity: its ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey(pub [u8; 32]);
+
+impl PeerKey {
+    /// The libp2p peer id's bytes: the identity multihash of the key's
+    /// protobuf encoding.
+    pub fn peer_id_bytes(&self) -> [u8; 38] {
+        let mut b = [0u8; 38];
+        b[..6].copy_from_slice(&[0x00, 0x24, 0x08, 0x01, 0x12, 0x20]);
+        b[6..].copy_from_slice(&self.0);
+        b
+    }
+}
+
+impl fmt::Display for PeerKey {
+    /// The peer id as libp2p prints it (base58btc).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&bs58::encode(self.peer_id_bytes()).into_string())
+    }
+}
+
+impl fmt::Debug for PeerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerKey({self})")
+    }
+}
+
+/// A stream being opened by a [`Dial`].
+pub type Opening = Pin<Box<dyn Future<Output = io::Result<Box<dyn Duplex>>> + Send>>;
+
+/// Opens streams to libp2p peers: what a [`NodeAddr::Peer`] is reached
+/// through.
+pub trait Dial: Send + Sync {
+    /// Opens a wire stream to `peer`, authenticated as that peer.
+    fn open(&self, peer: PeerKey) -> Opening;
+}
+
+/// Where a node is and how to reach it. Two addresses are equal when they
+/// name the same socket or the same peer, whatever host dials it.
+#[derive(Clone)]
+pub enum NodeAddr {
+    Tcp(SocketAddr),
+    Peer(Arc<PeerRoute>),
+}
+
+/// A libp2p peer and the host that dials it.
+pub struct PeerRoute {
+    pub key: PeerKey,
+    pub host: Arc<dyn Dial>,
+    /// The receipt key the peer announced (BLS, as HelloAck carries it): a
+    /// node answering with another key is not the node that was found.
+    pub signer: Option<[u8; 64]>,
+}
+
+impl NodeAddr {
+    /// The socket of a TCP address.
+    pub fn socket(&self) -> Option<SocketAddr> {
+        self.identity().ok().copied()
+    }
+
+    fn identity(&self) -> Result<&SocketAddr, &PeerKey> {
+        match self {
+            NodeAddr::Tcp(addr) => Ok(addr),
+            NodeAddr::Peer(route) => Err(&route.key),
+        }
+    }
+}
+
+impl From<SocketAddr> for NodeAddr {
+    fn from(addr: SocketAddr) -> NodeAddr {
+        NodeAddr::Tcp(addr)
+    }
+}
+
+impl PartialEq for NodeAddr {
+    fn eq(&self, other: &NodeAddr) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for NodeAddr {}
+
+impl Hash for NodeAddr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.identity().hash(state)
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeAddr::Tcp(addr) => write!(f, "{addr}"),
+            NodeAddr::Peer(route) => write!(f, "/p2p/{}", route.key),
+        }
+    }
+}
+
+impl fmt::Debug for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// A connection to a node: a frame out, its answer in, every wait bounded by
 /// one timeout.
 pub struct NodeLink {
-    addr: SocketAddr,
-    stream: TcpStream,
+    addr: NodeAddr,
+    stream: Box<dyn Duplex>,
     timeout: Duration,
     limits: Limits,
 }
 
 impl NodeLink {
-    /// Connects to `addr` within `timeout`, with Nagle's algorithm off:
-    /// frames are answered one at a time, so none should wait to be sent.
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<NodeLink> {
-        let stream = with_timeout(timeout, TcpStream::connect(addr)).await??;
-        let _ = stream.set_nodelay(true);
+    /// Connects to `addr` within `timeout`. TCP goes with Nagle's algorithm
+    /// off: frames are answered one at a time, so none should wait to be sent.
+    pub async fn connect(addr: impl Into<NodeAddr>, timeout: Duration) -> io::Result<NodeLink> {
+        let addr = addr.into();
+        let stream: Box<dyn Duplex> = match &addr {
+            NodeAddr::Tcp(socket) => {
+                let stream = with_timeout(timeout, TcpStream::connect(*socket)).await??;
+                let _ = stream.set_nodelay(true);
+                Box::new(stream)
+            }
+            NodeAddr::Peer(route) => with_timeout(timeout, route.host.open(route.key)).await??,
+        };
         Ok(NodeLink {
             addr,
             stream,
@@ -43,8 +166,8 @@ impl NodeLink {
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    pub fn addr(&self) -> &NodeAddr {
+        &self.addr
     }
 
     /// Sends `frame` and reads its answer; an `Error` answer is returned as

@@ -20,7 +20,6 @@
 mod report;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -257,7 +256,7 @@ struct Remote<'a> {
     backend: Backend<'static>,
     /// Kill the node serving `layer` before generated token `at`.
     kill: Option<(usize, usize, &'a mut [ServeChild])>,
-    killed: Option<(SocketAddr, Range<usize>)>,
+    killed: Option<(wire::transport::NodeAddr, Range<usize>)>,
     /// The generated token whose forward failed over.
     failover_at: Option<usize>,
     current: Option<usize>,
@@ -357,7 +356,7 @@ impl Feed for Remote<'_> {
                     .ok_or_else(|| BenchError::failed("no hop serves the layer to kill"))?;
                 let node = nodes
                     .iter_mut()
-                    .find(|n| n.addr == hop.addr)
+                    .find(|n| wire::transport::NodeAddr::from(n.addr) == hop.addr)
                     .ok_or_else(|| BenchError::failed("the hop in use is not one of ours"))?;
                 progress(&format!(
                     "  killing node {} (layers {}..{}, pid {}) before token {i}",
@@ -487,9 +486,14 @@ fn head_pick_bytes(setup: &mut Setup, nodes: &[ServeChild]) -> Result<HeadPicks,
         .ok_or_else(|| BenchError::failed("no nodes"))?;
     let proxy = setup
         .runtime
-        .block_on(WanProxy::start(head.addr, LinkSettings::default()))
+        .block_on(WanProxy::start(
+            head.addr
+                .socket()
+                .ok_or_else(|| BenchError::failed("the head is not a TCP node"))?,
+            LinkSettings::default(),
+        ))
         .map_err(|e| BenchError::failed(format!("starting a byte-counting proxy: {e}")))?;
-    head.addr = proxy.addr;
+    head.addr = proxy.addr.into();
     let session = setup.session(hops, Encoding::F32, false, false)?;
     let mut remote = Remote::new(session);
     remote.head_picks = true;
@@ -517,7 +521,7 @@ fn encoding_run(
             .block_on(WanProxy::start(node.addr, LinkSettings::default()))
             .map_err(|e| BenchError::failed(format!("starting a byte-counting proxy: {e}")))?;
         hops.push(Hop {
-            addr: proxy.addr,
+            addr: proxy.addr.into(),
             layers: node.layers.clone(),
         });
         proxies.push(proxy);
