@@ -16,7 +16,10 @@ use futures::StreamExt;
 pub use libp2p::core::multiaddr::Protocol;
 pub use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig, store::RecordStore};
-use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{
+    behaviour::toggle::Toggle, ConnectionId, DialError, NetworkBehaviour, SwarmEvent,
+};
 use libp2p::{dcutr, identify, noise, ping, relay, tcp, yamux, StreamProtocol, Swarm};
 pub use libp2p::{Multiaddr, PeerId};
 use models::model_id::ModelId;
@@ -75,7 +78,8 @@ pub enum NetworkError {
     NoBootstrap(Duration),
 }
 
-/// Streams other peers open for the wire protocol: `(peer, stream)`.
+/// Streams other peers open for the wire protocol: `(peer, stream)`. Up to
+/// 64 wait to be taken, more are dropped (patches/README.md).
 pub struct Incoming(libp2p_stream::IncomingStreams);
 
 impl Incoming {
@@ -108,6 +112,11 @@ enum Command {
         reply: oneshot::Sender<Vec<SignedAnnouncement>>,
     },
     Addresses(oneshot::Sender<Vec<Multiaddr>>),
+    /// Answers once a connection to the peer is open, or cannot be.
+    Connect {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 impl Host {
@@ -148,17 +157,20 @@ impl Host {
         let (listening_tx, listening_rx) = oneshot::channel();
         let needs_listen = !config.listen.is_empty();
         let needs_join = !config.bootstrap.is_empty();
+        let mut bootstrap_dials = HashSet::new();
         for addr in &config.bootstrap {
-            swarm
-                .dial(addr.clone())
-                .map_err(|e| NetworkError::Bootstrap {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
+            let dial = DialOpts::unknown_peer_id().address(addr.clone()).build();
+            bootstrap_dials.insert(dial.connection_id());
+            swarm.dial(dial).map_err(|e| NetworkError::Bootstrap {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
         }
         let driver = Driver {
             swarm,
-            bootstrap: config.bootstrap,
+            bootstrap_dials,
+            bootstrapped: false,
+            connecting: HashMap::new(),
             via_relay: config.via_relay,
             relay_server,
             joined: needs_join.then_some(joined_tx),
@@ -192,8 +204,8 @@ impl Host {
         if needs_join {
             match tokio::time::timeout(QUERY_TIMEOUT, joined_rx).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(NetworkError::Stopped),
-                Err(_) => return Err(NetworkError::NoBootstrap(QUERY_TIMEOUT)),
+                // Every bootstrap dial failed, or the host stopped.
+                Ok(Err(_)) | Err(_) => return Err(NetworkError::NoBootstrap(QUERY_TIMEOUT)),
             }
         }
         Ok(host)
@@ -261,7 +273,25 @@ impl Host {
 impl Dial for Host {
     fn open(&self, peer: PeerKey) -> Opening {
         let mut control = self.control.clone();
+        let commands = self.commands.clone();
         Box::pin(async move {
+            // Connected first, by the swarm's task: libp2p_stream, asked for a
+            // stream while a connection to the peer is coming up, can wait
+            // for a dial that never happens.
+            let (reply, connected) = oneshot::channel();
+            let stopped =
+                || io::Error::new(io::ErrorKind::NotConnected, "the libp2p host has stopped");
+            commands
+                .send(Command::Connect {
+                    peer: peer_id_of(peer),
+                    reply,
+                })
+                .await
+                .map_err(|_| stopped())?;
+            connected
+                .await
+                .map_err(|_| stopped())?
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
             let stream = control
                 .open_stream(peer_id_of(peer), WIRE_PROTOCOL)
                 .await
@@ -396,7 +426,12 @@ struct Discovery {
 
 struct Driver {
     swarm: Swarm<Behaviour>,
-    bootstrap: Vec<Multiaddr>,
+    /// Bootstrap dials not yet answered; the host has joined once none is
+    /// left and one of them connected.
+    bootstrap_dials: HashSet<ConnectionId>,
+    bootstrapped: bool,
+    /// Who waits for a connection to a peer ([`Command::Connect`]).
+    connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     via_relay: bool,
     joined: Option<oneshot::Sender<()>>,
     listening: Option<oneshot::Sender<()>>,
@@ -462,6 +497,25 @@ impl Driver {
                     },
                 );
             }
+            Command::Connect { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let waiting = self.connecting.entry(peer).or_default();
+                waiting.push(reply);
+                if waiting.len() > 1 {
+                    return;
+                }
+                let dial = DialOpts::peer_id(peer)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(dial) {
+                    // Already being dialed: its outcome answers.
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+                    Err(e) => self.connected(peer, Err(e.to_string())),
+                }
+            }
             Command::Addresses(reply) => {
                 let me = *self.swarm.local_peer_id();
                 let mut addrs: Vec<Multiaddr> = self
@@ -487,27 +541,18 @@ impl Driver {
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 let remote = endpoint.get_remote_address();
                 if is_loopback(remote) {
                     self.loopback_peers.insert(peer_id);
                 }
-                let dialed = endpoint.is_dialer();
-                let bootstrap = dialed
-                    && self.bootstrap.iter().any(|b| {
-                        // A bootstrap address may or may not name the peer.
-                        let bare: Multiaddr = b
-                            .iter()
-                            .filter(|p| !matches!(p, Protocol::P2p(_)))
-                            .collect();
-                        remote
-                            .iter()
-                            .filter(|p| !matches!(p, Protocol::P2p(_)))
-                            .collect::<Multiaddr>()
-                            == bare
-                    });
-                if bootstrap {
+                self.connected(peer_id, Ok(()));
+                if self.bootstrap_dials.remove(&connection_id) {
+                    self.bootstrapped = true;
                     let bare: Multiaddr = remote
                         .iter()
                         .filter(|p| !matches!(p, Protocol::P2p(_)))
@@ -523,11 +568,7 @@ impl Driver {
                             eprintln!("network: asking {peer_id} for a relay circuit: {e}");
                         }
                     }
-                    if !self.via_relay {
-                        if let Some(joined) = self.joined.take() {
-                            let _ = joined.send(());
-                        }
-                    }
+                    self.bootstrap_settled();
                 }
             }
             SwarmEvent::NewListenAddr { address, .. }
@@ -555,10 +596,18 @@ impl Driver {
                 }
             }
             SwarmEvent::OutgoingConnectionError {
-                peer_id: None,
+                peer_id,
                 error,
-                ..
-            } => eprintln!("network: dial failed: {error}"),
+                connection_id,
+            } => {
+                if self.bootstrap_dials.remove(&connection_id) {
+                    eprintln!("network: bootstrap dial failed: {error}");
+                    self.bootstrap_settled();
+                }
+                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
+                    self.connected(peer, Err(error.to_string()));
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -578,6 +627,29 @@ impl Driver {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             _ => {}
+        }
+    }
+
+    /// Answers whoever waits for a connection to `peer`.
+    fn connected(&mut self, peer: PeerId, outcome: Result<(), String>) {
+        for reply in self.connecting.remove(&peer).unwrap_or_default() {
+            let _ = reply.send(outcome.clone());
+        }
+    }
+
+    /// Once every bootstrap dial is answered: joined if one connected (a
+    /// node behind a relay joins when its circuit is up instead); if none
+    /// did, [`Host::start`] fails.
+    fn bootstrap_settled(&mut self) {
+        if !self.bootstrap_dials.is_empty() {
+            return;
+        }
+        if !self.bootstrapped {
+            self.joined = None;
+        } else if !self.via_relay {
+            if let Some(joined) = self.joined.take() {
+                let _ = joined.send(());
+            }
         }
     }
 

@@ -95,6 +95,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::proving::ProofService;
@@ -479,14 +480,26 @@ async fn sweep(shared: Arc<Shared>) {
 /// Answers `error` on a connection the node does not take, and closes it.
 async fn refuse(mut stream: Box<dyn Duplex>, error: &WireError, timeout: Duration) {
     let _ = transport::write_frame(&mut stream, &error.to_frame(0, 0), timeout).await;
+    close(stream, timeout).await;
+}
+
+/// Closes gracefully, within `timeout`, so that a last error frame arrives:
+/// a libp2p stream dropped unclosed is reset, and what it held is lost.
+async fn close(mut stream: Box<dyn Duplex>, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
 }
 
 /// Serves one connection until the peer leaves, times out or breaks framing.
 async fn connection(mut stream: Box<dyn Duplex>, peer: Peer, shared: &Shared) {
+    serve_frames(&mut stream, peer, shared).await;
+    close(stream, shared.config.io_timeout).await;
+}
+
+async fn serve_frames(stream: &mut Box<dyn Duplex>, peer: Peer, shared: &Shared) {
     let config = &shared.config;
     loop {
         let start = transport::read_header(
-            &mut stream,
+            &mut *stream,
             &config.limits,
             config.idle_timeout,
             config.io_timeout,
@@ -497,8 +510,8 @@ async fn connection(mut stream: Box<dyn Duplex>, peer: Peer, shared: &Shared) {
             Err(WireError::Closed | WireError::Io(_)) => return,
             Err(e) => {
                 // Header unreadable or cut short: answer and close.
-                let _ =
-                    transport::write_frame(&mut stream, &e.to_frame(0, 0), config.io_timeout).await;
+                let _ = transport::write_frame(&mut *stream, &e.to_frame(0, 0), config.io_timeout)
+                    .await;
                 return;
             }
         };
@@ -517,17 +530,18 @@ async fn connection(mut stream: Box<dyn Duplex>, peer: Peer, shared: &Shared) {
                 config.capacity.frame_bytes,
                 start.header.frame_len()
             ));
-            let _ = transport::write_frame(&mut stream, &busy.to_frame(id, pos), config.io_timeout)
-                .await;
+            let _ =
+                transport::write_frame(&mut *stream, &busy.to_frame(id, pos), config.io_timeout)
+                    .await;
             return;
         };
-        let bytes = match transport::read_rest(&mut stream, start, config.io_timeout).await {
+        let bytes = match transport::read_rest(&mut *stream, start, config.io_timeout).await {
             Ok(bytes) => bytes,
             Err(WireError::Io(_)) => return,
             Err(e) => {
                 // Cut short or stalled: answer and close.
                 let _ =
-                    transport::write_frame(&mut stream, &e.to_frame(id, pos), config.io_timeout)
+                    transport::write_frame(&mut *stream, &e.to_frame(id, pos), config.io_timeout)
                         .await;
                 return;
             }
@@ -536,14 +550,14 @@ async fn connection(mut stream: Box<dyn Duplex>, peer: Peer, shared: &Shared) {
             Ok(frame) => handle(shared, peer, frame).await,
             Err(e @ WireError::Checksum) => {
                 let _ =
-                    transport::write_frame(&mut stream, &e.to_frame(id, pos), config.io_timeout)
+                    transport::write_frame(&mut *stream, &e.to_frame(id, pos), config.io_timeout)
                         .await;
                 return;
             }
             Err(e) => Some(e.to_frame(id, pos)),
         };
         if let Some(reply) = reply {
-            if transport::write_frame(&mut stream, &reply, config.io_timeout)
+            if transport::write_frame(&mut *stream, &reply, config.io_timeout)
                 .await
                 .is_err()
             {

@@ -189,3 +189,46 @@ async fn a_frame_for_another_peers_request_is_refused() {
     .await
     .expect("within the test limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_opens_too_many_streams_is_refused_and_others_are_served() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = TempDir::new("node-p2p-streams").expect("temp dir");
+        let (path, id) = tiny_model(&dir);
+        let (node, addr) = start_node(&path, id, 0..SPLIT).await;
+        let greedy = host(Role::Client, Vec::new(), vec![addr.clone()]).await;
+        let other = host(Role::Client, Vec::new(), vec![addr]).await;
+        let hello = || {
+            Frame::new(
+                0,
+                0,
+                Message::Hello(wire::Hello {
+                    model_id: id,
+                    layers: 0..SPLIT as u32,
+                }),
+            )
+        };
+        let per_peer = node::Capacity::default().connections_per_peer;
+        let mut open = Vec::new();
+        for _ in 0..per_peer {
+            let mut link = NodeLink::connect(peer(&greedy, &node), IO)
+                .await
+                .expect("stream");
+            link.call(&hello()).await.expect("admitted");
+            open.push(link);
+        }
+        // One stream more than a peer may hold: Busy, then closed.
+        let mut extra = NodeLink::connect(peer(&greedy, &node), IO)
+            .await
+            .expect("stream");
+        let refused = extra.call(&hello()).await.expect_err("over the limit");
+        assert_eq!(refused.code(), ErrorCode::Busy, "{refused}");
+        // Another peer is not held back by it.
+        let mut link = NodeLink::connect(peer(&other, &node), IO)
+            .await
+            .expect("stream");
+        link.call(&hello()).await.expect("another peer is served");
+    })
+    .await
+    .expect("within the test limit");
+}
