@@ -46,7 +46,7 @@ pub enum Command {
     /// Serve an OpenAI-compatible HTTP API (chat and text completions, streamed or whole) whose
     /// answers carry their verification: transcripts and proofs to download, /v1/verify to check.
     #[command(
-        after_help = "Examples:\n  zkinfer api --listen 127.0.0.1:8080\n  zkinfer api --nodes nodes.toml --prove challenged:4 --max-concurrent 8\n  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"max_tokens\":16,\"seed\":7}'\n  curl -s http://127.0.0.1:8080/v1/proofs/ID -o answer.zkp\n\nEndpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,\nGET /metrics, GET /v1/transcripts/ID, GET /v1/proofs/ID, POST /v1/verify (docs/api.md)."
+        after_help = "Examples:\n  zkinfer api --listen 127.0.0.1:8080\n  zkinfer api --nodes nodes.toml --prove challenged:4 --max-concurrent 8\n  zkinfer api --network --bootstrap /ip4/10.0.0.1/tcp/4000   (nodes found in the DHT: docs/network.md)\n  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"max_tokens\":16,\"seed\":7}'\n  curl -s http://127.0.0.1:8080/v1/proofs/ID -o answer.zkp\n\nEndpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,\nGET /metrics, GET /v1/transcripts/ID, GET /v1/proofs/ID, POST /v1/verify (docs/api.md)."
     )]
     Api(ApiArgs),
     /// Create a node's receipt-signing key (BLS on BN254) and print its public key.
@@ -422,6 +422,7 @@ fn parse_account(text: &str) -> Result<[u8; 20], String> {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("chain").args(["nodes", "network"]))]
 pub struct ApiArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
@@ -431,16 +432,20 @@ pub struct ApiArgs {
     pub model: ModelArgs,
     /// Generate on a chain of these nodes (the file of `generate --nodes`) instead of in this
     /// process.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "network")]
     pub nodes: Option<PathBuf>,
+    /// With --network: generate on nodes of --model's id found in the DHT instead of in this
+    /// process (docs/network.md).
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Encoding of hidden states between nodes.
-    #[arg(long, value_enum, default_value = "auto", requires = "nodes")]
+    #[arg(long, value_enum, default_value = "auto", requires = "chain")]
     pub activations: ActivationEncoding,
     /// Mirror every hop to a second node of its span, so a node that dies costs no replay.
-    #[arg(long, requires = "nodes")]
+    #[arg(long, requires = "chain")]
     pub standby: bool,
     /// What the head node proves of each answer: `none`, `challenged:K` (K positions drawn from
-    /// the transcript) or `all`. Needs --nodes whose head node runs `serve --prove`.
+    /// the transcript) or `all`. Needs --nodes (or --network) whose head node runs `serve --prove`.
     #[arg(long, default_value = "none", value_parser = parse_required, value_name = "POLICY")]
     pub prove: RequiredProofs,
     /// Re-execute K randomly drawn forward positions of every answer against the nodes' audit

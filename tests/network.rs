@@ -349,3 +349,112 @@ fn a_node_that_only_reaches_the_relay_is_served_through_it() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(tokens(&setup.path("client.json")), reference, "{stderr}");
 }
+
+/// `zkinfer api` in `host`'s namespace (or this one's), ready to answer.
+fn start_api(
+    lan: &Lan,
+    host: Option<&Host>,
+    setup: &Setup,
+    args: &[&str],
+    name: &str,
+) -> (Running, String) {
+    let mut all = vec![
+        "api",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        setup.model.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let stderr = setup.dir.join(format!("{name}.stderr"));
+    let mut cmd = match host {
+        Some(host) => lan.command(host, BIN),
+        None => Command::new(BIN),
+    };
+    let mut child = cmd
+        .args(&all)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start zkinfer api");
+    let (tx, lines) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    let log = stderr.clone();
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::create(log).unwrap();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            use std::io::Write;
+            let _ = writeln!(file, "{line}");
+            let _ = tx.send(line);
+        }
+    });
+    let mut api = Running {
+        child,
+        lines,
+        stderr,
+    };
+    let line = api.wait_for("[api on http://", Duration::from_secs(30));
+    let base = line
+        .trim_start_matches("[api on ")
+        .split(": ")
+        .next()
+        .unwrap()
+        .to_string();
+    api.wait_for("[api ready]", Duration::from_secs(60));
+    (api, base)
+}
+
+/// The token ids of a greedy completion from the api at `base`, asked with
+/// curl in `host`'s namespace (or this one's).
+fn completion_tokens(lan: &Lan, host: Option<&Host>, base: &str) -> Vec<u64> {
+    let body = r#"{"prompt": "hello world", "max_tokens": 8, "temperature": 0, "seed": 7}"#;
+    let mut cmd = match host {
+        Some(host) => lan.command(host, "curl"),
+        None => Command::new("curl"),
+    };
+    let out = cmd
+        .args([
+            "-s",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("{base}/v1/completions"))
+        .output()
+        .expect("curl");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+    answer["verification"]["token_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_http_api_answers_from_nodes_it_found_in_the_dht() {
+    let Some(mut lan) = lan_or_skip() else { return };
+    let setup = Setup::new("api");
+    let b = lan.add_host().unwrap();
+    let first = lan.add_host().unwrap();
+    let second = lan.add_host().unwrap();
+    let client = lan.add_host().unwrap();
+    let _bootstrap = start_bootstrap(&lan, &b, &setup, &format!("{}:{PORT}", b.ip));
+    let boot = bootstrap_addr(&b);
+    let _first = start_node(&lan, &first, &setup, "0..3", &boot, &[]);
+    let _second = start_node(&lan, &second, &setup, "3..7", &boot, &[]);
+    let (_local, local_base) = start_api(&lan, None, &setup, &[], "api-local");
+    let expected = completion_tokens(&lan, None, &local_base);
+    let (_remote, base) = start_api(
+        &lan,
+        Some(&client),
+        &setup,
+        &["--network", "--bootstrap", &boot, "--activations", "f32"],
+        "api-network",
+    );
+    assert!(!expected.is_empty());
+    assert_eq!(completion_tokens(&lan, Some(&client), &base), expected);
+}

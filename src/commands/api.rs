@@ -112,13 +112,19 @@ impl ServedModel {
 
 pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
     let proving = args.prove.0;
-    if proving.is_some() && args.nodes.is_none() {
+    let remote = args.nodes.is_some() || args.network.network;
+    if proving.is_some() && !remote {
         return Err(CliError::unreadable(
-            "--prove needs --nodes: the head node of a chain proves (zkinfer serve --prove); \
+            "--prove needs --nodes or --network: the head node of a chain proves (zkinfer serve --prove); \
              this process only generates",
         ));
     }
-    if args.nodes.is_some() && args.compute.device != DeviceKind::Cpu {
+    if args.network.network && args.audit_sample.is_some() {
+        return Err(CliError::unreadable(
+            "--audit-sample reaches nodes by IP:PORT: use it with --nodes (docs/network.md, \"Not yet\")",
+        ));
+    }
+    if remote && args.compute.device != DeviceKind::Cpu {
         return Err(CliError::unreadable(
             "--device is for the in-process model: with --nodes each node picks its own (zkinfer serve --device)",
         ));
@@ -130,10 +136,10 @@ pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
         served.name.clone(),
         served.info.id.expect("read sets the id"),
     );
-    let candidates = args.nodes.as_deref().map(read_nodes).transpose()?;
-    let device = match candidates {
-        None => Some(super::device::open(args.compute.device)?),
-        Some(_) => None,
+    let listed = args.nodes.as_deref().map(read_nodes).transpose()?;
+    let device = match remote {
+        false => Some(super::device::open(args.compute.device)?),
+        true => None,
     };
 
     let runtime = tokio_runtime()?;
@@ -168,7 +174,30 @@ pub fn run(args: ApiArgs) -> Result<ExitCode, CliError> {
     let loading = Arc::clone(&state);
     let activations = args.activations;
     let standby = args.standby;
+    let network = args.network.network.then_some(args.network.bootstrap);
+    let handle = runtime.handle().clone();
     std::thread::spawn(move || {
+        let candidates = match (listed, network) {
+            (Some(nodes), _) => Some(nodes),
+            // Found once, before the first answer; the hosts live on the
+            // server's runtime, as long as the nodes' addresses are used.
+            (None, Some(bootstrap)) => loop {
+                loading.not_ready("looking for nodes in the network");
+                match super::p2p::discover_nodes(
+                    &handle,
+                    bootstrap.clone(),
+                    id,
+                    served.shape.layers,
+                ) {
+                    Ok((_host, hops)) => break Some(hops),
+                    Err(e) => {
+                        loading.not_ready(format!("no nodes found yet: {e}"));
+                        std::thread::sleep(RETRY);
+                    }
+                }
+            },
+            (None, None) => None,
+        };
         let backend = match (candidates, device) {
             (None, device) => {
                 loading.not_ready("loading the model");

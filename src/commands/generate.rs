@@ -126,7 +126,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode, CliError> {
                     }
                     let runtime = super::serve::tokio_runtime()?;
                     let (host, hops) = super::p2p::discover_nodes(
-                        &runtime,
+                        runtime.handle(),
                         args.network.bootstrap.clone(),
                         id,
                         config.layers,

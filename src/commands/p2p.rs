@@ -132,10 +132,11 @@ pub async fn start_node_host(
     Ok((host, incoming))
 }
 
-/// Starts a client's host, joined through `bootstrap`, and finds the nodes of
-/// `model_id` until they cover `0..layers` (or the wait runs out).
+/// Starts a client's host on `runtime` (which must outlive it), joined
+/// through `bootstrap`, and finds the nodes of `model_id` until they cover
+/// `0..layers` (or the wait runs out). Call it from outside the runtime.
 pub fn discover_nodes(
-    runtime: &tokio::runtime::Runtime,
+    runtime: &tokio::runtime::Handle,
     bootstrap: Vec<Multiaddr>,
     model_id: ModelId,
     layers: usize,

@@ -12,6 +12,16 @@
 //! Decoding never panics: any byte string gives a frame or a [`WireError`],
 //! and the node answers an error with [`WireError::to_frame`].
 //!
+//! ## Transports
+//!
+//! The same frames travel over either of two transports, unchanged in bytes
+//! and meaning: a plain TCP connection (`zkinfer serve`, `--nodes nodes.toml`),
+//! or a libp2p stream of protocol `/zkinfer/wire/1` on a Noise-encrypted,
+//! yamux-multiplexed connection whose peer is authenticated by its ed25519
+//! key (`serve --network`, `generate --network`; docs/network.md). One
+//! connection or stream carries one link, frames in order, one answer per
+//! frame; the size limits, timeouts and error codes below hold on both.
+//!
 //! # Wire format, version 1
 //!
 //! All integers are little-endian and unsigned unless noted. A frame is:
@@ -193,6 +203,7 @@
 //! | 7    | UnknownRequest     | no cache for that request id (e.g. after End)        |
 //! | 8    | Internal           | the node failed for its own reasons                  |
 //! | 9    | Busy               | the node is at a limit (connections, bytes in flight, requests, KV cache); try later or elsewhere |
+//! | 10   | Forbidden          | the request belongs to another peer: only the peer that opened it (over libp2p its peer id, over plain TCP its IP address) may send it Forward or End |
 //!
 //! ## Receiving
 //!
