@@ -145,6 +145,9 @@ pub struct AuditArgs {
     /// Seconds allowed per question to a node.
     #[arg(long, default_value_t = 30, value_name = "S")]
     pub timeout: u64,
+    /// With --network: reach the transcript's `/p2p/` nodes through the libp2p network.
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Also open the commitments of the head's proofs in this bundle (`generate --bundle`)
     /// against the logits the head reveals: a proof, and the head's signed receipt for it, about
     /// other logits than the head signed is a rejection. Check the proofs themselves with

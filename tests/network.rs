@@ -270,6 +270,28 @@ fn five_nodes_in_namespaces_are_found_and_serve_a_client_with_no_list() {
     // The transcript names the nodes by peer id, not by address.
     let transcript = std::fs::read_to_string(setup.path("client.json")).unwrap();
     assert!(transcript.contains("\"/p2p/12D3KooW"), "{transcript}");
+    // The nodes' signed hops are audited through the network too.
+    let audit = lan
+        .command(&client, "timeout")
+        .args([
+            "120",
+            BIN,
+            "audit",
+            "--transcript",
+            &setup.path("client.json"),
+        ])
+        .args(["--model", setup.model.to_str().unwrap(), "--json"])
+        .args(["--network", "--bootstrap", &boot])
+        .output()
+        .expect("audit --network");
+    let report = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).expect("audit JSON");
+    assert_eq!(report["verdict"], "accept", "{report}");
     eprintln!(
         "5 nodes: discovery and 16 tokens in {:.2} s; {stderr}",
         took.as_secs_f64()

@@ -61,6 +61,7 @@ impl Auditor {
                     let options = AuditOptions {
                         positions: Some(positions),
                         io_timeout: Duration::from_secs(30),
+                        peers: None,
                     };
                     let dir = Path::new(".");
                     let verdict =

@@ -31,9 +31,9 @@
 pub mod fraud;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -51,7 +51,7 @@ use crate::fraud::{
 use node::trail::f32_digest;
 use transcript::binding::{self, BindingCheck};
 use transcript::Transcript;
-use wire::transport::NodeLink;
+use wire::transport::{Dial, NodeAddr, NodeLink};
 use wire::{Boundary, ForwardInput, Frame, Message, SignedStep};
 
 /// `k` distinct positions of `all`, drawn with the system's randomness, so
@@ -79,6 +79,10 @@ pub struct AuditOptions {
     pub positions: Option<BTreeSet<u64>>,
     /// Time allowed per question to a node (zero: 30 s).
     pub io_timeout: Duration,
+    /// The libp2p host that reaches nodes named `/p2p/<peer id>` (each must
+    /// answer with the receipt key the transcript names); `None`: such
+    /// nodes are unreachable.
+    pub peers: Option<Arc<dyn Dial>>,
 }
 
 /// One hop's audit: a hop of the transcript, with the numbers that decided.
@@ -251,7 +255,7 @@ fn digest_of(hex: &str) -> [u8; 32] {
 /// Why a node's answers cannot be used in an audit (each becomes a hop's note).
 #[derive(Debug, thiserror::Error)]
 enum AnswerError {
-    #[error("{0:?} is not a node address")]
+    #[error("{0}")]
     Address(String),
     #[error("{0}")]
     Connect(#[from] std::io::Error),
@@ -376,10 +380,8 @@ async fn audit_node(
     };
     let model_id = digest_of(&transcript.model_id);
     let link = async {
-        let addr: SocketAddr = group
-            .addr
-            .parse()
-            .map_err(|_| AnswerError::Address(group.addr.clone()))?;
+        let addr = NodeAddr::parse(&group.addr, options.peers.as_ref(), Some(signer.to_bytes()))
+            .map_err(AnswerError::Address)?;
         let node = NodeLink::connect(addr, timeout).await?;
         Ok::<_, AnswerError>(RequestLink {
             node,

@@ -400,12 +400,7 @@ fn peer_of_announcement_key(key: &kad::RecordKey) -> Option<PeerKey> {
 }
 
 fn peer_key_of_id(peer: &PeerId) -> Option<PeerKey> {
-    let bytes = peer.to_bytes();
-    let key: [u8; 32] = bytes
-        .strip_prefix(&[0x00, 0x24, 0x08, 0x01, 0x12, 0x20][..])?
-        .try_into()
-        .ok()?;
-    Some(PeerKey(key))
+    peer.to_base58().parse().ok()
 }
 
 fn is_loopback(addr: &Multiaddr) -> bool {

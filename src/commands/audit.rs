@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -43,16 +44,33 @@ pub fn run(args: AuditArgs) -> Result<ExitCode, CliError> {
         None if args.positions.is_empty() => None,
         None => Some(args.positions.iter().copied().collect()),
     };
-    let options = AuditOptions {
-        positions,
-        io_timeout: Duration::from_secs(args.timeout.max(1)),
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let start = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Worker threads: a libp2p host (--network) runs its swarm in a task
+    // while the audit blocks on its own questions.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("starting the async runtime: {e}")))?;
+    let peers = match args.network.network {
+        true => {
+            let model_id = verifier::parse_hex_array::<32>(&transcript.model_id)
+                .map(models::model_id::ModelId)
+                .ok_or_else(|| {
+                    CliError::unreadable("the transcript's model id is not 64 hex digits")
+                })?;
+            let host =
+                super::p2p::peer_host(runtime.handle(), args.network.bootstrap.clone(), model_id)?;
+            Some(Arc::new(host) as Arc<dyn wire::transport::Dial>)
+        }
+        false => None,
+    };
+    let options = AuditOptions {
+        positions,
+        io_timeout: Duration::from_secs(args.timeout.max(1)),
+        peers,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let start = Instant::now();
     let bundle = args.bundle.as_deref().map(input::read_bundle).transpose()?;
     let mut report = runtime.block_on(audit(&transcript, dir, &mut replayer, &options))?;
     let openings = match &bundle {

@@ -190,6 +190,39 @@ pub fn discover_nodes(
     })
 }
 
+/// Starts a client's host on `runtime`, joined through `bootstrap`, that
+/// knows where the nodes of `model_id` announce they are: what `audit
+/// --network` reaches a transcript's `/p2p/` nodes through.
+pub fn peer_host(
+    runtime: &tokio::runtime::Handle,
+    bootstrap: Vec<Multiaddr>,
+    model_id: ModelId,
+) -> Result<Host, CliError> {
+    if bootstrap.is_empty() {
+        return Err(CliError::unreadable(
+            "--network needs at least one --bootstrap address",
+        ));
+    }
+    runtime.block_on(async {
+        let host = Host::start(HostConfig {
+            keypair: network::host::Keypair::generate_ed25519(),
+            listen: Vec::new(),
+            bootstrap,
+            role: Role::Client,
+            relay_server: false,
+            via_relay: false,
+        })
+        .await
+        .map_err(network_error)?;
+        let found = host.discover(model_id).await.map_err(network_error)?;
+        eprintln!(
+            "[network: {} nodes of model {model_id} announced]",
+            found.len()
+        );
+        Ok(host)
+    })
+}
+
 /// Whether some chain of `hops` runs from layer 0 to `layers`.
 fn covers(hops: &[Hop], layers: usize) -> bool {
     let mut reach = vec![false; layers + 1];

@@ -528,3 +528,35 @@ fn reseal(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes[body..].copy_from_slice(sum.as_bytes());
     bytes
 }
+
+#[test]
+fn a_peer_id_parses_back_to_its_key_and_nothing_else_does() {
+    use crate::transport::{NodeAddr, PeerKey};
+    let key = PeerKey([7; 32]);
+    let text = key.to_string();
+    assert!(text.starts_with("12D3KooW"), "{text}");
+    assert_eq!(text.parse::<PeerKey>(), Ok(key));
+    // Every one-character change, every truncation and extension is refused
+    // or names another key.
+    for i in 0..text.len() {
+        let mut changed = text.clone().into_bytes();
+        changed[i] = if changed[i] == b'2' { b'3' } else { b'2' };
+        let changed = String::from_utf8(changed).unwrap();
+        assert_ne!(changed.parse::<PeerKey>().ok(), Some(key), "{changed}");
+        assert!(text[..i].parse::<PeerKey>().is_err(), "{i} characters");
+    }
+    assert!(format!("{text}1").parse::<PeerKey>().is_err());
+    assert!("12D3KooW0OIl".parse::<PeerKey>().is_err(), "not base58");
+    // A secp256k1 peer id is a peer id, but not one a node can have.
+    assert!("16Uiu2HAmLhLvBoYaoZfaMUKuibM6ac163GwKY74c5kiSLg5KvLpY"
+        .parse::<PeerKey>()
+        .is_err());
+
+    assert_eq!(
+        NodeAddr::parse("10.0.0.1:7001", None, None),
+        Ok(NodeAddr::Tcp("10.0.0.1:7001".parse().unwrap()))
+    );
+    let refused = NodeAddr::parse(&format!("/p2p/{text}"), None, None).unwrap_err();
+    assert!(refused.contains("--network"), "{refused}");
+    assert!(NodeAddr::parse("node-1", None, None).is_err());
+}

@@ -54,6 +54,26 @@ impl fmt::Display for PeerKey {
     }
 }
 
+/// The multihash prefix of an ed25519 peer id: identity hash, 36 bytes,
+/// a protobuf public key of type ed25519 and 32 bytes.
+const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+impl std::str::FromStr for PeerKey {
+    type Err = String;
+
+    /// Parses an ed25519 peer id as libp2p prints it (`12D3KooW…`).
+    fn from_str(text: &str) -> Result<PeerKey, String> {
+        let bytes = bs58::decode(text)
+            .into_vec()
+            .map_err(|e| format!("{text:?} is not a peer id: {e}"))?;
+        bytes
+            .strip_prefix(&PEER_ID_PREFIX[..])
+            .and_then(|key| <[u8; 32]>::try_from(key).ok())
+            .map(PeerKey)
+            .ok_or_else(|| format!("{text:?} is not an ed25519 peer id"))
+    }
+}
+
 impl fmt::Debug for PeerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PeerKey({self})")
@@ -68,6 +88,34 @@ pub type Opening = Pin<Box<dyn Future<Output = io::Result<Box<dyn Duplex>>> + Se
 pub trait Dial: Send + Sync {
     /// Opens a wire stream to `peer`, authenticated as that peer.
     fn open(&self, peer: PeerKey) -> Opening;
+}
+
+impl fmt::Debug for dyn Dial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Dial")
+    }
+}
+
+impl NodeAddr {
+    /// The address a transcript names a node by (its `Display`): `IP:PORT`,
+    /// or `/p2p/<peer id>` reached through `peers` with the receipt key
+    /// `signer` (None when there is no host to reach peers through).
+    pub fn parse(
+        text: &str,
+        peers: Option<&Arc<dyn Dial>>,
+        signer: Option<[u8; 64]>,
+    ) -> Result<NodeAddr, String> {
+        if let Some(id) = text.strip_prefix("/p2p/") {
+            let key = id.parse()?;
+            let host = peers
+                .ok_or_else(|| format!("{text} is a libp2p peer: reach it with --network"))?
+                .clone();
+            return Ok(NodeAddr::Peer(Arc::new(PeerRoute { key, host, signer })));
+        }
+        text.parse::<SocketAddr>()
+            .map(NodeAddr::Tcp)
+            .map_err(|_| format!("{text:?} is not a node address"))
+    }
 }
 
 /// Where a node is and how to reach it. Two addresses are equal when they
