@@ -9,7 +9,10 @@
 //! 2. time from a client's start (its host, discovery in the DHT, the chain's
 //!    Hello, the prompt) to its first token, with 5 and 20 nodes on loopback
 //!    (in this process, the tiny model, two layer ranges);
-//! 3. discovery traffic per node while idle, with a bootstrap host and five
+//! 3. per-token latency across network namespaces, each node's link limited
+//!    with `tc tbf`: the same two nodes (processes) over plain TCP and over
+//!    libp2p, the packaged model when installed (needs root; skipped otherwise);
+//! 4. discovery traffic per node while idle, with a bootstrap host and five
 //!    `zkinfer serve --network` processes in their own network namespaces,
 //!    read from their interfaces' counters (needs root; skipped otherwise).
 
@@ -345,6 +348,132 @@ fn discovery_traffic(model: &Path, secs: u64) -> Result<Option<(f64, f64)>, Erro
     Ok(Some((rx as f64 / n / minutes, tx as f64 / n / minutes)))
 }
 
+/// Milliseconds per token that `zkinfer generate ARGS` in `host`'s namespace
+/// reports (its "[… tokens in … s, R tokens/s]" line).
+fn generate_ms_per_token(
+    lan: &harness::netns::Lan,
+    host: &harness::netns::Host,
+    args: &[&str],
+) -> Result<f64, Error> {
+    let out = lan
+        .command(host, env!("CARGO_BIN_EXE_zkinfer"))
+        .arg("generate")
+        .args(args)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("generate failed: {stderr}").into());
+    }
+    let rate: f64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(" tokens/s]")?
+                .rsplit(", ")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| format!("no tokens/s line: {stderr}"))?;
+    Ok(1e3 / rate)
+}
+
+/// Per-token latency across namespaces, each node's sending rate-limited to
+/// `kbit` with `tc tbf`: the same two nodes served over plain TCP and over
+/// libp2p (one process each per namespace), the client in its own.
+fn namespace_latency(model: &Path, kbit: u32, tokens: usize) -> Result<Option<(f64, f64)>, Error> {
+    use harness::netns::Lan;
+    let mut lan = match Lan::new() {
+        Ok(lan) => lan,
+        Err(e) => {
+            println!("(skipped: network namespaces are not available: {e})");
+            return Ok(None);
+        }
+    };
+    let bin = env!("CARGO_BIN_EXE_zkinfer");
+    let dir = std::env::temp_dir().join(format!("zkinfer-bench-latency-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let quiet = |mut cmd: std::process::Command| {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+    };
+    let b = lan.add_host()?;
+    let boot = format!("/ip4/{}/tcp/4000", b.ip);
+    let mut bootstrap = lan.command(&b, bin);
+    bootstrap.args(["bootstrap", "--listen", &format!("{}:4000", b.ip)]);
+    let mut children = vec![quiet(bootstrap)?];
+    let shards = Shards::open(model)?;
+    let mut nodes_toml = String::new();
+    for (i, span) in shards.spans().iter().enumerate() {
+        let host = lan.add_host()?;
+        lan.rate_limit(&host, kbit)?;
+        let key = dir.join(format!("n{i}.key"));
+        std::process::Command::new(bin)
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .output()?;
+        let layers = format!("{}..{}", span.start, span.end);
+        for (port, network) in [(5000, false), (4000, true)] {
+            let mut serve = lan.command(&host, bin);
+            serve
+                .args(["serve", "--model"])
+                .arg(model)
+                .args(["--layers", &layers, "--key"])
+                .arg(&key)
+                .args(["--listen", &format!("{}:{port}", host.ip), "--threads", "1"]);
+            if network {
+                serve.args(["--network", "--bootstrap", &boot]);
+            }
+            children.push(quiet(serve)?);
+        }
+        nodes_toml += &format!(
+            "[[node]]\naddr = \"{}:5000\"\nlayers = \"{layers}\"\n",
+            host.ip
+        );
+    }
+    let nodes = dir.join("nodes.toml");
+    std::fs::write(&nodes, nodes_toml)?;
+    let client = lan.add_host()?;
+    // Loaded, listening and announced.
+    std::thread::sleep(Duration::from_secs(if shards.layers > 8 { 15 } else { 3 }));
+    let model = model.to_str().ok_or("model path is not UTF-8")?;
+    let tokens = tokens.to_string();
+    let common = [
+        "--model",
+        model,
+        "--prompt",
+        "hello world",
+        "--max-tokens",
+        &tokens,
+        "--seed",
+        "7",
+    ];
+    let nodes = nodes.to_str().ok_or("path is not UTF-8")?;
+    let (mut tcp, mut p2p) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        tcp.push(generate_ms_per_token(
+            &lan,
+            &client,
+            &[&common[..], &["--nodes", nodes]].concat(),
+        )?);
+        p2p.push(generate_ms_per_token(
+            &lan,
+            &client,
+            &[&common[..], &["--network", "--bootstrap", &boot]].concat(),
+        )?);
+    }
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(Some((median(tcp), median(p2p))))
+}
+
 fn main() -> Result<(), Error> {
     let (mut tokens, mut traffic_secs) = (64usize, 300u64);
     let mut args = std::env::args().skip(1);
@@ -394,8 +523,23 @@ fn main() -> Result<(), Error> {
         println!("| {nodes} | {discovered:.3} | {total:.3} |");
     }
 
+    let kbit = 10_000;
+    println!("\n## Per-token latency across namespaces, each node's link limited to {kbit} kbit/s (tc tbf), median of 3\n");
+    let model = models::installed_packaged_model().unwrap_or_else(|| tiny_path.clone());
+    if let Some((tcp, p2p)) = namespace_latency(&model, kbit, tokens)? {
+        println!("| model | plain TCP ms/token | libp2p ms/token | libp2p / TCP |");
+        println!("|---|---|---|---|");
+        println!(
+            "| {} | {tcp:.2} | {p2p:.2} | {:.3}x |",
+            model.file_name().unwrap_or_default().to_string_lossy(),
+            p2p / tcp
+        );
+    }
+
     println!("\n## Discovery traffic per idle node ({traffic_secs} s, five nodes and a bootstrap host in namespaces)\n");
-    if let Some((rx, tx)) = discovery_traffic(&tiny_path, traffic_secs)? {
+    if traffic_secs == 0 {
+        println!("(skipped: --traffic-secs 0)");
+    } else if let Some((rx, tx)) = discovery_traffic(&tiny_path, traffic_secs)? {
         println!("| received bytes/min | sent bytes/min |");
         println!("|---|---|");
         println!("| {rx:.0} | {tx:.0} |");

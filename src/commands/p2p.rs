@@ -132,6 +132,25 @@ pub async fn start_node_host(
     Ok((host, incoming))
 }
 
+/// A client's host (a fresh identity, no listener), joined through `bootstrap`.
+async fn client_host(bootstrap: Vec<Multiaddr>) -> Result<Host, CliError> {
+    if bootstrap.is_empty() {
+        return Err(CliError::unreadable(
+            "--network needs at least one --bootstrap address",
+        ));
+    }
+    Host::start(HostConfig {
+        keypair: network::host::Keypair::generate_ed25519(),
+        listen: Vec::new(),
+        bootstrap,
+        role: Role::Client,
+        relay_server: false,
+        via_relay: false,
+    })
+    .await
+    .map_err(network_error)
+}
+
 /// Starts a client's host on `runtime` (which must outlive it), joined
 /// through `bootstrap`, and finds the nodes of `model_id` until they cover
 /// `0..layers` (or the wait runs out). Call it from outside the runtime.
@@ -141,22 +160,8 @@ pub fn discover_nodes(
     model_id: ModelId,
     layers: usize,
 ) -> Result<(Host, Vec<Hop>), CliError> {
-    if bootstrap.is_empty() {
-        return Err(CliError::unreadable(
-            "--network needs at least one --bootstrap address",
-        ));
-    }
     runtime.block_on(async {
-        let host = Host::start(HostConfig {
-            keypair: network::host::Keypair::generate_ed25519(),
-            listen: Vec::new(),
-            bootstrap,
-            role: Role::Client,
-            relay_server: false,
-            via_relay: false,
-        })
-        .await
-        .map_err(network_error)?;
+        let host = client_host(bootstrap).await?;
         let start = Instant::now();
         loop {
             let found = host.discover(model_id).await.map_err(network_error)?;
@@ -198,22 +203,8 @@ pub fn peer_host(
     bootstrap: Vec<Multiaddr>,
     model_id: ModelId,
 ) -> Result<Host, CliError> {
-    if bootstrap.is_empty() {
-        return Err(CliError::unreadable(
-            "--network needs at least one --bootstrap address",
-        ));
-    }
     runtime.block_on(async {
-        let host = Host::start(HostConfig {
-            keypair: network::host::Keypair::generate_ed25519(),
-            listen: Vec::new(),
-            bootstrap,
-            role: Role::Client,
-            relay_server: false,
-            via_relay: false,
-        })
-        .await
-        .map_err(network_error)?;
+        let host = client_host(bootstrap).await?;
         let found = host.discover(model_id).await.map_err(network_error)?;
         eprintln!(
             "[network: {} nodes of model {model_id} announced]",
