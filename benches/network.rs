@@ -276,71 +276,115 @@ async fn first_token(shards: &Shards, nodes: usize) -> Result<(f64, f64), Error>
     Ok((discovered, total))
 }
 
-/// Bytes per minute each of five idle nodes sends and receives, in namespaces.
-fn discovery_traffic(model: &Path, secs: u64) -> Result<Option<(f64, f64)>, Error> {
-    use harness::netns::Lan;
-    let mut lan = match Lan::new() {
-        Ok(lan) => lan,
-        Err(e) => {
-            println!("(skipped: network namespaces are not available: {e})");
-            return Ok(None);
-        }
-    };
-    let bin = env!("CARGO_BIN_EXE_zkinfer");
-    let dir = std::env::temp_dir().join(format!("zkinfer-bench-network-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let b = lan.add_host()?;
-    let boot = format!("/ip4/{}/tcp/4000", b.ip);
-    let mut children = vec![lan
-        .command(&b, bin)
-        .args(["bootstrap", "--listen", &format!("{}:4000", b.ip)])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?];
-    std::thread::sleep(Duration::from_secs(1));
-    let shards = Shards::open(model)?;
-    let mut hosts = Vec::new();
-    for i in 0..5 {
-        let host = lan.add_host()?;
-        let key = dir.join(format!("n{i}.key"));
-        let status = std::process::Command::new(bin)
+/// A LAN of namespaces with a bootstrap host on it, and the processes
+/// started in them: killed, and their scratch directory removed, on drop.
+struct Namespaces {
+    lan: harness::netns::Lan,
+    dir: std::path::PathBuf,
+    /// The bootstrap host's multiaddr.
+    boot: String,
+    children: Vec<std::process::Child>,
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_zkinfer");
+
+impl Namespaces {
+    /// `None` (and why, printed) where namespaces cannot be made.
+    fn start(tag: &str) -> Result<Option<Namespaces>, Error> {
+        let mut lan = match harness::netns::Lan::new() {
+            Ok(lan) => lan,
+            Err(e) => {
+                println!("(skipped: network namespaces are not available: {e})");
+                return Ok(None);
+            }
+        };
+        let dir = std::env::temp_dir().join(format!("zkinfer-bench-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let b = lan.add_host()?;
+        let mut all = Namespaces {
+            boot: format!("/ip4/{}/tcp/4000", b.ip),
+            lan,
+            dir,
+            children: Vec::new(),
+        };
+        all.spawn(&b, |cmd| {
+            cmd.args(["bootstrap", "--listen", &format!("{}:4000", b.ip)]);
+        })?;
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(Some(all))
+    }
+
+    /// Starts `zkinfer` in `host`'s namespace with the arguments `args` adds,
+    /// its output discarded.
+    fn spawn(
+        &mut self,
+        host: &harness::netns::Host,
+        args: impl FnOnce(&mut std::process::Command),
+    ) -> Result<(), Error> {
+        let mut cmd = self.lan.command(host, BIN);
+        args(&mut cmd);
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// A new node key (`zkinfer keygen`) in the scratch directory.
+    fn key(&self, name: &str) -> Result<std::path::PathBuf, Error> {
+        let key = self.dir.join(format!("{name}.key"));
+        let out = std::process::Command::new(BIN)
             .args(["keygen", "--out"])
             .arg(&key)
             .output()?;
-        if !status.status.success() {
-            return Err("keygen failed".into());
+        if !out.status.success() {
+            return Err(format!("keygen: {}", String::from_utf8_lossy(&out.stderr)).into());
         }
+        Ok(key)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Bytes per minute each of five idle nodes sends and receives, in namespaces.
+fn discovery_traffic(model: &Path, secs: u64) -> Result<Option<(f64, f64)>, Error> {
+    let Some(mut all) = Namespaces::start("traffic")? else {
+        return Ok(None);
+    };
+    let shards = Shards::open(model)?;
+    let mut hosts = Vec::new();
+    for i in 0..5 {
+        let host = all.lan.add_host()?;
+        let key = all.key(&format!("n{i}"))?;
         let span = &shards.spans()[i % 2];
-        children.push(
-            lan.command(&host, bin)
-                .args(["serve", "--model"])
+        let boot = all.boot.clone();
+        all.spawn(&host, |cmd| {
+            cmd.args(["serve", "--model"])
                 .arg(model)
                 .args(["--layers", &format!("{}..{}", span.start, span.end)])
                 .args(["--listen", &format!("{}:4000", host.ip), "--key"])
                 .arg(&key)
-                .args(["--threads", "1", "--network", "--bootstrap", &boot])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()?,
-        );
+                .args(["--threads", "1", "--network", "--bootstrap", &boot]);
+        })?;
         hosts.push(host);
     }
     // Joined and announced; then only the DHT's own upkeep and refreshes.
     std::thread::sleep(Duration::from_secs(5));
-    let before: Vec<(u64, u64)> = hosts
-        .iter()
-        .map(|h| lan.counters(h))
-        .collect::<Result<_, _>>()?;
+    let counters = || -> Result<Vec<(u64, u64)>, String> {
+        hosts.iter().map(|h| all.lan.counters(h)).collect()
+    };
+    let before = counters()?;
     std::thread::sleep(Duration::from_secs(secs));
-    let after: Vec<(u64, u64)> = hosts
-        .iter()
-        .map(|h| lan.counters(h))
-        .collect::<Result<_, _>>()?;
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let after = counters()?;
     let minutes = secs as f64 / 60.0;
     let n = hosts.len() as f64;
     let rx: u64 = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).sum();
@@ -355,11 +399,7 @@ fn generate_ms_per_token(
     host: &harness::netns::Host,
     args: &[&str],
 ) -> Result<f64, Error> {
-    let out = lan
-        .command(host, env!("CARGO_BIN_EXE_zkinfer"))
-        .arg("generate")
-        .args(args)
-        .output()?;
+    let out = lan.command(host, BIN).arg("generate").args(args).output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         return Err(format!("generate failed: {stderr}").into());
@@ -381,59 +421,38 @@ fn generate_ms_per_token(
 /// `kbit` with `tc tbf`: the same two nodes served over plain TCP and over
 /// libp2p (one process each per namespace), the client in its own.
 fn namespace_latency(model: &Path, kbit: u32, tokens: usize) -> Result<Option<(f64, f64)>, Error> {
-    use harness::netns::Lan;
-    let mut lan = match Lan::new() {
-        Ok(lan) => lan,
-        Err(e) => {
-            println!("(skipped: network namespaces are not available: {e})");
-            return Ok(None);
-        }
+    let Some(mut all) = Namespaces::start("latency")? else {
+        return Ok(None);
     };
-    let bin = env!("CARGO_BIN_EXE_zkinfer");
-    let dir = std::env::temp_dir().join(format!("zkinfer-bench-latency-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let quiet = |mut cmd: std::process::Command| {
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-    };
-    let b = lan.add_host()?;
-    let boot = format!("/ip4/{}/tcp/4000", b.ip);
-    let mut bootstrap = lan.command(&b, bin);
-    bootstrap.args(["bootstrap", "--listen", &format!("{}:4000", b.ip)]);
-    let mut children = vec![quiet(bootstrap)?];
     let shards = Shards::open(model)?;
     let mut nodes_toml = String::new();
     for (i, span) in shards.spans().iter().enumerate() {
-        let host = lan.add_host()?;
-        lan.rate_limit(&host, kbit)?;
-        let key = dir.join(format!("n{i}.key"));
-        std::process::Command::new(bin)
-            .args(["keygen", "--out"])
-            .arg(&key)
-            .output()?;
+        let host = all.lan.add_host()?;
+        all.lan.rate_limit(&host, kbit)?;
+        let key = all.key(&format!("n{i}"))?;
         let layers = format!("{}..{}", span.start, span.end);
         for (port, network) in [(5000, false), (4000, true)] {
-            let mut serve = lan.command(&host, bin);
-            serve
-                .args(["serve", "--model"])
-                .arg(model)
-                .args(["--layers", &layers, "--key"])
-                .arg(&key)
-                .args(["--listen", &format!("{}:{port}", host.ip), "--threads", "1"]);
-            if network {
-                serve.args(["--network", "--bootstrap", &boot]);
-            }
-            children.push(quiet(serve)?);
+            let boot = all.boot.clone();
+            all.spawn(&host, |serve| {
+                serve
+                    .args(["serve", "--model"])
+                    .arg(model)
+                    .args(["--layers", &layers, "--key"])
+                    .arg(&key)
+                    .args(["--listen", &format!("{}:{port}", host.ip), "--threads", "1"]);
+                if network {
+                    serve.args(["--network", "--bootstrap", &boot]);
+                }
+            })?;
         }
         nodes_toml += &format!(
             "[[node]]\naddr = \"{}:5000\"\nlayers = \"{layers}\"\n",
             host.ip
         );
     }
-    let nodes = dir.join("nodes.toml");
+    let nodes = all.dir.join("nodes.toml");
     std::fs::write(&nodes, nodes_toml)?;
-    let client = lan.add_host()?;
+    let client = all.lan.add_host()?;
     // Loaded, listening and announced.
     std::thread::sleep(Duration::from_secs(if shards.layers > 8 { 15 } else { 3 }));
     let model = model.to_str().ok_or("model path is not UTF-8")?;
@@ -452,21 +471,17 @@ fn namespace_latency(model: &Path, kbit: u32, tokens: usize) -> Result<Option<(f
     let (mut tcp, mut p2p) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         tcp.push(generate_ms_per_token(
-            &lan,
+            &all.lan,
             &client,
             &[&common[..], &["--nodes", nodes]].concat(),
         )?);
         p2p.push(generate_ms_per_token(
-            &lan,
+            &all.lan,
             &client,
-            &[&common[..], &["--network", "--bootstrap", &boot]].concat(),
+            &[&common[..], &["--network", "--bootstrap", &all.boot]].concat(),
         )?);
     }
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(all);
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
