@@ -11,7 +11,7 @@ say how to install it instead of failing.
     python3 scripts/llama_cpp_bench.py MODEL.gguf --prompt "..." --tokens 64 --threads 2
 
 Installing llama-cpp-python builds llama.cpp from source (cmake and a C compiler, ~15 minutes on 2 cores):
-    python3 -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install cmake ninja llama-cpp-python
+    bash scripts/llama_cpp.sh
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ import math
 import sys
 import time
 
-INSTALL = "python3 -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install cmake ninja llama-cpp-python"
+INSTALL = "bash scripts/llama_cpp.sh"
 
 
 def main():

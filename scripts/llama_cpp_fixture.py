@@ -4,8 +4,8 @@ runtime's tests (tokenizer ids for varied strings; prompt ids, last-position top
 32-token greedy continuation with per-token log-probabilities and top-1/top-2 margins).
 
 Needs llama-cpp-python (builds llama.cpp from source: cmake and a C compiler, ~15 minutes on 2 cores):
-    python3 -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install cmake ninja llama-cpp-python
-    /tmp/llvenv/bin/python scripts/llama_cpp_fixture.py "$(zkinfer model path)" fixtures/llama_cpp.json
+    bash scripts/llama_cpp.sh
+    ~/.cache/zkinfer-llama-venv/bin/python scripts/llama_cpp_fixture.py "$(zkinfer model path)" fixtures/llama_cpp.json
 Not part of the test run: the fixture it writes is committed.
 """
 import hashlib

@@ -547,7 +547,7 @@ pub enum BenchCommand {
     /// the latency of the token during which a node is killed. Each figure is held to its
     /// target (docs/runtime-bench.md). Progress goes to stderr, the report to stdout.
     #[command(
-        after_help = "Examples:\n  zkinfer bench runtime\n  zkinfer bench runtime --tokens 32 --json > bench.json\n  zkinfer bench runtime --python /tmp/llvenv/bin/python"
+        after_help = "Examples:\n  zkinfer bench runtime\n  zkinfer bench runtime --tokens 32 --json > bench.json\n  zkinfer bench runtime --python ~/.cache/zkinfer-llama-venv/bin/python"
     )]
     Runtime(BenchRuntimeArgs),
     /// Compare a candidate device or configuration with a reference (docs/gpu.md): per fixed
@@ -665,8 +665,9 @@ pub struct BenchRuntimeArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// A Python with llama-cpp-python, for the llama.cpp row [default: /tmp/llvenv/bin/python if
-    /// it exists, else python3]. Without llama_cpp the row says "not measured".
+    /// A Python with llama-cpp-python, for the llama.cpp row [default:
+    /// ~/.cache/zkinfer-llama-venv/bin/python, where scripts/llama_cpp.sh installs it, if it
+    /// exists, else python3]. Without llama_cpp the row says "not measured".
     #[arg(long, value_name = "PATH")]
     pub python: Option<PathBuf>,
     /// Measure a single process on this many threads, in this process, and print it as JSON

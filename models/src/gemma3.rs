@@ -12,11 +12,11 @@
 use std::io::{Read, Seek};
 use std::ops::Range;
 
-use candle_core::quantized::{gguf_file, QMatMul};
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor, D};
 
 use crate::layers::{
-    cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, RmsNorm, Weights,
+    cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, Linear, RmsNorm, Weights,
 };
 use crate::shard::{check_range, Architecture, Shard};
 use crate::{ModelError, ModelShape, Result, DEFAULT_CONTEXT};
@@ -87,17 +87,17 @@ impl Config {
 pub struct Layer {
     index: usize,
     attn_norm: RmsNorm,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
+    q: Linear,
+    k: Linear,
+    v: Linear,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
-    o: QMatMul,
+    o: Linear,
     post_attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     post_ffn_norm: RmsNorm,
 }
 
@@ -205,7 +205,7 @@ impl Gemma3 {
             let embd = embedding
                 .clone()
                 .ok_or_else(|| ModelError::Metadata("no embedding".into()))?;
-            Some((norm, QMatMul::from_arc(embd)?))
+            Some((norm, Linear::from_arc(embd)?))
         } else {
             None
         };

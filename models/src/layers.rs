@@ -4,9 +4,12 @@
 
 use std::io::{Read, Seek};
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor, D};
+use std::sync::Arc;
 
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use crate::q5_0::Q5_0Matrix;
 use crate::{ModelError, Result};
 
 pub(crate) fn meta<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
@@ -73,15 +76,45 @@ impl<R: Read + Seek> Weights<'_, R> {
         RmsNorm::load(weight, self.rms_eps, self.device)
     }
 
-    /// Q5_0 has no SIMD kernel in candle 0.11: dequantize it to f32 at load
-    /// (exact with respect to the stored weights, ~7-10x faster prompts).
-    /// Other types stay quantized.
-    pub(crate) fn matmul(&mut self, name: &str) -> Result<QMatMul> {
-        let qt = self.tensor(name)?;
-        if qt.dtype() == GgmlDType::Q5_0 {
-            Ok(QMatMul::Tensor(qt.dequantize(self.device)?))
-        } else {
-            Ok(QMatMul::from_qtensor(qt)?)
+    pub(crate) fn matmul(&mut self, name: &str) -> Result<Linear> {
+        Linear::new(self.tensor(name)?)
+    }
+}
+
+/// A weight matrix `W` applied as `x Wᵀ`. Q5_0 has no SIMD kernel in candle
+/// 0.11: on the CPU it runs on the project's own ([`crate::q5_0`]), on other
+/// devices dequantized to f32 (exact with respect to the stored weights).
+/// Other types run on candle's quantized matmuls.
+#[derive(Debug, Clone)]
+pub(crate) enum Linear {
+    Candle(QMatMul),
+    Q5_0(Arc<Q5_0Matrix>),
+}
+
+impl Linear {
+    pub(crate) fn new(weight: QTensor) -> Result<Linear> {
+        Linear::from_arc(Arc::new(weight))
+    }
+
+    pub(crate) fn from_arc(weight: Arc<QTensor>) -> Result<Linear> {
+        match (weight.dtype(), weight.device()) {
+            (GgmlDType::Q5_0, Device::Cpu) => {
+                let (rows, cols) = weight.shape().dims2()?;
+                let matrix = Q5_0Matrix::from_bytes(rows, cols, &weight.data()?)
+                    .map_err(|e| ModelError::Metadata(e.to_string()))?;
+                Ok(Linear::Q5_0(Arc::new(matrix)))
+            }
+            (GgmlDType::Q5_0, device) => {
+                Ok(Linear::Candle(QMatMul::Tensor(weight.dequantize(&device)?)))
+            }
+            _ => Ok(Linear::Candle(QMatMul::from_arc(weight)?)),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Candle(m) => Ok(m.forward(x)?),
+            Linear::Q5_0(m) => Ok(x.contiguous()?.apply_op1_no_bwd(m.as_ref())?),
         }
     }
 }

@@ -14,11 +14,11 @@
 use std::io::{Read, Seek};
 use std::ops::Range;
 
-use candle_core::quantized::{gguf_file, QMatMul};
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor, D};
 
 use crate::layers::{
-    cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, RmsNorm, Weights,
+    cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, Linear, RmsNorm, Weights,
 };
 use crate::shard::{check_range, Architecture, Shard};
 use crate::{ModelError, ModelShape, Result, DEFAULT_CONTEXT};
@@ -102,14 +102,14 @@ impl Config {
 #[derive(Debug)]
 pub struct Layer {
     attn_norm: RmsNorm,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     ffn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 /// Layers `[start, end)` of a Llama-family model.

@@ -5,10 +5,9 @@
 
 use std::ops::Range;
 
-use candle_core::quantized::QMatMul;
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Tensor};
 
-use crate::layers::{lookup, Cache, RmsNorm};
+use crate::layers::{lookup, Cache, Linear, RmsNorm};
 use crate::{ModelError, ModelShape, Result};
 
 /// What one architecture adds to a [`Shard`]: its configuration and one
@@ -54,7 +53,7 @@ pub struct Shard<A: Architecture> {
     pub layers: Range<usize>,
     embedding: Option<Tensor>,
     blocks: Vec<A::Layer>,
-    head: Option<(RmsNorm, QMatMul)>,
+    head: Option<(RmsNorm, Linear)>,
     device: Device,
 }
 
@@ -78,7 +77,7 @@ impl<A: Architecture> Shard<A> {
         layers: Range<usize>,
         embedding: Option<Tensor>,
         blocks: Vec<A::Layer>,
-        head: Option<(RmsNorm, QMatMul)>,
+        head: Option<(RmsNorm, Linear)>,
         device: &Device,
     ) -> Shard<A> {
         Shard {

@@ -72,7 +72,9 @@ fn runtime(args: BenchRuntimeArgs) -> Result<ExitCode, CliError> {
     let model_id = models::model_id::model_id(&content, &mut reader)
         .map_err(|e| CliError::unreadable(format!("{}: {e}", model.display())))?;
     let python = args.python.clone().unwrap_or_else(|| {
-        let venv = PathBuf::from("/tmp/llvenv/bin/python");
+        let venv = std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".cache/zkinfer-llama-venv/bin/python"))
+            .unwrap_or_default();
         if venv.exists() {
             venv
         } else {

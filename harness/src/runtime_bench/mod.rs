@@ -47,7 +47,7 @@ pub const PROMPT: &str = "The quick brown fox jumps over the lazy dog. In the be
 /// The llama.cpp driver, run with `--python` (on 2 threads, then on 1).
 const LLAMA_CPP_BENCH: &str = include_str!("../../../scripts/llama_cpp_bench.py");
 const INSTALL_LLAMA_CPP: &str =
-    "python3 -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install cmake ninja llama-cpp-python";
+    "bash scripts/llama_cpp.sh (llama-cpp-python into ~/.cache/zkinfer-llama-venv)";
 /// Threads of the single-process run compared with llama.cpp (same count on both sides).
 const COMPARE_THREADS: usize = 2;
 /// How long a node may take to answer one frame.
