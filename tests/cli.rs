@@ -632,7 +632,10 @@ fn bench_runtime_measures_a_tiny_model_and_reports_llama_cpp_as_not_measured() {
     for llama in &rows[4..] {
         assert_eq!(llama["measured"], false);
         assert!(
-            llama["note"].as_str().unwrap().contains("pip install"),
+            llama["note"]
+                .as_str()
+                .unwrap()
+                .contains("bash scripts/llama_cpp.sh"),
             "says how to install llama.cpp: {llama}"
         );
     }

@@ -46,8 +46,8 @@ pub use report::{EncodingRow, Failover, HeadPicks, Report, Speed, Speeds};
 pub const PROMPT: &str = "The quick brown fox jumps over the lazy dog. In the beginning";
 /// The llama.cpp driver, run with `--python` (on 2 threads, then on 1).
 const LLAMA_CPP_BENCH: &str = include_str!("../../../scripts/llama_cpp_bench.py");
-const INSTALL_LLAMA_CPP: &str =
-    "bash scripts/llama_cpp.sh (llama-cpp-python into ~/.cache/zkinfer-llama-venv)";
+/// Installs llama-cpp-python into ~/.cache/zkinfer-llama-venv, where `--python` looks by default.
+const INSTALL_LLAMA_CPP: &str = "bash scripts/llama_cpp.sh";
 /// Threads of the single-process run compared with llama.cpp (same count on both sides).
 const COMPARE_THREADS: usize = 2;
 /// How long a node may take to answer one frame.
@@ -413,7 +413,7 @@ fn llama_cpp(setup: &Setup, python: &Path, dir: &Path, threads: usize) -> Result
         .output()
         .map_err(|e| {
             BenchError::failed(format!(
-                "cannot run {}: {e}; install llama-cpp-python ({INSTALL_LLAMA_CPP}) and pass --python",
+                "cannot run {}: {e}; install llama-cpp-python with `{INSTALL_LLAMA_CPP}` or pass --python",
                 python.display()
             ))
         })?;
