@@ -806,9 +806,10 @@ pub struct CostArgs {
     /// Write an SVG plot of prove and verify time.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
-    /// Proofs verified together to measure batch verification per proof.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    pub verify_batch: usize,
+    /// Tokens verified in one batch (copies of the proof, two at least) to measure what each
+    /// token adds beyond the first proof.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub verify_tokens: usize,
     /// Measure one configuration in this process (used by `cost` itself, one child per configuration).
     #[arg(long, hide = true)]
     pub in_process: bool,

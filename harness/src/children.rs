@@ -87,13 +87,14 @@ pub enum ChildError {
     NotListening { layers: Range<usize>, log: String },
 }
 
-/// Starts one `ZKINFER serve --threads 1` per range on ephemeral loopback
-/// ports (loading in parallel) and waits until each listens; their logs go
-/// to `dir`.
+/// Starts one `ZKINFER serve --threads THREADS` per range on ephemeral
+/// loopback ports (loading in parallel) and waits until each listens; their
+/// logs go to `dir`.
 pub fn start_serve_children(
     zkinfer: &Path,
     model: &Path,
     ranges: &[Range<usize>],
+    threads: usize,
     dir: &Path,
 ) -> Result<Vec<ServeChild>, ChildError> {
     let mut started = Vec::new();
@@ -114,7 +115,8 @@ pub fn start_serve_children(
                     .args(["serve", "--model"])
                     .arg(model)
                     .args(["--layers", &format!("{}..{}", layers.start, layers.end)])
-                    .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+                    .args(["--listen", "127.0.0.1:0"])
+                    .args(["--threads", &threads.to_string()])
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(stderr)

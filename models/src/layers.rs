@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
-use crate::q5_0::Q5_0Matrix;
+use crate::quant::{Q5_0Matrix, Q8_0Matrix, QuantMatrix, WeightBlock};
 use crate::{ModelError, Result};
 
 pub(crate) fn meta<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
@@ -81,14 +81,15 @@ impl<R: Read + Seek> Weights<'_, R> {
     }
 }
 
-/// A weight matrix `W` applied as `x Wᵀ`. Q5_0 has no SIMD kernel in candle
-/// 0.11: on the CPU it runs on the project's own ([`crate::q5_0`]), on other
-/// devices dequantized to f32 (exact with respect to the stored weights).
-/// Other types run on candle's quantized matmuls.
+/// A weight matrix `W` applied as `x Wᵀ`. Q5_0 and Q8_0 run on the CPU on the
+/// project's own kernels ([`crate::quant`]); on other devices Q5_0, which
+/// candle 0.11 has no kernel for, is dequantized to f32 (exact with respect to
+/// the stored weights). Other types run on candle's quantized matmuls.
 #[derive(Debug, Clone)]
 pub(crate) enum Linear {
     Candle(QMatMul),
     Q5_0(Arc<Q5_0Matrix>),
+    Q8_0(Arc<Q8_0Matrix>),
 }
 
 impl Linear {
@@ -98,12 +99,8 @@ impl Linear {
 
     pub(crate) fn from_arc(weight: Arc<QTensor>) -> Result<Linear> {
         match (weight.dtype(), weight.device()) {
-            (GgmlDType::Q5_0, Device::Cpu) => {
-                let (rows, cols) = weight.shape().dims2()?;
-                let matrix = Q5_0Matrix::from_bytes(rows, cols, &weight.data()?)
-                    .map_err(|e| ModelError::Metadata(e.to_string()))?;
-                Ok(Linear::Q5_0(Arc::new(matrix)))
-            }
+            (GgmlDType::Q5_0, Device::Cpu) => Ok(Linear::Q5_0(Arc::new(own_matrix(&weight)?))),
+            (GgmlDType::Q8_0, Device::Cpu) => Ok(Linear::Q8_0(Arc::new(own_matrix(&weight)?))),
             (GgmlDType::Q5_0, device) => {
                 Ok(Linear::Candle(QMatMul::Tensor(weight.dequantize(&device)?)))
             }
@@ -115,8 +112,15 @@ impl Linear {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
             Linear::Q5_0(m) => Ok(x.contiguous()?.apply_op1_no_bwd(m.as_ref())?),
+            Linear::Q8_0(m) => Ok(x.contiguous()?.apply_op1_no_bwd(m.as_ref())?),
         }
     }
+}
+
+fn own_matrix<B: WeightBlock>(weight: &QTensor) -> Result<QuantMatrix<B>> {
+    let (rows, cols) = weight.shape().dims2()?;
+    QuantMatrix::from_bytes(rows, cols, &weight.data()?)
+        .map_err(|e| ModelError::Metadata(e.to_string()))
 }
 
 /// The name of tensor `name` of layer `layer`: `blk.{layer}.{name}.weight`.

@@ -9,7 +9,7 @@ mod layers;
 pub mod llama;
 mod model;
 pub mod model_id;
-pub mod q5_0;
+pub mod quant;
 mod shard;
 pub mod testing;
 pub mod tokenizer;

@@ -30,8 +30,14 @@ pub struct CostRow {
     pub keygen_s: Option<f64>,
     pub prove_s: Option<f64>,
     pub prove_per_token_s: Option<f64>,
+    /// One proof verified alone (the first verification in the process).
     pub verify_s: Option<f64>,
-    pub batch_verify_per_proof_s: Option<f64>,
+    /// Proofs in the batch verified together.
+    pub verify_batch_proofs: Option<usize>,
+    /// That whole batch.
+    pub verify_batch_s: Option<f64>,
+    /// What each token past the first proof's adds to a batch: the batch's
+    /// time less one proof's (verified as a batch of one), over the tokens past it.
     pub verify_per_token_s: Option<f64>,
     pub proof_bytes: Option<usize>,
     pub proof_bytes_per_token: Option<f64>,
@@ -60,12 +66,13 @@ impl CostRow {
     }
 
     /// Builds the keys, proves synthetic steps, verifies the proof alone and in
-    /// a batch of `verify_batch` copies, then proves the floor circuit. The peak
-    /// memory is the process's, so measure one configuration per process.
+    /// a batch of copies holding at least `verify_tokens` tokens (two proofs at
+    /// least), then proves the floor circuit. The peak memory is the process's,
+    /// so measure one configuration per process.
     pub fn measure(
         shape: CircuitShape,
         cache: &ParamsCache,
-        verify_batch: usize,
+        verify_tokens: usize,
     ) -> Result<CostRow, ProveError> {
         let mut row = CostRow::layout(shape);
         let prover = Prover::setup(shape, cache, false)?;
@@ -86,12 +93,17 @@ impl CostRow {
         let single = verify_seconds(&prover.params, vk, &instance, &proof, 1).ok_or_else(|| {
             ProveError::Proof(format!("the proof of {} did not verify", shape.describe()))
         })?;
-        let n = verify_batch.max(1);
-        let many = verify_seconds(&prover.params, vk, &instance, &proof, n)
-            .ok_or_else(|| ProveError::Proof("batch verification failed".into()))?;
+        let batch_failed = || ProveError::Proof("batch verification failed".into());
+        // Warm now: what a batch adds beyond one proof is measured against this.
+        let one =
+            verify_seconds(&prover.params, vk, &instance, &proof, 1).ok_or_else(batch_failed)?;
+        let n = verify_tokens.div_ceil(shape.steps).max(2);
+        let many =
+            verify_seconds(&prover.params, vk, &instance, &proof, n).ok_or_else(batch_failed)?;
         row.verify_s = Some(single);
-        row.batch_verify_per_proof_s = Some(many / n as f64);
-        row.verify_per_token_s = Some(many / n as f64 / tokens);
+        row.verify_batch_proofs = Some(n);
+        row.verify_batch_s = Some(many);
+        row.verify_per_token_s = Some((many - one).max(0.0) / ((n - 1) as f64 * tokens));
         row.peak_memory_mib = peak_memory_mib();
         // The floor after the peak is read: it needs less memory than the statement.
         let Prover { params, pk, .. } = prover;

@@ -52,7 +52,7 @@ fn sweep(configs: &[CircuitShape], args: &CostArgs) -> Result<Vec<CostRow>, CliE
         let row = if args.layout_only {
             CostRow::layout(config)
         } else if args.in_process {
-            CostRow::measure(config, &cache(&args.cache), args.verify_batch)?
+            CostRow::measure(config, &cache(&args.cache), args.verify_tokens)?
         } else {
             measure_in_child(config, args)?
         };
@@ -72,7 +72,7 @@ fn measure_in_child(config: CircuitShape, args: &CostArgs) -> Result<CostRow, Cl
     let mut cmd = Command::new(exe);
     cmd.args(["cost", "--in-process"])
         .args(child_args(config))
-        .args(["--verify-batch", &args.verify_batch.to_string()]);
+        .args(["--verify-tokens", &args.verify_tokens.to_string()]);
     if let Some(dir) = &args.cache.cache_dir {
         cmd.arg("--cache-dir").arg(dir);
     }
@@ -207,7 +207,7 @@ fn plot(rows: &[CostRow], path: &Path) -> Result<(), Box<dyn std::error::Error>>
                 pick(|r| r.verify_per_token_s),
                 color.stroke_width(1),
             ))?
-            .label(format!("verify (batched), T={batch} L={lanes}"))
+            .label(format!("verify beyond one proof, T={batch} L={lanes}"))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(1))
             });

@@ -4,8 +4,10 @@
 //! On one model, one prompt and `--tokens` greedy tokens it measures:
 //! - generation tokens/s (prefill timed apart) of a single process on 1 and 2 threads, each a
 //!   child `zkinfer bench runtime --in-process THREADS` (candle sizes its thread pool once per
-//!   process); of 2- and 3-shard loopback chains of `zkinfer serve --threads 1` children, driven
-//!   by a [`Session`] as `zkinfer generate --nodes` drives them; and of llama.cpp on 2 threads and on 1
+//!   process); of 2- and 3-shard loopback chains of `zkinfer serve --threads 2` children (one
+//!   node computes at a time, so each may use every core, as a node on its own machine would),
+//!   driven by a [`Session`] as `zkinfer generate --nodes` drives them; and of llama.cpp on 2
+//!   threads and on 1
 //!   (`scripts/llama_cpp_bench.py`, embedded in this binary);
 //! - per activation encoding on the 2-shard chain: bytes per generated token on each hop, sent
 //!   and received, counted by a loopback proxy in front of each node; and the log-prob drift
@@ -660,6 +662,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         &setup.config.zkinfer,
         &setup.config.model,
         &two_ranges,
+        COMPARE_THREADS,
         dir.path(),
     )?;
     let chain2 = chain_speed(&mut setup, &two)?;
@@ -676,6 +679,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         &setup.config.zkinfer,
         &setup.config.model,
         std::slice::from_ref(&two_ranges[1]),
+        COMPARE_THREADS,
         dir.path(),
     )?);
     let failover = failover(&mut setup, &mut two, half)?;
@@ -694,6 +698,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         &setup.config.zkinfer,
         &setup.config.model,
         &three_ranges,
+        COMPARE_THREADS,
         dir.path(),
     )?;
     let chain3 = chain_speed(&mut setup, &three)?;
@@ -731,11 +736,17 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
             single2,
         ),
         chain_2_shards: measured(
-            format!("2-shard chain {} (serve --threads 1)", show(&two_ranges)),
+            format!(
+                "2-shard chain {} (serve --threads {COMPARE_THREADS})",
+                show(&two_ranges)
+            ),
             chain2,
         ),
         chain_3_shards: measured(
-            format!("3-shard chain {} (serve --threads 1)", show(&three_ranges)),
+            format!(
+                "3-shard chain {} (serve --threads {COMPARE_THREADS})",
+                show(&three_ranges)
+            ),
             chain3,
         ),
         llama_cpp_2_threads: llama_2,
