@@ -37,6 +37,19 @@ pub trait WeightBlock: Copy + Send + Sync + std::fmt::Debug + 'static {
     /// Sums of the rows of `w` (each `x.len()` blocks) against `x`, the AVX2
     /// kernel where the CPU has it.
     fn dot_rows<const R: usize>(w: [&[Self]; R], x: &[BlockQ8]) -> [f32; R];
+    /// Whether a forward of several rows should widen each tile to Q8_0 once
+    /// ([`WeightBlock::widen`]) rather than decode every block for every row.
+    const WIDEN_FOR_BATCH: bool = false;
+    /// The same weights as Q8_0 blocks (same scale, same `q_i`), so the Q8_0
+    /// kernel gives the same bits.
+    fn widen(blocks: &[Self], out: &mut [BlockQ8_0]) {
+        for (b, out) in blocks.iter().zip(out) {
+            *out = BlockQ8_0 {
+                d: f16::from_f32(b.scale()).to_bits().to_le_bytes(),
+                qs: b.values(),
+            };
+        }
+    }
 }
 
 fn f16_scale(d: [u8; 2]) -> f32 {
@@ -97,10 +110,26 @@ impl WeightBlock for BlockQ5_0 {
         }
         w.map(|w| dot_scalar(w, x))
     }
+
+    const WIDEN_FOR_BATCH: bool = true;
+
+    fn widen(blocks: &[Self], out: &mut [BlockQ8_0]) {
+        assert_eq!(blocks.len(), out.len());
+        for (b, out) in blocks.iter().zip(out) {
+            out.d = b.d;
+            #[cfg(target_arch = "x86_64")]
+            if avx2::available() {
+                // SAFETY: the CPU has AVX2, FMA and F16C.
+                unsafe { avx2::widen_q5_0(b, out) };
+                continue;
+            }
+            out.qs = b.values();
+        }
+    }
 }
 
 /// One Q8_0 block as stored in GGUF: an f16 scale `d` and 32 signed weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockQ8_0 {
     d: [u8; 2],
@@ -218,6 +247,24 @@ mod avx2 {
         w: [&[BlockQ5_0]; R],
         x: &[BlockQ8],
     ) -> [f32; R] {
+        dot_rows(w, x, |w| (w.d, q5_0_weights(w)))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn widen_q5_0(w: &BlockQ5_0, out: &mut BlockQ8_0) {
+        // SAFETY: `qs` is 32 bytes.
+        unsafe { _mm256_storeu_si256(out.qs.as_mut_ptr().cast(), q5_0_weights(w)) }
+    }
+
+    /// The 32 weights `q − 16` of a Q5_0 block as signed bytes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn q5_0_weights(w: &BlockQ5_0) -> __m256i {
         // Byte i of the broadcast `qh` is byte i / 8 of it, ORed with every bit
         // but bit i % 8: all ones exactly where weight i's fifth bit is set.
         let spread = _mm256_set_epi64x(
@@ -227,24 +274,22 @@ mod avx2 {
             0,
         );
         let other_bits = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
-        let all_ones = _mm256_set1_epi8(-1);
-        let low_nibble = _mm256_set1_epi8(0x0F);
-        let minus_16 = _mm256_set1_epi8(0xF0u8 as i8);
-        dot_rows(w, x, |w| {
-            let qs = _mm_loadu_si128(w.qs.as_ptr().cast());
-            let nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low_nibble);
-            let qh = _mm256_set1_epi32(i32::from_le_bytes(w.qh));
-            let fifth = _mm256_cmpeq_epi8(
-                _mm256_or_si256(_mm256_shuffle_epi8(qh, spread), other_bits),
-                all_ones,
-            );
-            // q − 16 is the nibble where the fifth bit is set, nibble − 16 =
-            // 0xF0 | nibble (as i8) where it is not.
-            (
-                w.d,
-                _mm256_or_si256(nibbles, _mm256_andnot_si256(fifth, minus_16)),
-            )
-        })
+        let qs = _mm_loadu_si128(w.qs.as_ptr().cast());
+        let nibbles = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs),
+            _mm256_set1_epi8(0x0F),
+        );
+        let qh = _mm256_set1_epi32(i32::from_le_bytes(w.qh));
+        let fifth = _mm256_cmpeq_epi8(
+            _mm256_or_si256(_mm256_shuffle_epi8(qh, spread), other_bits),
+            _mm256_set1_epi8(-1),
+        );
+        // q − 16 is the nibble where the fifth bit is set, nibble − 16 =
+        // 0xF0 | nibble (as i8) where it is not.
+        _mm256_or_si256(
+            nibbles,
+            _mm256_andnot_si256(fifth, _mm256_set1_epi8(0xF0u8 as i8)),
+        )
     }
 
     /// # Safety
@@ -406,14 +451,26 @@ impl<B: WeightBlock> QuantMatrix<B> {
             // workers write the same element and none is read while they run.
             let write =
                 |i: usize, r: usize, value: f32| unsafe { out.write(i * self.rows + r, value) };
+            let widen = m > 1 && B::WIDEN_FOR_BATCH;
             candle_core::utils::barrier_pool().execute_chunked(self.rows, |range| {
                 let mut r = range.start;
                 while r + TILE <= range.end {
                     let tile: [&[B]; TILE] = std::array::from_fn(|t| self.row(r + t));
-                    for (i, x) in activations.chunks_exact(per_row).enumerate() {
-                        for (t, sum) in B::dot_rows(tile, x).into_iter().enumerate() {
-                            write(i, r + t, sum);
-                        }
+                    if widen {
+                        WIDENED.with_borrow_mut(|widened| {
+                            widened.resize(TILE * per_row, BlockQ8_0::default());
+                            for (w, out) in tile.iter().zip(widened.chunks_exact_mut(per_row)) {
+                                B::widen(w, out);
+                            }
+                            let tile = std::array::from_fn(|t| &widened[t * per_row..][..per_row]);
+                            tile_times_rows(tile, activations, per_row, |i, t, sum| {
+                                write(i, r + t, sum)
+                            });
+                        });
+                    } else {
+                        tile_times_rows(tile, activations, per_row, |i, t, sum| {
+                            write(i, r + t, sum)
+                        });
                     }
                     r += TILE;
                 }
@@ -424,6 +481,26 @@ impl<B: WeightBlock> QuantMatrix<B> {
                 }
             });
         });
+    }
+}
+
+thread_local! {
+    /// A tile widened to Q8_0, per worker.
+    static WIDENED: RefCell<Vec<BlockQ8_0>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Every activation row against one tile of weight rows; `write(i, t, sum)`
+/// takes activation row `i` times tile row `t`.
+fn tile_times_rows<B: WeightBlock>(
+    tile: [&[B]; TILE],
+    activations: &[BlockQ8],
+    per_row: usize,
+    mut write: impl FnMut(usize, usize, f32),
+) {
+    for (i, x) in activations.chunks_exact(per_row).enumerate() {
+        for (t, sum) in B::dot_rows(tile, x).into_iter().enumerate() {
+            write(i, t, sum);
+        }
     }
 }
 
@@ -710,6 +787,17 @@ mod tests {
     fn a_batch_gives_each_row_what_it_gives_alone_both_formats() {
         a_batch_gives_each_row_what_it_gives_alone::<BlockQ5_0>();
         a_batch_gives_each_row_what_it_gives_alone::<BlockQ8_0>();
+    }
+
+    #[test]
+    fn widened_q5_0_blocks_hold_the_same_weights() {
+        let (_, matrix) = quantized::<BlockQ5_0>(4, 640, 11);
+        let mut widened = vec![BlockQ8_0::default(); matrix.blocks.len()];
+        BlockQ5_0::widen(&matrix.blocks, &mut widened);
+        for (b, w) in matrix.blocks.iter().zip(&widened) {
+            assert_eq!(w.values(), b.values());
+            assert_eq!(w.scale().to_bits(), b.scale().to_bits());
+        }
     }
 
     fn the_op_agrees_with_candle<B: Format>() {
