@@ -42,14 +42,7 @@ pub trait WeightBlock: Copy + Send + Sync + std::fmt::Debug + 'static {
     const WIDEN_FOR_BATCH: bool = false;
     /// The same weights as Q8_0 blocks (same scale, same `q_i`), so the Q8_0
     /// kernel gives the same bits.
-    fn widen(blocks: &[Self], out: &mut [BlockQ8_0]) {
-        for (b, out) in blocks.iter().zip(out) {
-            *out = BlockQ8_0 {
-                d: f16::from_f32(b.scale()).to_bits().to_le_bytes(),
-                qs: b.values(),
-            };
-        }
-    }
+    fn widen(blocks: &[Self], out: &mut [BlockQ8_0]);
 }
 
 fn f16_scale(d: [u8; 2]) -> f32 {
@@ -159,6 +152,10 @@ impl WeightBlock for BlockQ8_0 {
 
     fn values(&self) -> [i8; BLOCK] {
         self.qs
+    }
+
+    fn widen(blocks: &[Self], out: &mut [BlockQ8_0]) {
+        out.copy_from_slice(blocks);
     }
 
     fn dot_rows<const R: usize>(w: [&[Self]; R], x: &[BlockQ8]) -> [f32; R] {
