@@ -36,7 +36,7 @@ pub struct CostRow {
     pub verify_batch_proofs: Option<usize>,
     /// That whole batch.
     pub verify_batch_s: Option<f64>,
-    /// What each token past the first proof's adds to a batch: the batch's
+    /// What each token beyond the first proof adds to the batch: the batch's
     /// time less one proof's (verified as a batch of one), over the tokens past it.
     pub verify_per_token_s: Option<f64>,
     pub proof_bytes: Option<usize>,
