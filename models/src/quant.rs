@@ -108,15 +108,16 @@ impl WeightBlock for BlockQ5_0 {
 
     fn widen(blocks: &[Self], out: &mut [BlockQ8_0]) {
         assert_eq!(blocks.len(), out.len());
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            // SAFETY: the CPU has AVX2, FMA and F16C.
+            return unsafe { avx2::widen_q5_0(blocks, out) };
+        }
         for (b, out) in blocks.iter().zip(out) {
-            out.d = b.d;
-            #[cfg(target_arch = "x86_64")]
-            if avx2::available() {
-                // SAFETY: the CPU has AVX2, FMA and F16C.
-                unsafe { avx2::widen_q5_0(b, out) };
-                continue;
-            }
-            out.qs = b.values();
+            *out = BlockQ8_0 {
+                d: b.d,
+                qs: b.values(),
+            };
         }
     }
 }
@@ -250,9 +251,12 @@ mod avx2 {
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn widen_q5_0(w: &BlockQ5_0, out: &mut BlockQ8_0) {
-        // SAFETY: `qs` is 32 bytes.
-        unsafe { _mm256_storeu_si256(out.qs.as_mut_ptr().cast(), q5_0_weights(w)) }
+    pub(super) unsafe fn widen_q5_0(blocks: &[BlockQ5_0], out: &mut [BlockQ8_0]) {
+        for (w, out) in blocks.iter().zip(out) {
+            out.d = w.d;
+            // SAFETY: `qs` is 32 bytes.
+            unsafe { _mm256_storeu_si256(out.qs.as_mut_ptr().cast(), q5_0_weights(w)) }
+        }
     }
 
     /// The 32 weights `q − 16` of a Q5_0 block as signed bytes.

@@ -7,8 +7,7 @@
 //!   process); of 2- and 3-shard loopback chains of `zkinfer serve --threads 2` children (one
 //!   node computes at a time, so each may use every core, as a node on its own machine would),
 //!   driven by a [`Session`] as `zkinfer generate --nodes` drives them; and of llama.cpp on 2
-//!   threads and on 1
-//!   (`scripts/llama_cpp_bench.py`, embedded in this binary);
+//!   threads and on 1 (`scripts/llama_cpp_bench.py`, embedded in this binary);
 //! - per activation encoding on the 2-shard chain: bytes per generated token on each hop, sent
 //!   and received, counted by a loopback proxy in front of each node; and the log-prob drift
 //!   against the single process, along the single process's own tokens (teacher forcing, so a
