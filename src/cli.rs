@@ -542,7 +542,7 @@ pub enum BenchCommand {
     /// One run on the packaged model (or --model), the prompt "The quick brown fox jumps over the
     /// lazy dog. In the beginning" and --tokens greedy tokens: generation tokens/s (prefill apart)
     /// of a single process on 1 and 2 threads, of 2- and 3-shard loopback chains of
-    /// `zkinfer serve --threads 1` children, and of llama.cpp on 2 threads and on 1; per activation encoding
+    /// `zkinfer serve --threads 2` children, and of llama.cpp on 2 threads and on 1; per activation encoding
     /// on the 2-shard chain, bytes per token per hop and log-prob drift against the single process;
     /// the latency of the token during which a node is killed. Each figure is held to its
     /// target (docs/runtime-bench.md). Progress goes to stderr, the report to stdout.

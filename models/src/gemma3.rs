@@ -13,11 +13,12 @@ use std::io::{Read, Seek};
 use std::ops::Range;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use crate::layers::{
     cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, Linear, RmsNorm, Weights,
 };
+use crate::ops;
 use crate::shard::{check_range, Architecture, Shard};
 use crate::{ModelError, ModelShape, Result, DEFAULT_CONTEXT};
 
@@ -144,8 +145,8 @@ impl Architecture for Config {
             c.rope_base_local
         };
         let (cos, sin) = rope_tables(c.head_dim, base, position, seq, x.device())?;
-        let q = rope(&q, &cos, &sin)?;
-        let k = rope(&k, &cos, &sin)?;
+        let q = ops::rope_half_split(&q, &cos, &sin)?;
+        let k = ops::rope_half_split(&k, &cos, &sin)?;
         let window = (!global).then_some(c.sliding_window);
         let attn = cached_attention(&q, k, v, cache, position, window)?;
         let attn = l.post_attn_norm.forward(&l.o.forward(&attn)?)?;
@@ -216,14 +217,4 @@ impl Gemma3 {
         };
         Ok(Shard::new(config, layers, embedding, blocks, head, device))
     }
-}
-
-/// NeoX rotary embedding: rotate the first and second halves of each head.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-    let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-    Ok(Tensor::cat(&[&a, &b], D::Minus1)?)
 }

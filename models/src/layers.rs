@@ -9,6 +9,7 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use crate::ops;
 use crate::quant::{Q5_0Matrix, Q8_0Matrix, QuantMatrix, WeightBlock};
 use crate::{ModelError, Result};
 
@@ -49,9 +50,7 @@ impl RmsNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.weight)?)
+        ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -222,19 +221,33 @@ pub(crate) fn cached_attention(
 ) -> Result<Tensor> {
     let (b, heads, seq, head_dim) = q.dims4()?;
     let kv_heads = k.dim(1)?;
+    let group = heads / kv_heads;
     let (k, v) = match cache.take() {
         Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-        None => (k, v),
+        None => (k.contiguous()?, v.contiguous()?),
     };
     *cache = Some((k.clone(), v.clone()));
     let kv_len = k.dim(2)?;
-    let k = repeat_kv(&k, heads / kv_heads)?.contiguous()?;
-    let v = repeat_kv(&v, heads / kv_heads)?.contiguous()?;
-    let scores = (q.contiguous()?.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-    let mask = attention_mask(position, seq, kv_len, window, q.device())?;
-    let probs = softmax_last_dim(&scores.broadcast_add(&mask)?)?;
-    Ok(probs
+    // The `group` query heads that share a key head are one matrix of
+    // `group * seq` rows, so the keys and values are not copied per head.
+    let q = q
+        .contiguous()?
+        .reshape((b, kv_heads, group * seq, head_dim))?;
+    let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+    // A single query at the end of the cache sees every key inside the window.
+    let every_key_visible = seq == 1 && window.is_none_or(|w| kv_len <= w);
+    let scores = if every_key_visible {
+        scores
+    } else {
+        let mask = attention_mask(position, seq, kv_len, window, q.device())?;
+        scores
+            .reshape((b, kv_heads, group, seq, kv_len))?
+            .broadcast_add(&mask)?
+            .reshape((b, kv_heads, group * seq, kv_len))?
+    };
+    Ok(ops::softmax_last_dim(&scores)?
         .matmul(&v)?
+        .reshape((b, heads, seq, head_dim))?
         .transpose(1, 2)?
         .reshape((b, seq, heads * head_dim))?)
 }
@@ -257,22 +270,6 @@ pub(crate) fn rope_tables(
         .collect();
     let angles = Tensor::from_vec(angles, (seq, half), device)?;
     Ok((angles.cos()?, angles.sin()?))
-}
-
-pub(crate) fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
-    if group == 1 {
-        return Ok(x.clone());
-    }
-    let (b, h, s, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((b, h, group, s, d))?
-        .reshape((b, h * group, s, d))?)
-}
-
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// Additive mask `[seq, kv_len]` for queries at `position..position + seq` over
@@ -298,7 +295,7 @@ pub(crate) fn attention_mask(
             })
         })
         .collect();
-    Ok(Tensor::from_vec(values, (seq, kv_len), device)?.to_dtype(DType::F32)?)
+    Ok(Tensor::from_vec(values, (seq, kv_len), device)?)
 }
 
 #[cfg(test)]
@@ -311,6 +308,101 @@ mod tests {
             .into_iter()
             .map(|row| row.into_iter().map(|v| v == 0.0).collect())
             .collect()
+    }
+
+    /// Attention of one query head over every cached key, in f64, as the
+    /// definition reads: softmax over the visible keys of `q·k / sqrt(d)`, times v.
+    fn naive_attention(
+        q: &[f64],
+        keys: &[Vec<f64>],
+        values: &[Vec<f64>],
+        visible: &[bool],
+    ) -> Vec<f64> {
+        let d = q.len();
+        let scores: Vec<f64> = keys
+            .iter()
+            .map(|k| q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt())
+            .collect();
+        let max = scores
+            .iter()
+            .zip(visible)
+            .filter(|(_, &v)| v)
+            .fold(f64::NEG_INFINITY, |m, (s, _)| m.max(*s));
+        let weights: Vec<f64> = scores
+            .iter()
+            .zip(visible)
+            .map(|(s, &v)| if v { (s - max).exp() } else { 0.0 })
+            .collect();
+        let total: f64 = weights.iter().sum();
+        (0..d)
+            .map(|j| {
+                weights
+                    .iter()
+                    .zip(values)
+                    .map(|(w, v)| w * v[j])
+                    .sum::<f64>()
+                    / total
+            })
+            .collect()
+    }
+
+    #[test]
+    fn grouped_attention_over_a_cache_matches_the_definition() {
+        let (heads, kv_heads, d) = (4, 2, 8);
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 250.0) - 2.0;
+        let tensor = |shape: (usize, usize, usize, usize), offset: usize| {
+            let n = shape.0 * shape.1 * shape.2 * shape.3;
+            let v: Vec<f32> = (0..n).map(|i| value(i + offset)).collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        for (window, first, second) in [
+            (None, 2, 3),
+            (Some(3), 2, 3),
+            (Some(4), 4, 1),
+            (Some(2), 3, 1),
+        ] {
+            let mut cache = None;
+            let k0 = tensor((1, kv_heads, first, d), 1);
+            let v0 = tensor((1, kv_heads, first, d), 2);
+            let q0 = tensor((1, heads, first, d), 3);
+            cached_attention(&q0, k0.clone(), v0.clone(), &mut cache, 0, window).unwrap();
+            let k1 = tensor((1, kv_heads, second, d), 4);
+            let v1 = tensor((1, kv_heads, second, d), 5);
+            let q1 = tensor((1, heads, second, d), 6);
+            let out =
+                cached_attention(&q1, k1.clone(), v1.clone(), &mut cache, first, window).unwrap();
+            assert_eq!(out.dims(), &[1, second, heads * d]);
+            let out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let rows = |t: &Tensor, h: usize| -> Vec<Vec<f64>> {
+                t.narrow(1, h, 1)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .chunks(d)
+                    .map(|r| r.iter().map(|&x| x as f64).collect())
+                    .collect()
+            };
+            let kv_len = first + second;
+            let mask =
+                visible(&attention_mask(first, second, kv_len, window, &Device::Cpu).unwrap());
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                let keys = [rows(&k0, g), rows(&k1, g)].concat();
+                let values = [rows(&v0, g), rows(&v1, g)].concat();
+                for (s, q) in rows(&q1, h).iter().enumerate() {
+                    let want = naive_attention(q, &keys, &values, &mask[s]);
+                    let got = &out[(s * heads + h) * d..][..d];
+                    for (a, b) in got.iter().zip(&want) {
+                        assert!(
+                            (*a as f64 - b).abs() < 1e-5,
+                            "{window:?} head {h} row {s}: {got:?} vs {want:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod layers;
 pub mod llama;
 mod model;
 pub mod model_id;
+mod ops;
 pub mod quant;
 mod shard;
 pub mod testing;
