@@ -16,7 +16,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 
 use crate::layers::{
-    cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, Linear, RmsNorm, Weights,
+    cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, Linear, Projections,
+    RmsNorm, Weights,
 };
 use crate::ops;
 use crate::shard::{check_range, Architecture, Shard};
@@ -88,16 +89,15 @@ impl Config {
 pub struct Layer {
     index: usize,
     attn_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v.
+    qkv: Projections,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     o: Linear,
     post_attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// gate and up.
+    gate_up: Projections,
     down: Linear,
     post_ffn_norm: RmsNorm,
 }
@@ -135,9 +135,10 @@ impl Architecture for Config {
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((b, seq, n, c.head_dim))?.transpose(1, 2)?)
         };
-        let q = l.q_norm.forward(&heads(l.q.forward(&h)?, c.heads)?)?;
-        let k = l.k_norm.forward(&heads(l.k.forward(&h)?, c.kv_heads)?)?;
-        let v = heads(l.v.forward(&h)?, c.kv_heads)?;
+        let [q, k, v] = l.qkv.forward(&h)?;
+        let q = l.q_norm.forward(&heads(q, c.heads)?)?;
+        let k = l.k_norm.forward(&heads(k, c.kv_heads)?)?;
+        let v = heads(v, c.kv_heads)?;
         let global = c.is_global(l.index);
         let base = if global {
             c.rope_base_global
@@ -152,9 +153,8 @@ impl Architecture for Config {
         let attn = l.post_attn_norm.forward(&l.o.forward(&attn)?)?;
         let x = (x + attn)?;
         let h = l.ffn_norm.forward(&x)?;
-        let ff = l
-            .down
-            .forward(&(l.gate.forward(&h)?.gelu()? * l.up.forward(&h)?)?)?;
+        let [gate, up] = l.gate_up.forward(&h)?;
+        let ff = l.down.forward(&(gate.gelu()? * up)?)?;
         Ok((x + l.post_ffn_norm.forward(&ff)?)?)
     }
 }
@@ -187,16 +187,17 @@ impl Gemma3 {
             blocks.push(Layer {
                 index: i,
                 attn_norm: w.norm(&n("attn_norm"))?,
-                q: w.matmul(&n("attn_q"))?,
-                k: w.matmul(&n("attn_k"))?,
-                v: w.matmul(&n("attn_v"))?,
+                qkv: Projections::new(vec![
+                    w.matmul(&n("attn_q"))?,
+                    w.matmul(&n("attn_k"))?,
+                    w.matmul(&n("attn_v"))?,
+                ]),
                 q_norm: w.norm(&n("attn_q_norm"))?,
                 k_norm: w.norm(&n("attn_k_norm"))?,
                 o: w.matmul(&n("attn_output"))?,
                 post_attn_norm: w.norm(&n("post_attention_norm"))?,
                 ffn_norm: w.norm(&n("ffn_norm"))?,
-                gate: w.matmul(&n("ffn_gate"))?,
-                up: w.matmul(&n("ffn_up"))?,
+                gate_up: Projections::new(vec![w.matmul(&n("ffn_gate"))?, w.matmul(&n("ffn_up"))?]),
                 down: w.matmul(&n("ffn_down"))?,
                 post_ffn_norm: w.norm(&n("post_ffw_norm"))?,
             });

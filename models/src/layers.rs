@@ -7,7 +7,7 @@ use std::io::{Read, Seek};
 use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{Device, Module, Tensor, D};
 
 use crate::ops;
 use crate::quant::{Q5_0Matrix, Q8_0Matrix, QuantMatrix, WeightBlock};
@@ -107,12 +107,80 @@ impl Linear {
         }
     }
 
+    /// Output width: the matrix's rows.
+    pub(crate) fn rows(&self) -> usize {
+        match self {
+            Linear::Candle(QMatMul::QTensor(t)) => t.shape().dims()[0],
+            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims()[0],
+            Linear::Q5_0(m) => m.rows(),
+            Linear::Q8_0(m) => m.rows(),
+        }
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
             Linear::Q5_0(m) => Ok(x.contiguous()?.apply_op1_no_bwd(m.as_ref())?),
             Linear::Q8_0(m) => Ok(x.contiguous()?.apply_op1_no_bwd(m.as_ref())?),
         }
+    }
+}
+
+/// Weight matrices applied to one input (a layer's q, k and v; its gate and
+/// up). Neighbours that the project's kernels hold in one format run as one
+/// stacked matrix: one matmul, one pass over the thread pool and one
+/// quantization of the input instead of one each. Every output is the same
+/// as its matrix's alone.
+#[derive(Debug, Clone)]
+pub(crate) struct Projections {
+    /// Each group's matrix and the widths of the parts it stacks.
+    groups: Vec<(Linear, Vec<usize>)>,
+}
+
+impl Projections {
+    pub(crate) fn new(parts: Vec<Linear>) -> Projections {
+        let mut groups: Vec<(Linear, Vec<usize>)> = Vec::new();
+        for part in parts {
+            let width = part.rows();
+            let stacked = match (groups.last(), &part) {
+                (Some((Linear::Q5_0(a), _)), Linear::Q5_0(b)) => {
+                    QuantMatrix::stack(&[a.as_ref(), b.as_ref()]).map(|m| Linear::Q5_0(Arc::new(m)))
+                }
+                (Some((Linear::Q8_0(a), _)), Linear::Q8_0(b)) => {
+                    QuantMatrix::stack(&[a.as_ref(), b.as_ref()]).map(|m| Linear::Q8_0(Arc::new(m)))
+                }
+                _ => None,
+            };
+            match (stacked, groups.last_mut()) {
+                (Some(stacked), Some((group, widths))) => {
+                    *group = stacked;
+                    widths.push(width);
+                }
+                _ => groups.push((part, vec![width])),
+            }
+        }
+        Projections { groups }
+    }
+
+    /// Each of the `N` matrices' product with `x` `[.., cols]`: `[.., rows_i]`.
+    pub(crate) fn forward<const N: usize>(&self, x: &Tensor) -> Result<[Tensor; N]> {
+        let mut outputs = Vec::with_capacity(N);
+        for (group, widths) in &self.groups {
+            let product = group.forward(x)?;
+            if let [_] = widths.as_slice() {
+                outputs.push(product);
+                continue;
+            }
+            let mut start = 0;
+            for &w in widths {
+                outputs.push(product.narrow(D::Minus1, start, w)?);
+                start += w;
+            }
+        }
+        let held = outputs.len();
+        outputs
+            .try_into()
+            .map_err(|_| ModelError::Shape(format!("{held} projections, expected {N}")))
     }
 }
 
@@ -301,6 +369,7 @@ pub(crate) fn attention_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     fn visible(mask: &Tensor) -> Vec<Vec<bool>> {
         mask.to_vec2::<f32>()
@@ -403,6 +472,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn stacked_projections_give_each_matrix_its_own_product() {
+        let matrix = |rows: usize, seed: usize, dtype: GgmlDType| {
+            let v: Vec<f32> = (0..rows * 64)
+                .map(|i| (((i + seed) * 7919 % 1000) as f32 / 500.0) - 1.0)
+                .collect();
+            let t = Tensor::from_vec(v, (rows, 64), &Device::Cpu).unwrap();
+            Linear::new(QTensor::quantize(&t, dtype).unwrap()).unwrap()
+        };
+        let parts = || {
+            vec![
+                matrix(8, 1, GgmlDType::Q5_0),
+                matrix(4, 2, GgmlDType::Q5_0),
+                matrix(4, 3, GgmlDType::Q8_0),
+            ]
+        };
+        let projections = Projections::new(parts());
+        // q and k stack; v, in another format, runs on its own.
+        let widths: Vec<&[usize]> = projections
+            .groups
+            .iter()
+            .map(|(_, w)| w.as_slice())
+            .collect();
+        assert_eq!(widths, [&[8, 4][..], &[4][..]]);
+        for rows in [1, 3] {
+            let x: Vec<f32> = (0..rows * 64)
+                .map(|i| ((i * 31 % 17) as f32) - 8.0)
+                .collect();
+            let x = Tensor::from_vec(x, (1, rows, 64), &Device::Cpu).unwrap();
+            let got: [Tensor; 3] = projections.forward(&x).unwrap();
+            for (got, part) in got.iter().zip(parts()) {
+                let want = part.forward(&x).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(flat(got), flat(&want), "{rows} rows");
+            }
+        }
+        assert!(projections
+            .forward::<2>(&Tensor::zeros((1, 1, 64), DType::F32, &Device::Cpu).unwrap())
+            .is_err());
     }
 
     #[test]

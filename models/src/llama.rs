@@ -18,7 +18,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor, D};
 
 use crate::layers::{
-    cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, Linear, RmsNorm, Weights,
+    cached_attention, layer_tensor, meta, meta_f32, meta_u32, rope_tables, Linear, Projections,
+    RmsNorm, Weights,
 };
 use crate::shard::{check_range, Architecture, Shard};
 use crate::{ModelError, ModelShape, Result, DEFAULT_CONTEXT};
@@ -102,13 +103,12 @@ impl Config {
 #[derive(Debug)]
 pub struct Layer {
     attn_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v.
+    qkv: Projections,
     o: Linear,
     ffn_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// gate and up.
+    gate_up: Projections,
     down: Linear,
 }
 
@@ -148,16 +148,17 @@ impl Architecture for Config {
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((b, seq, n, c.head_dim))?.transpose(1, 2)?)
         };
-        let q = heads(l.q.forward(&h)?, c.heads)?;
-        let k = heads(l.k.forward(&h)?, c.kv_heads)?;
-        let v = heads(l.v.forward(&h)?, c.kv_heads)?;
+        let [q, k, v] = l.qkv.forward(&h)?;
+        let q = heads(q, c.heads)?;
+        let k = heads(k, c.kv_heads)?;
+        let v = heads(v, c.kv_heads)?;
         let q = rope_interleaved(&q, &cos, &sin)?;
         let k = rope_interleaved(&k, &cos, &sin)?;
         let attn = cached_attention(&q, k, v, cache, position, None)?;
         let x = (x + l.o.forward(&attn)?)?;
         let h = l.ffn_norm.forward(&x)?;
-        let silu = l.gate.forward(&h)?.silu()?;
-        let ff = l.down.forward(&(silu * l.up.forward(&h)?)?)?;
+        let [gate, up] = l.gate_up.forward(&h)?;
+        let ff = l.down.forward(&(gate.silu()? * up)?)?;
         Ok((x + ff)?)
     }
 }
@@ -189,13 +190,14 @@ impl Llama {
             let n = |s: &str| layer_tensor(i, s);
             blocks.push(Layer {
                 attn_norm: w.norm(&n("attn_norm"))?,
-                q: w.matmul(&n("attn_q"))?,
-                k: w.matmul(&n("attn_k"))?,
-                v: w.matmul(&n("attn_v"))?,
+                qkv: Projections::new(vec![
+                    w.matmul(&n("attn_q"))?,
+                    w.matmul(&n("attn_k"))?,
+                    w.matmul(&n("attn_v"))?,
+                ]),
                 o: w.matmul(&n("attn_output"))?,
                 ffn_norm: w.norm(&n("ffn_norm"))?,
-                gate: w.matmul(&n("ffn_gate"))?,
-                up: w.matmul(&n("ffn_up"))?,
+                gate_up: Projections::new(vec![w.matmul(&n("ffn_gate"))?, w.matmul(&n("ffn_up"))?]),
                 down: w.matmul(&n("ffn_down"))?,
             });
         }

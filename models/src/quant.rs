@@ -405,6 +405,24 @@ impl<B: WeightBlock> QuantMatrix<B> {
         Ok(QuantMatrix { rows, cols, blocks })
     }
 
+    /// The rows of `parts` one after another: one matrix whose product is the
+    /// parts' products side by side, each output the same dot product as in
+    /// its part. `None` if the parts' row lengths differ or there are none.
+    pub fn stack(parts: &[&QuantMatrix<B>]) -> Option<QuantMatrix<B>> {
+        let cols = parts.first()?.cols;
+        if parts.iter().any(|p| p.cols != cols) {
+            return None;
+        }
+        Some(QuantMatrix {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols,
+            blocks: parts
+                .iter()
+                .flat_map(|p| p.blocks.iter().copied())
+                .collect(),
+        })
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
