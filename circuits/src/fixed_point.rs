@@ -56,6 +56,24 @@ pub struct OutOfRange {
     pub frac_bits: u32,
 }
 
+/// Below this magnitude an f64 converts to i64 and back exactly truncated.
+const TRUNCATES_EXACTLY: f64 = (1u64 << 52) as f64;
+
+/// `x.round()` (half away from zero) if it is below `2^LOGIT_BITS` in
+/// magnitude, else `None` (NaN and infinities included). Rounds through an
+/// i64 truncation, whose fraction `x - trunc(x)` is exact below 2^52, and
+/// without branches on the fraction: a head node rounds every logit of
+/// every token.
+fn round_in_range(x: f64) -> Option<i64> {
+    if x.is_nan() || x.abs() >= TRUNCATES_EXACTLY {
+        return None;
+    }
+    let truncated = x as i64;
+    let fraction = x - truncated as f64;
+    let rounded = truncated + i64::from(fraction >= 0.5) - i64::from(fraction <= -0.5);
+    (rounded.unsigned_abs() < 1 << LOGIT_BITS).then_some(rounded)
+}
+
 impl FixedPoint {
     /// Checks that the format is one the circuit supports.
     pub fn validate(&self) -> Result<(), FixedPointError> {
@@ -81,24 +99,28 @@ impl FixedPoint {
 
     /// `round(logit * 2^F)`, or an error naming the index and value.
     pub fn quantize(&self, index: usize, logit: f64) -> Result<i64, OutOfRange> {
-        let scaled = (logit * (self.frac_bits as f64).exp2()).round();
-        if !scaled.is_finite() || scaled.abs() >= (LOGIT_BITS as f64).exp2() {
-            return Err(OutOfRange {
-                index,
-                value: logit,
-                frac_bits: self.frac_bits,
-            });
-        }
-        Ok(scaled as i64)
+        self.quantize_with_scale(index, logit, (self.frac_bits as f64).exp2())
     }
 
     /// [`FixedPoint::quantize`] of every logit of a row, or the first out of range.
     pub fn quantize_all(&self, logits: &[f32]) -> Result<Vec<i64>, OutOfRange> {
+        // A head node quantizes every logit of every token: the scale is
+        // worked out once, and the rounding needs no libm call.
+        let scale = (self.frac_bits as f64).exp2();
         logits
             .iter()
             .enumerate()
-            .map(|(index, &l)| self.quantize(index, l as f64))
+            .map(|(index, &l)| self.quantize_with_scale(index, l as f64, scale))
             .collect()
+    }
+
+    fn quantize_with_scale(&self, index: usize, logit: f64, scale: f64) -> Result<i64, OutOfRange> {
+        // Multiplying by 2^F is exact, so this is round(logit * 2^F).
+        round_in_range(logit * scale).ok_or(OutOfRange {
+            index,
+            value: logit,
+            frac_bits: self.frac_bits,
+        })
     }
 
     /// `T[u] = round(2^Q * exp(-u / (2^F tau)))` for `u` in `0..2 TABLE_ROWS`:
@@ -341,6 +363,67 @@ mod tests {
             assert!((g[d] as f64 - exact).abs() / exact < 1e-9, "d={d}");
         }
         assert!(g.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn rounding_is_f64_round_inside_the_range_and_none_outside() {
+        let mut xs = vec![
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.49999999999999994,
+            -0.49999999999999994,
+            4503599627370495.5,
+            -4503599627370495.5,
+            8388607.5,
+            -8388607.5,
+            0.0,
+            -0.0,
+            1e-300,
+        ];
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let x = f64::from_bits(s);
+            if x.is_finite() && x.abs() < TRUNCATES_EXACTLY {
+                xs.push(x);
+            }
+            // Values near half-integers, where rounding decides.
+            xs.push((s % 1_000_000) as f64 / 2.0 - 250_000.0);
+        }
+        for x in xs {
+            let want = x.round();
+            let want = (want.abs() < (1u64 << LOGIT_BITS) as f64).then_some(want as i64);
+            assert_eq!(round_in_range(x), want, "{x:e}");
+        }
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300, -1e300] {
+            assert_eq!(round_in_range(x), None, "{x:e}");
+        }
+    }
+
+    #[test]
+    fn quantize_all_is_quantize_of_each() {
+        let fp = FixedPoint::default();
+        let logits = [0.0f32, 1.0, -1.0, 3.25, -7.25e-4, 4095.999, -4095.999];
+        let all = fp.quantize_all(&logits).unwrap();
+        for (i, (&l, z)) in logits.iter().zip(all).enumerate() {
+            assert_eq!(fp.quantize(i, l as f64).unwrap(), z);
+        }
+        for bad in [
+            4096.0f32,
+            -4096.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
+            let err = fp.quantize_all(&[0.0, bad]).unwrap_err();
+            assert_eq!(err.index, 1, "{bad}");
+        }
     }
 
     #[test]

@@ -80,43 +80,17 @@ pub struct StepWitness {
 
 /// The token a sampler picks from quantized logits, by the circuit's own arithmetic.
 pub fn sample_token(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<u32, StepError> {
-    check_logits(logits)?;
-    check_temperature(tables, sampler)?;
-    let max = *logits.iter().max().ok_or(StepError::VocabMismatch {
-        expected: 1,
-        got: 0,
-    })?;
-    match sampler {
-        Sampler::Greedy => Ok(logits.iter().position(|&z| z == max).unwrap_or(0) as u32),
-        Sampler::Sample { r, .. } => {
-            let weights: Vec<u64> = logits
-                .iter()
-                .map(|&z| tables.exp((max - z) as u64))
-                .collect();
-            let total: u128 = weights.iter().map(|&e| e as u128).sum();
-            let target = (r as u128 * total) >> R_BITS;
-            let mut prefix = 0u128;
-            for (i, &e) in weights.iter().enumerate() {
-                prefix += e as u128;
-                if target < prefix {
-                    return Ok(i as u32);
-                }
-            }
-            unreachable!("target < total since r < 2^64")
-        }
-    }
+    let max = checked_max(tables, logits, sampler)?;
+    Ok(choose(tables, logits, max, sampler))
 }
 
 /// The token `sampler` picks from quantized logits and the statement a proof
 /// of the pick makes (its log-probability included; position 0): what
 /// [`StepWitness::new`] states, without building the witness.
 pub fn pick(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<StepStatement, StepError> {
-    let token = sample_token(tables, logits, sampler)?;
-    let max = *logits.iter().max().expect("sample_token refuses no logits");
-    let sum: u128 = logits
-        .iter()
-        .map(|&z| tables.exp((max - z) as u64) as u128)
-        .sum();
+    let max = checked_max(tables, logits, sampler)?;
+    let token = choose(tables, logits, max, sampler);
+    let sum = exp_sum(tables, logits, max);
     let delta = tables.lse_index(sum).ok_or(StepError::SumOutOfTable(sum))?;
     let (token_quotient, _) = tempered_token_term(max - logits[token as usize], tables.temperature);
     Ok(StepStatement {
@@ -127,14 +101,51 @@ pub fn pick(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<StepSta
     })
 }
 
-fn check_logits(logits: &[i64]) -> Result<(), StepError> {
+/// The largest logit, once the logits are in range and the tables are the
+/// sampler's (one pass: a head node runs this on every token).
+fn checked_max(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<i64, StepError> {
+    check_temperature(tables, sampler)?;
     let limit = 1i64 << LOGIT_BITS;
-    match logits.iter().position(|z| z.abs() >= limit) {
-        Some(index) => Err(StepError::LogitOutOfRange {
+    let (Some(&max), Some(&min)) = (logits.iter().max(), logits.iter().min()) else {
+        return Err(StepError::VocabMismatch {
+            expected: 1,
+            got: 0,
+        });
+    };
+    if max >= limit || min <= -limit {
+        let index = logits.iter().position(|z| z.abs() >= limit).unwrap_or(0);
+        return Err(StepError::LogitOutOfRange {
             index,
             value: logits[index],
-        }),
-        None => Ok(()),
+        });
+    }
+    Ok(max)
+}
+
+/// `S = sum_i T[max - z_i]`.
+fn exp_sum(tables: &Tables, logits: &[i64], max: i64) -> u128 {
+    logits
+        .iter()
+        .map(|&z| tables.exp((max - z) as u64) as u128)
+        .sum()
+}
+
+/// Greedy: the first largest logit. Sampling: the first token whose
+/// inclusive prefix sum of `T[max - z_i]` exceeds `floor(r S / 2^64)`.
+fn choose(tables: &Tables, logits: &[i64], max: i64, sampler: Sampler) -> u32 {
+    match sampler {
+        Sampler::Greedy => logits.iter().position(|&z| z == max).unwrap_or(0) as u32,
+        Sampler::Sample { r, .. } => {
+            let target = (r as u128 * exp_sum(tables, logits, max)) >> R_BITS;
+            let mut prefix = 0u128;
+            for (i, &z) in logits.iter().enumerate() {
+                prefix += tables.exp((max - z) as u64) as u128;
+                if target < prefix {
+                    return i as u32;
+                }
+            }
+            unreachable!("target < total since r < 2^64")
+        }
     }
 }
 
