@@ -18,6 +18,15 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // A token allocates and frees a few buffers of megabytes (the logits, their
+    // fixed-point copy): glibc would map each afresh and return it at once,
+    // so every token paid for zeroed pages. Keep such buffers in the heap.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator, before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
     let cli = cli::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,
