@@ -97,6 +97,10 @@ impl WeightBlock for BlockQ5_0 {
 
     fn dot_rows<const R: usize>(w: [&[Self]; R], x: &[BlockQ8]) -> [f32; R] {
         #[cfg(target_arch = "x86_64")]
+        if avx2::vnni_available() {
+            // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 VNNI with VL.
+            return unsafe { avx2::dot_rows_q5_0_vnni(w, x) };
+        }
         if avx2::available() {
             // SAFETY: the CPU has AVX2, FMA and F16C.
             return unsafe { avx2::dot_rows_q5_0(w, x) };
@@ -161,6 +165,10 @@ impl WeightBlock for BlockQ8_0 {
 
     fn dot_rows<const R: usize>(w: [&[Self]; R], x: &[BlockQ8]) -> [f32; R] {
         #[cfg(target_arch = "x86_64")]
+        if avx2::vnni_available() {
+            // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 VNNI with VL.
+            return unsafe { avx2::dot_rows_q8_0_vnni(w, x) };
+        }
         if avx2::available() {
             // SAFETY: the CPU has AVX2, FMA and F16C.
             return unsafe { avx2::dot_rows_q8_0(w, x) };
@@ -238,6 +246,30 @@ mod avx2 {
             && is_x86_feature_detected!("f16c")
     }
 
+    /// AVX-512 VNNI on 256-bit vectors as well: one `vpdpbusd` sums each four
+    /// products of a block, where AVX2 takes `vpmaddubsw` and `vpmaddwd`
+    /// (the same integers: no pair of products reaches i16 saturation).
+    pub(super) fn vnni_available() -> bool {
+        available()
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+    }
+
+    /// `|w| · (x · sign w)` summed by fours into i32 lanes, AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn products_avx2(unsigned: __m256i, signed: __m256i) -> __m256i {
+        // Pairs summed to i16 (at most 2 · 128 · 127, no saturation), then to the 8 lanes of 4.
+        _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, signed), _mm256_set1_epi16(1))
+    }
+
+    /// [`products_avx2`] in one instruction.
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    #[inline]
+    unsafe fn products_vnni(unsigned: __m256i, signed: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed)
+    }
+
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -245,7 +277,27 @@ mod avx2 {
         w: [&[BlockQ5_0]; R],
         x: &[BlockQ8],
     ) -> [f32; R] {
-        dot_rows(w, x, |w| (w.d, q5_0_weights(w)))
+        dot_rows(
+            w,
+            x,
+            |w| unsafe { (w.d, q5_0_weights(w)) },
+            |a, b| unsafe { products_avx2(a, b) },
+        )
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and AVX-512 VNNI with VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn dot_rows_q5_0_vnni<const R: usize>(
+        w: [&[BlockQ5_0]; R],
+        x: &[BlockQ8],
+    ) -> [f32; R] {
+        dot_rows(
+            w,
+            x,
+            |w| unsafe { (w.d, q5_0_weights(w)) },
+            |a, b| unsafe { products_vnni(a, b) },
+        )
     }
 
     /// # Safety
@@ -300,15 +352,29 @@ mod avx2 {
         w: [&[BlockQ8_0]; R],
         x: &[BlockQ8],
     ) -> [f32; R] {
-        // SAFETY: a block's 32 weights are 32 contiguous bytes.
-        dot_rows(w, x, |w| {
-            (w.d, unsafe { _mm256_loadu_si256(w.qs.as_ptr().cast()) })
-        })
+        dot_rows(w, x, q8_0_weights, |a, b| unsafe { products_avx2(a, b) })
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and AVX-512 VNNI with VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn dot_rows_q8_0_vnni<const R: usize>(
+        w: [&[BlockQ8_0]; R],
+        x: &[BlockQ8],
+    ) -> [f32; R] {
+        dot_rows(w, x, q8_0_weights, |a, b| unsafe { products_vnni(a, b) })
+    }
+
+    #[inline]
+    fn q8_0_weights(w: &BlockQ8_0) -> ([u8; 2], __m256i) {
+        // SAFETY: a block's 32 weights are 32 contiguous bytes (SSE2 loads need no feature).
+        (w.d, unsafe { _mm256_loadu_si256(w.qs.as_ptr().cast()) })
     }
 
     /// The rows of `w` against `x`; `weights` gives a block's f16 scale and its
-    /// 32 signed weights. Each row has its own accumulator and the same
-    /// sequence of operations, whatever `R` is.
+    /// 32 signed weights, `products` the lanes of four summed products. Each
+    /// row has its own accumulator and the same sequence of operations,
+    /// whatever `R` is.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
@@ -318,11 +384,11 @@ mod avx2 {
         w: [&[B]; R],
         x: &[BlockQ8],
         weights: impl Fn(&B) -> ([u8; 2], __m256i),
+        products: impl Fn(__m256i, __m256i) -> __m256i,
     ) -> [f32; R] {
         for w in &w {
             assert_eq!(w.len(), x.len());
         }
-        let pairs = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         for (k, x) in x.iter().enumerate() {
             let xq = _mm256_loadu_si256(x.qs.as_ptr().cast());
@@ -340,12 +406,8 @@ mod avx2 {
                     u16::from_le_bytes(scale),
                 ))));
                 let d = _mm256_set1_ps(scale * x.d);
-                // |w| · (x · sign w): unsigned by signed bytes, pairs summed to
-                // i16 (at most 2 · 128 · 127, no saturation), then to the 8
-                // lanes of 4.
-                let products =
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-                let lanes = _mm256_madd_epi16(products, pairs);
+                // |w| · (x · sign w): unsigned by signed bytes.
+                let lanes = products(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
                 acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc[r]);
             }
         }
@@ -744,6 +806,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Each x86 kernel this CPU has, named, for one format.
+    #[cfg(target_arch = "x86_64")]
+    type Kernel<B> = (
+        &'static str,
+        unsafe fn([&[B]; TILE], &[BlockQ8]) -> [f32; TILE],
+    );
+
+    #[cfg(target_arch = "x86_64")]
+    fn every_kernel_rounds_as_the_scalar_one<B: Format>(kernels: &[Kernel<B>]) {
+        let (_, matrix) = quantized::<B>(64, 640, 9);
+        let mut x = vec![BlockQ8::default(); 20];
+        quantize(&values(640, 200), &mut x);
+        for &(name, kernel) in kernels {
+            for r in (0..64).step_by(TILE) {
+                let tile: [&[B]; TILE] = std::array::from_fn(|t| matrix.row(r + t));
+                // SAFETY: only kernels whose features the CPU has are listed.
+                let sums = unsafe { kernel(tile, &x) };
+                for (t, sum) in sums.into_iter().enumerate() {
+                    let scalar = dot_scalar(matrix.row(r + t), &x);
+                    assert_eq!(sum.to_bits(), scalar.to_bits(), "{name} row {}", r + t);
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_and_vnni_kernels_both_round_as_the_scalar_one() {
+        let mut q5_0: Vec<Kernel<BlockQ5_0>> = Vec::new();
+        let mut q8_0: Vec<Kernel<BlockQ8_0>> = Vec::new();
+        if avx2::available() {
+            q5_0.push(("avx2 q5_0", avx2::dot_rows_q5_0::<TILE>));
+            q8_0.push(("avx2 q8_0", avx2::dot_rows_q8_0::<TILE>));
+        }
+        if avx2::vnni_available() {
+            q5_0.push(("vnni q5_0", avx2::dot_rows_q5_0_vnni::<TILE>));
+            q8_0.push(("vnni q8_0", avx2::dot_rows_q8_0_vnni::<TILE>));
+        }
+        every_kernel_rounds_as_the_scalar_one(&q5_0);
+        every_kernel_rounds_as_the_scalar_one(&q8_0);
     }
 
     #[test]
