@@ -8,12 +8,13 @@
 //! time so that four independent sums are in flight.
 //!
 //! Every output is one dot product computed by one thread, and the AVX2 path
-//! and the scalar path round identically: eight integer lane sums per block
+//! (with AVX-512 VNNI where the CPU has it) and the scalar path round
+//! identically: eight integer lane sums per block
 //! (lane `l` holds the products of elements `4l..4l+4`), one fused
 //! multiply-add per block and lane, one fixed reduction tree. So an output does
 //! not depend on the thread count, on how many rows a forward holds, on which
-//! four rows it was computed with, or on whether the CPU has AVX2 (the audit
-//! re-executes on other machines).
+//! four rows it was computed with, or on whether the CPU has AVX2 or VNNI (the
+//! audit re-executes on other machines).
 
 use std::cell::RefCell;
 
