@@ -202,17 +202,7 @@ mod tests {
     use super::*;
     use crate::layers::rope_tables;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
-            })
-            .collect()
-    }
+    use crate::testing::pseudo_random_values as values;
 
     fn tensor(shape: &[usize], seed: u64) -> Tensor {
         let n = shape.iter().product();

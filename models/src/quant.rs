@@ -664,23 +664,7 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
 
-    /// Values of a fixed pseudo-random walk, some large.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|i| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let unit = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                if i % 97 == 0 {
-                    unit * 400.0
-                } else {
-                    unit * 3.0
-                }
-            })
-            .collect()
-    }
+    use crate::testing::pseudo_random_values as values;
 
     /// Each test runs on both formats.
     trait Format: WeightBlock {

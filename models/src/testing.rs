@@ -51,6 +51,25 @@ fn write_gguf_to<W: std::io::Write + std::io::Seek>(
     Ok(())
 }
 
+/// Values of a fixed pseudo-random walk (xorshift), every 97th one large:
+/// inputs for kernel tests.
+pub fn pseudo_random_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            if i % 97 == 0 {
+                unit * 400.0
+            } else {
+                unit * 3.0
+            }
+        })
+        .collect()
+}
+
 /// Copies the GGUF at `src` to `dst` with every quantized matrix whose rows
 /// fit `dtype`'s blocks requantized to `dtype` (through f32), the rest as it
 /// is: the same weights in a cheaper format, as a node that saves compute
