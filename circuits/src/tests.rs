@@ -145,6 +145,25 @@ fn a_step_at_another_temperature_is_refused() {
 }
 
 #[test]
+fn a_logit_out_of_range_is_named_by_its_index_even_at_the_extremes() {
+    let tables = tables(Temperature::ONE);
+    let limit = 1i64 << crate::fixed_point::LOGIT_BITS;
+    for (bad, index) in [(limit, 2), (-limit, 1), (i64::MIN, 3), (i64::MAX, 0)] {
+        let mut z = vec![5, -7, 11, 0];
+        z[index] = bad;
+        for result in [
+            sample_token(&tables, &z, Sampler::Greedy).map(|_| ()),
+            crate::pick(&tables, &z, Sampler::Greedy).map(|_| ()),
+        ] {
+            assert!(
+                matches!(result, Err(crate::StepError::LogitOutOfRange { index: i, value }) if i == index && value == bad),
+                "{bad}: {result:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn greedy_is_rejected_in_a_circuit_at_another_temperature() {
     let (shape, steps, instance) = honest(vec![step(5, 300, Sampler::Greedy)], LANES);
     let shape = shape.with_temperature(Temperature::from_milli(700).unwrap());

@@ -102,7 +102,8 @@ pub fn pick(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<StepSta
 }
 
 /// The largest logit, once the logits are in range and the tables are the
-/// sampler's (one pass: a head node runs this on every token).
+/// sampler's (the range from the extremes: a head node runs this on every
+/// token).
 fn checked_max(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<i64, StepError> {
     check_temperature(tables, sampler)?;
     let limit = 1i64 << LOGIT_BITS;
@@ -113,7 +114,10 @@ fn checked_max(tables: &Tables, logits: &[i64], sampler: Sampler) -> Result<i64,
         });
     };
     if max >= limit || min <= -limit {
-        let index = logits.iter().position(|z| z.abs() >= limit).unwrap_or(0);
+        let index = logits
+            .iter()
+            .position(|z| z.unsigned_abs() >= limit as u64)
+            .unwrap_or(0);
         return Err(StepError::LogitOutOfRange {
             index,
             value: logits[index],
