@@ -166,11 +166,8 @@ impl Projections {
     pub(crate) fn forward<const N: usize>(&self, x: &Tensor) -> Result<[Tensor; N]> {
         let mut outputs = Vec::with_capacity(N);
         for (group, widths) in &self.groups {
+            // A group of one narrows to the whole product: the same tensor.
             let product = group.forward(x)?;
-            if let [_] = widths.as_slice() {
-                outputs.push(product);
-                continue;
-            }
             let mut start = 0;
             for &w in widths {
                 outputs.push(product.narrow(D::Minus1, start, w)?);

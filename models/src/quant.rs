@@ -98,13 +98,15 @@ impl WeightBlock for BlockQ5_0 {
 
     fn dot_rows<const R: usize>(w: [&[Self]; R], x: &[BlockQ8]) -> [f32; R] {
         #[cfg(target_arch = "x86_64")]
-        if avx2::vnni_available() {
-            // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 VNNI with VL.
-            return unsafe { avx2::dot_rows_q5_0_vnni(w, x) };
-        }
-        if avx2::available() {
-            // SAFETY: the CPU has AVX2, FMA and F16C.
-            return unsafe { avx2::dot_rows_q5_0(w, x) };
+        {
+            if avx2::vnni_available() {
+                // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 VNNI with VL.
+                return unsafe { avx2::dot_rows_q5_0_vnni(w, x) };
+            }
+            if avx2::available() {
+                // SAFETY: the CPU has AVX2, FMA and F16C.
+                return unsafe { avx2::dot_rows_q5_0(w, x) };
+            }
         }
         w.map(|w| dot_scalar(w, x))
     }
@@ -166,13 +168,15 @@ impl WeightBlock for BlockQ8_0 {
 
     fn dot_rows<const R: usize>(w: [&[Self]; R], x: &[BlockQ8]) -> [f32; R] {
         #[cfg(target_arch = "x86_64")]
-        if avx2::vnni_available() {
-            // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 VNNI with VL.
-            return unsafe { avx2::dot_rows_q8_0_vnni(w, x) };
-        }
-        if avx2::available() {
-            // SAFETY: the CPU has AVX2, FMA and F16C.
-            return unsafe { avx2::dot_rows_q8_0(w, x) };
+        {
+            if avx2::vnni_available() {
+                // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 VNNI with VL.
+                return unsafe { avx2::dot_rows_q8_0_vnni(w, x) };
+            }
+            if avx2::available() {
+                // SAFETY: the CPU has AVX2, FMA and F16C.
+                return unsafe { avx2::dot_rows_q8_0(w, x) };
+            }
         }
         w.map(|w| dot_scalar(w, x))
     }
@@ -768,77 +772,62 @@ mod tests {
         the_dot_is_exact_up_to_float_rounding::<BlockQ8_0>();
     }
 
-    /// Every tile position and the single-row path give the scalar reference's bits.
-    fn the_simd_kernel_rounds_as_the_scalar_one<B: Format>() {
-        let (_, matrix) = quantized::<B>(64, 640, 5);
-        let mut x = vec![BlockQ8::default(); 20];
-        for seed in 0..8 {
-            quantize(&values(640, 100 + seed), &mut x);
-            for r in (0..64).step_by(TILE) {
-                let tile: [&[B]; TILE] = std::array::from_fn(|t| matrix.row(r + t));
-                let sums = B::dot_rows(tile, &x);
-                for (t, sum) in sums.into_iter().enumerate() {
-                    let w = matrix.row(r + t);
-                    let scalar = dot_scalar(w, &x).to_bits();
-                    assert_eq!(
-                        sum.to_bits(),
-                        scalar,
-                        "{} row {}, seed {seed}",
-                        B::NAME,
-                        r + t
-                    );
-                    assert_eq!(dot(w, &x).to_bits(), scalar, "{} row {}", B::NAME, r + t);
-                }
-            }
-        }
-    }
-
-    /// Each x86 kernel this CPU has, named, for one format.
-    #[cfg(target_arch = "x86_64")]
+    /// A kernel by name: each x86 one this CPU has, and the dispatched one.
     type Kernel<B> = (
         &'static str,
         unsafe fn([&[B]; TILE], &[BlockQ8]) -> [f32; TILE],
     );
 
-    #[cfg(target_arch = "x86_64")]
+    /// Every tile position of every kernel, and the single-row path, give the
+    /// scalar reference's bits.
     fn every_kernel_rounds_as_the_scalar_one<B: Format>(kernels: &[Kernel<B>]) {
-        let (_, matrix) = quantized::<B>(64, 640, 9);
+        let (_, matrix) = quantized::<B>(64, 640, 5);
         let mut x = vec![BlockQ8::default(); 20];
-        quantize(&values(640, 200), &mut x);
-        for &(name, kernel) in kernels {
-            for r in (0..64).step_by(TILE) {
-                let tile: [&[B]; TILE] = std::array::from_fn(|t| matrix.row(r + t));
-                // SAFETY: only kernels whose features the CPU has are listed.
-                let sums = unsafe { kernel(tile, &x) };
-                for (t, sum) in sums.into_iter().enumerate() {
-                    let scalar = dot_scalar(matrix.row(r + t), &x);
-                    assert_eq!(sum.to_bits(), scalar.to_bits(), "{name} row {}", r + t);
+        let dispatched: Kernel<B> = ("dispatched", B::dot_rows::<TILE>);
+        for seed in 0..8 {
+            quantize(&values(640, 100 + seed), &mut x);
+            for &(name, kernel) in kernels.iter().chain([&dispatched]) {
+                for r in (0..64).step_by(TILE) {
+                    let tile: [&[B]; TILE] = std::array::from_fn(|t| matrix.row(r + t));
+                    // SAFETY: only kernels whose features the CPU has are listed.
+                    let sums = unsafe { kernel(tile, &x) };
+                    for (t, sum) in sums.into_iter().enumerate() {
+                        let scalar = dot_scalar(matrix.row(r + t), &x).to_bits();
+                        assert_eq!(
+                            sum.to_bits(),
+                            scalar,
+                            "{} {name} row {}, seed {seed}",
+                            B::NAME,
+                            r + t
+                        );
+                    }
                 }
+            }
+            for r in 0..64 {
+                let w = matrix.row(r);
+                let scalar = dot_scalar(w, &x).to_bits();
+                assert_eq!(dot(w, &x).to_bits(), scalar, "{} row {r}", B::NAME);
             }
         }
     }
 
     #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn the_avx2_and_vnni_kernels_both_round_as_the_scalar_one() {
+    fn the_simd_kernels_round_as_the_scalar_one() {
         let mut q5_0: Vec<Kernel<BlockQ5_0>> = Vec::new();
         let mut q8_0: Vec<Kernel<BlockQ8_0>> = Vec::new();
-        if avx2::available() {
-            q5_0.push(("avx2 q5_0", avx2::dot_rows_q5_0::<TILE>));
-            q8_0.push(("avx2 q8_0", avx2::dot_rows_q8_0::<TILE>));
-        }
-        if avx2::vnni_available() {
-            q5_0.push(("vnni q5_0", avx2::dot_rows_q5_0_vnni::<TILE>));
-            q8_0.push(("vnni q8_0", avx2::dot_rows_q8_0_vnni::<TILE>));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2::available() {
+                q5_0.push(("avx2", avx2::dot_rows_q5_0::<TILE>));
+                q8_0.push(("avx2", avx2::dot_rows_q8_0::<TILE>));
+            }
+            if avx2::vnni_available() {
+                q5_0.push(("vnni", avx2::dot_rows_q5_0_vnni::<TILE>));
+                q8_0.push(("vnni", avx2::dot_rows_q8_0_vnni::<TILE>));
+            }
         }
         every_kernel_rounds_as_the_scalar_one(&q5_0);
         every_kernel_rounds_as_the_scalar_one(&q8_0);
-    }
-
-    #[test]
-    fn the_simd_kernels_round_as_the_scalar_one() {
-        the_simd_kernel_rounds_as_the_scalar_one::<BlockQ5_0>();
-        the_simd_kernel_rounds_as_the_scalar_one::<BlockQ8_0>();
     }
 
     /// Blocks at the ends of each format's range against activations of ±127.
